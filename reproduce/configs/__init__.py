@@ -1,0 +1,1 @@
+"""Parameter schemas and profiles, one module per paper (no heavy imports here)."""

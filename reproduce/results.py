@@ -1,0 +1,255 @@
+"""Run records: measured values, the paper's values, claim checks and provenance.
+
+Every notebook run ends with one ``results/<paper>/<profile>.json``, written atomically (a
+temporary file in the same folder, fsync, ``os.replace``): a run killed during the write, or
+before it, leaves the previous file intact. Tables and claim checks in the README are rendered
+from these files alone (``python -m reproduce report``).
+
+Usage in a notebook::
+
+    run = Run(params)                                   # starts the clock, captures provenance
+    run.record("forms.max_abs_diff", 3e-13)             # any JSON-serialisable value
+    run.claim("forms_equal", artifact="§2 eqs. (5)-(7)", section="1. Forms agree",
+              text="parallel == recurrent == chunkwise", ours=3e-13, relation="<=", target=1e-10,
+              paper="equal in exact arithmetic")
+    run.save()                                          # results/retnet/cpu.json
+
+Relations: ``<``, ``<=``, ``>``, ``>=`` (ours against ``target``); ``~=`` (``|ours - target| <=
+tol``; ``rel=True`` makes ``tol`` relative to ``|target|``); ``ordering`` (``ours`` is a mapping
+name -> value and ``target`` the names in the expected ascending order).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .paths import REPO_ROOT, results_dir
+
+SCHEMA_VERSION = 1
+RELATIONS = ("<", "<=", ">", ">=", "~=", "ordering")
+_PACKAGES = ("torch", "transformers", "accelerate", "tokenizers", "sacrebleu", "numpy", "matplotlib", "papermill")
+
+
+@dataclass
+class Claim:
+    """A paper claim checked against our measurement."""
+
+    id: str
+    artifact: str  # "Table 5", "Figure 3", "§6.2"
+    section: str  # the notebook section that measures it
+    text: str  # the claim in words
+    ours: Any
+    relation: str
+    target: Any = None
+    tol: float = 0.0
+    rel: bool = False
+    paper: Any = None  # what the paper reports (number or short text)
+    note: str = ""  # why it failed, or what scale caveat applies
+    passed: bool = field(default=False)
+
+    def __post_init__(self) -> None:
+        if self.relation not in RELATIONS:
+            raise ValueError(f"claim {self.id!r}: relation {self.relation!r} is not one of {RELATIONS}")
+        self.passed = evaluate(self.relation, self.ours, self.target, self.tol, self.rel)
+
+
+def evaluate(relation: str, ours: Any, target: Any, tol: float = 0.0, rel: bool = False) -> bool:
+    """Evaluate one relation; NaN or missing values never pass."""
+    if relation == "ordering":
+        if not isinstance(ours, Mapping) or not target:
+            raise ValueError("an 'ordering' claim takes ours={name: value} and target=[names, ascending]")
+        values = [ours[name] for name in target]
+        if any(v is None or _nan(v) for v in values):
+            return False
+        return all(a < b for a, b in zip(values, values[1:]))
+    if ours is None or target is None or _nan(ours) or _nan(target):
+        return False
+    if relation == "<":
+        return ours < target
+    if relation == "<=":
+        return ours <= target
+    if relation == ">":
+        return ours > target
+    if relation == ">=":
+        return ours >= target
+    bound = tol * abs(target) if rel else tol
+    return abs(ours - target) <= bound
+
+
+def _nan(x: Any) -> bool:
+    return isinstance(x, float) and (math.isnan(x) or math.isinf(x))
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def provenance(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Where and with what a run happened: git commit and dirty flag, packages, machine, device."""
+    versions = {}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    info: dict[str, Any] = {
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "cpu_count": os.cpu_count(),
+        "packages": versions,
+    }
+    if "torch" in sys.modules:  # never import torch just for provenance
+        import torch
+
+        info["threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            n = torch.cuda.device_count()
+            info["device"] = f"{n} x {torch.cuda.get_device_name(0)}"
+        else:
+            info["device"] = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    if params is not None and "seed" in params:
+        info["seed"] = params["seed"]
+    return info
+
+
+def _jsonable(value: Any) -> Any:
+    """Turn tensors, NumPy scalars/arrays, tuples and paths into plain JSON values."""
+    if hasattr(value, "tolist") and callable(value.tolist):
+        return value.tolist()
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, (str, bytes)):
+        return value.item()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
+class Run:
+    """The record of one notebook run, saved as ``results/<paper>/<profile>.json``."""
+
+    def __init__(self, params, command: str | None = None):
+        self.params = params
+        self.paper: str = params.paper
+        self.profile: str = params.profile
+        self.measured: dict[str, Any] = {}
+        self.claims: list[Claim] = []
+        self.command = command or _default_command(params)
+        self.started = datetime.now(timezone.utc)
+        self._t0 = time.perf_counter()
+
+    # -- values ---------------------------------------------------------------------------------
+    def record(self, key: str, value: Any) -> Any:
+        """Store a measured value under a dotted key (``"table5.ppl.retnet"``); returns it."""
+        self.measured[key] = _jsonable(value)
+        return value
+
+    def claim(self, id: str, **kwargs: Any) -> Claim:
+        """Check a paper claim (see the module docstring for relations) and keep it in the record."""
+        if any(c.id == id for c in self.claims):
+            raise ValueError(f"claim id {id!r} is used twice")
+        kwargs["ours"] = _jsonable(kwargs.get("ours"))
+        kwargs["target"] = _jsonable(kwargs.get("target"))
+        c = Claim(id=id, **kwargs)
+        self.claims.append(c)
+        return c
+
+    # -- output ---------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        ended = datetime.now(timezone.utc)
+        return {
+            "schema": SCHEMA_VERSION,
+            "paper": self.paper,
+            "profile": self.profile,
+            "command": self.command,
+            "params": _jsonable(self.params.as_dict()),
+            "started": self.started.isoformat(timespec="seconds"),
+            "ended": ended.isoformat(timespec="seconds"),
+            "wall_time_s": round(time.perf_counter() - self._t0, 2),
+            "provenance": provenance(self.params),
+            "measured": self.measured,
+            "claims": [asdict(c) for c in self.claims],
+        }
+
+    def path(self) -> Path:
+        return results_dir() / self.paper / f"{self.profile}.json"
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write the record atomically and return its path."""
+        target = Path(path) if path is not None else self.path()
+        write_json_atomic(target, self.to_dict())
+        return target
+
+    def summary(self) -> str:
+        """A short, stable text summary of the claims (for a tagged notebook cell)."""
+        lines = [f"{self.paper}/{self.profile}: {sum(c.passed for c in self.claims)}/{len(self.claims)} claims hold"]
+        for c in self.claims:
+            lines.append(f"  [{'pass' if c.passed else 'FAIL'}] {c.artifact}: {c.text}")
+        return "\n".join(lines)
+
+
+def _default_command(params) -> str:
+    extra = " ".join(f"-p {k}={json.dumps(v)}" for k, v in getattr(params, "overrides", {}).items())
+    return f"python -m reproduce run {params.paper} --profile {params.profile}" + (f" {extra}" if extra else "")
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` so that readers see the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load(paper: str, profile: str, root: Path | None = None) -> dict[str, Any] | None:
+    """The saved record of ``paper``/``profile``, or ``None`` if no run has produced it."""
+    path = (root or results_dir()) / paper / f"{profile}.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_all(root: Path | None = None) -> list[dict[str, Any]]:
+    """Every saved record under the results folder, sorted by paper and profile."""
+    root = root or results_dir()
+    records = []
+    for path in sorted(root.glob("*/*.json")):
+        try:
+            records.append(json.loads(path.read_text(encoding="utf-8")))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); delete it or re-run its notebook") from e
+    return records
