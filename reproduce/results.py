@@ -205,12 +205,28 @@ class Run:
         write_json_atomic(target, self.to_dict())
         return target
 
-    def summary(self) -> str:
-        """A short, stable text summary of the claims (for a tagged notebook cell)."""
+    def summary(self, stable: bool = False) -> str:
+        """A short text summary of the claims, for the notebook's tagged summary cell.
+
+        ``stable=True`` leaves out pass/fail and values, which may differ between machines (timings),
+        so that nbval can compare the cell's output: it lists what was checked.
+        """
+        if stable:
+            lines = [f"{self.paper}/{self.profile}: {len(self.claims)} claims checked, {len(self.measured)} values recorded"]
+            lines += [f"  {c.id}: {c.artifact}: {c.text}" for c in self.claims]
+            return "\n".join(lines)
         lines = [f"{self.paper}/{self.profile}: {sum(c.passed for c in self.claims)}/{len(self.claims)} claims hold"]
         for c in self.claims:
-            lines.append(f"  [{'pass' if c.passed else 'FAIL'}] {c.artifact}: {c.text}")
+            lines.append(f"  [{'pass' if c.passed else 'FAIL'}] {c.artifact}: {c.text} (ours {_short(c.ours)}, paper {_short(c.paper)})")
         return "\n".join(lines)
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
+    return str(value)
 
 
 def _default_command(params) -> str:

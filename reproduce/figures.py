@@ -1,0 +1,180 @@
+"""One figure style for every notebook and the blog: PNG + SVG, readable at ~700 px, Korean-ready.
+
+A paper module defines ``FIGURES = {"<stable_name>": plot_fn}``; each ``plot_fn(measured, lang)``
+reads only recorded values (``run.measured`` or a saved results file) and returns a Figure. Its
+text goes through a translation table kept next to it::
+
+    KO = {"Sequence length": "시퀀스 길이"}
+    def plot_latency(measured, lang="en"):
+        _ = figures.translator(KO, lang)
+        fig, ax = figures.subplots()
+        ax.set_xlabel(_("Sequence length"))
+        return fig
+
+``make(params, run, name)`` renders one figure in the house style and saves it;
+``render_all(lang)`` re-renders every figure from the saved results (no re-training).
+Korean text uses NanumGothic, shipped by the PyPI package ``koreanize-matplotlib``; the font file is
+registered with matplotlib's font manager (the package itself is not imported, so the global
+font is not changed behind the user's back).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_inline", "inline"):
+    matplotlib.use("Agg")  # headless by default; Jupyter keeps its inline backend
+import matplotlib.pyplot as plt
+from matplotlib import font_manager
+
+from .paths import figures_dir
+
+LANGS = ("en", "ko")
+DPI = 200  # 7 in wide -> 1400 px PNG: sharp on retina screens at 700 px display width
+WIDTH_IN = 7.0
+# Okabe-Ito: distinguishable with colour-blindness, and in greyscale print.
+PALETTE = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000"]
+KOREAN_FONT = "NanumGothic"
+
+_BASE_RC: dict[str, Any] = {
+    "figure.figsize": (WIDTH_IN, 4.2),
+    "figure.dpi": 100,
+    "savefig.dpi": DPI,
+    "savefig.bbox": "tight",
+    "font.size": 12,
+    "axes.titlesize": 13,
+    "axes.labelsize": 12,
+    "legend.fontsize": 10,
+    "xtick.labelsize": 10.5,
+    "ytick.labelsize": 10.5,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.prop_cycle": matplotlib.cycler(color=PALETTE),
+    "lines.linewidth": 2.0,
+    "lines.markersize": 6,
+    "svg.fonttype": "path",  # SVGs render the same without the font installed
+    "axes.unicode_minus": False,  # NanumGothic has no U+2212
+}
+
+
+def korean_font_path() -> Path:
+    """The NanumGothic font file shipped by ``koreanize-matplotlib`` (a project dependency)."""
+    spec = importlib.util.find_spec("koreanize_matplotlib")
+    if spec is None or spec.origin is None:
+        raise RuntimeError("Korean figures need the font from 'koreanize-matplotlib': pip install koreanize-matplotlib")
+    path = Path(spec.origin).parent / "fonts" / "NanumGothic.ttf"
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing; reinstall koreanize-matplotlib")
+    return path
+
+
+def _register_korean_font() -> None:
+    names = {f.name for f in font_manager.fontManager.ttflist}
+    if KOREAN_FONT not in names:
+        font_manager.fontManager.addfont(str(korean_font_path()))
+
+
+@contextlib.contextmanager
+def style(lang: str = "en") -> Iterator[None]:
+    """The house style; ``lang="ko"`` switches the font family to NanumGothic."""
+    if lang not in LANGS:
+        raise ValueError(f"lang {lang!r} is not one of {LANGS}")
+    rc = dict(_BASE_RC)
+    if lang == "ko":
+        _register_korean_font()
+        rc["font.family"] = [KOREAN_FONT, "DejaVu Sans"]
+    with plt.rc_context(rc):
+        yield
+
+
+def subplots(nrows: int = 1, ncols: int = 1, height: float | None = None, **kwargs):
+    """``plt.subplots`` at blog width (7 in); ``height`` in inches (default 4.2 per row)."""
+    height = height if height is not None else 4.2 * nrows if nrows > 1 else 4.2
+    kwargs.setdefault("layout", "constrained")
+    return plt.subplots(nrows, ncols, figsize=(WIDTH_IN, height), **kwargs)
+
+
+def translator(table: Mapping[str, str], lang: str) -> Callable[[str], str]:
+    """``_ = translator(KO, lang)``; ``_("Perplexity")`` -> Korean text when lang is ``ko``.
+
+    A missing translation in Korean mode is an error, so that no English label slips into a
+    Korean figure unnoticed (the figure test renders every figure in both languages).
+    """
+    if lang == "en":
+        return lambda text: text
+    if lang != "ko":
+        raise ValueError(f"lang {lang!r} is not one of {LANGS}")
+
+    def _(text: str) -> str:
+        try:
+            return table[text]
+        except KeyError:
+            raise KeyError(f"no Korean translation for figure text {text!r}; add it to the module's KO table") from None
+
+    return _
+
+
+def save(fig, paper: str, name: str, profile: str | None = None, lang: str = "en") -> dict[str, Path]:
+    """Save ``fig`` as ``figures/<paper>/[ko/]<name>.png`` (``DPI`` dpi) and ``.svg``."""
+    folder = figures_dir(profile) / paper
+    if lang != "en":
+        folder = folder / lang
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for ext in ("png", "svg"):
+        path = folder / f"{name}.{ext}"
+        tmp = path.with_name(f".{path.name}.tmp")
+        fig.savefig(tmp, format=ext, dpi=DPI)
+        tmp.replace(path)  # atomic: a half-written figure never replaces a good one
+        paths[ext] = path
+    return paths
+
+
+def plot_functions(paper: str) -> dict[str, Callable]:
+    """``reproduce.<paper>.FIGURES``."""
+    module = importlib.import_module(f"reproduce.{paper}")
+    return dict(getattr(module, "FIGURES", {}))
+
+
+def render(paper: str, name: str, measured: Mapping[str, Any], lang: str = "en"):
+    """Draw one figure of ``paper`` from recorded values, in the house style."""
+    fn = plot_functions(paper)[name]
+    with style(lang):
+        return fn(measured, lang=lang)
+
+
+def make(params, run, name: str, lang: str = "en"):
+    """Render figure ``name`` from ``run.measured``, save PNG + SVG, and return it for display."""
+    fig = render(params.paper, name, run.measured, lang=lang)
+    save(fig, params.paper, name, profile=params.profile, lang=lang)
+    return fig
+
+
+def render_all(lang: str = "en", profiles: tuple[str, ...] = ("gpu", "cpu"), papers: list[str] | None = None) -> list[Path]:
+    """Re-render every paper's figures from its saved results (no re-training).
+
+    For each paper the first profile in ``profiles`` that has a results file is used. Returns the
+    PNG paths written.
+    """
+    from . import results
+    from .config import available_papers
+
+    written = []
+    for paper in papers or available_papers():
+        record = next((r for p in profiles if (r := results.load(paper, p)) is not None), None)
+        if record is None:
+            continue
+        for name in plot_functions(paper):
+            fig = render(paper, name, record["measured"], lang=lang)
+            written.append(save(fig, paper, name, profile=record["profile"], lang=lang)["png"])
+            plt.close(fig)
+    return written

@@ -1,0 +1,89 @@
+"""Seeding, determinism, device and thread choice, and offline-hub detection.
+
+``setup(params)`` is the first thing a notebook does after validating its parameters: the same seed
+gives the same numbers on CPU (deterministic algorithms on), CUDA is used when present unless the
+``device`` parameter says otherwise, and the hub's reachability is known before any model loads.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+HUB_HOST = "huggingface.co"
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    seed: int
+    threads: int
+    offline: bool
+
+    def __str__(self) -> str:
+        hub = "offline" if self.offline else "online"
+        return f"device={self.device} ({device_name(self.device)}), threads={self.threads}, seed={self.seed}, hub {hub}"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def pick_device(preference: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an error that says so."""
+    if preference == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for, but torch sees no GPU; use device='auto' or 'cpu'")
+    return torch.device(preference)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {os.cpu_count()} cores"
+
+
+def set_threads(threads: int = 0) -> int:
+    """Use ``threads`` CPU threads for torch (0 = every core); returns the number in use."""
+    if threads > 0:
+        torch.set_num_threads(threads)
+    else:
+        torch.set_num_threads(os.cpu_count() or 1)
+    return torch.get_num_threads()
+
+
+def hub_offline(probe: bool = True, timeout: float = 1.5) -> bool:
+    """True when the Hugging Face hub cannot be used: HF_HUB_OFFLINE is set, or it does not answer.
+
+    The probe is a TCP connect with a short timeout, so an unreachable hub is known in ~1.5 s
+    instead of the 20-45 s a ``from_pretrained`` would wait.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return True
+    if not probe:
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return False
+    except OSError:
+        return True
+
+
+def setup(params, deterministic: bool = True) -> Runtime:
+    """Seed, choose device and threads for one run; returns what was chosen."""
+    seed_everything(params["seed"])
+    device = pick_device(params["device"])
+    if deterministic and device.type == "cpu":
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    threads = set_threads(params["threads"])
+    offline = hub_offline(probe=params.profile == "gpu")  # only the gpu profile reads the hub: probe it there
+    return Runtime(device=device, seed=params["seed"], threads=threads, offline=offline)
