@@ -1,0 +1,290 @@
+"""Tests of reproduce.transformer: equivalence with torch.nn references, cache, decoding, schedule,
+parameter counts (Table 3) and bad inputs. Tiny configs; the whole file runs in well under a minute."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from reproduce.transformer import decoding, model
+from reproduce.transformer.model import MultiHeadAttention, Transformer, TransformerConfig
+
+torch.set_num_threads(1)
+
+TINY = TransformerConfig(vocab_size=23, n_layers=2, d_model=16, d_ff=32, n_heads=4, p_drop=0.0, max_len=64)
+
+
+def _tiny_model(seed: int = 0, **changes) -> Transformer:
+    torch.manual_seed(seed)
+    return Transformer(TINY.replace(**changes)).eval()
+
+
+def _tokens(b: int, t: int, lengths: list[int], vocab: int = 23, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(3, vocab, (b, t), generator=g)
+    for i, n in enumerate(lengths):
+        x[i, n:] = 0  # padding
+    return x
+
+
+# -- multi-head attention against torch.nn.MultiheadAttention ---------------------------------------
+
+
+def _copy_mha(ours: MultiHeadAttention, ref: nn.MultiheadAttention) -> None:
+    with torch.no_grad():
+        ref.in_proj_weight.copy_(torch.cat([ours.w_q.weight, ours.w_k.weight, ours.w_v.weight]))
+        ref.in_proj_bias.copy_(torch.cat([ours.w_q.bias, ours.w_k.bias, ours.w_v.bias]))
+        ref.out_proj.weight.copy_(ours.w_o.weight)
+        ref.out_proj.bias.copy_(ours.w_o.bias)
+
+
+@pytest.mark.parametrize("mask_kind", ["none", "causal", "padding"])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_multihead_attention_equals_torch(mask_kind, need_weights):
+    torch.manual_seed(0)
+    d, h, b, t = 16, 4, 3, 7
+    ours = MultiHeadAttention(d, h, d // h, d // h).eval()
+    ref = nn.MultiheadAttention(d, h, batch_first=True).eval()
+    _copy_mha(ours, ref)
+    x = torch.randn(b, t, d)
+    our_mask, ref_kwargs = None, {}
+    if mask_kind == "causal":
+        our_mask = model.causal_mask(t)
+        ref_kwargs["attn_mask"] = ~our_mask  # torch: True = not allowed
+    elif mask_kind == "padding":
+        keep = torch.ones(b, t, dtype=torch.bool)
+        keep[0, 5:] = keep[2, 3:] = False
+        our_mask = keep[:, None, None, :]
+        ref_kwargs["key_padding_mask"] = ~keep
+    out, w = ours(x, mask=our_mask, need_weights=need_weights)
+    ref_out, ref_w = ref(x, x, x, need_weights=True, average_attn_weights=False, **ref_kwargs)
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    if need_weights:
+        torch.testing.assert_close(w, ref_w, atol=1e-6, rtol=1e-5)
+    else:
+        assert w is None
+
+
+def test_fast_and_explicit_paths_agree_with_dk_not_dv():
+    """Table 3 row (B) uses d_k != d_v: both paths must still compute eq. (1) identically."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4, d_k=2, d_v=6).eval()
+    q, src = torch.randn(2, 5, 16), torch.randn(2, 9, 16)
+    fast, _ = mha(q, src)
+    slow, w = mha(q, src, need_weights=True)
+    torch.testing.assert_close(fast, slow, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 5))
+
+
+# -- encoder-decoder against torch.nn.Transformer ----------------------------------------------------
+
+
+def _copy_stack(ours: Transformer, ref: nn.Transformer) -> None:
+    with torch.no_grad():
+        for o, r in zip(ours.encoder, ref.encoder.layers):
+            _copy_mha(o.self_attn, r.self_attn)
+            for a, c in ((o.ffn.w_1, r.linear1), (o.ffn.w_2, r.linear2), (o.norm1, r.norm1), (o.norm2, r.norm2)):
+                c.weight.copy_(a.weight)
+                c.bias.copy_(a.bias)
+        for o, r in zip(ours.decoder, ref.decoder.layers):
+            _copy_mha(o.self_attn, r.self_attn)
+            _copy_mha(o.cross_attn, r.multihead_attn)
+            pairs = ((o.ffn.w_1, r.linear1), (o.ffn.w_2, r.linear2), (o.norm1, r.norm1), (o.norm2, r.norm2), (o.norm3, r.norm3))
+            for a, c in pairs:
+                c.weight.copy_(a.weight)
+                c.bias.copy_(a.bias)
+    # the paper's post-LN stacks end with the last sub-layer's LayerNorm; nn.Transformer adds one more
+    ref.encoder.norm = nn.Identity()
+    ref.decoder.norm = nn.Identity()
+
+
+def test_encoder_decoder_equals_torch_transformer():
+    ours = _tiny_model()
+    cfg = ours.cfg
+    ref = nn.Transformer(cfg.d_model, cfg.n_heads, cfg.n_layers, cfg.n_layers, cfg.d_ff, dropout=0.0, batch_first=True)
+    ref.eval()
+    _copy_stack(ours, ref)
+    src = _tokens(3, 8, [8, 5, 2])
+    tgt = _tokens(3, 6, [6, 6, 4], seed=2)
+    x_src, x_tgt = ours.embed(src), ours.embed(tgt)
+    pad_src = src == cfg.pad_id
+    ref_out = ref(
+        x_src, x_tgt, tgt_mask=~model.causal_mask(6), src_key_padding_mask=pad_src, memory_key_padding_mask=pad_src
+    )
+    memory, _ = ours.encode(src)
+    hidden, _, _ = ours.decode(tgt, memory, src)
+    torch.testing.assert_close(hidden, ref_out, atol=1e-5, rtol=1e-5)
+
+
+def test_forward_with_attention_equals_fast_forward():
+    m = _tiny_model()
+    src, tgt = _tokens(2, 7, [7, 4]), _tokens(2, 5, [5, 3], seed=3)
+    with torch.no_grad():
+        logits, att = m.forward_with_attention(src, tgt)
+    torch.testing.assert_close(logits, m(src, tgt), atol=1e-5, rtol=1e-5)
+    assert att.encoder[0].shape == (2, 4, 7, 7) and att.decoder_cross[1].shape == (2, 4, 5, 7)
+    assert float(att.encoder[0][1, :, :, 4:].abs().max()) == 0.0  # padding keys get no weight
+
+
+# -- incremental decoding -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("positional", ["sinusoidal", "learned"])
+def test_kv_cache_equals_full_recomputation(positional):
+    m = _tiny_model(positional=positional)
+    src, tgt = _tokens(2, 7, [7, 4]), _tokens(2, 6, [6, 6], seed=4)
+    full = m(src, tgt)
+    memory, _ = m.encode(src)
+    cache = m.new_cache()
+    steps = [m.decode_step(tgt[:, :2], memory, src, cache)]  # a 2-token prefix, then one token at a time
+    steps += [m.decode_step(tgt[:, i : i + 1], memory, src, cache) for i in range(2, 6)]
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
+    assert cache.seen == 6 and cache.layers[0].self_k.shape == (2, 4, 6, 4)
+
+
+def test_greedy_cached_equals_uncached():
+    m = _tiny_model()
+    src = _tokens(3, 6, [6, 4, 2])
+    assert decoding.greedy_decode(m, src, 1, 2, extra_len=5) == decoding.greedy_decode(
+        m, src, 1, 2, extra_len=5, use_cache=False
+    )
+
+
+# -- beam search -----------------------------------------------------------------------------------------
+
+
+def test_beam_one_equals_greedy():
+    m = _tiny_model(seed=3)
+    src = _tokens(4, 6, [6, 5, 3, 2])
+    greedy = decoding.greedy_decode(m, src, 1, 2, extra_len=7)
+    assert decoding.beam_search(m, src, 1, 2, beam=1, alpha=0.6, extra_len=7) == greedy
+
+
+def test_length_penalty_is_gnmt_form():
+    for n, a in [(1, 0.6), (7, 0.6), (20, 1.0), (13, 0.0)]:
+        assert decoding.length_penalty(n, a) == pytest.approx(((5 + n) ** a) / ((5 + 1) ** a))
+    assert decoding.length_penalty(7, 0.6) == pytest.approx(2**0.6)
+
+
+def _sequence_logprob(m: Transformer, src: torch.Tensor, seq: list[int], bos: int) -> float:
+    tgt_in = torch.tensor([[bos, *seq[:-1]]])
+    logp = m(src, tgt_in).log_softmax(-1)[0]  # (T, V)
+    return float(sum(logp[i, t] for i, t in enumerate(seq)))
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
+def test_wide_beam_finds_exhaustive_optimum(alpha):
+    """A beam wider than the search space must return the exact arg-max of logP(Y)/lp(Y)."""
+    m = _tiny_model(seed=5, vocab_size=5)
+    bos, eos = 1, 2
+    src = torch.tensor([[3, 4]])
+    extra = 1  # max length = 2 + 1 = 3
+    words = [t for t in range(5) if t != eos]
+    candidates = [[eos]] + [[a, eos] for a in words] + [[a, b, eos] for a, b in itertools.product(words, words)]
+    candidates += [list(c) for c in itertools.product(words, words, words)]  # cut at max length, no EOS
+    scored = [(_sequence_logprob(m, src, c, bos) / decoding.length_penalty(len(c), alpha), c) for c in candidates]
+    best_score, best = max(scored)
+    hyps = decoding.beam_search_hypotheses(m, src, bos, eos, beam=200, alpha=alpha, extra_len=extra)[0]
+    top = max(hyps, key=lambda h: h.score)
+    assert top.tokens == best
+    assert top.score == pytest.approx(best_score, abs=1e-5)
+
+
+# -- schedule, loss, positional encodings -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("d_model,warmup", [(512, 4000), (128, 300)])
+def test_noam_schedule_peaks_at_warmup(d_model, warmup):
+    lrs = [model.noam_lr(s, d_model, warmup) for s in range(1, 3 * warmup)]
+    assert max(range(len(lrs)), key=lrs.__getitem__) + 1 == warmup
+    assert max(lrs) == pytest.approx(d_model**-0.5 * warmup**-0.5)
+    assert model.noam_lr(4 * warmup, d_model, warmup) == pytest.approx(d_model**-0.5 * (4 * warmup) ** -0.5)
+
+
+def test_label_smoothed_loss_matches_formula():
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 3, 7), torch.tensor([[1, 4, 0], [6, 2, 3]])
+    eps, v = 0.1, 7
+    logp = logits.log_softmax(-1)
+    q = torch.full_like(logp, eps / v).scatter_add(-1, target[..., None], torch.full_like(logp[..., :1], 1 - eps))
+    manual = -(q * logp).sum(-1)
+    keep = target != 0
+    expected = manual[keep].mean()
+    assert float(model.label_smoothed_loss(logits, target, eps, pad_id=0)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_sinusoidal_encoding_formula():
+    pe = model.sinusoidal_encoding(50, 16)
+    for pos, i in [(0, 0), (3, 2), (49, 7)]:
+        assert float(pe[pos, 2 * i]) == pytest.approx(math.sin(pos / 10000 ** (2 * i / 16)), abs=1e-6)
+        assert float(pe[pos, 2 * i + 1]) == pytest.approx(math.cos(pos / 10000 ** (2 * i / 16)), abs=1e-6)
+
+
+def test_checkpoint_averaging_is_elementwise_mean():
+    a, b = _tiny_model(0).state_dict(), _tiny_model(1).state_dict()
+    avg = decoding.average_checkpoints([a, b])
+    for k in a:
+        torch.testing.assert_close(avg[k], (a[k] + b[k]) / 2)
+
+
+# -- Table 3 parameter counts -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("cfg,paper_millions", [(TransformerConfig.base(), 65), (TransformerConfig.big(), 213)])
+def test_parameter_count_matches_table3(cfg, paper_millions):
+    n = model.count_parameters(cfg)
+    assert abs(n / 1e6 - paper_millions) / paper_millions < 0.05, n
+
+
+def test_table3_rows_are_config_fields():
+    base = TransformerConfig.base()
+    assert (base.d_k, base.d_v) == (64, 64)
+    assert (base.replace(n_heads=1).d_k, base.replace(n_heads=32).d_v) == (512, 16)  # row (A)
+    assert base.replace(d_k=16).d_v == 64  # row (B)
+    assert model.count_parameters(base.replace(d_k=16)) < model.count_parameters(base)
+
+
+# -- bad inputs ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        ({"n_heads": 3}, "not divisible"),
+        ({"p_drop": 1.5}, "p_drop"),
+        ({"label_smoothing": -0.1}, "label_smoothing"),
+        ({"positional": "rotary"}, "positional"),
+        ({"n_layers": 0}, "n_layers"),
+        ({"pad_id": 99}, "pad_id"),
+        ({"d_model": 15, "n_heads": 1}, "even"),
+    ],
+)
+def test_config_refuses_nonsense(changes, match):
+    with pytest.raises(ValueError, match=match):
+        TransformerConfig(**{"vocab_size": 50, **changes})
+
+
+def test_config_replace_refuses_unknown_field():
+    with pytest.raises(ValueError, match="d_modle"):
+        TINY.replace(d_modle=8)
+
+
+def test_too_long_sequence_is_an_error():
+    m = _tiny_model()
+    with pytest.raises(ValueError, match="max_len"):
+        m(torch.ones(1, 65, dtype=torch.long), torch.ones(1, 3, dtype=torch.long))
+
+
+def test_bad_beam_and_mismatched_checkpoints():
+    m = _tiny_model()
+    with pytest.raises(ValueError, match="beam"):
+        decoding.beam_search(m, torch.ones(1, 3, dtype=torch.long), 1, 2, beam=0)
+    sd = m.state_dict()
+    with pytest.raises(ValueError, match="different parameter names"):
+        decoding.average_checkpoints([sd, {k: v for k, v in list(sd.items())[1:]}])
+    with pytest.raises(ValueError, match="at least one"):
+        decoding.average_checkpoints([])
