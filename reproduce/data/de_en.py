@@ -1,0 +1,155 @@
+"""English-German sentence pairs, offline: the BEOLINGUS dictionary (+ optional Bible verses).
+
+Primary source: the Debian package ``trans-de-en`` (BEOLINGUS, TU Chemnitz, GPL-2+), file
+``usr/share/trans/de-en``, lines ``de | de … :: en | en …``: the ``|``-separated items of both sides
+are aligned. We keep the items where both sides are full sentences — capitalised, ending in
+``.``, ``?`` or ``!``, 3-40 words — after removing annotations in ``{}``, ``[]`` and ``()`` and
+taking the first ``;`` alternative; items whose sides hold two variants (``": "`` in the English,
+``" / "`` on either side) are dropped. That gives ~19k natural modern pairs (median 7 words), e.g.
+"The exception proves the rule." ↔ "Die Ausnahme bestätigt die Regel."
+
+Optional extra training data: World English Bible ↔ Elberfelder 1932 verses through
+:mod:`reproduce.data.bible` (never in dev/test, which stay BEOLINGUS).
+
+Splits are fixed by a hash of the normalised English side (so repeated English sentences never
+straddle splits): the ``test_size`` smallest hashes are the test split, the next ``dev_size`` dev.
+The joint source-target subword vocabulary (§5.1: "shared source-target vocabulary") is a BPE
+model trained on the train split with the ``tokenizers`` library.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import NamedTuple
+
+from . import fetch
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+SPECIALS = (PAD, BOS, EOS, UNK)  # ids 0, 1, 2, 3
+DICT_FILE = "usr/share/trans/de-en"
+
+_ANNOTATION = re.compile(r"\s*(\{[^}]*\}|\[[^\]]*\]|\([^)]*\))")
+_SENTENCE_END = re.compile(r"[.?!]$")
+
+
+class Pair(NamedTuple):
+    en: str
+    de: str
+
+
+@dataclass(frozen=True)
+class Corpus:
+    train: list[Pair]
+    dev: list[Pair]
+    test: list[Pair]
+    sources: dict[str, int]  # source name -> number of training pairs it gave
+
+    def __repr__(self) -> str:
+        return f"Corpus(train={len(self.train)}, dev={len(self.dev)}, test={len(self.test)}, sources={self.sources})"
+
+
+def _clean(item: str) -> str:
+    item = item.split(";")[0]
+    item = _ANNOTATION.sub("", item)
+    return re.sub(r"\s+", " ", item).strip()
+
+
+def _is_sentence(text: str, min_words: int = 3, max_words: int = 40) -> bool:
+    n = len(text.split())
+    return min_words <= n <= max_words and text[:1].isupper() and _SENTENCE_END.search(text) is not None
+
+
+def parse_beolingus(lines: Iterable[str]) -> list[Pair]:
+    """Sentence pairs from BEOLINGUS lines (``de | de … :: en | en …``), in file order, deduplicated."""
+    seen, pairs = set(), []
+    for line in lines:
+        if line.startswith("#") or "::" not in line:
+            continue
+        de_side, en_side = line.rstrip("\n").split("::", 1)
+        de_items, en_items = de_side.split("|"), en_side.split("|")
+        if len(de_items) != len(en_items):
+            continue  # misaligned entry
+        for de, en in zip(de_items, en_items):
+            de, en = _clean(de), _clean(en)
+            if ": " in en or " / " in en or " / " in de:
+                continue  # two variants in one item
+            if _is_sentence(en) and _is_sentence(de) and (en, de) not in seen:
+                seen.add((en, de))
+                pairs.append(Pair(en, de))
+    return pairs
+
+
+@lru_cache(maxsize=1)
+def beolingus_pairs() -> tuple[Pair, ...]:
+    """All BEOLINGUS sentence pairs (fetches ``trans-de-en`` into the cache once)."""
+    path = fetch.debian_package("trans-de-en") / DICT_FILE
+    with open(path, encoding="utf-8") as f:
+        return tuple(parse_beolingus(f))
+
+
+def bible_pairs() -> list[Pair]:
+    """World English Bible ↔ Elberfelder 1932, verse-aligned (via :mod:`reproduce.data.bible`)."""
+    from . import bible  # imported lazily: the Bible database is a 218 MB download
+
+    return [Pair(en, de) for en, de in bible.parallel_verses("en", "de")]
+
+
+def split_key(pair: Pair) -> str:
+    return hashlib.sha1(" ".join(pair.en.lower().split()).encode()).hexdigest()
+
+
+def split_pairs(pairs: Sequence[Pair], dev_size: int, test_size: int) -> tuple[list[Pair], list[Pair], list[Pair]]:
+    """(train, dev, test) by hash of the English side; all pairs sharing an English side stay together."""
+    if dev_size < 1 or test_size < 1:
+        raise ValueError(f"dev_size and test_size must be >= 1, got {dev_size}, {test_size}")
+    keys = sorted({split_key(p) for p in pairs})
+    if dev_size + test_size >= len(keys):
+        raise ValueError(f"dev_size + test_size = {dev_size + test_size} leaves no training data ({len(keys)} sentences)")
+    test_keys, dev_keys = set(keys[:test_size]), set(keys[test_size : test_size + dev_size])
+    train, dev, test = [], [], []
+    for p in pairs:
+        k = split_key(p)
+        (test if k in test_keys else dev if k in dev_keys else train).append(p)
+    return train, dev, test
+
+
+def load_corpus(dev_size: int = 1000, test_size: int = 1000, with_bible: bool = False) -> Corpus:
+    """BEOLINGUS splits, plus Bible verses in the training split when ``with_bible``."""
+    train, dev, test = split_pairs(beolingus_pairs(), dev_size, test_size)
+    sources = {"beolingus": len(train)}
+    if with_bible:
+        extra = bible_pairs()
+        held_out = {split_key(p) for p in dev + test}
+        extra = [p for p in extra if split_key(p) not in held_out]
+        train = train + extra
+        sources["bible"] = len(extra)
+    return Corpus(train, dev, test, sources)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A joint BPE vocabulary (``tokenizers``) with ids 0-3 = <pad>, <s>, </s>, <unk>.
+
+    NFKC normalisation; the sentencepiece-style ``Metaspace`` pre-tokeniser and decoder make
+    ``decode(encode(x)) == x`` for text without unknown characters (BLEU is computed on that).
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    if vocab_size < 64:
+        raise ValueError(f"vocab_size must be >= 64, got {vocab_size}")
+    tok = Tokenizer(models.BPE(unk_token=UNK))
+    tok.normalizer = normalizers.NFKC()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return tok
+
+
+def corpus_texts(pairs: Iterable[Pair]) -> Iterable[str]:
+    for p in pairs:
+        yield p.en
+        yield p.de
