@@ -1,0 +1,201 @@
+"""RetNet: the three forms agree exactly, the LM decodes with its state, configs refuse nonsense.
+
+Equivalence tests run in float64 with a negligible norm eps (the §2.2 normalisers are exact in
+every form, so agreement is to rounding: ~1e-14).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from reproduce.retnet import model as rn
+
+EXACT = 1e-10  # float64: the forms agree to ~1e-14; anything above 1e-10 is a bug, not rounding
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _qkv(b=2, h=3, t=10, k=4, v=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = lambda d: (b, h, t, d)  # noqa: E731
+    return (torch.randn(*shape(k), generator=g, dtype=torch.float64),
+            torch.randn(*shape(k), generator=g, dtype=torch.float64),
+            torch.randn(*shape(v), generator=g, dtype=torch.float64))
+
+
+def _tiny_config(**overrides) -> rn.RetNetConfig:
+    base = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_heads=4, chunk_size=3, norm_eps=1e-12)
+    return rn.RetNetConfig(**{**base, **overrides})
+
+
+# --- retention: parallel == recurrent == chunkwise -------------------------------------------------
+@pytest.mark.parametrize("schedule", ["paper", "eq8", "single", "none"])
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("chunk", [1, 3, 4, 10])  # 1, 3, 4 (10 % 4 != 0) and chunk = length
+def test_three_forms_agree(schedule, normalize, chunk):
+    q, k, v = _qkv()
+    gamma = rn.decay_rates(q.shape[1], schedule)
+    empty = rn.RetentionState.zeros(q.shape[0], gamma, q.shape[-1], v.shape[-1], like=q)
+    parallel = rn.retention_parallel(q, k, v, gamma, normalize)
+    recurrent, s_rec = rn.retention_recurrent(q, k, v, gamma, empty, 0, normalize)
+    chunkwise, s_chunk = rn.retention_chunkwise(q, k, v, gamma, chunk, empty, 0, normalize)
+    assert (parallel - recurrent).abs().max() < EXACT
+    assert (parallel - chunkwise).abs().max() < EXACT
+    assert (s_rec.kv - s_chunk.kv).abs().max() < EXACT
+    assert (s_rec.key_sum - s_chunk.key_sum).abs().max() < EXACT
+
+
+def test_chunkwise_continues_from_a_state():
+    """Split a sequence anywhere: chunkwise(first part) then chunkwise(rest, state) == parallel(all)."""
+    q, k, v = _qkv(t=13)
+    gamma = rn.decay_rates(3)
+    empty = rn.RetentionState.zeros(2, gamma, 4, 8, like=q)
+    whole = rn.retention_parallel(q, k, v, gamma)
+    first, state = rn.retention_chunkwise(q[:, :, :5], k[:, :, :5], v[:, :, :5], gamma, 2, empty, 0)
+    rest, _ = rn.retention_chunkwise(q[:, :, 5:], k[:, :, 5:], v[:, :, 5:], gamma, 3, state, 5)
+    assert (torch.cat([first, rest], dim=2) - whole).abs().max() < EXACT
+
+
+def test_gamma_one_without_normalisation_is_causal_linear_attention():
+    q, k, v = _qkv(t=7)
+    gamma = rn.decay_rates(3, "none")
+    naive = torch.zeros_like(v)
+    for n in range(q.shape[2]):  # o_n = sum_{m <= n} (q_n . k_m) v_m
+        for m in range(n + 1):
+            naive[:, :, n] += (q[:, :, n] * k[:, :, m]).sum(-1, keepdim=True) * v[:, :, m]
+    assert (rn.retention_parallel(q, k, v, gamma, normalize=False) - naive).abs().max() < EXACT
+
+
+def test_decay_schedules_match_the_paper():
+    paper = rn.decay_rates(8, "paper")
+    assert paper[0].item() == pytest.approx(1 - 1 / 32) and paper[-1].item() == pytest.approx(1 - 1 / 512)
+    assert rn.decay_rates(4, "eq8").tolist() == pytest.approx([1 - 2**-5, 1 - 2**-6, 1 - 2**-7, 1 - 2**-8])
+    mask = rn.decay_mask(torch.tensor([0.5], dtype=torch.float64), 3)[0]
+    assert mask.tolist() == [[1, 0, 0], [0.5, 1, 0], [0.25, 0.5, 1]]
+
+
+def test_rotation_makes_scores_relative():
+    g = torch.Generator().manual_seed(1)
+    q, k = torch.randn(1, 1, 1, 8, generator=g, dtype=torch.float64), torch.randn(1, 1, 1, 8, generator=g, dtype=torch.float64)
+    score = lambda n, m: (rn.rotate(q, torch.tensor([n])) * rn.rotate(k, torch.tensor([m]))).sum()  # noqa: E731
+    assert score(7, 3).item() == pytest.approx(score(104, 100).item(), abs=1e-12)
+    assert score(7, 3).item() != pytest.approx(score(7, 5).item(), abs=1e-6)
+
+
+def test_recurrent_state_bytes_do_not_depend_on_length():
+    model = rn.RetNetForCausalLM(_tiny_config()).eval()
+    sizes = []
+    for length in (4, 64):
+        with torch.no_grad():
+            cache = model(torch.randint(0, 99, (2, length)), use_cache=True).cache
+        sizes.append(cache.nbytes)
+        assert cache.get_seq_length() == length
+    c = model.config
+    assert sizes[0] == sizes[1] == c.num_hidden_layers * 2 * c.num_heads * c.key_dim * (c.value_dim + 1) * 4
+
+
+# --- the LM ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "variant",
+    [{}, {"use_gate": False}, {"head_norm": "none"}, {"decay": "none"}, {"decay": "single"}, {"num_heads": 8},
+     {"head_norm": "rmsnorm"}],
+    ids=["full", "no-gate", "no-groupnorm", "gamma-1", "one-gamma", "small-heads", "rmsnorm"],
+)
+def test_lm_parallel_equals_token_by_token_decode(variant):
+    torch.manual_seed(0)
+    model = rn.RetNetForCausalLM(_tiny_config(**variant)).double().eval()
+    ids = torch.randint(0, 99, (2, 11))
+    with torch.no_grad():
+        parallel = model(ids, mode="parallel").logits
+        chunkwise = model(ids, mode="chunkwise").logits
+        cache, steps = None, []
+        for t in range(ids.shape[1]):  # one recurrent step per token, state carried in the cache
+            out = model(ids[:, t : t + 1], cache=cache, use_cache=True, mode="recurrent")
+            cache = out.cache
+            steps.append(out.logits)
+    assert (parallel - torch.cat(steps, dim=1)).abs().max() < EXACT
+    assert (parallel - chunkwise).abs().max() < EXACT
+
+
+def test_generate_equals_greedy_recomputation_and_save_load(tmp_path):
+    torch.manual_seed(0)
+    model = rn.RetNetForCausalLM(_tiny_config()).double().eval()
+    prompt = torch.randint(0, 99, (2, 5))
+    generated = model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    greedy = prompt
+    with torch.no_grad():
+        for _ in range(8):  # re-run the parallel form on the whole prefix every step
+            nxt = model(greedy, mode="parallel").logits[:, -1].argmax(-1, keepdim=True)
+            greedy = torch.cat([greedy, nxt], dim=1)
+    assert torch.equal(generated, greedy)
+
+    model.save_pretrained(tmp_path)
+    loaded = rn.RetNetForCausalLM.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    drop = lambda d: {k: v for k, v in d.items() if k != "_name_or_path"}  # noqa: E731  (where it was loaded from)
+    assert drop(loaded.config.to_dict()) == drop(model.config.to_dict())
+    with torch.no_grad():
+        assert torch.equal(loaded(prompt, mode="parallel").logits, model(prompt, mode="parallel").logits)
+
+
+def test_training_loss_is_next_token_cross_entropy():
+    torch.manual_seed(0)
+    model = rn.RetNetForCausalLM(_tiny_config())
+    ids = torch.randint(0, 99, (2, 9))
+    out = model(ids, labels=ids)
+    expected = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 99), ids[:, 1:].reshape(-1))
+    assert out.loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    out.loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_paper_1_3b_shape_on_meta_device():
+    """Table 2: 1.3B = hidden 2048, 24 layers; §3.1: d_k = 256 (8 heads); 12 d^2 per block."""
+    config = rn.RetNetConfig()
+    assert (config.hidden_size, config.num_hidden_layers, config.key_dim) == (2048, 24, 256)
+    with torch.device("meta"):
+        model = rn.RetNetForCausalLM(config)
+    blocks = sum(p.numel() for p in model.model.layers.parameters() if p.dim() == 2)
+    assert blocks == 24 * 12 * 2048**2
+    assert rn.count_parameters(model) == pytest.approx(1.3e9, rel=0.03)
+
+
+# --- bad input ------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"decay": "linear"}, "decay"),
+        ({"head_norm": "layernorm"}, "head_norm"),
+        ({"hidden_size": 30, "num_heads": 4}, "multiple"),
+        ({"num_heads": 0}, "num_heads"),
+        ({"forward_mode": "recurrent"}, "forward_mode"),
+        ({"hidden_siz": 3}, "hidden_siz"),
+        ({"chunk_size": 0}, "chunk_size"),
+        ({"hidden_size": 12, "num_heads": 4}, "even key dim"),
+    ],
+)
+def test_config_refuses_nonsense(bad, message):
+    with pytest.raises(Exception, match=message):
+        _tiny_config(**bad)
+
+
+def test_lm_refuses_bad_calls():
+    model = rn.RetNetForCausalLM(_tiny_config()).eval()
+    ids = torch.randint(0, 99, (1, 4))
+    with pytest.raises(ValueError, match="mode"):
+        model(ids, mode="sideways")
+    with pytest.raises(ValueError, match="parallel form keeps no state"):
+        model(ids, mode="parallel", use_cache=True)
+    with pytest.raises(ValueError, match="padding"):
+        model(ids, attention_mask=torch.tensor([[0, 1, 1, 1]]))
+    with pytest.raises(ValueError, match="decay schedule"):
+        rn.decay_rates(4, "fast")
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match="chunk_size"):
+        rn.retention_chunkwise(q, k, v, rn.decay_rates(3), 0, rn.RetentionState.zeros(2, rn.decay_rates(3), 4, 8, q), 0)
