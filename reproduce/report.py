@@ -1,0 +1,150 @@
+"""Render the saved results into ``results/REPORT.md`` and the README's reproduction tables.
+
+Nothing here is typed by hand: every row comes from a ``results/<paper>/<profile>.json`` record.
+Real runs (cpu and gpu profiles) go into the committed report and the READMEs; smoke runs (CI,
+``make reproduce``) only into ``runs/REPORT.smoke.md``, so they never change committed files.
+Key artifacts that no run has produced yet get a row that says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from . import config, results
+from .paths import REPO_ROOT, results_dir, runs_dir
+
+START, END = "<!-- reproduction-table:start -->", "<!-- reproduction-table:end -->"
+REAL_PROFILES = ("gpu", "cpu")
+READMES = {"en": REPO_ROOT / "README.md", "ko": REPO_ROOT / "README.ko.md"}
+
+_HEADERS = {
+    "en": ["Paper", "Artifact", "Notebook section", "Claim", "Paper value", "Ours", "Check", "Result", "Hardware", "Runtime", "Command"],
+    "ko": ["논문", "표/그림", "노트북 절", "주장", "논문 값", "우리 값", "판정 기준", "결과", "하드웨어", "실행 시간", "명령"],
+}
+_WORDS = {
+    "en": {"pass": "pass", "fail": "**fail**", "missing": "not run yet", "none": "No run has produced results yet."},
+    "ko": {"pass": "통과", "fail": "**실패**", "missing": "아직 실행 안 됨", "none": "아직 결과를 만든 실행이 없습니다."},
+}
+
+
+def fmt(value: Any) -> str:
+    """A compact, table-safe rendering of a value."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        if value != 0 and (abs(value) >= 1e5 or abs(value) < 1e-3):
+            return f"{value:.2e}"
+        return f"{value:.4g}"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {fmt(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return " < ".join(map(str, value)) if all(isinstance(v, str) for v in value) else ", ".join(map(fmt, value))
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def check_text(claim: Mapping[str, Any]) -> str:
+    relation, target = claim["relation"], claim.get("target")
+    if relation == "ordering":
+        return "order " + fmt(target)
+    if relation == "~=":
+        tol = f"{claim['tol'] * 100:g}%" if claim.get("rel") else fmt(claim["tol"])
+        return f"≈ {fmt(target)} ± {tol}"
+    return f"{relation} {fmt(target)}"
+
+
+def rows(records: Iterable[Mapping[str, Any]], lang: str = "en") -> list[list[str]]:
+    """One row per claim; one 'not run yet' row per declared artifact without a record."""
+    words = _WORDS[lang]
+    out = []
+    records = list(records)
+    for paper in config.available_papers():
+        spec = config.get_spec(paper)
+        paper_records = [r for r in records if r["paper"] == paper]
+        covered = set()
+        for r in paper_records:
+            device = r["provenance"].get("device", "?")
+            runtime = f"{r['wall_time_s'] / 60:.1f} min"
+            command = f"`{r['command']}`"
+            for c in r["claims"]:
+                covered.add(c["artifact"])
+                result = words["pass"] if c["passed"] else words["fail"]
+                if c.get("note"):
+                    result += f" ({fmt(c['note'])})"
+                out.append([paper, c["artifact"], fmt(c["section"]), fmt(c["text"]), fmt(c.get("paper")), fmt(c["ours"]), check_text(c), result, fmt(device), runtime, command])
+        for artifact, section in spec.artifacts.items():
+            if artifact not in covered:
+                out.append([paper, artifact, section, "–", "–", "–", "–", words["missing"], "–", "–", f"`python -m reproduce run {paper} --profile cpu`"])
+    return out
+
+
+def table(records: Iterable[Mapping[str, Any]], lang: str = "en") -> str:
+    body = rows(records, lang)
+    if not body:
+        return _WORDS[lang]["none"] + "\n"
+    lines = ["| " + " | ".join(_HEADERS[lang]) + " |", "|" + "---|" * len(_HEADERS[lang])]
+    lines += ["| " + " | ".join(r) + " |" for r in body]
+    return "\n".join(lines) + "\n"
+
+
+def best_records(profiles: tuple[str, ...] = REAL_PROFILES, root: Path | None = None) -> list[dict[str, Any]]:
+    """For each paper, the record of the first profile in ``profiles`` that has one."""
+    chosen = []
+    for paper in config.available_papers():
+        for profile in profiles:
+            record = results.load(paper, profile, root=root)
+            if record is not None:
+                chosen.append(record)
+                break
+    return chosen
+
+
+def replace_between_markers(text: str, new: str) -> str:
+    if START not in text or END not in text:
+        raise ValueError(f"the markers {START} and {END} are missing")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{new}{END}{tail}"
+
+
+def report_markdown(records: list[dict[str, Any]], title: str) -> str:
+    parts = [f"# {title}\n", "Rendered by `python -m reproduce report` from `results/<paper>/<profile>.json`; do not edit by hand.\n"]
+    for r in records:
+        passed = sum(c["passed"] for c in r["claims"])
+        prov = r["provenance"]
+        parts.append(
+            f"\n## {r['paper']} ({r['profile']} profile)\n\n"
+            f"- claims holding: {passed}/{len(r['claims'])}\n"
+            f"- hardware: {prov.get('device', '?')}, {prov.get('threads', '?')} threads; wall time {r['wall_time_s'] / 60:.1f} min\n"
+            f"- git commit {str(prov.get('git_commit'))[:10]}{' (dirty)' if prov.get('git_dirty') else ''}; torch {prov['packages'].get('torch')}, "
+            f"transformers {prov['packages'].get('transformers')}; seed {r['params'].get('seed')}\n"
+            f"- command: `{r['command']}`\n"
+        )
+    parts.append("\n## All claims\n\n" + table(records))
+    return "".join(parts)
+
+
+def write_all() -> list[Path]:
+    """Write the report(s) and update the README tables; returns the paths written."""
+    root = results_dir()
+    written = []
+    real = best_records(REAL_PROFILES, root)
+    report = root / "REPORT.md"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(report_markdown(real, "Reproduction report"), encoding="utf-8")
+    written.append(report)
+    smoke = best_records(("smoke",), root)
+    if smoke:
+        path = runs_dir() / "REPORT.smoke.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(report_markdown(smoke, "Smoke-run report (numbers not meaningful)"), encoding="utf-8")
+        written.append(path)
+    if root == REPO_ROOT / "results":  # only the repository's own results update its READMEs
+        for lang, readme in READMES.items():
+            if readme.exists():
+                readme.write_text(replace_between_markers(readme.read_text(encoding="utf-8"), table(real, lang)), encoding="utf-8")
+                written.append(readme)
+    return written

@@ -1,0 +1,111 @@
+"""The command line (python -m reproduce) and the papermill runner, on the runner's test notebook."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO_ROOT, subprocess_env
+
+SPECS = {"REPRODUCE_SPECS": "pipeline_spec"}
+
+
+def cli(*args, env=None, timeout=300):
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "reproduce", *args], capture_output=True, text=True,
+                          env=subprocess_env(**SPECS, **(env or {})), cwd=REPO_ROOT, timeout=timeout)
+    return proc, time.perf_counter() - t0
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["run", "nosuchpaper"], "unknown paper 'nosuchpaper'"),
+        (["run", "pipeline", "--profile", "huge"], "unknown profile 'huge'"),
+        (["run", "pipeline", "-p", "steps=-1"], "parameter 'steps': -1 is not allowed; expected int in [1, 100000]"),
+        (["run", "pipeline", "-p", "stpes=3"], "did you mean 'steps'?"),
+        (["run", "pipeline", "-p", "steps"], "not of the form key=value"),
+    ],
+)
+def test_bad_input_exits_2_fast_with_one_line_and_writes_nothing(tmp_path, args, expected):
+    out = tmp_path / "out"
+    proc, elapsed = cli(*args, "--output-dir", str(out))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], proc.stderr
+    assert elapsed < 2.0, f"rejection took {elapsed:.2f} s"
+    assert not out.exists()
+
+
+def test_validation_does_not_import_torch():
+    code = ("import sys; from reproduce.__main__ import main; "
+            "rc = main(['run', 'pipeline', '-p', 'stpes=3']); assert rc == 2; "
+            "assert 'torch' not in sys.modules and 'papermill' not in sys.modules; print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=subprocess_env(**SPECS))
+    assert proc.stdout.strip() == "ok", proc.stderr
+
+
+def test_list_shows_every_parameter_with_default_range_and_help():
+    proc, _ = cli("list", "pipeline")
+    assert proc.returncode == 0, proc.stderr
+    for text in ("steps", "int", "default 200", "smoke=50", "in [1, 100000]", "gradient-descent steps", "seed", "device"):
+        assert text in proc.stdout, text
+
+
+@pytest.mark.slow
+def test_run_executes_notebook_and_writes_results_without_touching_source(tmp_path):
+    source = REPO_ROOT / "tests" / "pipeline.ipynb"
+    before = source.read_bytes()
+    out = tmp_path / "out"
+    proc, _ = cli("run", "pipeline", "--profile", "smoke", "-p", "steps=30", "--output-dir", str(out), "--no-progress")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    record = json.loads((out / "results" / "pipeline" / "smoke.json").read_text())
+    assert record["params"]["steps"] == 30 and len(record["measured"]["fit.losses"]) == 30
+    assert "-p steps=30" in record["command"]
+    assert all(c["passed"] for c in record["claims"])
+    executed = list((out / "runs" / "pipeline").glob("smoke-*.ipynb"))
+    assert len(executed) == 1
+    assert (out / "runs" / "figures" / "pipeline" / "pipeline_loss.png").exists()  # smoke figures stay out of figures/
+    assert source.read_bytes() == before
+    assert "pipeline" in proc.stdout and "ok" in proc.stdout  # the summary table
+
+
+@pytest.mark.slow
+def test_failing_cell_is_reported_with_source_error_and_path(tmp_path):
+    out = tmp_path / "out"
+    proc, _ = cli("run", "pipeline", "-p", "fail=true", "--output-dir", str(out), "--no-progress")
+    assert proc.returncode == 1
+    assert "RuntimeError: deliberate failure asked for by fail=True" in proc.stderr
+    assert "if params.fail:" in proc.stderr  # the failing cell's source
+    assert "executed notebook:" in proc.stderr and str(out / "runs" / "pipeline") in proc.stderr
+    assert not (out / "results" / "pipeline" / "smoke.json").exists()
+
+
+@pytest.mark.slow
+def test_sigkill_during_execution_keeps_earlier_results(tmp_path):
+    out = tmp_path / "out"
+    earlier = out / "results" / "pipeline" / "smoke.json"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text('{"earlier": true}')
+    proc = subprocess.Popen([sys.executable, "-m", "reproduce", "run", "pipeline", "-p", "steps=100000",
+                             "--output-dir", str(out), "--no-progress"], env=subprocess_env(**SPECS), cwd=REPO_ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 60
+    while not list((out / "runs").glob("pipeline/*.ipynb")) and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # the kernel is starting or executing cells
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert json.loads(earlier.read_text()) == {"earlier": True}
+
+
+def test_plain_papermill_works_on_a_paper_notebook_too():
+    """`papermill notebooks/X.ipynb out.ipynb -p profile smoke` needs no CLI: covered per notebook in test_notebooks."""
+    import papermill
+
+    params = papermill.inspect_notebook(str(REPO_ROOT / "tests" / "pipeline.ipynb"))
+    assert params["profile"]["default"] == '"smoke"'

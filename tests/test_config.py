@@ -1,0 +1,76 @@
+"""Parameter schemas, profiles and validation (reproduce/config.py)."""
+
+import pytest
+
+import pipeline_spec  # noqa: F401  registers the runner's test paper
+from reproduce import config
+from reproduce.config import Param, PaperSpec, ParamError
+
+
+def test_profiles_layer_defaults_profile_and_overrides():
+    smoke = config.resolve("pipeline", "smoke")
+    assert smoke.steps == 50 and smoke.n == 64 and smoke.seed == 0
+    cpu = config.resolve("pipeline", "cpu")
+    assert cpu.steps == 200
+    over = config.resolve("pipeline", "smoke", {"steps": 7, "lr": "0.5"})
+    assert over.steps == 7 and over.lr == 0.5 and over.overrides == {"steps": 7, "lr": 0.5}
+    assert over.as_dict()["profile"] == "smoke"
+
+
+@pytest.mark.parametrize(
+    "paper, profile, overrides, expected",
+    [
+        ("nosuchpaper", "smoke", {}, "unknown paper 'nosuchpaper'"),
+        ("pipeline", "huge", {}, "unknown profile 'huge'"),
+        ("pipeline", "smoke", {"steps": -1}, "parameter 'steps': -1 is not allowed; expected int in [1, 100000]"),
+        ("pipeline", "smoke", {"steps": 2.5}, "parameter 'steps': 2.5 is not allowed"),
+        ("pipeline", "smoke", {"steps": True}, "parameter 'steps': True is not allowed"),
+        ("pipeline", "smoke", {"stpes": 3}, "did you mean 'steps'?"),
+        ("pipeline", "smoke", {"device": "tpu"}, "expected str in {'auto', 'cpu', 'cuda'}"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_problem(paper, profile, overrides, expected):
+    with pytest.raises(ParamError) as err:
+        config.resolve(paper, profile, overrides)
+    message = str(err.value)
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_list_parameters_coerce_and_check_every_element():
+    p = Param("list[int]", [64], "budgets", min=1, min_len=1)
+    assert p.coerce("budgets", "[64, 128]") == [64, 128]
+    with pytest.raises(ParamError, match="at least 1"):
+        p.coerce("budgets", [])
+    with pytest.raises(ParamError):
+        p.coerce("budgets", [64, 0])
+
+
+def test_parse_overrides_reads_json_values():
+    assert config.parse_overrides(["steps=3", "budgets=[64,128]", "name=abc", "flag=true"]) == {
+        "steps": 3, "budgets": [64, 128], "name": "abc", "flag": True}
+    with pytest.raises(ParamError, match="key=value"):
+        config.parse_overrides(["steps"])
+
+
+def test_notebook_params_take_non_none_globals():
+    ns = {"profile": "cpu", "steps": None, "lr": 0.25, "unrelated": 1}
+    params = config.notebook_params("pipeline", ns)
+    assert params.profile == "cpu" and params.steps == 200 and params.lr == 0.25
+
+
+def test_a_spec_refuses_invalid_profiles_and_reserved_names():
+    with pytest.raises(TypeError, match="unknown parameter"):
+        PaperSpec("x", "x.ipynb", "x", {"a": Param("int", 1, "a")}, {"smoke": {"b": 1}, "cpu": {}, "gpu": {}})
+    with pytest.raises(ParamError):
+        PaperSpec("x", "x.ipynb", "x", {"a": Param("int", 1, "a", min=0)}, {"smoke": {"a": -1}, "cpu": {}, "gpu": {}})
+    with pytest.raises(TypeError, match="reserved"):
+        PaperSpec("x", "x.ipynb", "x", {"seed": Param("int", 1, "a")}, {"smoke": {}, "cpu": {}, "gpu": {}})
+
+
+@pytest.mark.parametrize("paper", config.available_papers())
+def test_every_paper_spec_is_valid_and_its_notebook_exists(paper):
+    spec = config.get_spec(paper)
+    assert (config_notebooks := (pipeline_spec.Path(config.__file__).parent.parent / "notebooks" / spec.notebook)).exists(), config_notebooks
+    for profile in config.PROFILES:
+        config.resolve(paper, profile)

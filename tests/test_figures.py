@@ -1,0 +1,59 @@
+"""The figure style: PNG + SVG, blog width, Korean text with a real font (reproduce/figures.py)."""
+
+import warnings
+
+import matplotlib
+import numpy as np
+import pytest
+from PIL import Image
+
+from reproduce import figures
+
+
+def _draw(title, xlabel):
+    fig, ax = figures.subplots()
+    ax.plot([1, 2, 3], [3, 1, 2], label=xlabel)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.legend()
+    return fig
+
+
+def test_korean_title_renders_with_no_missing_glyph(output_dir):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warns "Glyph ... missing from font(s)" for tofu
+        with figures.style("ko"):
+            fig = _draw("어텐션 가중치와 퍼플렉서티", "시퀀스 길이 (토큰)")
+            paths = figures.save(fig, "demo", "korean", profile="cpu", lang="ko")
+            fig.canvas.draw()
+            fonts = {t.get_fontname() for t in fig.findobj(matplotlib.text.Text) if t.get_text()}
+    assert "NanumGothic" in fonts
+    assert paths["png"] == output_dir / "figures" / "demo" / "ko" / "korean.png"
+    assert paths["svg"].read_text().startswith("<?xml")
+    image = np.asarray(Image.open(paths["png"]).convert("L"))
+    assert image.shape[1] >= 1000  # 7 in at 200 dpi, cropped tight
+    assert (image < 128).mean() > 0.005  # not blank
+
+
+def test_english_mode_would_show_tofu_for_hangul():
+    """The check above can fail: without the Korean style, DejaVu Sans lacks Hangul and matplotlib warns."""
+    with figures.style("en"):
+        fig = _draw("어텐션", "x")
+        with pytest.warns(UserWarning, match="missing from font"):
+            fig.canvas.draw()
+
+
+def test_translator_refuses_untranslated_text_in_korean():
+    _ = figures.translator({"Perplexity": "퍼플렉서티"}, "ko")
+    assert _("Perplexity") == "퍼플렉서티"
+    with pytest.raises(KeyError, match="no Korean translation"):
+        _("Latency")
+    assert figures.translator({}, "en")("Latency") == "Latency"
+    with pytest.raises(ValueError):
+        figures.translator({}, "fr")
+
+
+def test_smoke_figures_never_land_in_figures_folder(output_dir):
+    with figures.style():
+        paths = figures.save(_draw("t", "x"), "demo", "name", profile="smoke")
+    assert paths["png"] == output_dir / "runs" / "figures" / "demo" / "name.png"

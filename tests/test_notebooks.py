@@ -1,0 +1,60 @@
+"""Every notebook runs with the smoke profile through plain papermill, then nbval re-runs the executed
+copy and compares the tagged summary cells (``--nbval-lax``: only cells marked
+``# NBVAL_CHECK_OUTPUT`` are compared). New notebooks under notebooks/ are picked up by themselves.
+"""
+
+import ast
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT, subprocess_env
+
+NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb")) + [REPO_ROOT / "tests" / "pipeline.ipynb"]
+IDS = [p.stem for p in NOTEBOOKS]
+
+
+def _cells(path):
+    return json.loads(path.read_text(encoding="utf-8"))["cells"]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_source_is_clean(path):
+    cells = _cells(path)
+    tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    tree = ast.parse("".join(tagged[0]["source"]))
+    for node in tree.body:
+        assert isinstance(node, ast.Assign), f"parameters cell holds assignments only, got {ast.dump(node)[:60]}"
+        ast.literal_eval(node.value)  # literals only
+    names = {t.id for node in tree.body for t in node.targets}
+    assert "profile" in names
+    summary = [c for c in cells if "summary" in c.get("metadata", {}).get("tags", [])]
+    assert summary and "# NBVAL_CHECK_OUTPUT" in "".join(summary[-1]["source"]), "a tagged, compared summary cell"
+    for cell in cells:
+        if cell["cell_type"] == "code" and "summary" not in cell.get("metadata", {}).get("tags", []):
+            assert not cell.get("outputs"), f"outputs are stripped except the summary cell: {''.join(cell['source'])[:60]}"
+    text = path.read_text(encoding="utf-8")
+    assert not re.search(r"/(?:work|home|tmp|root)/", text), "no absolute paths"
+    assert not re.search(r"0x[0-9a-f]{8,}", text), "no memory addresses"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_runs_with_papermill_and_validates_with_nbval(path, tmp_path):
+    env = subprocess_env(REPRODUCE_OUTPUT_DIR=str(tmp_path / "out"))
+    executed = tmp_path / path.name
+    run = subprocess.run(
+        [sys.executable, "-m", "papermill", str(path), str(executed), "-k", "python3", "-p", "profile", "smoke", "--cwd", str(path.parent)],
+        capture_output=True, text=True, env=env, timeout=900,
+    )
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert list((tmp_path / "out" / "results").glob("*/smoke.json")), "the notebook wrote its results record"
+    check = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env", str(executed)],
+        capture_output=True, text=True, env=env, timeout=900, cwd=path.parent,
+    )
+    assert check.returncode == 0, check.stdout[-4000:]

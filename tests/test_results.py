@@ -1,0 +1,135 @@
+"""Result records, claims, provenance and atomic writes (reproduce/results.py)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import pipeline_spec  # noqa: F401
+from conftest import subprocess_env
+from reproduce import config, results, runtime
+
+
+def _run():
+    return results.Run(config.resolve("pipeline", "smoke"))
+
+
+@pytest.mark.parametrize(
+    "relation, ours, target, tol, rel, expected",
+    [
+        ("<", 1.0, 2.0, 0, False, True),
+        ("<", 2.0, 2.0, 0, False, False),
+        ("<=", 2.0, 2.0, 0, False, True),
+        (">", 3.0, 2.0, 0, False, True),
+        (">=", 1.9, 2.0, 0, False, False),
+        ("~=", 7.5, 7.16, 0.4, False, True),
+        ("~=", 7.6, 7.16, 0.4, False, False),
+        ("~=", 105.0, 100.0, 0.05, True, True),
+        ("~=", 106.0, 100.0, 0.05, True, False),
+        ("<=", float("nan"), 1.0, 0, False, False),
+        ("<", None, 1.0, 0, False, False),
+    ],
+)
+def test_relations(relation, ours, target, tol, rel, expected):
+    assert results.evaluate(relation, ours, target, tol, rel) is expected
+
+
+def test_ordering_claims():
+    ours = {"tova": 9.5, "h2o": 10.1, "window": 4812.0}
+    assert results.evaluate("ordering", ours, ["tova", "h2o", "window"])
+    assert not results.evaluate("ordering", ours, ["h2o", "tova", "window"])
+    with pytest.raises(ValueError):
+        results.evaluate("ordering", 3.0, ["a"])
+
+
+def test_unknown_relation_and_duplicate_ids_are_refused():
+    run = _run()
+    with pytest.raises(ValueError, match="relation"):
+        run.claim("x", artifact="T", section="s", text="t", ours=1, relation="=>", target=1)
+    run.claim("x", artifact="T", section="s", text="t", ours=1, relation="<=", target=1)
+    with pytest.raises(ValueError, match="twice"):
+        run.claim("x", artifact="T", section="s", text="t", ours=1, relation="<=", target=1)
+
+
+def test_record_has_provenance_and_converts_tensors(output_dir):
+    run = _run()
+    run.record("t", torch.tensor([1.0, 2.0]))
+    run.record("scalar", torch.tensor(3.5))
+    run.claim("c", artifact="Table 1", section="1", text="t", ours=torch.tensor(0.5), relation="<", target=1.0, paper=1.0)
+    path = run.save()
+    assert path == output_dir / "results" / "pipeline" / "smoke.json"
+    data = json.loads(path.read_text())
+    assert data["measured"] == {"t": [1.0, 2.0], "scalar": 3.5}
+    assert data["claims"][0]["passed"] is True
+    prov = data["provenance"]
+    for key in ("git_commit", "git_dirty", "python", "packages", "device", "threads", "seed"):
+        assert key in prov, key
+    assert prov["packages"]["torch"].startswith("2.13.0")
+    assert data["params"]["steps"] == 50 and data["wall_time_s"] >= 0
+    assert "FAIL" not in run.summary() and "1 claims checked" in run.summary(stable=True)
+
+
+def test_same_seed_same_numbers():
+    def compute():
+        runtime.seed_everything(123)
+        model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        x, y = torch.randn(64, 8), torch.randn(64, 1)
+        for _ in range(20):
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return loss.item(), [p.detach().clone() for p in model.parameters()]
+
+    (l1, w1), (l2, w2) = compute(), compute()
+    assert l1 == l2
+    assert all(torch.equal(a, b) for a, b in zip(w1, w2))
+
+
+_SLOW_WRITER = textwrap.dedent(
+    """
+    import os, sys, time
+    from reproduce import results
+    def stuck_fsync(fd):  # the new text is in the temporary file, not yet renamed into place
+        print("writing", flush=True)
+        time.sleep(60)
+    os.fsync = stuck_fsync
+    results.write_json_atomic(sys.argv[1], {"new": list(range(100000))})
+    """
+)
+
+
+@pytest.mark.parametrize("phase", ["during_write", "before_write"])
+def test_sigkill_leaves_previous_results_intact(tmp_path, phase):
+    target = tmp_path / "results" / "pipeline" / "cpu.json"
+    results.write_json_atomic(target, {"old": 1})
+    code = _SLOW_WRITER if phase == "during_write" else "import time; print('writing', flush=True); time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE, text=True, env=subprocess_env())
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    assert json.loads(target.read_text()) == {"old": 1}
+    leftovers = [p for p in target.parent.iterdir() if p.name != "cpu.json"]
+    assert all(p.name.startswith(".cpu.json.") for p in leftovers)  # at most a hidden temp file
+
+
+def test_failed_write_leaves_no_temp_file_and_keeps_old(tmp_path):
+    target = tmp_path / "r.json"
+    results.write_json_atomic(target, {"old": 1})
+    with pytest.raises(TypeError):
+        results.write_json_atomic(target, {"bad": object()})
+    assert json.loads(target.read_text()) == {"old": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_nan_measurements_are_stored_as_null(output_dir):
+    run = _run()
+    run.record("x", float("nan"))
+    data = json.loads(run.save().read_text())
+    assert data["measured"]["x"] is None
