@@ -141,7 +141,9 @@ def test_generate_equals_greedy_recomputation_and_save_load(tmp_path):
     drop = lambda d: {k: v for k, v in d.items() if k != "_name_or_path"}  # noqa: E731  (where it was loaded from)
     assert drop(loaded.config.to_dict()) == drop(model.config.to_dict())
     with torch.no_grad():
-        assert torch.equal(loaded(prompt, mode="parallel").logits, model(prompt, mode="parallel").logits)
+        # same weights bit for bit; the logits may differ by one rounding (tensor layout after loading)
+        assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
+        assert (loaded(prompt, mode="parallel").logits - model(prompt, mode="parallel").logits).abs().max() < EXACT
 
 
 def test_training_loss_is_next_token_cross_entropy():
