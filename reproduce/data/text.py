@@ -134,6 +134,7 @@ def encode_cached(tokenizer: Any, text: str, cache_key: str) -> np.ndarray:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npy")
     with os.fdopen(fd, "wb") as f:
         np.save(f, stored)
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; the cache is shared like any build output
     os.replace(tmp, path)
     return ids
 
@@ -142,6 +143,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
