@@ -227,6 +227,18 @@ def test_passages_have_exact_length_from_different_books(small_tokenizer):
         novels.passages(small_tokenizer, length=16, n=2, split="test")
 
 
+def test_token_stream_concatenates_books_of_a_split(small_tokenizer):
+    held_out = novels.splits(valid_books=["northangerabbey", "persuasion"], test_books=[])
+    eot = small_tokenizer.token_to_id(text.END_OF_TEXT)
+    stream = novels.token_stream(small_tokenizer, "valid", separator_id=eot, data_splits=held_out)
+    northanger, persuasion = (text.encode_cached(small_tokenizer, b.text, f"novels-{b.key}") for b in held_out.valid)
+    assert stream.dtype.name == "int64" and len(stream) == len(northanger) + 1 + len(persuasion)
+    assert stream[len(northanger)] == eot and (stream == eot).sum() == 1
+    assert stream[:len(northanger)].tolist() == northanger.tolist()
+    with pytest.raises(ValueError, match="no books"):
+        novels.token_stream(small_tokenizer, "test", data_splits=held_out)
+
+
 # ---------------------------------------------------------------------------------------------
 # text: cached tokenisation, hub datasets
 # ---------------------------------------------------------------------------------------------

@@ -20,8 +20,9 @@ Policy when a pinned version disappears (Debian replaces versions in a suite; Py
    architecture: the same file from the Debian pool (``pool_url``);
 3. if the pool does not have it either, the version that apt serves now is downloaded and measured,
    and the fetch fails with its version and sha256, so a person decides: pin it in ``SOURCES``
-   after checking its content, or set ``REPRODUCE_ACCEPT_UNPINNED=1`` to use it for this cache
-   (recorded in the marker, with a warning on every fetch). Nothing is accepted silently.
+   after checking its content, or run with ``REPRODUCE_ACCEPT_UNPINNED=1`` (the fetch warns and
+   records the accepted version and sha256 in the marker; the cached copy counts as fetched only
+   while that variable stays set). Nothing is accepted silently.
 
 A checksum mismatch on the pinned version is always an error (the file is deleted).
 """

@@ -16,6 +16,10 @@ marks are removed, runs of spaces collapse to one, and a blank line goes before 
 volume) heading. The parsed books are cached as ``.txt`` files, so a second load reads only text.
 
 Splits are document-level: a book belongs to exactly one of train/valid/test.
+
+API: ``load_books()`` -> 7 ``Book``; ``splits(valid_books, test_books)`` -> ``Splits``;
+``passages(tokenizer, length, n, split, seed)`` -> ``Passages`` (TOVA: fixed-length passages from
+different books); ``token_stream(tokenizer, split)`` -> one id array (RetNet: LM training data).
 """
 
 from __future__ import annotations
@@ -267,3 +271,28 @@ def passages(
         rows.append(torch.from_numpy(ids[start:start + length].copy()))
         starts.append(start)
     return Passages(ids=torch.stack(rows), books=[b.key for b in chosen], starts=starts)  # [n, length]
+
+
+def token_stream(
+    tokenizer: Any,
+    split: SplitName = "train",
+    *,
+    separator_id: int | None = None,
+    data_splits: Splits | None = None,
+) -> np.ndarray:
+    """The books of ``split`` tokenised and concatenated (int64, 1-D), for language-model training.
+
+    ``separator_id`` (e.g. the id of ``reproduce.data.text.END_OF_TEXT``) goes between books, so a
+    model can tell where one document ends. Per-book ids come from the on-disk token cache.
+    """
+    from reproduce.data.text import encode_cached
+
+    books = (data_splits or splits())[split]
+    if not books:
+        raise ValueError(f"split {split!r} has no books")
+    parts: list[np.ndarray] = []
+    for i, book in enumerate(books):
+        if i and separator_id is not None:
+            parts.append(np.array([separator_id], dtype=np.int64))
+        parts.append(encode_cached(tokenizer, book.text, cache_key=f"novels-{book.key}"))
+    return np.concatenate(parts)
