@@ -1,0 +1,234 @@
+"""The training loop shared by the paper notebooks, built on Hugging Face ``accelerate``.
+
+One code path runs on CPU, one GPU or several GPUs:
+
+    result = train(model, optimizer, batches, loss_fn, TrainConfig(steps=300, grad_accum=2),
+                   scheduler=scheduler, eval_fn=evaluate, tokens_in="input_ids")
+
+- In a notebook or a plain ``python`` process it trains on ``make_accelerator(device)``'s device.
+- Data parallel over N processes: ``accelerate launch --num_processes 8 my_script.py`` (or
+  ``torchrun --nproc_per_node 8``), or from a notebook
+  ``accelerate.notebook_launcher(run_training, num_processes=8)``. Each process builds the same
+  model and iterates the same batches; the loop gives process ``r`` its share of every batch.
+
+Batches and losses (what makes N processes equal one):
+- ``batches`` yields *global* batches: dicts whose tensors hold the batch on dim 0. Every process
+  must see the same sequence (seed the generator). Process r of N trains on rows
+  ``[r*B/N, (r+1)*B/N)``; values that are not tensors reach every process unchanged.
+- One optimizer step consumes ``grad_accum`` batches (micro-batches); ``TrainConfig.steps``
+  counts optimizer steps.
+- ``loss_fn(model, batch)`` returns the mean loss over the batch's items/tokens. Gradients are
+  averaged over micro-batches and processes, so a step's gradient is that of the global batch's
+  mean loss whenever every shard and micro-batch holds the same number of loss terms (fixed-length
+  sequences). Deviation: with varying counts per shard (padding, random masks) it is the mean of
+  the shard means, as in most data-parallel trainers.
+
+Checkpoints: ``accelerator.save_state`` (model weights in safetensors; optimizer, scheduler and
+every process's RNG state beside them) into ``checkpoint_dir/step_000100/``, and
+``trainer_state.json`` (step, history, losses) written last, atomically, as the mark of a complete
+checkpoint. With ``resume=True`` a run continues from the latest complete checkpoint: it skips the
+batches already consumed, then restores the saved state, so an interrupted and an uninterrupted
+run end with the same weights.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+Batch = Mapping[str, Any]
+MIXED_PRECISION = ("no", "fp16", "bf16")
+STATE_FILE = "trainer_state.json"
+
+
+@dataclass
+class TrainConfig:
+    """What the loop does; learning rate and schedule live in the optimizer and scheduler passed in."""
+
+    steps: int  # optimizer steps (each consumes grad_accum batches)
+    grad_accum: int = 1
+    max_grad_norm: float | None = 1.0  # None: no clipping
+    eval_every: int = 0  # 0: evaluate only after the last step (when eval_fn is given)
+    log_every: int = 10
+    checkpoint_every: int = 0  # 0: no checkpoints
+    checkpoint_dir: str | Path | None = None
+    keep_checkpoints: int = 2  # the newest ones stay; older ones are deleted
+    resume: bool = True  # continue from the newest complete checkpoint in checkpoint_dir
+    mixed_precision: str = "no"
+    desc: str = "train"
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "grad_accum", "log_every", "keep_checkpoints"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        for name in ("eval_every", "checkpoint_every"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"TrainConfig.{name} must be an integer >= 0 (0 = off), got {getattr(self, name)!r}")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(f"TrainConfig.max_grad_norm must be > 0 or None (no clipping), got {self.max_grad_norm!r}")
+        if self.checkpoint_every and self.checkpoint_dir is None:
+            raise ValueError("TrainConfig.checkpoint_every needs a checkpoint_dir")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"TrainConfig.mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]]  # every log_every steps: step, loss (mean since last entry), lr, tokens_per_s, eval metrics
+    losses: list[float]  # every step's global-batch loss, from step 1 (resumed runs include the checkpoint's)
+    final_loss: float
+    wall_time_s: float  # this call only
+    tokens_per_s: float  # this call only, global (all processes)
+    steps: int
+    resumed_from: int = 0  # step of the checkpoint this call continued from (0: fresh start)
+    eval: dict[str, float] = field(default_factory=dict)  # the last evaluation
+
+
+def make_accelerator(device: str = "auto", mixed_precision: str = "no", grad_accum: int = 1) -> Accelerator:
+    """An ``Accelerator`` on ``device`` ("auto": CUDA when present; "cpu"; "cuda")."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for, but torch sees no GPU; use device='auto' or 'cpu'")
+    return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum)
+
+
+def shard(batch: Batch, index: int, count: int, device: torch.device | None = None) -> dict[str, Any]:
+    """Process ``index``'s contiguous share (of ``count``) of a global batch's tensors, on ``device``."""
+    sizes = {v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor)}
+    if len(sizes) != 1:
+        raise ValueError(f"batch tensors disagree on the batch size (dim 0): {sorted(sizes)}")
+    (rows,) = sizes
+    if rows % count:
+        raise ValueError(f"a global batch of {rows} rows does not split evenly over {count} processes")
+    per = rows // count
+    return {k: v[index * per:(index + 1) * per].to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _token_counter(tokens_in: str | Callable[[Batch], int] | None) -> Callable[[Batch], int]:
+    if tokens_in is None:  # count items: the batch size
+        return lambda batch: next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
+    if isinstance(tokens_in, str):
+        return lambda batch: batch[tokens_in].numel()
+    return tokens_in
+
+
+def latest_checkpoint(checkpoint_dir: str | Path | None) -> Path | None:
+    """The newest complete checkpoint (one with its ``trainer_state.json``) in ``checkpoint_dir``."""
+    if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
+        return None
+    done = sorted(p for p in Path(checkpoint_dir).glob("step_*") if (p / STATE_FILE).is_file())
+    return done[-1] if done else None
+
+
+def _save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, state: dict) -> None:
+    path = Path(cfg.checkpoint_dir) / f"step_{state['step']:06d}"
+    accelerator.save_state(str(path))  # every process writes its RNG state; the main one the rest
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        tmp = path / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, path / STATE_FILE)  # atomic: a checkpoint without this file is ignored
+        complete = sorted(p for p in Path(cfg.checkpoint_dir).glob("step_*") if (p / STATE_FILE).is_file())
+        for old in complete[:-cfg.keep_checkpoints]:
+            shutil.rmtree(old)
+    accelerator.wait_for_everyone()
+
+
+def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch],
+          loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor], cfg: TrainConfig,
+          scheduler: Any = None, eval_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
+          accelerator: Accelerator | None = None,
+          tokens_in: str | Callable[[Batch], int] | None = None) -> TrainResult:
+    """Train ``model`` for ``cfg.steps`` optimizer steps on ``batches`` (see the module docstring).
+
+    ``scheduler`` steps once per optimizer step. ``eval_fn(model) -> {metric: value}`` runs every
+    ``cfg.eval_every`` steps and after the last one, in eval mode without gradients, on every
+    process. ``tokens_in`` counts a global batch's tokens for tokens/s: a batch key (its
+    ``numel``), a function, or None (the batch size). The model is trained in place.
+    """
+    accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision, grad_accum=cfg.grad_accum)
+    accelerator.gradient_accumulation_steps = cfg.grad_accum
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if scheduler is not None:
+        accelerator.register_for_checkpointing(scheduler)  # stepped by hand below: once per optimizer step
+    count_tokens = _token_counter(tokens_in)
+    batches = iter(batches)
+    history: list[dict[str, float]] = []
+    losses: list[float] = []
+    start, last_eval = 0, {}
+
+    checkpoint = latest_checkpoint(cfg.checkpoint_dir) if cfg.resume else None
+    if checkpoint is not None:
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        if state["step"] > cfg.steps:
+            raise ValueError(f"the checkpoint {checkpoint} is past steps={cfg.steps}; raise steps, or pass resume=False "
+                             "or another checkpoint_dir to start afresh")
+        start, history, losses, last_eval = state["step"], state["history"], state["losses"], state["eval"]
+        for _ in itertools.islice(batches, start * cfg.grad_accum):
+            pass  # skip consumed batches first; then load_state restores the RNG to where the run stopped
+        accelerator.load_state(str(checkpoint))
+
+    model.train()
+    tokens, logged_tokens, window = 0, 0, []
+    begin = last_log = time.perf_counter()
+    progress = tqdm(total=cfg.steps, initial=start, desc=cfg.desc, disable=not accelerator.is_local_main_process)
+    for step in range(start + 1, cfg.steps + 1):
+        micro_losses = []
+        for micro in range(cfg.grad_accum):
+            try:
+                batch = next(batches)
+            except StopIteration:
+                raise ValueError(f"batches ran out at step {step} of {cfg.steps} (micro-batch {micro + 1} of {cfg.grad_accum})") from None
+            tokens += count_tokens(batch)
+            local = shard(batch, accelerator.process_index, accelerator.num_processes, accelerator.device)
+            with accelerator.accumulate(model):  # no gradient all-reduce until the last micro-batch
+                loss = loss_fn(model, local)
+                accelerator.backward(loss)  # scales by 1/grad_accum
+                if accelerator.sync_gradients and cfg.max_grad_norm is not None:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                optimizer.step()  # a no-op until the last micro-batch
+                optimizer.zero_grad()
+            micro_losses.append(loss.detach())
+        if not accelerator.sync_gradients:
+            raise RuntimeError("the accelerator's accumulation counter is out of step with grad_accum; pass a fresh accelerator")
+        if scheduler is not None and not optimizer.step_was_skipped:
+            scheduler.step()
+        step_loss = accelerator.reduce(torch.stack(micro_losses).mean(), reduction="mean").item()  # global batch
+        losses.append(step_loss)
+        window.append(step_loss)
+        progress.update(1)
+
+        is_last = step == cfg.steps
+        evaluate = eval_fn is not None and (is_last or (cfg.eval_every and step % cfg.eval_every == 0))
+        if evaluate:
+            model.eval()
+            with torch.no_grad():
+                last_eval = {k: float(v) for k, v in eval_fn(accelerator.unwrap_model(model)).items()}
+            model.train()
+        if evaluate or is_last or step % cfg.log_every == 0:
+            now = time.perf_counter()
+            rate = (tokens - logged_tokens) / max(now - last_log, 1e-9)
+            entry = {"step": step, "loss": sum(window) / len(window), "lr": optimizer.param_groups[0]["lr"], "tokens_per_s": rate}
+            history.append({**entry, **(last_eval if evaluate else {})})
+            progress.set_postfix(loss=f"{entry['loss']:.4f}", tok_s=f"{rate:,.0f}", **{k: f"{v:.4g}" for k, v in (last_eval if evaluate else {}).items()})
+            window, logged_tokens, last_log = [], tokens, now
+        if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or is_last):
+            _save_checkpoint(accelerator, cfg, {"step": step, "history": history, "losses": losses, "eval": last_eval})
+    progress.close()
+
+    wall = time.perf_counter() - begin
+    return TrainResult(history=history, losses=losses, final_loss=losses[-1] if losses else float("nan"),
+                       wall_time_s=wall, tokens_per_s=tokens / wall if wall > 0 else 0.0, steps=cfg.steps,
+                       resumed_from=start, eval=last_eval)
