@@ -61,7 +61,9 @@ def rows(records: Iterable[Mapping[str, Any]], lang: str = "en") -> list[list[st
     words = _WORDS[lang]
     out = []
     records = list(records)
-    for paper in config.available_papers():
+    papers = config.available_papers()
+    papers += [r["paper"] for r in records if r["paper"] not in papers]
+    for paper in papers:
         spec = config.get_spec(paper)
         paper_records = [r for r in records if r["paper"] == paper]
         covered = set()
@@ -91,9 +93,11 @@ def table(records: Iterable[Mapping[str, Any]], lang: str = "en") -> str:
 
 
 def best_records(profiles: tuple[str, ...] = REAL_PROFILES, root: Path | None = None) -> list[dict[str, Any]]:
-    """For each paper, the record of the first profile in ``profiles`` that has one."""
+    """For each paper with results, the record of the first profile in ``profiles`` that has one."""
     chosen = []
-    for paper in config.available_papers():
+    root = root or results_dir()
+    papers = sorted({p.name for p in root.iterdir() if p.is_dir()}) if root.exists() else []
+    for paper in papers:
         for profile in profiles:
             record = results.load(paper, profile, root=root)
             if record is not None:
