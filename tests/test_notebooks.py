@@ -9,9 +9,12 @@ import re
 import subprocess
 import sys
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 
 from conftest import REPO_ROOT, subprocess_env
+from reproduce import config, figures
 
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb")) + [REPO_ROOT / "tests" / "pipeline.ipynb"]
 IDS = [p.stem for p in NOTEBOOKS]
@@ -52,9 +55,32 @@ def test_notebook_runs_with_papermill_and_validates_with_nbval(path, tmp_path):
         capture_output=True, text=True, env=env, timeout=900,
     )
     assert run.returncode == 0, run.stderr[-4000:]
-    assert list((tmp_path / "out" / "results").glob("*/smoke.json")), "the notebook wrote its results record"
+    records = list((tmp_path / "out" / "results").glob("*/smoke.json"))
+    assert records, "the notebook wrote its results record"
+    paper = records[0].parent.name
+    if paper in config.PAPERS:  # every figure of the paper, in both languages, from this run's results
+        rendered = _render_every_figure(paper, json.loads(records[0].read_text())["measured"])
+        assert rendered, f"reproduce.{paper}.FIGURES is empty"
     check = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env", str(executed)],
         capture_output=True, text=True, env=env, timeout=900, cwd=path.parent,
     )
     assert check.returncode == 0, check.stdout[-4000:]
+
+
+def _render_every_figure(paper, measured):
+    """Render each figure in English and Korean; fail on a missing glyph (tofu) or a blank canvas."""
+    import warnings
+
+    done = []
+    for name in figures.plot_functions(paper):
+        for lang in figures.LANGS:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("error", message=".*missing from font.*")
+                fig = figures.render(paper, name, measured, lang=lang)
+                fig.canvas.draw()
+            pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+            assert pixels.std() > 5, f"{name} ({lang}) is blank"
+            plt.close(fig)
+            done.append((name, lang))
+    return done
