@@ -15,7 +15,6 @@ words and drop the brackets. The WEB text writes apostrophes as backticks (``God
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,14 +60,12 @@ def _connect() -> sqlite3.Connection:
     return sqlite3.connect(f"file:{database_path()}?mode=ro", uri=True)  # read-only: the cache stays pristine
 
 
-_BRACKETS = re.compile(r"[\[\]]")
-_SPACES = re.compile(r"\s+")
+_CLEAN = str.maketrans({"[": None, "]": None, "`": "'"})
 
 
 def clean(text: str) -> str:
     """Drop ``[``/``]`` (translators' additions stay as words), backtick -> apostrophe, single spaces."""
-    text = _BRACKETS.sub("", text).replace("`", "'")
-    return _SPACES.sub(" ", text).strip()
+    return " ".join(text.translate(_CLEAN).split())
 
 
 def verses(code: str) -> list[Verse]:
