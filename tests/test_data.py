@@ -79,12 +79,13 @@ def test_checksum_mismatch_is_an_error_and_leaves_nothing(fake_index):
     assert not fetch.source_root(FAKE).exists()
 
 
-def test_concurrent_fetches_extract_once(fake_index):
+def test_concurrent_fetches_download_once(fake_index, capsys):
     _, sha = fake_index
     source = _fake_source(sha)
     with ThreadPoolExecutor(3) as pool:
-        roots = list(pool.map(lambda _: fetch.fetch(source, progress=False), range(3)))
+        roots = list(pool.map(lambda _: fetch.fetch(source, progress=True), range(3)))
     assert len(set(roots)) == 1 and fetch.is_fetched(source)
+    assert capsys.readouterr().err.count(f"fetching {FAKE}") == 1  # the others waited on the lock, then hit
     leftovers = [p.name for p in fetch.sources_dir().iterdir() if p.name.startswith(".tmp-")]
     assert leftovers == []
 
