@@ -221,8 +221,9 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
             now = time.perf_counter()
             rate = (tokens - logged_tokens) / max(now - last_log, 1e-9)
             entry = {"step": step, "loss": sum(window) / len(window), "lr": optimizer.param_groups[0]["lr"], "tokens_per_s": rate}
-            history.append({**entry, **(last_eval if evaluate else {})})
-            progress.set_postfix(loss=f"{entry['loss']:.4f}", tok_s=f"{rate:,.0f}", **{k: f"{v:.4g}" for k, v in (last_eval if evaluate else {}).items()})
+            metrics = {(f"eval_{k}" if k in entry else k): v for k, v in last_eval.items()} if evaluate else {}
+            history.append({**entry, **metrics})  # an eval metric named like a training entry gets an eval_ prefix
+            progress.set_postfix({"loss": f"{entry['loss']:.4f}", "tok/s": f"{rate:,.0f}", **{k: f"{v:.4g}" for k, v in metrics.items()}})
             window, logged_tokens, last_log = [], tokens, now
         if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or is_last):
             _save_checkpoint(accelerator, cfg, {"step": step, "history": history, "losses": losses, "eval": last_eval})

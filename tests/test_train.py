@@ -54,7 +54,8 @@ def test_loss_decreases_and_history_is_kept():
     probe = next(make_batches(64, seed=99))
 
     def evaluate(model):
-        return {"valid_loss": lm_loss(model, probe).item()}
+        assert not model.training and not torch.is_grad_enabled()  # eval mode, no gradients
+        return {"valid_loss": lm_loss(model, probe).item(), "loss": -1.0}  # "loss" would clash with the training loss
 
     model, result = run(30, eval_fn=evaluate)
     assert result.steps == 30 and len(result.losses) == 30
@@ -64,7 +65,9 @@ def test_loss_decreases_and_history_is_kept():
     assert result.history[-1]["valid_loss"] < result.history[0]["valid_loss"]
     assert result.history[-1]["lr"] < result.history[0]["lr"]  # the scheduler stepped
     assert result.tokens_per_s > 0 and result.wall_time_s > 0
-    assert result.eval == {"valid_loss": result.history[-1]["valid_loss"]}
+    assert all(h["eval_loss"] == -1.0 and h["loss"] > 0 for h in result.history)
+    assert result.eval == {"valid_loss": result.history[-1]["valid_loss"], "loss": -1.0}
+    assert model.training  # back in train mode after each evaluation
 
 
 def test_same_seed_same_numbers():
