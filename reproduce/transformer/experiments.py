@@ -1,0 +1,359 @@
+"""Training and evaluation runs: the Table 2 recipe and the Table 3 variations at small scale.
+
+Recipe (§5): Adam(β1 0.9, β2 0.98, ε 1e-9) with the eq. (3) schedule, label smoothing ε_ls,
+residual dropout P_drop, batches of sentence pairs grouped by approximate length with a token
+budget per batch (§5.1), checkpoints every ``checkpoint_every`` steps; inference (§6.1) with beam
+4, α 0.6, max length input + 50, and the average of the last 5 checkpoints. BLEU with sacrebleu on
+detokenised text; dev perplexity per wordpiece without label smoothing (Table 3's PPL).
+
+Training runs through the shared accelerate loop, :func:`reproduce.train.train`.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from reproduce import paths, train
+from reproduce.data import de_en
+
+from .decoding import average_checkpoints, beam_search, greedy_decode
+from .model import Transformer, TransformerConfig, label_smoothed_loss, noam_lr
+
+# ------------------------------------------------------------------------------------------------
+# Data: tokenised pairs and length-bucketed batches (§5.1)
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncodedPairs:
+    """Token ids of sentence pairs: source = English + </s>, target = <s> + German + </s>."""
+
+    pairs: list[de_en.Pair]
+    src: list[list[int]]
+    tgt: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+
+@dataclass
+class TranslationData:
+    tokenizer: object  # tokenizers.Tokenizer
+    train: EncodedPairs
+    dev: EncodedPairs
+    test: EncodedPairs
+    corpus: de_en.Corpus
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+BOS_ID, EOS_ID, PAD_ID = 1, 2, 0  # reproduce.data.de_en.SPECIALS order
+
+
+def encode_pairs(tokenizer, pairs: Sequence[de_en.Pair], max_tokens: int) -> EncodedPairs:
+    """Encode pairs; pairs longer than ``max_tokens`` on either side are left out (training only)."""
+    src_ids = [e.ids for e in tokenizer.encode_batch([p.en for p in pairs], add_special_tokens=False)]
+    tgt_ids = [e.ids for e in tokenizer.encode_batch([p.de for p in pairs], add_special_tokens=False)]
+    keep = [i for i in range(len(pairs)) if len(src_ids[i]) < max_tokens and len(tgt_ids[i]) < max_tokens - 1]
+    return EncodedPairs(
+        [pairs[i] for i in keep], [src_ids[i] + [EOS_ID] for i in keep], [[BOS_ID, *tgt_ids[i], EOS_ID] for i in keep]
+    )
+
+
+def prepare_data(
+    vocab_size: int, dev_size: int, test_size: int, with_bible: bool = False, max_tokens: int = 100
+) -> TranslationData:
+    """BEOLINGUS splits and a joint BPE vocabulary trained on the training split (§5.1)."""
+    corpus = de_en.load_corpus(dev_size=dev_size, test_size=test_size, with_bible=with_bible)
+    tok = de_en.train_tokenizer(de_en.corpus_texts(corpus.train), vocab_size)
+    big = 10**6  # dev/test keep every pair
+    return TranslationData(
+        tok,
+        encode_pairs(tok, corpus.train, max_tokens),
+        encode_pairs(tok, corpus.dev, big),
+        encode_pairs(tok, corpus.test, big),
+        corpus,
+    )
+
+
+def _pad(rows: Sequence[Sequence[int]]) -> Tensor:
+    out = torch.full((len(rows), max(map(len, rows))), PAD_ID, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = torch.tensor(r)
+    return out  # (B, T)
+
+
+def token_batches(data: EncodedPairs, batch_tokens: int, seed: int) -> Iterator[dict[str, Tensor]]:
+    """Endless batches of pairs with similar lengths, each ~``batch_tokens`` source and target tokens.
+
+    §5.1: "Sentence pairs were batched together by approximate sequence length." Every epoch the
+    pairs are sorted by (jittered) length, cut into batches whose padded size fits the budget, and
+    the batches are shuffled; the order depends only on ``seed``.
+    """
+    rng = random.Random(seed)
+    n = len(data)
+    while True:
+        order = sorted(range(n), key=lambda i: (len(data.src[i]) + rng.random() * 2, len(data.tgt[i])))
+        batches, current, longest = [], [], 0
+        for i in order:
+            longest_next = max(longest, len(data.src[i]), len(data.tgt[i]))
+            if current and longest_next * (len(current) + 1) > batch_tokens:
+                batches.append(current)
+                current, longest_next = [], max(len(data.src[i]), len(data.tgt[i]))
+            current.append(i)
+            longest = longest_next
+        batches.append(current)
+        rng.shuffle(batches)
+        for b in batches:
+            yield {"src": _pad([data.src[i] for i in b]), "tgt": _pad([data.tgt[i] for i in b])}
+
+
+def fixed_batches(data: EncodedPairs, batch_size: int) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
+    """Evaluation batches in length order, with the indices they hold."""
+    order = sorted(range(len(data)), key=lambda i: len(data.src[i]))
+    for k in range(0, len(order), batch_size):
+        idx = order[k : k + batch_size]
+        yield idx, {"src": _pad([data.src[i] for i in idx]), "tgt": _pad([data.tgt[i] for i in idx])}
+
+
+# ------------------------------------------------------------------------------------------------
+# Training (§5) through the shared accelerate loop
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """§5.2-5.4 hyper-parameters; defaults are the paper's except where the scale forces a change."""
+
+    steps: int
+    batch_tokens: int  # paper: ~25,000 source + 25,000 target tokens per batch
+    warmup: int = 4000  # eq. (3)
+    lr_scale: float = 1.0  # multiplies eq. (3); 1.0 = the paper
+    checkpoint_every: int = 0  # paper: every 10 minutes; 0 = only the last
+    average_last: int = 5  # §6.1: base models average the last 5 checkpoints
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_tokens", "warmup", "average_last"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Recipe.{name} must be >= 1, got {getattr(self, name)}")
+        if self.checkpoint_every < 0 or not self.lr_scale > 0:
+            raise ValueError(f"Recipe: checkpoint_every must be >= 0 and lr_scale > 0, got {self.checkpoint_every}, {self.lr_scale}")
+
+
+@dataclass
+class TrainedModel:
+    cfg: TransformerConfig
+    recipe: Recipe
+    model: Transformer  # the last checkpoint
+    checkpoints: list[dict[str, Tensor]]  # the last ``average_last`` checkpoints, oldest first
+    losses: list[float]
+    wall_time_s: float
+    tokens_per_s: float
+    lr: list[float] = field(default_factory=list)
+
+    def averaged(self) -> Transformer:
+        """A copy of the model with the mean of the kept checkpoints' weights (§6.1)."""
+        model = Transformer(self.cfg)
+        model.load_state_dict(average_checkpoints(self.checkpoints))
+        return model.eval()
+
+
+def _loss_fn(epsilon: float):
+    def loss_fn(model: Transformer, batch: dict[str, Tensor]) -> Tensor:
+        tgt = batch["tgt"]
+        logits = model(batch["src"], tgt[:, :-1])  # teacher forcing: predict tgt[1:] from tgt[:-1]
+        return label_smoothed_loss(logits, tgt[:, 1:], epsilon, PAD_ID)
+
+    return loss_fn
+
+
+def train_translation(
+    cfg: TransformerConfig, data: TranslationData, recipe: Recipe, device: str = "auto", desc: str = "train"
+) -> TrainedModel:
+    """Train ``cfg`` on the training split with the paper's optimiser and schedule (§5.3)."""
+    torch.manual_seed(recipe.seed)
+    model = Transformer(cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr_scale, betas=(0.9, 0.98), eps=1e-9)  # §5.3
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda i: noam_lr(i + 1, cfg.d_model, recipe.warmup)
+    )  # eq. (3); LambdaLR counts from 0, the paper's step_num from 1
+    every = recipe.checkpoint_every or recipe.steps
+    with tempfile.TemporaryDirectory(dir=paths.cache_dir(), prefix="transformer-ckpt-") as ckpt_dir:
+        tc = train.TrainConfig(
+            steps=recipe.steps,
+            max_grad_norm=None,  # the paper clips nothing
+            log_every=max(1, recipe.steps // 20),
+            checkpoint_every=every,
+            checkpoint_dir=ckpt_dir,
+            keep_checkpoints=recipe.average_last,
+            resume=False,
+            desc=desc,
+        )
+        batches = token_batches(data.train, recipe.batch_tokens, recipe.seed)
+        count = lambda b: int((b["tgt"][:, 1:] != PAD_ID).sum())  # noqa: E731 — target tokens per batch
+        accel = train.make_accelerator(device)
+        result = train.train(model, optimizer, batches, _loss_fn(cfg.label_smoothing), tc, scheduler=scheduler,
+                             accelerator=accel, tokens_in=count)
+        dirs = sorted(p for p in Path(ckpt_dir).glob("step_*") if (p / train.STATE_FILE).is_file())
+        checkpoints = [load_file(str(d / "model.safetensors")) for d in dirs[-recipe.average_last :]]
+    model = accel.unwrap_model(model).cpu().eval()
+    return TrainedModel(
+        cfg, recipe, model, checkpoints, result.losses, result.wall_time_s, result.tokens_per_s,
+        lr=[h["lr"] for h in result.history],
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluation (§6.1): perplexity, BLEU with beam search or greedy decoding
+# ------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def perplexity(model: Transformer, data: EncodedPairs, batch_size: int = 128) -> float:
+    """Per-wordpiece perplexity of the references (teacher forcing, no label smoothing) — Table 3's PPL."""
+    model.eval()
+    nll, count = 0.0, 0
+    for _, batch in fixed_batches(data, batch_size):
+        tgt = batch["tgt"]
+        logits = model(batch["src"], tgt[:, :-1])  # (B, T, V)
+        n = int((tgt[:, 1:] != PAD_ID).sum())
+        nll += float(label_smoothed_loss(logits, tgt[:, 1:], 0.0, PAD_ID)) * n
+        count += n
+    return math.exp(nll / count)
+
+
+@torch.no_grad()
+def translate(
+    model: Transformer, data: EncodedPairs, detok, beam: int, alpha: float, batch_size: int = 64, desc: str = "decode"
+) -> list[str]:
+    """Detokenised translations of ``data``'s sources, in the original order (beam 1 = greedy)."""
+    model.eval()
+    out: list[str] = [""] * len(data)
+    batches = list(fixed_batches(data, batch_size))
+    for idx, batch in tqdm(batches, desc=desc, leave=False):
+        if beam == 1:
+            ids = greedy_decode(model, batch["src"], BOS_ID, EOS_ID)
+        else:
+            ids = beam_search(model, batch["src"], BOS_ID, EOS_ID, beam=beam, alpha=alpha)
+        for i, row in zip(idx, ids):
+            out[i] = detok(row)
+    return out
+
+
+def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[float, str]:
+    """Corpus BLEU (sacrebleu, default 13a tokenisation) and its signature."""
+    import sacrebleu
+
+    metric = sacrebleu.metrics.BLEU()
+    score = metric.corpus_score(list(hypotheses), [list(references)])
+    return score.score, str(metric.get_signature())
+
+
+def evaluate_bleu(model: Transformer, data: TranslationData, split: str, beam: int, alpha: float) -> dict:
+    enc = getattr(data, split)
+    hyps = translate(model, enc, data.detokenize, beam, alpha, desc=f"{split} beam={beam}")
+    score, sig = bleu(hyps, [p.de for p in enc.pairs])
+    return {"bleu": score, "signature": sig, "hypotheses": hyps}
+
+
+# ------------------------------------------------------------------------------------------------
+# Table 3: variations of the base model, as config changes
+# ------------------------------------------------------------------------------------------------
+
+# The paper's Table 3 (EN-DE newstest2013, PPL per wordpiece, BLEU, params ×10^6).
+PAPER_TABLE3: dict[str, dict] = {
+    "base": {"ppl": 4.92, "bleu": 25.8, "params": 65},
+    "A: h=1": {"ppl": 5.29, "bleu": 24.9},
+    "A: h=4": {"ppl": 5.00, "bleu": 25.5},
+    "A: h=16": {"ppl": 4.91, "bleu": 25.8},
+    "A: h=32": {"ppl": 5.01, "bleu": 25.4},
+    "B: d_k/4": {"ppl": 5.16, "bleu": 25.1, "params": 58},
+    "B: d_k/2": {"ppl": 5.01, "bleu": 25.4, "params": 60},
+    "C: N-": {"ppl": 6.11, "bleu": 23.7, "params": 36},  # paper N=2 (of 6)
+    "C: N+": {"ppl": 4.88, "bleu": 25.5, "params": 80},  # paper N=8
+    "C: d_model/2": {"ppl": 5.75, "bleu": 24.5, "params": 28},
+    "C: d_model*2": {"ppl": 4.66, "bleu": 26.0, "params": 168},
+    "C: d_ff/2": {"ppl": 5.12, "bleu": 25.4, "params": 53},
+    "C: d_ff*2": {"ppl": 4.75, "bleu": 26.2, "params": 90},
+    "D: P_drop=0.0": {"ppl": 5.77, "bleu": 24.6},
+    "D: P_drop=0.2": {"ppl": 4.95, "bleu": 25.5},
+    "D: ls=0.0": {"ppl": 4.67, "bleu": 25.3},
+    "D: ls=0.2": {"ppl": 5.47, "bleu": 25.7},
+    "E: learned": {"ppl": 4.92, "bleu": 25.7},
+}
+TABLE3_ROWS = tuple(PAPER_TABLE3)
+
+
+def table3_config(base: TransformerConfig, row: str) -> TransformerConfig:
+    """The config of Table 3 row ``row``, scaled to ``base`` the way the paper's row relates to its base.
+
+    (A) h in {1, 4, 16, 32} with d_k = d_v = d_model / h (constant compute); (B) d_k shrunk by 4 or
+    2 (d_v kept); (C) N one layer fewer/more than base... (the paper: 2/8 around 6), d_model and
+    d_ff halved/doubled (d_k = d_model / h follows d_model); (D) dropout and ε_ls; (E) learned positions.
+    """
+    if row not in PAPER_TABLE3:
+        raise ValueError(f"unknown Table 3 row {row!r}; known: {', '.join(TABLE3_ROWS)}")
+    group, _, change = row.partition(": ")
+    if row == "base":
+        return base
+    if group == "A":
+        h = int(change.removeprefix("h="))
+        return base.replace(n_heads=h)
+    if change == "d_k/4":
+        return base.replace(d_k=max(1, base.d_k // 4), d_v=base.d_v)
+    if change == "d_k/2":
+        return base.replace(d_k=max(1, base.d_k // 2), d_v=base.d_v)
+    if change == "N-":
+        return base.replace(n_layers=max(1, base.n_layers - 1))
+    if change == "N+":
+        return base.replace(n_layers=base.n_layers + 1)
+    if change.startswith("d_model"):
+        d = base.d_model // 2 if change.endswith("/2") else base.d_model * 2
+        return base.replace(d_model=d)
+    if change.startswith("d_ff"):
+        return base.replace(d_ff=base.d_ff // 2 if change.endswith("/2") else base.d_ff * 2)
+    if change.startswith("P_drop="):
+        return base.replace(p_drop=float(change.split("=")[1]))
+    if change.startswith("ls="):
+        return base.replace(label_smoothing=float(change.split("=")[1]))
+    return base.replace(positional="learned")  # row (E)
+
+
+@dataclass
+class RowResult:
+    row: str
+    seed: int
+    params: int
+    dev_ppl: float
+    dev_bleu: float
+    train_loss: float
+    wall_time_s: float
+
+
+def run_table3_row(
+    row: str, base: TransformerConfig, data: TranslationData, recipe: Recipe, beam: int, alpha: float, device: str
+) -> RowResult:
+    """Train one Table 3 variation with ``recipe`` and score it on dev (beam search, no averaging, as Table 3)."""
+    cfg = table3_config(base, row)
+    trained = train_translation(cfg, data, recipe, device=device, desc=f"Table 3 {row} seed {recipe.seed}")
+    dev_bleu = evaluate_bleu(trained.model, data, "dev", beam, alpha)["bleu"]
+    return RowResult(
+        row, recipe.seed, sum(p.numel() for p in trained.model.parameters()), perplexity(trained.model, data.dev),
+        dev_bleu, sum(trained.losses[-10:]) / len(trained.losses[-10:]), trained.wall_time_s,
+    )
