@@ -133,7 +133,14 @@ def cmd_figures(args) -> int:
 def cmd_fetch(args) -> int:
     from .data import fetch
 
-    for name, path in fetch.fetch_all(args.names or None).items():
+    try:
+        fetched = fetch.fetch_all(args.names or None)
+    except fetch.UnknownSource as e:
+        return _fail(str(e))
+    except fetch.SourceError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    for name, path in fetched.items():
         print(f"{name}: {_rel(path)}")
     return 0
 
