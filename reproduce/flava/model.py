@@ -1,0 +1,502 @@
+"""FLAVA's model and its five pretraining objectives (Singh et al., CVPR 2022, arXiv 2112.04482, §3).
+
+The encoders and prediction heads are Hugging Face's ``FlavaForPreTraining`` built from a small
+``FlavaConfig``; the objectives are computed here from its modules, so that each one can be switched
+on or off for the Table 3 ablation and the paper's batch composition holds:
+
+* **MIM** (§3.1, unimodal images): BEiT block masking; the image encoder's outputs at masked patches
+  predict the patches' discrete tokens.
+* **MLM** (§3.1, unimodal text): 15% of tokens masked (BERT's 80/10/10); predicted from the text encoder.
+* **Global contrastive, GC** (§3.1): h_CLS,I and h_CLS,T of the *unmasked* image and text, projected,
+  L2-normalised, dot-producted, softmax with a learnable temperature clamped to [0, ln 100]; gathered
+  across processes *with* gradients ("global backprop").
+* **MMM** (§3.1): on the masked multimodal pass, an MLP on {h_M} predicts the image tokens of masked
+  patches and the masked words.
+* **ITM** (§3.1): a classifier on h_CLS,M; the batch mixes matched and unmatched pairs; MMM uses the
+  matched ones only.
+
+Shape notation: B batch, P image patches (a ``G x G`` grid), L text tokens, D hidden width,
+E projection width, K image-codebook size, V text vocabulary, N gathered batch (world x B).
+
+Why not call ``FlavaForPreTraining.forward``: it feeds the same text to its unmasked (GC) and masked
+(ITM, MMM) passes, so ITM negatives would also become GC pairs (it drops their rows but keeps their
+texts as columns), and it runs the masked multimodal pass even when only GC is wanted (FLAVA_C). The
+loss code below is checked against ``FlavaForPreTraining.forward`` on batches without negatives
+(``tests/test_flava.py``: all six losses agree).
+
+Deviations from the paper:
+* Image tokens come from a k-means VQ over patch pixels fitted once on the training images (K=256 by
+  default) instead of the DALL-E dVAE (8192 codes), which is not downloadable offline. At 32-48 px a
+  patch is a few flat colours; k-means codes keep exactly that (colour/edge content per patch).
+* The block-mask budget scales BEiT's 75 of 196 patches (38%) and 16-patch minimum group to our grid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LOGIT_SCALE_MAX = math.log(100.0)  # §A.1 / torchmultimodal: temperature clamped to [0, ln 100]
+CE_IGNORE = -100  # Hugging Face's ignore index for masked-prediction labels
+TEXT_MASK_PROB = 0.15  # §3.1: "15% of text tokens", as BERT
+BEIT_MASK_RATIO = 75 / 196  # BEiT / FlavaImageProcessor: 75 of 196 patches masked
+BEIT_MIN_GROUP = 16 / 196  # BEiT: a masked block covers at least 16 of 196 patches
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sizes and objectives
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FlavaSizes:
+    """Widths and depths of a FLAVA; the defaults are the paper's ViT-B/16 model (Table A.1)."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    hidden: int = 768
+    heads: int = 12
+    mlp: int = 3072
+    image_layers: int = 12
+    text_layers: int = 12
+    multimodal_layers: int = 6
+    projection_dim: int = 768  # HF code default and torchmultimodal; Table A.1 says 512
+    codebook_size: int = 8192
+    vocab_size: int = 30522
+    max_text_len: int = 77
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"FlavaSizes.{f.name} must be a positive int, not {value!r}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden {self.hidden} is not a multiple of heads {self.heads}")
+        if self.grid < 2:
+            raise ValueError(f"the patch grid must be at least 2x2, got {self.grid}x{self.grid}")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid**2
+
+
+@dataclass(frozen=True)
+class Objectives:
+    """Which of FLAVA's losses are on (MMM covers both its image and its text half)."""
+
+    mim: bool = False
+    mlm: bool = False
+    gc: bool = False
+    mmm: bool = False
+    itm: bool = False
+
+    def __post_init__(self) -> None:
+        if not any(self.names()):
+            raise ValueError("at least one objective must be on")
+
+    def names(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name)]
+
+    @property
+    def paired(self) -> bool:
+        """True when some objective needs image-text pairs."""
+        return self.gc or self.mmm or self.itm
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    """One row of Table 3: its objectives and the sources it samples (probabilities sum to 1)."""
+
+    name: str
+    objectives: Objectives
+    sources: dict[str, float]  # "paired" / "images" / "text" -> sampling probability
+    domains: tuple[str, ...]  # evaluation domains the paper reports for the row
+
+    def __post_init__(self) -> None:
+        unknown = set(self.sources) - {"paired", "images", "text"}
+        if unknown:
+            raise ValueError(f"{self.name}: unknown sources {sorted(unknown)}")
+        if abs(sum(self.sources.values()) - 1.0) > 1e-9 or any(p < 0 for p in self.sources.values()):
+            raise ValueError(f"{self.name}: source probabilities {self.sources} must be >= 0 and sum to 1")
+        needs = {"paired": self.objectives.paired, "images": self.objectives.mim, "text": self.objectives.mlm}
+        for source, p in self.sources.items():
+            if p > 0 and not needs[source]:
+                raise ValueError(f"{self.name}: source {source!r} is sampled but no objective uses it")
+
+
+def table3_rows(paired: float = 0.70, images: float = 0.15, text: float = 0.15) -> dict[str, AblationRow]:
+    """Table 3's rows 1-5 (row 6 adds pretrained initialisation, see the notebook).
+
+    Rows 1-4 train on PMD only (here: the scenes' images for MIM, their captions for MLM, pairs for
+    the rest); full FLAVA adds unimodal images and text with Table A.2's sampling probabilities.
+    """
+    all3 = ("vision", "language", "multimodal")
+    return {
+        "MIM": AblationRow("MIM", Objectives(mim=True), {"images": 1.0}, ("vision",)),
+        "MLM": AblationRow("MLM", Objectives(mlm=True), {"text": 1.0}, ("language",)),
+        "FLAVA_C": AblationRow("FLAVA_C", Objectives(gc=True), {"paired": 1.0}, all3),
+        "FLAVA_MM": AblationRow("FLAVA_MM", Objectives(gc=True, mmm=True, itm=True), {"paired": 1.0}, all3),
+        "FLAVA": AblationRow("FLAVA", Objectives(mim=True, mlm=True, gc=True, mmm=True, itm=True),
+                             {"paired": paired, "images": images, "text": text}, all3),
+    }
+
+
+def config_overrides(sizes: FlavaSizes) -> dict[str, object]:
+    """``FlavaConfig`` overrides (dotted keys into the sub-configs) that give a model of these sizes."""
+    out: dict[str, object] = {"hidden_size": sizes.hidden, "projection_dim": sizes.projection_dim, "init_codebook": False}
+    for sub, layers in (("image_config", sizes.image_layers), ("text_config", sizes.text_layers),
+                        ("multimodal_config", sizes.multimodal_layers)):
+        out.update({f"{sub}.hidden_size": sizes.hidden, f"{sub}.num_attention_heads": sizes.heads,
+                    f"{sub}.intermediate_size": sizes.mlp, f"{sub}.num_hidden_layers": layers})
+    out.update({"image_config.image_size": sizes.image_size, "image_config.patch_size": sizes.patch_size,
+                "image_config.vocab_size": sizes.codebook_size, "text_config.vocab_size": sizes.vocab_size,
+                "text_config.max_position_embeddings": sizes.max_text_len})
+    return out
+
+
+def build_config(sizes: FlavaSizes):
+    """Hugging Face's default ``FlavaConfig`` with ``config_overrides(sizes)`` applied by ``reproduce.hf``.
+
+    No DALL-E codebook is built (``init_codebook=False``): MIM/MMM labels come from our VQ.
+    """
+    from transformers import FlavaConfig
+
+    from reproduce import hf
+
+    config = FlavaConfig()
+    hf.apply_overrides(config, config_overrides(sizes))
+    return config
+
+
+def build_model(sizes: FlavaSizes, seed: int):
+    """A randomly initialised ``FlavaForPreTraining`` (same seed, same weights)."""
+    from transformers import FlavaForPreTraining
+
+    torch.manual_seed(seed)
+    return FlavaForPreTraining(build_config(sizes))
+
+
+FLAVA_FULL = "facebook/flava-full"  # the released checkpoint (gpu profile, where the hub answers)
+
+
+def load_flava_full(overrides: dict[str, object] | None = None):
+    """``FlavaForPreTraining`` from ``facebook/flava-full`` through ``reproduce.hf.load_pretrained``.
+
+    Offline this raises ``reproduce.hf.HubOfflineError`` within ~2 s (tested). Returns ``(model, report)``.
+    """
+    from reproduce import hf
+
+    return hf.load_pretrained(FLAVA_FULL, "FlavaForPreTraining", overrides={"init_codebook": False, **(overrides or {})})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Masking (§3.1): BEiT block masking for images, 15% token masking for text
+# ---------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BlockMasking:
+    """BEiT's rectangular block masking on a ``grid x grid`` patch grid (Hugging Face's generator).
+
+    ``ratio`` of the patches are masked in blocks of at least ``min_group`` patches with aspect ratio
+    in [``min_aspect``, 1/``min_aspect``]; BEiT uses 75/196, 16 patches and 0.3.
+    """
+
+    grid: int
+    ratio: float = BEIT_MASK_RATIO
+    min_group_fraction: float = BEIT_MIN_GROUP
+    min_aspect: float = 0.3
+
+    def __post_init__(self) -> None:
+        if self.grid < 2:
+            raise ValueError(f"block masking needs a grid of at least 2x2, got {self.grid}")
+        if not 0.0 < self.ratio < 1.0:
+            raise ValueError(f"mask ratio must be in (0, 1), not {self.ratio}")
+        if not 0.0 < self.min_aspect <= 1.0:
+            raise ValueError(f"min_aspect must be in (0, 1], not {self.min_aspect}")
+
+    @property
+    def total(self) -> int:
+        return max(1, round(self.ratio * self.grid**2))
+
+    @property
+    def min_group(self) -> int:
+        return max(1, min(self.total, round(self.min_group_fraction * self.grid**2)))
+
+    def __call__(self, batch: int) -> Tensor:
+        """``(B, P)`` bool, True = masked. Uses Python's ``random`` (seeded by ``runtime.setup``)."""
+        from transformers.models.flava.image_processing_pil_flava import FlavaMaskingGenerator  # no torchvision
+
+        gen = FlavaMaskingGenerator(input_size=self.grid, total_mask_patches=self.total,
+                                    mask_group_min_patches=self.min_group, mask_group_min_aspect_ratio=self.min_aspect)
+        masks = np.stack([gen() for _ in range(batch)])  # (B, G, G)
+        return torch.from_numpy(masks).bool().flatten(1)  # (B, P)
+
+
+def mask_text(input_ids: Tensor, tokenizer, prob: float = TEXT_MASK_PROB, generator: torch.Generator | None = None
+              ) -> tuple[Tensor, Tensor]:
+    """BERT masking (80% [MASK], 10% random, 10% kept) of ``prob`` of the non-special tokens.
+
+    Returns ``(masked_ids (B, L), labels (B, L))`` with labels = -100 where nothing is predicted.
+    """
+    from transformers import DataCollatorForLanguageModeling
+
+    if not 0.0 < prob < 1.0:
+        raise ValueError(f"text mask probability must be in (0, 1), not {prob}")
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm_probability=prob)
+    collator.generator = generator
+    special = torch.isin(input_ids, torch.tensor(tokenizer.all_special_ids))
+    return collator.torch_mask_tokens(input_ids.clone(), special_tokens_mask=special)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tokenisers: k-means VQ for image patches, WordPiece for text
+# ---------------------------------------------------------------------------------------------------
+def patchify(pixel_values: Tensor, patch: int) -> Tensor:
+    """``(B, 3, S, S)`` -> ``(B, P, 3 * patch * patch)``, row-major over the grid like the ViT's conv."""
+    b, c, s, _ = pixel_values.shape
+    g = s // patch
+    x = pixel_values.reshape(b, c, g, patch, g, patch)  # (B, 3, G, p, G, p)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b, g * g, c * patch * patch)  # (B, P, 3 p p)
+
+
+@dataclass
+class PatchVQ:
+    """A frozen discrete image tokenizer: k-means codebook over patch pixels (stands in for the dVAE)."""
+
+    patch: int
+    codebook: Tensor  # (K, 3 p p)
+
+    @classmethod
+    def fit(cls, pixel_values: Tensor, patch: int, size: int, seed: int, max_patches: int = 20_000) -> "PatchVQ":
+        from sklearn.cluster import MiniBatchKMeans
+        from threadpoolctl import threadpool_limits
+
+        x = patchify(pixel_values, patch).reshape(-1, 3 * patch * patch)  # (B P, 3 p p)
+        rng = np.random.default_rng(seed)
+        if len(x) > max_patches:
+            x = x[torch.from_numpy(rng.choice(len(x), max_patches, replace=False))]
+        with threadpool_limits(1):  # OpenMP spinning on shared cores is 10x slower than one thread
+            km = MiniBatchKMeans(n_clusters=size, random_state=seed, n_init=1, batch_size=4096).fit(x.numpy())
+        return cls(patch, torch.from_numpy(km.cluster_centers_).float())
+
+    @property
+    def size(self) -> int:
+        return len(self.codebook)
+
+    @torch.no_grad()
+    def encode(self, pixel_values: Tensor) -> Tensor:
+        """``(B, 3, S, S)`` -> ``(B, P)`` code indices (nearest centroid)."""
+        x = patchify(pixel_values, self.patch)  # (B, P, 3 p p)
+        d = (self.codebook**2).sum(-1) - 2 * x @ self.codebook.T  # (B, P, K): squared distance minus |x|^2
+        return d.argmin(-1)
+
+
+def build_wordpiece(texts: list[str], vocab_size: int, max_len: int):
+    """A BERT-style uncased WordPiece tokenizer trained on ``texts`` (``tokenizers``), as a fast HF tokenizer."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                                             show_progress=False))
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_max_length=max_len)
+
+
+def tokenize(tokenizer, texts: list[str], max_len: int) -> tuple[Tensor, Tensor]:
+    """``(input_ids (B, L), attention_mask (B, L))`` padded/truncated to ``max_len``."""
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_len, return_tensors="pt")
+    return enc["input_ids"], enc["attention_mask"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batches of the three sources (§3.2: round-robin, one source per update)
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class PairedBatch:
+    """Image-text pairs. ``itm_ids`` holds the ITM text: the true caption where ``itm_labels`` is 1, a
+    negative where it is 0; its masked copy (``itm_ids_masked``) is what the multimodal pass reads."""
+
+    pixel_values: Tensor  # (B, 3, S, S)
+    input_ids: Tensor  # (B, L) true captions (GC, unmasked)
+    attention_mask: Tensor  # (B, L)
+    image_tokens: Tensor  # (B, P) VQ codes
+    bool_masked_pos: Tensor  # (B, P)
+    itm_ids_masked: Tensor  # (B, L)
+    itm_attention_mask: Tensor  # (B, L)
+    mlm_labels: Tensor  # (B, L) -100 except masked positions of itm_ids
+    itm_labels: Tensor  # (B,) 1 matched, 0 unmatched
+
+
+@dataclass
+class ImageBatch:
+    pixel_values: Tensor  # (B, 3, S, S)
+    image_tokens: Tensor  # (B, P)
+    bool_masked_pos: Tensor  # (B, P)
+
+
+@dataclass
+class TextBatch:
+    input_ids_masked: Tensor  # (B, L)
+    attention_mask: Tensor  # (B, L)
+    mlm_labels: Tensor  # (B, L)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Losses
+# ---------------------------------------------------------------------------------------------------
+def gather_with_grad(x: Tensor) -> Tensor:
+    """All-gather ``(B, E)`` -> ``(N, E)`` across processes, gradients flowing back to every rank (§3.1)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return x
+    import torch.distributed.nn.functional as dist_fn
+
+    return torch.cat(dist_fn.all_gather(x))  # (N, E)
+
+
+def global_contrastive_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, gather: bool = True) -> Tensor:
+    """Global contrastive loss (§3.1), CLIP's symmetric InfoNCE over the *gathered* batch.
+
+    ``image_emb``, ``text_emb``: ``(B, E)``, L2-normalised. Each local row is scored against all N
+    columns of every process; its positive is the column at ``rank * B + i``. With ``gather=True`` the
+    gather carries gradients, so the mean of the per-process losses (what DDP averages) is the loss of
+    one process on the concatenated batch, and so are the gradients.
+    """
+    b = image_emb.shape[0]
+    rank = torch.distributed.get_rank() if gather and torch.distributed.is_available() and torch.distributed.is_initialized() else 0
+    if gather:
+        all_image, all_text = gather_with_grad(image_emb), gather_with_grad(text_emb)  # (N, E)
+    else:
+        all_image, all_text = image_emb, text_emb
+    scale = logit_scale.exp()
+    logits_image = scale * image_emb @ all_text.T  # (B, N)
+    logits_text = scale * text_emb @ all_image.T  # (B, N)
+    labels = rank * b + torch.arange(b, device=image_emb.device)  # (B,)
+    return (F.cross_entropy(logits_image, labels) + F.cross_entropy(logits_text, labels)) / 2
+
+
+def contrastive_embeddings(model, image_hidden: Tensor, text_hidden: Tensor) -> tuple[Tensor, Tensor]:
+    """h_CLS,I and h_CLS,T (token 0 of the encoders' outputs) projected and L2-normalised: ``(B, E)`` each."""
+    image = F.normalize(model.flava.image_projection(image_hidden[:, 0]), dim=-1)
+    text = F.normalize(model.flava.text_projection(text_hidden[:, 0]), dim=-1)
+    return image, text
+
+
+def _masked_prediction(head, hidden: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy of ``head(hidden)`` at positions whose label is not -100 (``hidden``: (B, T, D))."""
+    keep = labels.ne(CE_IGNORE)  # (B, T)
+    if not keep.any():
+        return hidden.sum() * 0.0  # nothing masked in this batch: a zero that keeps the graph
+    return F.cross_entropy(head(hidden[keep]), labels[keep])  # (M, K) vs (M,)
+
+
+@dataclass
+class FlavaLossTerms:
+    """The losses of one batch; ``None`` where the objective is off or the batch has no such input."""
+
+    mim: Tensor | None = None
+    mlm: Tensor | None = None
+    global_contrastive: Tensor | None = None
+    itm: Tensor | None = None
+    mmm_image: Tensor | None = None
+    mmm_text: Tensor | None = None
+    extras: dict[str, float] = field(default_factory=dict)
+
+    def items(self) -> list[tuple[str, Tensor]]:
+        return [(f.name, getattr(self, f.name)) for f in fields(self) if f.name != "extras" and getattr(self, f.name) is not None]
+
+    def total(self) -> Tensor:
+        """Sum of the computed losses (every weight is 1.0, as in the paper and HF)."""
+        terms = [v for _, v in self.items()]
+        if not terms:
+            raise ValueError("no loss was computed for this batch: check the objectives against the source")
+        return torch.stack(terms).sum()
+
+
+def image_losses(model, batch: ImageBatch, objectives: Objectives) -> FlavaLossTerms:
+    """MIM (§3.1): the image encoder sees the block-masked image and predicts the masked patches' codes."""
+    if not objectives.mim:
+        return FlavaLossTerms()
+    out = model.flava(pixel_values=batch.pixel_values, bool_masked_pos=batch.bool_masked_pos)
+    patches = out.image_embeddings[:, 1:]  # (B, P, D) without the image CLS
+    labels = batch.image_tokens.masked_fill(~batch.bool_masked_pos, CE_IGNORE)  # (B, P)
+    return FlavaLossTerms(mim=_masked_prediction(model.mim_head, patches, labels))
+
+
+def text_losses(model, batch: TextBatch, objectives: Objectives) -> FlavaLossTerms:
+    """MLM (§3.1): the text encoder sees the masked text and predicts the masked words."""
+    if not objectives.mlm:
+        return FlavaLossTerms()
+    out = model.flava(input_ids=batch.input_ids_masked, attention_mask=batch.attention_mask)
+    return FlavaLossTerms(mlm=_masked_prediction(model.mlm_head, out.text_embeddings, batch.mlm_labels))
+
+
+def paired_losses(model, batch: PairedBatch, objectives: Objectives, gather: bool = True) -> FlavaLossTerms:
+    """GC on the unmasked pair; ITM on the masked multimodal pass; MMM on its matched pairs (§3.1)."""
+    terms = FlavaLossTerms()
+    if objectives.gc:
+        out = model.flava(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          pixel_values=batch.pixel_values, skip_multimodal_encoder=True)
+        if model.training:
+            model.flava.logit_scale.data.clamp_(0.0, LOGIT_SCALE_MAX)
+        image, text = contrastive_embeddings(model, out.image_embeddings, out.text_embeddings)
+        terms.global_contrastive = global_contrastive_loss(image, text, model.flava.logit_scale, gather=gather)
+    if objectives.mmm or objectives.itm:
+        out = model.flava(input_ids=batch.itm_ids_masked, attention_mask=batch.itm_attention_mask,
+                          pixel_values=batch.pixel_values, bool_masked_pos=batch.bool_masked_pos)
+        mm = out.multimodal_embeddings  # (B, 1 + 1 + P + L, D): [CLS_M], image CLS, patches, text
+        if objectives.itm:
+            terms.itm = F.cross_entropy(model.itm_head(mm), batch.itm_labels)
+        if objectives.mmm:
+            pos = batch.itm_labels.bool() | ~batch.itm_labels.bool().any()  # matched pairs (all if none)
+            p = batch.bool_masked_pos.shape[1]
+            image_labels = batch.image_tokens.masked_fill(~batch.bool_masked_pos, CE_IGNORE)[pos]  # (B+, P)
+            terms.mmm_image = _masked_prediction(model.mmm_image_head, mm[pos][:, 2 : 2 + p], image_labels)
+            terms.mmm_text = _masked_prediction(model.mmm_text_head, mm[pos][:, -batch.mlm_labels.shape[1]:],
+                                                batch.mlm_labels[pos])
+    return terms
+
+
+def losses(model, batch: PairedBatch | ImageBatch | TextBatch, objectives: Objectives, gather: bool = True) -> FlavaLossTerms:
+    """The losses ``objectives`` asks for on one batch of one source."""
+    if isinstance(batch, PairedBatch):
+        return paired_losses(model, batch, objectives, gather)
+    if isinstance(batch, ImageBatch):
+        return image_losses(model, batch, objectives)
+    if isinstance(batch, TextBatch):
+        return text_losses(model, batch, objectives)
+    raise TypeError(f"unknown batch type {type(batch).__name__}")
+
+
+def hf_pretraining_losses(model, batch: PairedBatch | ImageBatch | TextBatch) -> dict[str, Tensor]:
+    """Hugging Face's own ``FlavaForPreTraining.forward`` on our batch (the reference for the tests).
+
+    A paired batch goes in as HF expects it (one text for both passes, ``itm_labels``); image-only and
+    text-only batches give MIM and MLM. Returns the non-None entries of ``loss_info``.
+    """
+    if isinstance(batch, PairedBatch):
+        out = model(input_ids=batch.itm_ids_masked.where(batch.mlm_labels.eq(CE_IGNORE), batch.mlm_labels),
+                    input_ids_masked=batch.itm_ids_masked, attention_mask=batch.itm_attention_mask,
+                    pixel_values=batch.pixel_values, bool_masked_pos=batch.bool_masked_pos,
+                    mim_labels=batch.image_tokens.clone(), mlm_labels=batch.mlm_labels.clone(),
+                    itm_labels=batch.itm_labels, return_dict=True)
+    elif isinstance(batch, ImageBatch):
+        out = model(pixel_values=batch.pixel_values, bool_masked_pos=batch.bool_masked_pos,
+                    mim_labels=batch.image_tokens.clone(), return_dict=True)
+    else:
+        out = model(input_ids=batch.input_ids_masked, input_ids_masked=batch.input_ids_masked,
+                    attention_mask=batch.attention_mask, mlm_labels=batch.mlm_labels.clone(), return_dict=True)
+    return {k: v for k, v in out.loss_info.items() if v is not None}

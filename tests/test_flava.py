@@ -1,0 +1,347 @@
+"""Tests of reproduce/flava and reproduce/data/scenes: masking, the five losses against Hugging Face's
+FlavaForPreTraining, the global contrastive loss (naive and across 2 gloo processes), the ablation
+switches, the scene generator, and bad inputs. Tiny configs: everything runs in well under a minute."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reproduce.data import scenes
+from reproduce.flava import experiments as E
+from reproduce.flava import model as M
+
+TINY = M.FlavaSizes(image_size=32, patch_size=8, hidden=32, heads=2, mlp=64, image_layers=1, text_layers=1,
+                    multimodal_layers=1, projection_dim=16, codebook_size=16, vocab_size=200, max_text_len=20)
+
+
+@pytest.fixture(scope="module")
+def data():
+    torch.manual_seed(0)
+    captions = scenes.make_scenes(200, 32, 5).captions
+    texts = E.TextSources(pretrain=[f"{c} and then the words went on." for c in captions], austen_heldout=[], melville_heldout=[])
+    return E.build_pretrain_data(TINY, n_pairs=96, n_images=64, n_text=64, emoji_prob=0.0, seed=0, texts=texts)
+
+
+@pytest.fixture(scope="module")
+def sampler(data):
+    return E.BatchSampler(data, TINY, batch_size=8, seed=0)
+
+
+# ------------------------------------------------------------------------------------------- masking
+def test_block_masking_fraction_matches_beit_budget():
+    masking = M.BlockMasking(grid=8)  # 64 patches: 38% -> 24 masked, groups >= 5 patches
+    random.seed(0)
+    counts = masking(500).sum(1).float()
+    assert masking.total == round(64 * 75 / 196) and masking.min_group == round(64 * 16 / 196)
+    assert counts.max() <= masking.total
+    assert abs(counts.mean().item() / 64 - 75 / 196) < 0.02  # BEiT's generator may stop a block short
+
+
+@pytest.mark.parametrize("area, side", [(9, 3), (16, 4)])
+def test_block_masking_draws_blocks_of_the_configured_area_and_aspect(area, side):
+    """With aspect fixed to 1 and the budget equal to one block, every mask is one side x side square."""
+    masking = M.BlockMasking(grid=8, ratio=area / 64, min_group_fraction=area / 64, min_aspect=1.0)
+    random.seed(1)
+    for mask in masking(100).view(-1, 8, 8):
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        assert len(rows) == len(cols) == side
+        assert mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].all() and mask.sum() == area
+
+
+def test_block_masking_blocks_are_at_least_min_group_until_the_budget_is_nearly_spent():
+    masking = M.BlockMasking(grid=8, ratio=0.5, min_group_fraction=0.25, min_aspect=0.3)  # 32 masked, blocks >= 16
+    random.seed(2)
+    counts = masking(200).sum(1)
+    assert counts.max() <= 32 and counts.float().mean() > 16  # at least one full block, never over budget
+
+
+def test_text_masking_is_fifteen_percent_of_non_special_tokens(data):
+    ids = data.text_ids.repeat(40, 1)  # (2560, L)
+    masked, labels = M.mask_text(ids, data.tokenizer, generator=torch.Generator().manual_seed(0))
+    special = torch.isin(ids, torch.tensor(data.tokenizer.all_special_ids))
+    n = (~special).sum().item()
+    frac = labels.ne(M.CE_IGNORE).sum().item() / n
+    assert abs(frac - 0.15) < 4 * math.sqrt(0.15 * 0.85 / n)
+    assert labels[special].eq(M.CE_IGNORE).all()  # [CLS], [SEP], [PAD] are never predicted
+    chosen = labels.ne(M.CE_IGNORE)
+    mask_id = data.tokenizer.mask_token_id
+    assert abs(masked[chosen].eq(mask_id).float().mean().item() - 0.8) < 0.05  # BERT's 80% [MASK]
+    assert torch.equal(labels[chosen], ids[chosen])
+
+
+# ------------------------------------------------------------------------------------ contrastive
+def naive_contrastive(image: torch.Tensor, text: torch.Tensor, logit_scale: float) -> float:
+    """CLIP's loss written out row by row, in float64."""
+    s = math.exp(logit_scale)
+    n = len(image)
+    total = 0.0
+    for i in range(n):
+        row_i = [s * float(image[i] @ text[j]) for j in range(n)]
+        row_t = [s * float(text[i] @ image[j]) for j in range(n)]
+        total += -row_i[i] + math.log(sum(math.exp(v) for v in row_i))
+        total += -row_t[i] + math.log(sum(math.exp(v) for v in row_t))
+    return total / (2 * n)
+
+
+def test_contrastive_loss_equals_naive_computation():
+    g = torch.Generator().manual_seed(0)
+    image = F.normalize(torch.randn(6, 5, generator=g, dtype=torch.float64), dim=-1)
+    text = F.normalize(torch.randn(6, 5, generator=g, dtype=torch.float64), dim=-1)
+    ours = M.global_contrastive_loss(image, text, torch.tensor(2.6592, dtype=torch.float64))
+    assert ours.item() == pytest.approx(naive_contrastive(image, text, 2.6592), abs=1e-12)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _gathered_worker(rank: int, world: int, port: int, image: torch.Tensor, text: torch.Tensor, weight: torch.Tensor, queue):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        b = len(image) // world
+        w = weight.clone().requires_grad_(True)  # a shared "encoder": the gradient must reach every rank's rows
+        local = slice(rank * b, (rank + 1) * b)
+        img = F.normalize(image[local] @ w, dim=-1)
+        txt = F.normalize(text[local] @ w, dim=-1)
+        loss = M.global_contrastive_loss(img, txt, torch.tensor(2.0, dtype=torch.float64))
+        loss.backward()
+        dist.all_reduce(w.grad)  # what DDP does (sum here, divided below = DDP's average)
+        queue.put((rank, loss.item(), (w.grad / world).numpy()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_gathered_contrastive_loss_on_two_processes_equals_one_process_on_the_concatenated_batch():
+    g = torch.Generator().manual_seed(0)
+    image, text = torch.randn(8, 6, generator=g, dtype=torch.float64), torch.randn(8, 6, generator=g, dtype=torch.float64)
+    weight = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    w = weight.clone().requires_grad_(True)
+    single = M.global_contrastive_loss(F.normalize(image @ w, dim=-1), F.normalize(text @ w, dim=-1), torch.tensor(2.0, dtype=torch.float64))
+    single.backward()
+
+    ctx = torch.multiprocessing.get_context("spawn")
+    queue, port = ctx.Queue(), _free_port()
+    procs = [ctx.Process(target=_gathered_worker, args=(r, 2, port, image, text, weight, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = sorted(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    mean_loss = sum(loss for _, loss, _ in results) / 2  # DDP averages the per-process losses' gradients
+    assert mean_loss == pytest.approx(single.item(), abs=1e-12)
+    for _, _, grad in results:
+        np.testing.assert_allclose(grad, w.grad.numpy(), atol=1e-12)
+
+
+def test_local_only_contrastive_differs_from_global_when_gradients_do_not_cross():
+    """Sanity of the test above: without the gather the loss is per-process, and it differs."""
+    g = torch.Generator().manual_seed(0)
+    image = F.normalize(torch.randn(8, 4, generator=g, dtype=torch.float64), dim=-1)
+    text = F.normalize(torch.randn(8, 4, generator=g, dtype=torch.float64), dim=-1)
+    scale = torch.tensor(2.0, dtype=torch.float64)
+    halves = (M.global_contrastive_loss(image[:4], text[:4], scale) + M.global_contrastive_loss(image[4:], text[4:], scale)) / 2
+    assert abs(halves.item() - M.global_contrastive_loss(image, text, scale).item()) > 1e-3
+
+
+# ------------------------------------------------------------------- losses vs Hugging Face's forward
+def _no_negatives(batch: M.PairedBatch) -> M.PairedBatch:
+    """The same batch with every ITM text taken as the pair's caption (all labels 1), as HF reads it."""
+    ids = batch.itm_ids_masked.where(batch.mlm_labels.eq(M.CE_IGNORE), batch.mlm_labels)  # unmasked ITM text
+    return M.PairedBatch(batch.pixel_values, ids, batch.itm_attention_mask, batch.image_tokens, batch.bool_masked_pos,
+                         batch.itm_ids_masked, batch.itm_attention_mask, batch.mlm_labels, torch.ones_like(batch.itm_labels))
+
+
+def test_our_losses_equal_hf_flava_for_pretraining_on_batches_without_negatives(sampler):
+    model = M.build_model(TINY, seed=0).train()
+    everything = M.Objectives(mim=True, mlm=True, gc=True, mmm=True, itm=True)
+    for batch in (_no_negatives(sampler.paired()), sampler.images(), sampler.text()):
+        ours = dict(M.losses(model, batch, everything, gather=False).items())
+        theirs = M.hf_pretraining_losses(model, batch)
+        assert set(ours) == set(theirs) and ours
+        for name in ours:
+            assert ours[name].item() == pytest.approx(theirs[name].item(), abs=1e-5), name
+
+
+def test_one_hf_flava_for_pretraining_step_on_our_batches_yields_all_six_losses(sampler):
+    model = M.build_model(TINY, seed=0).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    before = model.flava.text_projection.weight.detach().clone()
+    seen = {}
+    for batch in (sampler.paired(), sampler.images(), sampler.text()):  # the paired batch has ITM negatives
+        got = M.hf_pretraining_losses(model, batch)
+        total = sum(got.values())
+        opt.zero_grad()
+        total.backward()
+        opt.step()
+        seen.update({k: v.item() for k, v in got.items()})
+    assert set(seen) == {"mim", "mlm", "global_contrastive", "itm", "mmm_image", "mmm_text"}
+    assert all(math.isfinite(v) and v > 0 for v in seen.values())
+    assert not torch.equal(before, model.flava.text_projection.weight)
+
+
+@pytest.mark.parametrize("row_name, expected", [
+    ("MIM", {"mim"}), ("MLM", {"mlm"}), ("FLAVA_C", {"global_contrastive"}),
+    ("FLAVA_MM", {"global_contrastive", "itm", "mmm_image", "mmm_text"}),
+    ("FLAVA", {"mim", "mlm", "global_contrastive", "itm", "mmm_image", "mmm_text"}),
+])
+def test_each_ablation_row_turns_on_exactly_its_losses(sampler, row_name, expected):
+    row = M.table3_rows()[row_name]
+    model = M.build_model(TINY, seed=0).eval()
+    seen = set()
+    for source, p in row.sources.items():
+        assert p > 0
+        with torch.no_grad():
+            seen |= {name for name, _ in M.losses(model, getattr(sampler, source)(), row.objectives, gather=False).items()}
+    assert seen == expected
+
+
+def test_round_robin_draws_sources_with_the_rows_probabilities(data):
+    row = M.table3_rows(0.7, 0.15, 0.15)["FLAVA"]
+    sampler = E.BatchSampler(data, TINY, batch_size=4, seed=3)
+    drawn = [sampler.draw(row)[0] for _ in range(300)]
+    assert abs(drawn.count("paired") / 300 - 0.7) < 0.08  # 3 sigma is 0.079
+    assert drawn.count("images") > 25 and drawn.count("text") > 25
+    assert {s for s, _ in (sampler.draw(M.table3_rows()["MIM"]) for _ in range(20))} == {"images"}
+
+
+def test_paired_batch_mixes_matched_and_unmatched_pairs(sampler, data):
+    batch = sampler.paired()
+    ids = batch.itm_ids_masked.where(batch.mlm_labels.eq(M.CE_IGNORE), batch.mlm_labels)
+    negative = batch.itm_labels.eq(0)
+    assert negative.any() and (~negative).any()
+    assert torch.equal(ids[~negative], batch.input_ids[~negative])
+    assert (ids[negative] != batch.input_ids[negative]).any(1).all()  # a negative's caption is another caption
+
+
+def test_vq_tokens_are_nearest_codebook_entries(data):
+    x = E.to_pixels(data.paired_images[:4])
+    codes = data.vq.encode(x)  # (4, P)
+    patches = M.patchify(x, TINY.patch_size)  # (4, P, 3 p p)
+    assert torch.equal(codes, torch.cdist(patches, data.vq.codebook.expand(4, -1, -1)).argmin(-1))
+    assert codes.shape == (4, TINY.num_patches)
+
+
+def test_patchify_order_matches_the_vit_patch_grid():
+    x = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).view(2, 3, 16, 16)
+    p = M.patchify(x, 8)  # (2, 4, 192)
+    assert torch.equal(p[1, 1].view(3, 8, 8), x[1, :, 0:8, 8:16])  # patch 1 = top row, second column
+    assert torch.equal(p[0, 2].view(3, 8, 8), x[0, :, 8:16, 0:8])
+
+
+# --------------------------------------------------------------------------------------- evaluation
+def test_retrieval_recalls_perfect_and_reversed_embeddings():
+    emb = torch.eye(6)
+    captions = [f"c{i}" for i in range(6)]
+    assert E.retrieval_recalls(emb, emb, captions) == {"TR R@1": 100.0, "IR R@1": 100.0, "TR R@5": 100.0, "IR R@5": 100.0}
+    shifted = emb.roll(1, 0)
+    assert E.retrieval_recalls(emb, shifted, captions)["TR R@1"] == 0.0
+    assert E.retrieval_recalls(emb, shifted, ["same"] * 6)["TR R@1"] == 100.0  # equal captions count as hits
+
+
+def test_macro_average_counts_a_missing_domain_as_zero():
+    assert E.macro_average({"vision": {"average": 57.46}}) == pytest.approx(19.1533, abs=1e-3)  # Table 3 row 1
+
+
+def test_linear_probe_separates_separable_classes():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 5)) + np.repeat(np.eye(5)[:2] * 6, 100, axis=0)
+    y = np.repeat([0, 1], 100)
+    perm = rng.permutation(200)
+    assert E.linear_probe(x[perm[:100]], y[perm[:100]], x[perm[100:]], y[perm[100:]]) > 95
+
+
+# ----------------------------------------------------------------------------------------- scenes
+def test_scenes_are_deterministic_by_seed():
+    a, b = scenes.make_scenes(20, 32, 7), scenes.make_scenes(20, 32, 7)
+    assert np.array_equal(a.images, b.images) and a.captions == b.captions and a.negatives == b.negatives
+    assert scenes.make_scenes(20, 32, 8).captions != a.captions
+
+
+def test_held_out_combinations_never_train_and_always_test():
+    held = scenes.held_out_pairs()
+    assert len(held) == len(scenes.SHAPES) and len({c for _, c in held}) == len(held)
+    train = scenes.make_scenes(300, 32, 0, scenes.SceneSampler("train"))
+    test = scenes.make_scenes(300, 32, 0, scenes.SceneSampler("test"))
+    assert all(not (s.pairs() & held) for s in train.scenes)
+    assert all(s.pairs() & held for s in test.scenes)
+
+
+def test_hard_negative_changes_exactly_one_attribute():
+    sampler, rng = scenes.SceneSampler("train"), np.random.default_rng(0)
+    for _ in range(200):
+        scene = sampler.sample(rng)
+        neg = sampler.negative(scene, rng)
+        assert neg.caption() != scene.caption()
+        diffs = sum(a != b for o, n in zip(scene.objects, neg.objects) for a, b in
+                    ((o.shape, n.shape), (o.colour, n.colour), (o.size, n.size))) + (scene.relation != neg.relation)
+        assert diffs == 1
+
+
+# ------------------------------------------------------------------------------------- bad inputs
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(image_size=30, patch_size=8), "multiple of patch_size"),
+    (dict(hidden=30, heads=4), "multiple of heads"),
+    (dict(image_size=8, patch_size=8), "at least 2x2"),
+    (dict(hidden=0), "positive int"),
+    (dict(codebook_size=2.5), "positive int"),
+])
+def test_sizes_refuse_nonsense(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        M.FlavaSizes(**kwargs)
+
+
+def test_bad_objectives_rows_and_masking_are_refused(data):
+    with pytest.raises(ValueError, match="at least one objective"):
+        M.Objectives()
+    with pytest.raises(ValueError, match="sum to 1"):
+        M.table3_rows(0.7, 0.2, 0.2)
+    with pytest.raises(ValueError, match="no objective uses it"):
+        M.AblationRow("x", M.Objectives(gc=True), {"paired": 0.5, "text": 0.5}, ("language",))
+    with pytest.raises(ValueError, match="unknown sources"):
+        M.AblationRow("x", M.Objectives(gc=True), {"pairs": 1.0}, ())
+    with pytest.raises(ValueError, match="mask ratio"):
+        M.BlockMasking(grid=8, ratio=1.0)
+    with pytest.raises(ValueError, match="text mask probability"):
+        M.mask_text(data.text_ids[:2], data.tokenizer, prob=0.0)
+    with pytest.raises(ValueError, match="batch_size"):
+        E.BatchSampler(data, TINY, batch_size=1, seed=0)
+    with pytest.raises(ValueError, match="itm_negative_prob"):
+        E.BatchSampler(data, TINY, batch_size=4, seed=0, itm_negative_prob=1.5)
+    with pytest.raises(TypeError, match="unknown batch type"):
+        M.losses(None, object(), M.Objectives(gc=True))
+
+
+def test_bad_scene_inputs_are_refused():
+    with pytest.raises(ValueError, match="split"):
+        scenes.SceneSampler("valid")
+    with pytest.raises(ValueError, match="emoji_names"):
+        scenes.SceneSampler(emoji_prob=0.5)
+    obj = scenes.SceneObject("circle", "red", "small")
+    with pytest.raises(ValueError, match="1 or 2 objects"):
+        scenes.Scene((obj, obj, obj), "above", 0)
+    with pytest.raises(ValueError, match="relation"):
+        scenes.Scene((obj, obj), None, 0)
+    with pytest.raises(ValueError, match="n >= 1"):
+        scenes.make_scenes(0, 32, 0)
+
+
+def test_flava_full_fails_fast_and_says_why_when_the_hub_is_offline(monkeypatch):
+    from reproduce import hf
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(hf.HubOfflineError, match="facebook/flava-full"):
+        M.load_flava_full()
