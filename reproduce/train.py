@@ -96,7 +96,11 @@ class TrainResult:
 
 
 def make_accelerator(device: str = "auto", mixed_precision: str = "no", grad_accum: int = 1) -> Accelerator:
-    """An ``Accelerator`` on ``device`` ("auto": CUDA when present; "cpu"; "cuda")."""
+    """An ``Accelerator`` on ``device`` ("auto": CUDA when present; "cpu"; "cuda").
+
+    accelerate keeps one device and mixed-precision setting per process: asking for another one
+    later in the same process (notebook kernel) raises; restart the kernel to change them.
+    """
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
@@ -159,6 +163,9 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
     ``numel``), a function, or None (the batch size). The model is trained in place.
     """
     accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision, grad_accum=cfg.grad_accum)
+    if accelerator.mixed_precision != cfg.mixed_precision:
+        raise ValueError(f"TrainConfig.mixed_precision={cfg.mixed_precision!r} but the accelerator passed in uses "
+                         f"{accelerator.mixed_precision!r}; make it with make_accelerator(..., mixed_precision=...)")
     accelerator.gradient_accumulation_steps = cfg.grad_accum
     model, optimizer = accelerator.prepare(model, optimizer)
     if scheduler is not None:

@@ -153,6 +153,28 @@ def test_bad_configs_and_batches_are_refused():
               accelerator=make_accelerator("cpu"))
 
 
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one mixed-precision setting per process: reset it around a test that changes it."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
+    yield
+    AcceleratorState._reset_state()
+
+
+def test_bf16_mixed_precision_trains_on_cpu(fresh_accelerator_state):
+    model = make_model(0.0)
+    cfg = TrainConfig(steps=20, mixed_precision="bf16")
+    result = train(model, make_optimizer(model), make_batches(GLOBAL_BATCH), lm_loss, cfg,
+                   accelerator=make_accelerator("cpu", mixed_precision="bf16"))
+    assert result.final_loss < 0.5 * result.losses[0]
+    assert next(model.parameters()).dtype == torch.float32  # autocast: weights stay float32
+    with pytest.raises(ValueError, match="mixed_precision='no' but the accelerator passed in uses 'bf16'"):
+        train(model, make_optimizer(model), make_batches(GLOBAL_BATCH), lm_loss, TrainConfig(steps=1),
+              accelerator=make_accelerator("cpu", mixed_precision="bf16"))
+
+
 def test_shard_splits_rows_contiguously():
     batch = {"tokens": torch.arange(8).view(4, 2), "note": "kept"}
     assert tr.shard(batch, 1, 2)["tokens"].tolist() == [[4, 5], [6, 7]]
