@@ -23,8 +23,9 @@ Batches and losses (what makes N processes equal one):
   sequences). Deviation: with varying counts per shard (padding, random masks) it is the mean of
   the shard means, as in most data-parallel trainers.
 
-Checkpoints: ``accelerator.save_state`` (model weights in safetensors; optimizer, scheduler and
-every process's RNG state beside them) into ``checkpoint_dir/step_000100/``, and
+Checkpoints: ``accelerator.save_state`` (model weights in ``model.safetensors``; optimizer,
+scheduler and every process's RNG state beside them, as accelerate's torch pickles) into
+``checkpoint_dir/step_000100/``, and
 ``trainer_state.json`` (step, history, losses) written last, atomically, as the mark of a complete
 checkpoint. With ``resume=True`` a run continues from the latest complete checkpoint: it skips the
 batches already consumed, then restores the saved state, so an interrupted and an uninterrupted
@@ -64,7 +65,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: no checkpoints
     checkpoint_dir: str | Path | None = None
     keep_checkpoints: int = 2  # the newest ones stay; older ones are deleted
-    resume: bool = True  # continue from the newest complete checkpoint in checkpoint_dir
+    resume: bool = True  # continue from the newest complete checkpoint in checkpoint_dir (False: it must have none)
     mixed_precision: str = "no"
     desc: str = "train"
 
@@ -176,7 +177,10 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
     losses: list[float] = []
     start, last_eval = 0, {}
 
-    checkpoint = latest_checkpoint(cfg.checkpoint_dir) if cfg.resume else None
+    checkpoint = latest_checkpoint(cfg.checkpoint_dir)
+    if checkpoint is not None and not cfg.resume:
+        raise ValueError(f"{cfg.checkpoint_dir} holds another run's checkpoints ({checkpoint.name}); pass resume=True "
+                         "to continue that run, or an empty checkpoint_dir to start afresh")
     if checkpoint is not None:
         state = json.loads((checkpoint / STATE_FILE).read_text())
         if state["step"] > cfg.steps:

@@ -109,6 +109,14 @@ def test_resume_refuses_a_checkpoint_past_the_requested_steps(tmp_path):
         run(2, checkpoint_dir=tmp_path, checkpoint_every=1)
 
 
+def test_a_fresh_run_refuses_a_folder_with_another_runs_checkpoints(tmp_path):
+    run(4, checkpoint_dir=tmp_path, checkpoint_every=4)
+    model = make_model()
+    cfg = TrainConfig(steps=2, checkpoint_every=1, checkpoint_dir=tmp_path, resume=False)
+    with pytest.raises(ValueError, match="holds another run's checkpoints \\(step_000004\\)"):
+        train(model, make_optimizer(model), make_batches(GLOBAL_BATCH), lm_loss, cfg, accelerator=make_accelerator("cpu"))
+
+
 @pytest.mark.parametrize("max_grad_norm", [None, 0.05], ids=["no-clipping", "clipping"])
 def test_grad_accum_of_half_batches_equals_full_batches(max_grad_norm):
     """grad_accum=2 on half batches == grad_accum=1 on full batches (clipping acts on the accumulated gradient)."""
