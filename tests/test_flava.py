@@ -345,3 +345,16 @@ def test_flava_full_fails_fast_and_says_why_when_the_hub_is_offline(monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(hf.HubOfflineError, match="facebook/flava-full"):
         M.load_flava_full()
+
+
+def test_config_rows_match_the_model_and_bad_parameters_are_refused():
+    from reproduce import config
+    from reproduce.configs.flava import TABLE3_ROWS
+
+    assert tuple(M.table3_rows()) == TABLE3_ROWS
+    params = config.resolve("flava", "cpu")
+    assert E.sizes_from(params).grid == params.image_size // params.patch_size
+    with pytest.raises(config.ParamError, match="rows"):
+        config.resolve("flava", "smoke", {"rows": ["FLAVA_X"]})
+    with pytest.raises(ValueError, match="must be 1"):
+        E.rows_from(config.resolve("flava", "smoke", {"p_text": 0.5}))

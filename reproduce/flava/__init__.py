@@ -4,3 +4,7 @@
 ``FlavaForPreTraining`` modules). ``experiments``: data, round-robin training, evaluation, the
 ablation. ``plots``: the figures (``FIGURES``) with their Korean table ``KO``.
 """
+
+from reproduce.flava.plots import FIGURES, KO  # noqa: E402  (figures.make looks them up here)
+
+__all__ = ["FIGURES", "KO"]

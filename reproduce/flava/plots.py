@@ -1,0 +1,172 @@
+"""FLAVA figures, drawn only from recorded values (``run.measured`` or results/flava/<profile>.json).
+
+Keys read: ``objectives.illustration``, ``table3.ours``, ``table3.paper``, ``pretraining.losses``,
+``retrieval.similarity``, ``retrieval.examples``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from reproduce import figures
+
+KO = {
+    "Image": "이미지",
+    "Block-masked (MIM/MMM)": "블록 마스킹 (MIM/MMM)",
+    "matched": "일치",
+    "unmatched": "불일치",
+    "ITM text": "ITM 텍스트",
+    "Ours (small scale)": "우리 결과 (소규모)",
+    "Paper (Table 3)": "논문 (표 3)",
+    "Score (%)": "점수 (%)",
+    "Vision": "비전",
+    "Language": "언어",
+    "Multimodal": "멀티모달",
+    "Macro": "매크로 평균",
+    "Update": "업데이트",
+    "Loss": "손실",
+    "Before pretraining": "사전학습 전",
+    "After pretraining": "사전학습 후",
+    "Image i": "이미지 i",
+    "Caption j": "캡션 j",
+    "Cosine similarity": "코사인 유사도",
+    "Query": "질의",
+    "Top-3 retrieved held-out images": "검색된 상위 3개 보류 이미지",
+    "mim": "MIM",
+    "mlm": "MLM",
+    "global_contrastive": "대조 (GC)",
+    "itm": "ITM",
+    "mmm_image": "MMM 이미지",
+    "mmm_text": "MMM 텍스트",
+    "total": "합계",
+}
+DOMAIN_LABELS = {"vision": "Vision", "language": "Language", "multimodal": "Multimodal", "macro": "Macro"}
+
+
+def plot_objectives(measured: dict, lang: str = "en"):
+    """A paired batch as FLAVA sees it: images, their BEiT block masks, the masked ITM texts."""
+    _ = figures.translator(KO, lang)
+    ill = measured["objectives.illustration"]
+    images = np.asarray(ill["images"], dtype=np.uint8)  # (n, S, S, 3)
+    n, s, g = len(images), images.shape[1], ill["grid"]
+    fig, axes = figures.subplots(2, n, height=4.6)
+    for i in range(n):
+        mask = np.asarray(ill["masks"][i], dtype=bool).reshape(g, g)
+        pixel_mask = np.kron(mask, np.ones((s // g, s // g), dtype=bool))  # (S, S)
+        masked = images[i].copy()
+        masked[pixel_mask] = 128
+        axes[0, i].imshow(images[i], interpolation="nearest")
+        axes[0, i].set_title("\n".join(_wrap(ill["captions"][i], 22)), fontsize=8)
+        axes[1, i].imshow(masked, interpolation="nearest")
+        label = _("matched") if ill["itm_labels"][i] else _("unmatched")
+        axes[1, i].set_title(f"{_('ITM text')} ({label}):\n" + "\n".join(_wrap(ill["masked_text"][i], 22)), fontsize=8)
+        for ax in axes[:, i]:
+            ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)
+    axes[0, 0].set_ylabel(_("Image"))
+    axes[1, 0].set_ylabel(_("Block-masked (MIM/MMM)"))
+    return fig
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return lines + ([line] if line else [])
+
+
+def plot_table3(measured: dict, lang: str = "en"):
+    """Table 3: domain and macro averages per row, ours (mean over seeds) beside the paper's."""
+    _ = figures.translator(KO, lang)
+    ours, paper = measured["table3.ours"], measured["table3.paper"]
+    rows = list(ours)
+    keys = ["vision", "language", "multimodal", "macro"]
+    fig, axes = figures.subplots(1, 2, height=4.2, sharey=True)
+    width = 0.8 / len(keys)
+    for ax, table, title in ((axes[0], ours, _("Ours (small scale)")), (axes[1], paper, _("Paper (Table 3)"))):
+        for k, key in enumerate(keys):
+            values = [table.get(r, {}).get(key) or 0.0 for r in rows]
+            bars = ax.bar(np.arange(len(rows)) + (k - 1.5) * width, values, width, label=_(DOMAIN_LABELS[key]),
+                          color=figures.PALETTE[k])
+            if key == "macro" and table is ours:
+                std = [table[r].get("macro_std", 0.0) for r in rows]
+                ax.errorbar(np.arange(len(rows)) + (k - 1.5) * width, values, yerr=std, fmt="none", ecolor="black", capsize=2)
+            del bars
+        ax.set_xticks(np.arange(len(rows)), rows, rotation=20)
+        ax.set_title(title)
+    axes[0].set_ylabel(_("Score (%)"))
+    axes[0].legend(ncols=2, loc="upper left", fontsize=8)
+    return fig
+
+
+def plot_losses(measured: dict, lang: str = "en"):
+    """Pretraining losses per objective (first seed), one panel per Table 3 row."""
+    _ = figures.translator(KO, lang)
+    losses = measured["pretraining.losses"]  # row -> objective -> windowed means
+    rows = list(losses)
+    fig, axes = figures.subplots(1, len(rows), height=3.2, sharey=False, squeeze=False)
+    for ax, row in zip(axes[0], rows):
+        for name, values in losses[row].items():
+            if name == "total":
+                continue
+            v = np.asarray(values, dtype=float)
+            ax.plot(np.linspace(0, 1, len(v)), v, label=_(name))
+        ax.set_title(row, fontsize=10)
+        ax.set_xlabel(_("Update"), fontsize=9)
+        ax.tick_params(labelsize=8)
+    axes[0, 0].set_ylabel(_("Loss"))
+    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines()}
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=6, fontsize=8)
+    return fig
+
+
+def plot_similarity(measured: dict, lang: str = "en"):
+    """Cosine similarity of held-out image and caption embeddings (GC space), before and after pretraining."""
+    _ = figures.translator(KO, lang)
+    sim = measured["retrieval.similarity"]
+    fig, axes = figures.subplots(1, 2, height=3.8)
+    for ax, key, title in ((axes[0], "before", _("Before pretraining")), (axes[1], "after", _("After pretraining"))):
+        m = np.asarray(sim[key])
+        im = ax.imshow(m, cmap="viridis", vmin=-1, vmax=1)
+        ax.set_title(title)
+        ax.set_xlabel(_("Caption j"))
+        ax.set_ylabel(_("Image i"))
+        ax.grid(False)
+        ax.set_xticks(range(len(m))), ax.set_yticks(range(len(m)))
+    fig.colorbar(im, ax=axes, shrink=0.8, label=_("Cosine similarity"))
+    return fig
+
+
+def plot_retrieval(measured: dict, lang: str = "en"):
+    """Zero-shot text->image retrieval on held-out attribute combinations: query, top-3 images."""
+    _ = figures.translator(KO, lang)
+    examples = measured["retrieval.examples"]
+    top = len(examples[0]["images"])
+    fig, axes = figures.subplots(len(examples), top + 1, height=1.5 * len(examples) + 0.6,
+                                 gridspec_kw={"width_ratios": [2.2] + [1] * top})
+    for r, ex in enumerate(examples):
+        axes[r, 0].text(0.0, 0.5, "\n".join(_wrap(ex["caption"], 26)), va="center", fontsize=9)
+        axes[r, 0].axis("off")
+        for c, (img, hit) in enumerate(zip(ex["images"], ex["hits"])):
+            ax = axes[r, c + 1]
+            ax.imshow(np.asarray(img, dtype=np.uint8), interpolation="nearest")
+            ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)
+            for spine in ax.spines.values():
+                spine.set_visible(True)
+                spine.set_color(figures.PALETTE[2] if hit else figures.PALETTE[1])
+                spine.set_linewidth(3)
+    axes[0, 0].set_title(_("Query"), fontsize=10)
+    axes[0, 1 + top // 2].set_title(_("Top-3 retrieved held-out images"), fontsize=10)
+    return fig
+
+
+FIGURES = {
+    "flava_objectives_batch": plot_objectives,
+    "flava_table3_ablation": plot_table3,
+    "flava_pretraining_losses": plot_losses,
+    "flava_similarity_before_after": plot_similarity,
+    "flava_zero_shot_retrieval": plot_retrieval,
+}
