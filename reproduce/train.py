@@ -6,10 +6,15 @@ One code path runs on CPU, one GPU or several GPUs:
                    scheduler=scheduler, eval_fn=evaluate, tokens_in="input_ids")
 
 - In a notebook or a plain ``python`` process it trains on ``make_accelerator(device)``'s device.
-- Data parallel over N processes: ``accelerate launch --num_processes 8 my_script.py`` (or
-  ``torchrun --nproc_per_node 8``), or from a notebook
-  ``accelerate.notebook_launcher(run_training, num_processes=8)``. Each process builds the same
-  model and iterates the same batches; the loop gives process ``r`` its share of every batch.
+- Data parallel over N processes (each builds the same model and iterates the same batches; the
+  loop gives process ``r`` its share of every batch):
+  a script: ``accelerate launch --num_processes 8 script.py`` or ``torchrun --nproc_per_node 8
+  script.py``; CPU processes (gloo) start with ``torchrun`` (``accelerate launch --cpu`` runs one
+  process unless MPI is set up); tested with 2 CPU processes in ``tests/_train_worker.py``;
+  a notebook: ``accelerate.notebook_launcher(run_training, num_processes=8)``;
+  a whole paper run: ``accelerate launch --num_processes 8 -m reproduce run <paper> --profile gpu``
+  starts 8 runs whose notebook kernels inherit RANK/WORLD_SIZE and join one process group
+  (not tested here: this machine has no GPU).
 
 Batches and losses (what makes N processes equal one):
 - ``batches`` yields *global* batches: dicts whose tensors hold the batch on dim 0. Every process
@@ -23,13 +28,12 @@ Batches and losses (what makes N processes equal one):
   sequences). Deviation: with varying counts per shard (padding, random masks) it is the mean of
   the shard means, as in most data-parallel trainers.
 
-Checkpoints: ``accelerator.save_state`` (model weights in ``model.safetensors``; optimizer,
-scheduler and every process's RNG state beside them, as accelerate's torch pickles) into
-``checkpoint_dir/step_000100/``, and
-``trainer_state.json`` (step, history, losses) written last, atomically, as the mark of a complete
-checkpoint. With ``resume=True`` a run continues from the latest complete checkpoint: it skips the
-batches already consumed, then restores the saved state, so an interrupted and an uninterrupted
-run end with the same weights.
+Checkpoints: ``accelerator.save_state`` into ``checkpoint_dir/step_000100/`` (model weights in
+``model.safetensors``; optimizer, scheduler and every process's RNG state beside them, as
+accelerate's torch pickles), then ``trainer_state.json`` (step, history, losses), written last and
+atomically as the mark of a complete checkpoint. With ``resume=True`` a run continues from the
+newest complete checkpoint: it skips the batches already consumed, then restores the saved state,
+so an interrupted and an uninterrupted run end with the same weights.
 """
 
 from __future__ import annotations
