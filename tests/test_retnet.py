@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from reproduce.retnet import model as rn
+from reproduce import retnet as rn
 
 EXACT = 1e-10  # float64: the forms agree to ~1e-14; anything above 1e-10 is a bug, not rounding
 

@@ -1,0 +1,165 @@
+"""Figures of the RetNet notebook, drawn only from recorded values (``run.measured``).
+
+Each function takes ``(measured, lang)`` and returns a Figure; text goes through ``KO``.
+Keys read: ``fig6.decode`` (rows of :func:`experiments.decode_cost`), ``table4.training`` (rows of
+:func:`experiments.training_cost`), ``lm.table`` and ``lm.runs`` (:func:`experiments.lm_table`,
+:func:`experiments.train_language_models`).
+"""
+
+from __future__ import annotations
+
+import statistics
+
+from reproduce import figures
+
+KO = {
+    "Sequence length (tokens)": "시퀀스 길이 (토큰)",
+    "Latency per token (ms)": "토큰당 지연 시간 (ms)",
+    "State / KV cache (MiB)": "상태 / KV 캐시 (MiB)",
+    "RetNet (recurrent)": "RetNet (순환)",
+    "Transformer (KV cache)": "트랜스포머 (KV 캐시)",
+    "Decoding cost vs length (Figure 6 shape)": "길이에 따른 디코딩 비용 (그림 6 형태)",
+    "Training throughput (tokens/s)": "학습 처리량 (토큰/초)",
+    "Peak memory of one step (MiB)": "한 스텝의 최대 메모리 (MiB)",
+    "Retention, parallel": "리텐션, 병렬",
+    "Retention, chunkwise": "리텐션, 청크 순환",
+    "Softmax attention (SDPA)": "소프트맥스 어텐션 (SDPA)",
+    "Training cost vs length (Table 4 shape)": "길이에 따른 학습 비용 (표 4 형태)",
+    "Validation perplexity": "검증 퍼플렉서티",
+    "Small language models (Table 5 shape)": "소형 언어 모델 (표 5 형태)",
+    "Perplexity change vs full RetNet (%)": "전체 RetNet 대비 퍼플렉서티 변화 (%)",
+    "Ablations (Table 6 shape)": "구성 요소 제거 실험 (표 6 형태)",
+    "ours": "우리 결과",
+    "paper (200M)": "논문 (200M)",
+    "Training step": "학습 스텝",
+    "Training loss": "학습 손실",
+    "Training curves (mean over seeds)": "학습 곡선 (시드 평균)",
+    "bars: mean over seeds; whiskers: min-max": "막대: 시드 평균, 수염: 최소-최대",
+    "Transformer": "트랜스포머",
+    "RetNet": "RetNet",
+    "Linear attention": "선형 어텐션",
+    "− swish gate": "− swish 게이트",
+    "− GroupNorm": "− GroupNorm",
+    "− γ decay": "− γ 감쇠",
+    "− multi-scale decay": "− 다중 스케일 감쇠",
+    "reduce head dimension": "헤드 차원 축소",
+}
+
+_DECODE = {"retnet": "RetNet (recurrent)", "transformer": "Transformer (KV cache)"}
+_TRAIN = {"parallel": "Retention, parallel", "chunkwise": "Retention, chunkwise", "attention": "Softmax attention (SDPA)"}
+
+
+def _series(rows, key, value):
+    out = {}
+    for r in rows:
+        out.setdefault(r[key], []).append(r)
+    return {k: ([r["length"] for r in v], [r[value] for r in v]) for k, v in out.items()}
+
+
+def plot_decode_cost(measured, lang="en"):
+    """Figure 6 shape: per-token latency and memory of decoding vs context length."""
+    _ = figures.translator(KO, lang)
+    rows = measured["fig6.decode"]
+    fig, (ax_lat, ax_mem) = figures.subplots(1, 2)
+    for name, label in _DECODE.items():
+        x, y = _series(rows, "model", "latency_ms")[name]
+        ax_lat.plot(x, y, marker="o", label=_(label))
+        x, y = _series(rows, "model", "memory_bytes")[name]
+        ax_mem.plot(x, [b / 2**20 for b in y], marker="o", label=_(label))
+    for ax, ylabel in ((ax_lat, "Latency per token (ms)"), (ax_mem, "State / KV cache (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(_("Sequence length (tokens)"))
+        ax.set_ylabel(_(ylabel))
+    ax_lat.set_ylim(bottom=0)
+    ax_mem.set_ylim(bottom=0)
+    ax_lat.legend()
+    fig.suptitle(_("Decoding cost vs length (Figure 6 shape)"))
+    return fig
+
+
+def plot_training_cost(measured, lang="en"):
+    """Table 4 shape: training throughput and peak memory of one step vs sequence length."""
+    _ = figures.translator(KO, lang)
+    rows = measured["table4.training"]
+    fig, (ax_tp, ax_mem) = figures.subplots(1, 2)
+    for kind, label in _TRAIN.items():
+        series = _series(rows, "kind", "tokens_per_s")
+        if kind not in series:
+            continue
+        ax_tp.plot(*series[kind], marker="o", label=_(label))
+        ax_mem.plot(*_series(rows, "kind", "peak_mib")[kind], marker="o", label=_(label))
+    for ax, ylabel in ((ax_tp, "Training throughput (tokens/s)"), (ax_mem, "Peak memory of one step (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel(_("Sequence length (tokens)"))
+        ax.set_ylabel(_(ylabel))
+        ax.set_ylim(bottom=0)
+    ax_mem.legend()
+    fig.suptitle(_("Training cost vs length (Table 4 shape)"))
+    return fig
+
+
+def plot_lm_perplexity(measured, lang="en"):
+    """Table 5 shape: validation perplexity of the Transformer, RetNet and linear attention."""
+    _ = figures.translator(KO, lang)
+    rows = [r for r in measured["lm.table"] if r["variant"] in ("transformer", "retnet", "linear_attention")]
+    fig, ax = figures.subplots()
+    x = range(len(rows))
+    means = [r["ppl_mean"] for r in rows]
+    err = [[r["ppl_mean"] - r["ppl_min"] for r in rows], [r["ppl_max"] - r["ppl_mean"] for r in rows]]
+    ax.bar(x, means, yerr=err, capsize=6, color=[figures.PALETTE[i] for i in range(len(rows))])
+    ax.set_xticks(list(x), [_(r["label"]) for r in rows])
+    ax.set_ylabel(_("Validation perplexity"))
+    ax.set_title(_("Small language models (Table 5 shape)"))
+    ax.text(0.99, 0.98, _("bars: mean over seeds; whiskers: min-max"), transform=ax.transAxes, ha="right", va="top",
+            fontsize=9)
+    return fig
+
+
+def plot_ablations(measured, lang="en"):
+    """Table 6 shape: each ablation's perplexity change relative to full RetNet, ours beside the paper's."""
+    _ = figures.translator(KO, lang)
+    table = {r["variant"]: r for r in measured["lm.table"]}
+    full = table["retnet"]
+    rows = [r for v, r in table.items() if v not in ("transformer", "retnet", "linear_attention")]
+    fig, ax = figures.subplots()
+    y = list(range(len(rows)))
+    ours = [100 * (r["ppl_mean"] / full["ppl_mean"] - 1) for r in rows]
+    paper = [100 * (r["paper_ppl"] / full["paper_ppl"] - 1) for r in rows]
+    ax.barh([i + 0.2 for i in y], ours, height=0.4, label=_("ours"), color=figures.PALETTE[0])
+    ax.barh([i - 0.2 for i in y], paper, height=0.4, label=_("paper (200M)"), color=figures.PALETTE[1])
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_yticks(y, [_(r["label"]) for r in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel(_("Perplexity change vs full RetNet (%)"))
+    ax.set_title(_("Ablations (Table 6 shape)"))
+    ax.legend()
+    return fig
+
+
+def plot_lm_curves(measured, lang="en"):
+    """Training loss of every model (mean over seeds at each logged step)."""
+    _ = figures.translator(KO, lang)
+    from .experiments import LABELS
+
+    runs = measured["lm.runs"]
+    fig, ax = figures.subplots()
+    for variant in dict.fromkeys(r["variant"] for r in runs):
+        curves = [r["curve"] for r in runs if r["variant"] == variant]
+        steps = [p["step"] for p in curves[0]]
+        loss = [statistics.fmean(c[i]["loss"] for c in curves) for i in range(len(steps))]
+        style = "-" if variant in ("transformer", "retnet", "linear_attention") else ":"
+        ax.plot(steps, loss, style, label=_(LABELS[variant]))
+    ax.set_xlabel(_("Training step"))
+    ax.set_ylabel(_("Training loss"))
+    ax.set_title(_("Training curves (mean over seeds)"))
+    ax.legend(ncols=2, fontsize=8)
+    return fig
+
+
+FIGURES = {
+    "retnet_fig6_decode_cost": plot_decode_cost,
+    "retnet_table4_training_cost": plot_training_cost,
+    "retnet_table5_perplexity": plot_lm_perplexity,
+    "retnet_table6_ablations": plot_ablations,
+    "retnet_lm_curves": plot_lm_curves,
+}
