@@ -20,6 +20,8 @@ model trained on the train split with the ``tokenizers`` library.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -83,12 +85,27 @@ def parse_beolingus(lines: Iterable[str]) -> list[Pair]:
     return pairs
 
 
+PARSER_VERSION = 1  # bump when parse_beolingus changes: the cached pairs are then rebuilt
+
+
 @lru_cache(maxsize=1)
 def beolingus_pairs() -> tuple[Pair, ...]:
-    """All BEOLINGUS sentence pairs (fetches ``trans-de-en`` into the cache once)."""
-    path = fetch.debian_package("trans-de-en") / DICT_FILE
-    with open(path, encoding="utf-8") as f:
-        return tuple(parse_beolingus(f))
+    """All BEOLINGUS sentence pairs (fetches ``trans-de-en`` into the cache once).
+
+    The parsed pairs are cached as JSON next to the source, keyed by the archive's checksum and
+    the parser version (parsing 206k lines takes seconds; reading the cache, milliseconds).
+    """
+    source = fetch.get_source("trans-de-en")
+    root = fetch.debian_package("trans-de-en")
+    cached = root.parent / f"trans-de-en.pairs.v{PARSER_VERSION}.{source.sha256[:12]}.json"
+    if cached.is_file():
+        return tuple(Pair(*p) for p in json.loads(cached.read_text(encoding="utf-8")))
+    with open(root / DICT_FILE, encoding="utf-8") as f:
+        pairs = tuple(parse_beolingus(f))
+    tmp = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(pairs, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, cached)  # atomic: concurrent runs write the same content
+    return pairs
 
 
 def bible_pairs() -> list[Pair]:
@@ -117,9 +134,16 @@ def split_pairs(pairs: Sequence[Pair], dev_size: int, test_size: int) -> tuple[l
     return train, dev, test
 
 
-def load_corpus(dev_size: int = 1000, test_size: int = 1000, with_bible: bool = False) -> Corpus:
-    """BEOLINGUS splits, plus Bible verses in the training split when ``with_bible``."""
+def load_corpus(dev_size: int = 1000, test_size: int = 1000, with_bible: bool = False, max_train: int = 0) -> Corpus:
+    """BEOLINGUS splits, plus Bible verses in the training split when ``with_bible``.
+
+    ``max_train`` > 0 keeps only the first ``max_train`` BEOLINGUS training pairs (smoke runs).
+    """
+    if max_train < 0:
+        raise ValueError(f"max_train must be >= 0 (0 = all), got {max_train}")
     train, dev, test = split_pairs(beolingus_pairs(), dev_size, test_size)
+    if max_train:
+        train = train[:max_train]
     sources = {"beolingus": len(train)}
     if with_bible:
         extra = bible_pairs()
@@ -153,3 +177,33 @@ def corpus_texts(pairs: Iterable[Pair]) -> Iterable[str]:
     for p in pairs:
         yield p.en
         yield p.de
+
+
+WMT14_ID = "wmt/wmt14"  # config "de-en": train 4.5M pairs, validation = newstest2013, test = newstest2014
+
+
+def wmt14_corpus(max_train: int | None = None) -> Corpus:
+    """WMT14 EN-DE from the Hugging Face hub (gpu profile): train / newstest2013 / newstest2014.
+
+    Offline this fails at once with ``HubDatasetOffline`` naming the packaged alternative.
+    """
+    from reproduce.data.text import HubDatasetOffline
+    from reproduce.runtime import hub_offline
+
+    if hub_offline():
+        raise HubDatasetOffline(
+            f"WMT14 EN-DE ({WMT14_ID!r}) needs the Hugging Face hub, which is offline; use corpus='beolingus' "
+            "(profile=cpu), which reads the packaged BEOLINGUS sentence pairs")
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError("WMT14 needs the `datasets` library: pip install datasets") from err
+
+    def pairs(split: str, limit: int | None = None) -> list[Pair]:
+        rows = datasets.load_dataset(WMT14_ID, "de-en", split=split)
+        if limit is not None:
+            rows = rows.select(range(min(limit, len(rows))))
+        return [Pair(r["translation"]["en"], r["translation"]["de"]) for r in rows]
+
+    train = pairs("train", max_train)
+    return Corpus(train, pairs("validation"), pairs("test"), {"wmt14": len(train)})

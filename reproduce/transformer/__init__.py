@@ -29,3 +29,4 @@ from .model import (
     scaled_dot_product_attention,
     sinusoidal_encoding,
 )
+from .plots import FIGURES, KO

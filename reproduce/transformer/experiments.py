@@ -76,10 +76,20 @@ def encode_pairs(tokenizer, pairs: Sequence[de_en.Pair], max_tokens: int) -> Enc
 
 
 def prepare_data(
-    vocab_size: int, dev_size: int, test_size: int, with_bible: bool = False, max_tokens: int = 100
+    vocab_size: int, dev_size: int, test_size: int, with_bible: bool = False, max_tokens: int = 100,
+    corpus: str = "beolingus", max_train: int = 0,
 ) -> TranslationData:
-    """BEOLINGUS splits and a joint BPE vocabulary trained on the training split (§5.1)."""
-    corpus = de_en.load_corpus(dev_size=dev_size, test_size=test_size, with_bible=with_bible)
+    """Sentence-pair splits and a joint BPE vocabulary trained on the training split (§5.1).
+
+    ``corpus="beolingus"``: the packaged dictionary sentences (dev/test by hash, sizes as given);
+    ``"wmt14"``: WMT14 EN-DE from the hub (newstest2013 dev, newstest2014 test, as the paper).
+    """
+    if corpus == "beolingus":
+        corpus = de_en.load_corpus(dev_size=dev_size, test_size=test_size, with_bible=with_bible, max_train=max_train)
+    elif corpus == "wmt14":
+        corpus = de_en.wmt14_corpus()
+    else:
+        raise ValueError(f"corpus must be 'beolingus' or 'wmt14', got {corpus!r}")
     tok = de_en.train_tokenizer(de_en.corpus_texts(corpus.train), vocab_size)
     big = 10**6  # dev/test keep every pair
     return TranslationData(

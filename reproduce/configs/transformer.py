@@ -1,0 +1,71 @@
+"""Parameters of notebooks/01_transformer.ipynb (Attention Is All You Need)."""
+
+from reproduce.config import Param, PaperSpec
+
+TABLE3_ROWS = (
+    "base", "A: h=1", "A: h=4", "A: h=16", "A: h=32", "B: d_k/4", "B: d_k/2", "C: N-", "C: N+",
+    "C: d_model/2", "C: d_model*2", "C: d_ff/2", "C: d_ff*2", "D: P_drop=0.0", "D: P_drop=0.2",
+    "D: ls=0.0", "D: ls=0.2", "E: learned",
+)  # the same names as reproduce.transformer.experiments.PAPER_TABLE3 (a test checks it)
+
+SPEC = PaperSpec(
+    name="transformer",
+    notebook="01_transformer.ipynb",
+    title="Attention Is All You Need (Vaswani et al., 2017)",
+    description="Table 1 measured, the Table 2 training recipe with BLEU, Table 3 variations, attention maps",
+    params={
+        # data (§5.1)
+        "corpus": Param("str", "beolingus", "sentence pairs: the packaged BEOLINGUS dictionary, or WMT14 EN-DE from the hub",
+                        choices=("beolingus", "wmt14")),
+        "with_bible": Param("bool", False, "add WEB/Elberfelder Bible verses to the BEOLINGUS training split"),
+        "vocab_size": Param("int", 4000, "joint source-target BPE vocabulary (paper: ~37,000)", min=64, max=100_000),
+        "train_pairs": Param("int", 0, "BEOLINGUS training pairs used (0 = all)", min=0),
+        "dev_size": Param("int", 1000, "held-out dev pairs (Table 3 scores)", min=10),
+        "test_size": Param("int", 1000, "held-out test pairs (Table 2 scores)", min=10),
+        "batch_tokens": Param("int", 2000, "tokens per batch on each side (paper: ~25,000)", min=64),
+        # Table 2 model and recipe (§5, §6.1)
+        "n_layers": Param("int", 2, "N, encoder and decoder layers (paper base: 6)", min=1, max=24),
+        "d_model": Param("int", 128, "d_model (paper base: 512)", min=8, max=4096),
+        "d_ff": Param("int", 512, "d_ff (paper base: 2048)", min=8, max=16384),
+        "n_heads": Param("int", 8, "h (paper: 8)", min=1, max=64),
+        "p_drop": Param("float", 0.1, "residual dropout P_drop (paper base: 0.1)", min=0.0, max=0.9),
+        "label_smoothing": Param("float", 0.1, "ε_ls (paper: 0.1)", min=0.0, max=0.9),
+        "steps": Param("int", 2000, "training steps of the Table 2 model (paper base: 100,000)", min=1),
+        "warmup": Param("int", 400, "warmup_steps of eq. (3) (paper: 4,000)", min=1),
+        "checkpoint_every": Param("int", 100, "steps between checkpoints (paper: every 10 minutes)", min=1),
+        "average_last": Param("int", 5, "checkpoints averaged at the end (paper base: 5)", min=1, max=50),
+        "beam": Param("int", 4, "beam size (paper: 4)", min=1, max=64),
+        "alpha": Param("float", 0.6, "length penalty α (paper: 0.6)", min=0.0, max=5.0),
+        "bleu_target": Param("float", 0.0, "regression bar: test BLEU (beam, averaged) must reach this", min=0.0, max=100.0),
+        # Table 1 (§4)
+        "t1_width": Param("int", 128, "representation size d of the Table 1 layers", min=8, max=4096),
+        "t1_lengths": Param("list[int]", [16, 32, 64, 128, 256, 512, 1024], "sequence lengths n for cost per layer", min=2, min_len=3),
+        "t1_path_lengths": Param("list[int]", [4, 8, 16, 32, 64, 128], "sequence lengths n for the path-length measurement", min=2, min_len=3),
+        # Table 3 (§6.2)
+        "t3_rows": Param("list[str]", list(TABLE3_ROWS), "Table 3 rows to train", choices=TABLE3_ROWS, min_len=1),
+        "t3_steps": Param("int", 600, "training steps of every Table 3 row", min=1),
+        "t3_seeds": Param("list[int]", [0], "seeds per Table 3 row", min=0, min_len=1),
+        "t3_n_layers": Param("int", 2, "N of the Table 3 base", min=1, max=24),
+        "t3_d_model": Param("int", 128, "d_model of the Table 3 base", min=8, max=4096),
+        "t3_d_ff": Param("int", 512, "d_ff of the Table 3 base", min=8, max=16384),
+        "t3_dev_size": Param("int", 500, "dev pairs scored per Table 3 row (a prefix of the dev split)", min=10),
+    },
+    profiles={
+        "smoke": {
+            "threads": 1, "train_pairs": 2000, "vocab_size": 500, "dev_size": 40, "test_size": 40, "batch_tokens": 600,
+            "n_layers": 1, "d_model": 32, "d_ff": 64, "n_heads": 4, "steps": 12, "warmup": 4,
+            "checkpoint_every": 3, "average_last": 3,
+            "t1_width": 32, "t1_lengths": [8, 16, 32, 64], "t1_path_lengths": [4, 8, 16],
+            "t3_rows": ["base", "A: h=1", "E: learned"], "t3_steps": 6,
+            "t3_n_layers": 1, "t3_d_model": 32, "t3_d_ff": 64, "t3_dev_size": 20,
+        },
+        "cpu": {},
+        "gpu": {
+            "corpus": "wmt14", "vocab_size": 37000, "dev_size": 3000, "test_size": 3003, "batch_tokens": 25000,
+            "n_layers": 6, "d_model": 512, "d_ff": 2048, "n_heads": 8, "steps": 100_000, "warmup": 4000,
+            "checkpoint_every": 1500, "average_last": 5,
+            "t1_width": 512, "t1_lengths": [32, 64, 128, 256, 512, 1024, 2048, 4096],
+            "t3_steps": 100_000, "t3_n_layers": 6, "t3_d_model": 512, "t3_d_ff": 2048, "t3_dev_size": 3000,
+        },
+    },
+)
