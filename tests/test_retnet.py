@@ -6,6 +6,14 @@ every form, so agreement is to rounding: ~1e-14).
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 
@@ -201,3 +209,87 @@ def test_lm_refuses_bad_calls():
     q, k, v = _qkv()
     with pytest.raises(ValueError, match="chunk_size"):
         rn.retention_chunkwise(q, k, v, rn.decay_rates(3), 0, rn.RetentionState.zeros(2, rn.decay_rates(3), 4, 8, q), 0)
+
+
+# --- experiments ----------------------------------------------------------------------------------
+def test_every_lm_row_has_twelve_d_squared_per_block_except_pure_ablations():
+    from reproduce.retnet import experiments as ex
+
+    shape = ex.LMShape(vocab_size=64, hidden_size=48, num_layers=2, num_heads=4)
+    block_params = {}
+    for variant in ex.VARIANTS:
+        model = ex.build_model(shape, variant, seed=0)
+        layers = model.model.layers
+        block_params[variant] = sum(p.numel() for p in layers.parameters() if p.dim() == 2)
+    per_block = 12 * 48**2 * 2
+    for variant in ("retnet", "linear_attention", "no_groupnorm", "no_decay", "single_decay", "small_heads"):
+        assert block_params[variant] == per_block, variant
+    assert block_params["no_gate"] == per_block - 2 * 2 * 48**2  # the gate's 2 d^2 per block, removed
+    assert abs(block_params["transformer"] - per_block) <= 2 * 3 * 48  # SwiGLU I = round(8d/3)
+
+
+def test_decode_cost_memory_is_flat_for_retnet_and_linear_for_kv_cache():
+    from reproduce.retnet import experiments as ex
+
+    shape = ex.LMShape(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2)
+    rows = ex.decode_cost(shape, [8, 32], batch=2, steps=1, warmup=0)
+    summary = ex.decode_summary(rows)
+    assert summary["retnet_memory_growth"] == 1.0
+    assert summary["transformer_memory_growth"] == 4.0
+
+
+def test_experiment_inputs_are_checked():
+    from reproduce.retnet import experiments as ex
+
+    shape = ex.LMShape(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2)
+    with pytest.raises(ValueError, match="unknown variant"):
+        ex.train_language_models(None, shape, ["retnet", "mamba"], [0])
+    with pytest.raises(ValueError, match="fraction"):
+        ex.load_corpus(300, "novels", fraction=0)
+    with pytest.raises(ValueError, match="unknown text source"):
+        ex.load_corpus(300, "c4")
+    with pytest.raises(ValueError, match="fewer than one window"):
+        ex.perplexity(rn.RetNetForCausalLM(_tiny_config()), np.arange(10), length=16, windows=4)
+
+
+# --- data-parallel training: 2 gloo processes == 1 process on the same global batch -----------------
+_STEPS, _GLOBAL_BATCH, _LENGTH = 3, 4, 16
+
+
+def _train_tiny_retnet(out: Path) -> None:
+    """Train a tiny RetNet with the shared accelerate loop; the main process writes the per-step losses."""
+    from reproduce import train as trainer
+    from reproduce.retnet import experiments as ex
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    model = rn.RetNetForCausalLM(_tiny_config(norm_eps=1e-6))
+    ids = np.random.default_rng(0).integers(0, 99, size=2000)
+    accelerator = trainer.make_accelerator("cpu")
+    result = trainer.train(model, torch.optim.AdamW(model.parameters(), lr=1e-3), ex.batches(ids, _GLOBAL_BATCH, _LENGTH, 0),
+                           ex.lm_loss, trainer.TrainConfig(steps=_STEPS), accelerator=accelerator, tokens_in="input_ids")
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "losses.json").write_text(json.dumps({"losses": result.losses, "processes": accelerator.num_processes}))
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_like_one(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
+                          "127.0.0.1", "--master_port", str(port), __file__, str(tmp_path / "two")],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    _train_tiny_retnet(tmp_path / "one")
+    one = json.loads((tmp_path / "one" / "losses.json").read_text())
+    both = json.loads((tmp_path / "two" / "losses.json").read_text())
+    assert (one["processes"], both["processes"]) == (1, 2)
+    torch.testing.assert_close(torch.tensor(both["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-6)
+    assert one["losses"][-1] < one["losses"][0]
+
+
+if __name__ == "__main__":  # the worker of test_two_gloo_processes_train_like_one (run by torchrun)
+    _train_tiny_retnet(Path(sys.argv[1]))

@@ -132,7 +132,7 @@ def plot_ablations(measured, lang="en"):
     ax.invert_yaxis()
     ax.set_xlabel(_("Perplexity change vs full RetNet (%)"))
     ax.set_title(_("Ablations (Table 6 shape)"))
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=2, frameon=False)
     return fig
 
 
