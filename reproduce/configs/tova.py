@@ -1,0 +1,52 @@
+"""TOVA (arXiv 2401.06104): parameters and profiles. Imports only ``reproduce.config`` (no torch)."""
+
+from reproduce.config import Param, PaperSpec
+
+POLICIES = ("window", "window_sink", "h2o", "tova")  # the full cache is always measured as the reference
+
+SPEC = PaperSpec(
+    name="tova",
+    notebook="04_tova.ipynb",
+    title="Transformers are Multi-State RNNs (TOVA; Oren et al., 2024)",
+    description="Cache-eviction policies (Window, Window+4, H2O, TOVA) as transformers Caches on a pretrained LLaMA-family model",
+    params={
+        "model": Param("str", "smollm2", "'smollm2' (packaged SmolLM2-135M-Instruct, GGUF) or a Hugging Face hub id"),
+        "corpus": Param("str", "novels", "long texts: packaged English novels, or PG-19 from the hub (gpu)",
+                        choices=("novels", "pg19")),
+        "passages": Param("int", 4, "passages (each from a different book) for Figure 3", min=1, max=64),
+        "length": Param("int", 2048, "chunk length L in tokens (the paper: 4096)", min=16),
+        "budgets": Param("list[int]", [64, 128, 256, 512, 1024], "multi-state sizes C for Figure 3", min=2, min_len=1),
+        "policies": Param("list[str]", list(POLICIES), "eviction policies compared with the full cache",
+                          choices=POLICIES, min_len=1),
+        "sinks": Param("int", 4, "i of Window+i: first tokens always kept (§4.1)", min=1),
+        "batch_size": Param("int", 2, "passages per masked parallel pass (App. E)", min=1),
+        "full_margin_rel": Param("float", 0.05, "TOVA at C = L/8 within this relative PPL margin of the full cache "
+                                 "(the paper: 7.41 vs 7.16, +3.5%)", min=0.0, max=1.0),
+        "stream_tokens": Param("int", 512, "tokens streamed through the Cache objects (speed + equality check)", min=16),
+        "stream_budget": Param("int", 64, "C of the streaming check", min=2),
+        "analysis_budget": Param("int", 256, "C of the 'what TOVA keeps' analysis (paper: L/8)", min=2),
+        "throughput_budgets": Param("list[int]", [64, 128, 256, 512, 1024], "C values of Table 1", min=2, min_len=2),
+        "throughput_batch": Param("int", 4, "batch size of the decode-throughput measurement", min=1),
+        "throughput_steps": Param("int", 16, "decode steps timed per C", min=2),
+        "kv_budget_mb": Param("float", 512.0, "KV-cache memory budget for Table 1's largest batch", min=1.0),
+        "gen_budget": Param("int", 64, "C of the generation comparison", min=2),
+        "gen_prompt_tokens": Param("int", 384, "prompt length of the generation comparison", min=8),
+        "gen_new_tokens": Param("int", 40, "tokens generated per policy", min=1),
+    },
+    profiles={
+        "smoke": {
+            "passages": 1, "length": 96, "budgets": [8, 16, 32], "batch_size": 1,
+            "stream_tokens": 40, "stream_budget": 8, "analysis_budget": 12,
+            "throughput_budgets": [8, 32], "throughput_batch": 2, "throughput_steps": 2,
+            "gen_budget": 8, "gen_prompt_tokens": 32, "gen_new_tokens": 4,
+        },
+        "cpu": {},
+        "gpu": {
+            "model": "meta-llama/Llama-2-7b-hf", "corpus": "pg19", "passages": 32, "length": 4096,
+            "budgets": [64, 128, 256, 512, 1024, 2048], "batch_size": 1, "stream_tokens": 2048, "stream_budget": 512,
+            "analysis_budget": 512, "throughput_budgets": [256, 512, 1024, 2048, 4096], "throughput_batch": 8,
+            "throughput_steps": 64, "kv_budget_mb": 16384.0, "gen_budget": 512, "gen_prompt_tokens": 2048,
+            "gen_new_tokens": 128,
+        },
+    },
+)

@@ -1,0 +1,40 @@
+"""TOVA: Transformers are Multi-State RNNs (Oren, Hassid, Yarden, Adi, Schwartz; arXiv 2401.06104, 2024).
+
+Reproduces, on SmolLM2-135M-Instruct (LLaMA architecture, GQA; 4-bit GGUF weights dequantised) and
+long English novels:
+
+- Figure 3 / App. A Table 3: perplexity vs multi-state size C for Window, Window+4, H2O, TOVA;
+- Table 1: KV-cache bytes and decode throughput vs C, largest batch for a memory budget;
+- §6 / Figures 8-9: which tokens TOVA keeps (first token, punctuation, newlines) and per-layer
+  occupancy over time;
+- generation with each policy at a small C.
+
+Modules: :mod:`.policies` (the policies as ``transformers`` Caches: streaming form),
+:mod:`.appendix_e` (the paper's parallel masked evaluation, App. E), :mod:`.experiments` (the
+notebook's sections), :mod:`.plots` (``FIGURES`` and the Korean table ``KO``).
+
+References consulted for facts (not code): the paper; the authors' repository (schwartz-lab-NLP/TOVA,
+a ``DynamicCache`` subclass); transformers' ``DynamicSlidingWindowLayer``.
+
+Deviations from the paper:
+
+- Scale: a 135M model (not LLaMA-2-7B), chunks of L = 2,048 tokens (not 4,096) from Austen/Melville
+  novels (not PG-19), C from 64 to L/2; the paper's claims are checked as relations.
+- H2O with grouped-query attention (absent from LLaMA-2-7B): a KV head's accumulated score sums
+  the attention of the query heads that share it.
+"""
+
+from .appendix_e import MaskedPass, masked_attention, nll as masked_nll
+from .policies import (
+    CACHES,
+    POLICIES,
+    EvictionCache,
+    EvictionSpec,
+    FullCache,
+    H2OCache,
+    TOVACache,
+    WindowCache,
+    WindowSinkCache,
+    attach,
+    make_cache,
+)

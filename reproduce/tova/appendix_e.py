@@ -1,0 +1,226 @@
+"""The paper's fast exact evaluation (App. E): one parallel pass per layer with a policy mask.
+
+Streaming a bounded MSRNN token by token costs one model step per token. App. E evaluates the same
+thing in parallel: at every layer the keys/values of the whole chunk are computed at once, the
+policy's decisions are replayed step by step on that layer's score matrix, and attention runs in
+parallel with the resulting mask ``M`` (``M[t, j]`` = token ``j`` is visible to query ``t``, i.e.
+``j`` is in the state after step ``t - 1``, or ``j = t``). Since a layer's decisions only depend on
+its own queries and keys, and those only on the layers below, the result is exactly the streaming
+one (``tests/test_tova.py`` checks it against the Cache objects on real text).
+
+- Window / Window+i: the mask is a band (plus ``i`` sink columns), no scores needed.
+- TOVA: state ``K_t`` (``|K_t| <= C``); query ``t`` attends over ``K_{t-1} + {t}``; the token with
+  the lowest head-averaged probability of query ``t`` is dropped (§3.3). One decision per step, so
+  a loop over ``t``, vectorised over the batch.
+- H2O: the same loop per KV head, with scores accumulated over all queries so far.
+
+The loop runs on the precomputed ``(B, H, T, T)`` logits; only the gathered ``C + 1`` candidates
+of one row are touched per step. Probabilities are computed exactly as eager attention does
+(softmax in float32, cast to the model's dtype), so the decisions are the streaming ones.
+
+Shapes: ``B`` batch, ``H`` query heads, ``Hk`` KV heads, ``G = H / Hk``, ``T`` chunk length,
+``D`` head dim, ``C`` budget; ``Hm`` the head dimension of a mask (1 when all heads share it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface
+
+from .policies import EvictionSpec
+
+ATTN_NAME = "tova_appendix_e"
+
+
+# ----------------------------------------------------------------------------- masks
+def band_mask(T: int, spec: EvictionSpec, device=None) -> torch.Tensor:
+    """Full / Window / Window+i: ``(1, 1, T, T)`` bool, True where query ``t`` sees key ``j``."""
+    t = torch.arange(T, device=device)[:, None]
+    j = torch.arange(T, device=device)[None, :]
+    causal = j <= t
+    if spec.policy == "full":
+        return causal[None, None]
+    if spec.policy == "window":  # state after t-1: tokens t-C .. t-1
+        return (causal & (j >= t - spec.budget))[None, None]
+    if spec.policy == "window_sink":  # state: 0..i-1 and t-(C-i) .. t-1
+        return (causal & ((j < spec.sinks) | (j >= t - (spec.budget - spec.sinks))))[None, None]
+    raise ValueError(f"policy {spec.policy!r} has no band mask; use tova_mask or h2o_mask")
+
+
+def _row_probs(logits: torch.Tensor, t: int, candidates: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Probabilities of query ``t`` over ``candidates`` (``B, Hm, n``), as eager attention computes them."""
+    B, H, _, _ = logits.shape
+    Hm = candidates.shape[1]
+    row = logits[:, :, t, :].view(B, Hm, H // Hm, -1)  # B, Hm, H/Hm, T
+    row = row.gather(-1, candidates.unsqueeze(2).expand(-1, -1, H // Hm, -1))  # B, Hm, H/Hm, n
+    return F.softmax(row, dim=-1, dtype=torch.float32).to(dtype)
+
+
+def tova_mask(logits: torch.Tensor, budget: int) -> torch.Tensor:
+    """TOVA's visibility mask ``(B, 1, T, T)``, decided step by step from ``logits`` (``B, H, T, T``).
+
+    Rows ``0..C`` see their whole prefix (no eviction before the state holds C + 1 tokens). From
+    ``t = C`` on, query ``t`` attends over the ``C`` kept tokens plus itself, then the candidate
+    with the lowest head-averaged probability is dropped (§3.3; it may be ``t`` itself).
+    """
+    B, H, T, _ = logits.shape
+    C = budget
+    mask = torch.ones(T, T, dtype=torch.bool, device=logits.device).tril().expand(B, 1, T, T).clone()
+    if T <= C + 1:
+        return mask
+    mask[:, :, C + 1 :, :] = False
+    slots = torch.arange(C, device=logits.device).expand(B, C).clone()  # B, C: state after step C-1
+    newest = torch.empty(B, 1, dtype=torch.long, device=logits.device)
+    for t in range(C, T):
+        candidates = torch.cat([slots, newest.fill_(t)], dim=1)  # B, C+1
+        mask[:, 0, t].scatter_(-1, candidates, True)
+        score = _row_probs(logits, t, candidates[:, None], logits.dtype).mean(dim=2)[:, 0]  # B, C+1: mean over heads
+        drop = score.argmin(dim=-1, keepdim=True)  # B, 1
+        slots = candidates.scatter(1, drop, candidates[:, C:])[:, :C]  # the newest token takes the dropped slot
+    return mask
+
+
+def h2o_mask(logits: torch.Tensor, budget: int, kv_heads: int) -> torch.Tensor:
+    """H2O's visibility mask ``(B, Hk, T, T)``: per KV head, ``C // 2`` recent + heavy hitters.
+
+    Scores accumulate the probabilities each key receives from every query (summed over the ``G``
+    query heads sharing a KV head). Recent tokens (the last ``C // 2`` positions) are never evicted.
+    """
+    B, H, T, _ = logits.shape
+    C, Hk, G = budget, kv_heads, H // kv_heads
+    recent = C // 2
+    dev = logits.device
+    mask = torch.ones(T, T, dtype=torch.bool, device=dev).tril().expand(B, Hk, T, T).clone()
+    if T <= C + 1:
+        return mask
+    mask[:, :, C + 1 :, :] = False
+    acc_dtype = torch.promote_types(logits.dtype, torch.float32)
+    # Steps 0..C-1 keep everything: their accumulated scores are column sums of causal attention.
+    head = logits[:, :, :C, :C].masked_fill(~mask[:, :1, :C, :C], float("-inf"))  # B, H, C, C
+    probs = F.softmax(head, dim=-1, dtype=torch.float32).to(logits.dtype).to(acc_dtype)
+    scores = torch.zeros(B, Hk, T, dtype=acc_dtype, device=dev)
+    scores[..., :C] = probs.view(B, Hk, G, C, C).sum(dim=(2, 3))  # B, Hk, C
+    slots = torch.arange(C, device=dev).expand(B, Hk, C).clone()  # B, Hk, C
+    newest = torch.empty(B, Hk, 1, dtype=torch.long, device=dev)
+    for t in range(C, T):
+        candidates = torch.cat([slots, newest.fill_(t)], dim=-1)  # B, Hk, C+1
+        mask[:, :, t].scatter_(-1, candidates, True)
+        received = _row_probs(logits, t, candidates, logits.dtype).to(acc_dtype).sum(dim=2)  # B, Hk, C+1
+        scores.scatter_add_(-1, candidates, received)
+        ranked = scores.gather(-1, candidates).masked_fill(candidates > t - recent, float("inf"))  # recent: never
+        drop = ranked.argmin(dim=-1, keepdim=True)  # B, Hk, 1
+        slots = candidates.scatter(-1, drop, candidates[..., C:])[..., :C]
+    return mask
+
+
+def policy_mask(logits: torch.Tensor, spec: EvictionSpec, kv_heads: int) -> torch.Tensor:
+    """The visibility mask of ``spec`` for one layer (``B, Hm, T, T``, Hm in {1, Hk})."""
+    T = logits.shape[-1]
+    if spec.policy == "tova":
+        return tova_mask(logits, spec.budget)
+    if spec.policy == "h2o":
+        return h2o_mask(logits, spec.budget, kv_heads)
+    return band_mask(T, spec, device=logits.device)
+
+
+# ----------------------------------------------------------------------------- one masked pass
+@dataclass
+class MaskedPass:
+    """The policy of one App. E forward pass, and what it collects per layer.
+
+    ``survival[l]`` (``B, T``): for each token, the fraction of later steps at which it was in layer
+    l's state (heads averaged for H2O). ``last_row[l]`` (``B, Hm, T``): the state before the last
+    step plus the last token. ``occupancy[l]``: the layer's mask of batch element 0,
+    average-pooled to ``picture_size`` squared, for the layers in ``picture_layers``.
+    """
+
+    spec: EvictionSpec
+    collect: bool = False
+    picture_layers: tuple[int, ...] = ()
+    picture_size: int = 128
+    survival: dict[int, torch.Tensor] = field(default_factory=dict)
+    occupancy: dict[int, torch.Tensor] = field(default_factory=dict)
+    last_row: dict[int, torch.Tensor] = field(default_factory=dict)  # B, Hm, T: visible to the last query
+
+    def observe(self, layer_idx: int, mask: torch.Tensor) -> None:
+        if not self.collect:
+            return
+        T = mask.shape[-1]
+        self.last_row[layer_idx] = mask[:, :, -1].cpu()
+        below = mask.float().tril(-1)  # B, Hm, T, T: strictly later queries
+        later = torch.arange(T - 1, -1, -1, device=mask.device).clamp(min=1)  # steps after token j
+        self.survival[layer_idx] = (below.sum(dim=-2) / later).mean(dim=1).cpu()  # B, T
+        if layer_idx in self.picture_layers:
+            size = min(self.picture_size, T)
+            self.occupancy[layer_idx] = F.adaptive_avg_pool2d(mask[0, :1].float(), size)[0].cpu()  # size, size
+
+
+def appendix_e_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, eviction=None, **kwargs):
+    """Attention with a policy mask (App. E); registered as ``attn_implementation="tova_appendix_e"``.
+
+    ``query`` (``B, H, T, D``), ``key``/``value`` (``B, Hk, T, D``, already rotated: RoPE at true
+    positions). ``eviction`` is the :class:`MaskedPass` passed through the model's forward kwargs.
+    """
+    if not isinstance(eviction, MaskedPass):
+        raise RuntimeError("the App. E attention needs eviction=MaskedPass(...) in the forward call; use appendix_e.nll")
+    B, H, T, D = query.shape
+    Hk = key.shape[1]
+    G = H // Hk
+    keys = key.repeat_interleave(G, dim=1)  # B, H, T, D: grouped-query attention
+    values = value.repeat_interleave(G, dim=1)  # B, H, T, D
+    logits = torch.matmul(query, keys.transpose(2, 3)) * scaling  # B, H, T, T
+    mask = policy_mask(logits, eviction.spec, Hk)  # B, Hm, T, T
+    eviction.observe(module.layer_idx, mask)
+    if mask.shape[1] not in (1, H):
+        mask = mask.repeat_interleave(H // mask.shape[1], dim=1)  # B, H, T, T
+    logits = logits.masked_fill(~mask, float("-inf"))
+    probs = F.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
+    out = torch.matmul(probs, values)  # B, H, T, D
+    return out.transpose(1, 2).contiguous(), None  # B, T, H, D
+
+
+AttentionInterface.register(ATTN_NAME, appendix_e_attention)
+
+
+@contextlib.contextmanager
+def masked_attention(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Switch ``model`` to the App. E attention for the duration of the block."""
+    previous = model.config._attn_implementation
+    model.config._attn_implementation = ATTN_NAME
+    try:
+        yield model
+    finally:
+        model.config._attn_implementation = previous
+
+
+@torch.no_grad()
+def nll(model, input_ids: torch.Tensor, spec: EvictionSpec, collect: MaskedPass | None = None,
+        vocab_chunk: int = 512) -> torch.Tensor:
+    """Per-token negative log-likelihood (``B, L - 1``) of ``input_ids`` (``B, L``) under ``spec``.
+
+    Token ``t + 1`` is predicted from the state after step ``t``. Logits are computed in chunks of
+    ``vocab_chunk`` positions so that a ``(B, L, vocab)`` tensor never exists.
+    """
+    run = collect if collect is not None else MaskedPass(spec)
+    if run.spec != spec:
+        raise ValueError(f"collect is for {run.spec}, not {spec}")
+    with masked_attention(model):
+        hidden = model.model(input_ids=input_ids, use_cache=False, eviction=run).last_hidden_state  # B, L, d
+    return chunked_nll(model.lm_head, hidden, input_ids, vocab_chunk)
+
+
+def chunked_nll(lm_head: torch.nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor, chunk: int = 512) -> torch.Tensor:
+    """``-log p(x_{t+1} | h_t)`` for every position, ``lm_head`` applied ``chunk`` positions at a time."""
+    B, L, _ = hidden.shape
+    out = []
+    for start in range(0, L - 1, chunk):
+        stop = min(start + chunk, L - 1)
+        logits = lm_head(hidden[:, start:stop]).float()  # B, n, V
+        targets = input_ids[:, start + 1 : stop + 1]  # B, n
+        out.append(F.cross_entropy(logits.transpose(1, 2), targets, reduction="none"))  # B, n
+    return torch.cat(out, dim=1)  # B, L-1

@@ -1,0 +1,273 @@
+"""The notebook's sections: Figure 3 (PPL vs C), Table 1 (resources), what TOVA keeps, generation.
+
+Every function returns plain data (floats, lists, dicts) that the notebook records with
+``run.record``; figures are drawn from those records only (:mod:`.plots`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import string
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import appendix_e
+from .appendix_e import MaskedPass
+from .policies import EvictionCache, EvictionSpec, attach, make_cache
+
+PAPER_TABLE3 = {  # App. A Table 3: LLaMA-2-7B on PG-19, chunks of 4,096 tokens; full cache 7.16
+    "tova": {64: 9.53, 128: 8.32, 256: 7.71, 512: 7.41, 1024: 7.25, 2048: 7.17, 4096: 7.16},
+    "window_sink": {64: 10.28, 128: 8.98, 256: 8.19, 512: 7.73, 1024: 7.46, 2048: 7.30, 4096: 7.16},
+    "h2o": {256: 8.21, 512: 7.75, 1024: 7.49, 2048: 7.32},
+    "window": {64: 4812.0},
+}
+PAPER_FULL_PPL = 7.16
+PAPER_TABLE1 = {  # Table 1: LLaMA-2-7B, one V100; C -> (KV GB, max batch, relative throughput)
+    256: (0.15, 139, 8.5), 512: (0.28, 70, 4.8), 1024: (0.56, 35, 3.1), 2048: (1.11, 17, 1.7), 4096: (2.18, 8, 1.0),
+}
+
+
+# ----------------------------------------------------------------------------- model and text
+@dataclass
+class Loaded:
+    model: torch.nn.Module
+    tokenizer: object
+    description: str
+
+
+def load_model(name: str, device: torch.device | str = "cpu") -> Loaded:
+    """The packaged SmolLM2-135M-Instruct (``name="smollm2"``) or a hub id, with eager attention.
+
+    Eager attention returns the probabilities TOVA and H2O score by. A hub id while the hub is
+    offline fails at once with ``reproduce.hf.HubOfflineError`` naming the packaged alternative.
+    """
+    from reproduce import hf
+
+    if name == "smollm2":
+        model, tokenizer, report = hf.load_smollm2(attn_implementation="eager")
+        description = ("SmolLM2-135M-Instruct (instruction-tuned; 4-bit Q4_1 GGUF weights dequantised to float32), "
+                       f"{report.model_class}")
+    else:
+        from transformers import AutoTokenizer
+
+        model, report = hf.load_pretrained(name, "AutoModelForCausalLM", attn_implementation="eager",
+                                           dtype=torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        description = f"{name}, {report.model_class}"
+    model = attach(model.to(device).eval())
+    return Loaded(model, tokenizer, description)
+
+
+def load_passages(corpus: str, tokenizer, length: int, n: int, seed: int = 0):
+    """``(ids [n, length], sources)``: chunks of ``length`` tokens from ``n`` different books."""
+    if corpus == "novels":
+        from reproduce.data import novels
+
+        p = novels.passages(tokenizer, length, n, split="all", seed=seed)
+        return p.ids, [f"{book} @ token {start}" for book, start in zip(p.books, p.starts)]
+    if corpus == "pg19":
+        from reproduce.data import text
+
+        rows, sources = [], []
+        for i, book in enumerate(text.hub_dataset("deepmind/pg19", split="test")):
+            ids = tokenizer(book, return_tensors="pt").input_ids[0]
+            if len(ids) >= length:
+                rows.append(ids[:length])
+                sources.append(f"pg19 test book {i}")
+            if len(rows) == n:
+                return torch.stack(rows), sources
+        raise ValueError(f"PG-19 test has fewer than {n} books of >= {length} tokens")
+    raise ValueError(f"unknown corpus {corpus!r}; expected 'novels' or 'pg19'")
+
+
+# ----------------------------------------------------------------------------- Figure 3
+def perplexity(nll: torch.Tensor) -> float:
+    """exp(mean negative log-likelihood) over every predicted token."""
+    return math.exp(nll.double().mean().item())
+
+
+def budget_sweep(model, ids: torch.Tensor, budgets: Sequence[int], policies: Sequence[str], sinks: int = 4,
+                 batch_size: int = 1, collect: EvictionSpec | None = None, picture_layers: Sequence[int] = ()):
+    """Figure 3: perplexity of every (policy, C) by the App. E masked pass, plus the full cache.
+
+    Returns ``(ppl, collected)``: ``ppl["full"]`` is a float, ``ppl[policy][C]`` floats;
+    ``collected`` is the :class:`MaskedPass` of ``collect`` (a spec of the sweep), or None.
+    """
+    specs = [EvictionSpec("full")] + [
+        EvictionSpec(p, c, sinks) if p == "window_sink" else EvictionSpec(p, c) for p in policies for c in budgets
+    ]
+    if collect is not None and collect not in specs:
+        specs.append(collect)
+    ppl: dict = {p: {} for p in policies}
+    collected = None
+    for spec in tqdm(specs, desc="Figure 3: masked passes", unit="config"):
+        keeper = MaskedPass(spec, collect=spec == collect, picture_layers=tuple(picture_layers))
+        nll = torch.cat([appendix_e.nll(model, ids[i : i + batch_size], spec, keeper)  # B, L-1 per batch
+                         for i in range(0, len(ids), batch_size)])
+        if spec == collect:
+            collected = keeper
+        if spec.policy == "full":
+            ppl["full"] = perplexity(nll)
+        elif spec.budget in budgets and spec.policy in policies:
+            ppl[spec.policy][spec.budget] = perplexity(nll)
+    return ppl, collected
+
+
+# ----------------------------------------------------------------------------- streaming
+def _cache_kw(model) -> str:
+    """``cache`` (transformers >= 5.24) or ``past_key_values`` (older 5.x) for the forward call."""
+    return "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+
+
+@torch.no_grad()
+def streaming_nll(model, ids: torch.Tensor, cache: EvictionCache, prefill: int = 1) -> torch.Tensor:
+    """Per-token NLL (``B, L - 1``) fed through ``cache`` one token at a time (the recurrent form).
+
+    The first ``prefill`` tokens go in one forward (choose ``prefill <= C``: nothing is evicted
+    before the state overflows, so this equals streaming them one by one).
+    """
+    kw = _cache_kw(model)
+    out = model(ids[:, :prefill], use_cache=True, **{kw: cache})
+    nll = [F.cross_entropy(out.logits[:, :-1].float().transpose(1, 2), ids[:, 1:prefill], reduction="none")]  # B, prefill-1
+    last = out.logits[:, -1]
+    for t in range(prefill, ids.shape[1]):
+        nll.append(F.cross_entropy(last.float(), ids[:, t], reduction="none")[:, None])  # B, 1
+        last = model(ids[:, t : t + 1], use_cache=True, **{kw: cache}).logits[:, -1]
+    return torch.cat(nll, dim=1)
+
+
+def streaming_check(model, ids: torch.Tensor, spec: EvictionSpec) -> dict:
+    """Stream ``ids`` through the Cache of ``spec``; compare with the App. E pass; tokens/s of each."""
+    cache = make_cache(spec)
+    prefill = min(spec.budget or ids.shape[1], ids.shape[1] - 1)
+    start = time.perf_counter()
+    streamed = streaming_nll(model, ids, cache, prefill=prefill)
+    stream_s = time.perf_counter() - start
+    start = time.perf_counter()
+    masked = appendix_e.nll(model, ids, spec)
+    masked_s = time.perf_counter() - start
+    steps = ids.shape[1] - prefill
+    return {
+        "policy": str(spec), "tokens": int(ids.numel()),
+        "ppl_streaming": perplexity(streamed), "ppl_appendix_e": perplexity(masked),
+        "max_abs_nll_diff": (streamed - masked).abs().max().item(),
+        "max_stored": max(cache.stored_lengths()),
+        "streaming_tokens_per_s": ids.shape[0] * steps / stream_s,
+        "appendix_e_tokens_per_s": ids.numel() / masked_s,
+    }
+
+
+# ----------------------------------------------------------------------------- Table 1
+@torch.no_grad()
+def resources(model, ids: torch.Tensor, budgets: Sequence[int], batch: int, steps: int, kv_budget_mb: float) -> dict:
+    """Table 1: KV bytes (from the cache tensors), decode throughput and the largest batch vs C.
+
+    For each C: a TOVA state of C tokens (a C-token prefill of ``ids[0]``) is copied to ``batch``
+    rows, then ``steps`` decode steps are timed (each evicts one token, so the state stays at C).
+    ``max_batch`` is the number of sequences whose KV cache fits ``kv_budget_mb`` (weights excluded).
+    """
+    kw = _cache_kw(model)
+    out = {"budgets": list(budgets), "batch": batch, "kv_mb_per_seq": {}, "ms_per_step": {}, "tokens_per_s": {},
+           "max_batch": {}, "kv_budget_mb": kv_budget_mb}
+    for C in tqdm(budgets, desc="Table 1: decode throughput", unit="C"):
+        cache = make_cache(EvictionSpec("tova", C))
+        model(ids[:1, :C], use_cache=True, **{kw: cache})
+        cache.batch_repeat_interleave(batch)
+        token = ids[:1, C : C + 1].expand(batch, 1)
+        model(token, use_cache=True, **{kw: cache})  # warm-up step
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            model(token, use_cache=True, **{kw: cache})
+            times.append(time.perf_counter() - start)
+        if max(cache.stored_lengths()) != C:
+            raise AssertionError(f"TOVA state holds {max(cache.stored_lengths())} tokens, not C={C}")
+        per_seq = cache.nbytes() / batch / 2**20
+        step = sorted(times)[len(times) // 2]  # median: robust to other processes on a shared CPU
+        out["kv_mb_per_seq"][C] = per_seq
+        out["ms_per_step"][C] = 1e3 * step
+        out["tokens_per_s"][C] = batch / step
+        out["max_batch"][C] = int(kv_budget_mb // per_seq)
+    return out
+
+
+# ----------------------------------------------------------------------------- what TOVA keeps
+PUNCTUATION = set(string.punctuation) | {"“", "”", "‘", "’", "—", "–", "…"}
+TOKEN_CLASSES = ("first token", "newline", "punctuation", "other")
+
+
+def token_class(position: int, text: str) -> str:
+    """The paper's token categories (§6): the first token, newlines, punctuation, everything else."""
+    if position == 0:
+        return "first token"
+    if "\n" in text:
+        return "newline"
+    stripped = text.strip()
+    if stripped and all(ch in PUNCTUATION for ch in stripped):
+        return "punctuation"
+    return "other"
+
+
+def kept_analysis(keeper: MaskedPass, ids: torch.Tensor, tokenizer, first_half_only: bool = True) -> dict:
+    """Which tokens TOVA keeps: mean survival by token class, first-token survival per layer.
+
+    A token's survival is the fraction of later steps at which it is in a layer's state. Only tokens
+    in the first half of a chunk are counted (a late token has few later steps and is kept by
+    recency alone).
+    """
+    layers = sorted(keeper.survival)
+    survival = torch.stack([keeper.survival[l] for l in layers])  # layers, B, L
+    _, B, L = survival.shape
+    limit = L // 2 if first_half_only else L
+    totals = {c: [0.0, 0] for c in TOKEN_CLASSES}
+    for b in range(B):
+        pieces = tokenizer.convert_ids_to_tokens(ids[b].tolist())
+        texts = [tokenizer.convert_tokens_to_string([p]) for p in pieces]
+        mean_over_layers = survival[:, b].mean(dim=0)  # L
+        for j in range(limit):
+            c = token_class(j, texts[j])
+            totals[c][0] += mean_over_layers[j].item()
+            totals[c][1] += 1
+    return {
+        "budget": keeper.spec.budget,
+        "class_survival": {c: (s / n if n else None) for c, (s, n) in totals.items()},
+        "class_counts": {c: n for c, (_, n) in totals.items()},
+        "first_token_by_layer": survival[:, :, 0].mean(dim=1).tolist(),  # layers
+        "mean_by_layer": survival[:, :, :limit].mean(dim=(1, 2)).tolist(),
+        "occupancy": {str(l): [[round(v, 3) for v in row] for row in keeper.occupancy[l].tolist()]
+                      for l in sorted(keeper.occupancy)},
+        "length": L,
+    }
+
+
+def highlight(keeper: MaskedPass, ids: torch.Tensor, tokenizer, n_tokens: int = 200, row: int = 0):
+    """HTML of the first ``n_tokens`` of passage ``row``, each token shaded by its survival."""
+    import html
+
+    survival = torch.stack([keeper.survival[l][row] for l in sorted(keeper.survival)]).mean(dim=0)  # L
+    pieces = tokenizer.convert_ids_to_tokens(ids[row, :n_tokens].tolist())
+    spans = []
+    for j, piece in enumerate(pieces):
+        text = html.escape(tokenizer.convert_tokens_to_string([piece])).replace("\n", "⏎<br>")
+        alpha = survival[j].item()
+        spans.append(f'<span title="{alpha:.2f}" style="background: rgba(213,94,0,{alpha:.2f})">{text}</span>')
+    return ('<div style="font-family: serif; line-height: 1.6; max-width: 60em">' + "".join(spans) + "</div>")
+
+
+# ----------------------------------------------------------------------------- generation
+@torch.no_grad()
+def generate_each(model, tokenizer, prompt_ids: torch.Tensor, specs: Sequence[EvictionSpec], new_tokens: int) -> dict:
+    """Greedy continuation of one prompt (``1, P``) under each policy; the prompt is cut after prefill."""
+    kw = _cache_kw(model)
+    texts = {}
+    for spec in tqdm(specs, desc="Generation", unit="policy"):
+        out = model.generate(prompt_ids, max_new_tokens=new_tokens, do_sample=False, attention_mask=torch.ones_like(prompt_ids),
+                             pad_token_id=tokenizer.eos_token_id, **{kw: make_cache(spec)})
+        texts[str(spec)] = tokenizer.decode(out[0, prompt_ids.shape[1] :], skip_special_tokens=True)
+    return texts
