@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import random
-import socket
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,17 +65,22 @@ def set_threads(threads: int = 0) -> int:
 def hub_offline(probe: bool = True, timeout: float = 1.5) -> bool:
     """True when the Hugging Face hub cannot be used: HF_HUB_OFFLINE is set, or it does not answer.
 
-    The probe is a TCP connect with a short timeout, so an unreachable hub is known in ~1.5 s
-    instead of the 20-45 s a ``from_pretrained`` would wait.
+    The probe is one HTTPS HEAD request with a short timeout (a bare TCP connect is not enough:
+    some networks accept any connection and never answer), so an unreachable hub is known in
+    ~1.5 s instead of the 20-45 s a ``from_pretrained`` would wait. Any HTTP answer, an error
+    status included, means the hub is there.
     """
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         return True
     if not probe:
         return False
+    request = urllib.request.Request(f"https://{HUB_HOST}", method="HEAD")
     try:
-        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+        with urllib.request.urlopen(request, timeout=timeout):
             return False
-    except OSError:
+    except urllib.error.HTTPError:
+        return False
+    except (urllib.error.URLError, OSError, TimeoutError):
         return True
 
 
