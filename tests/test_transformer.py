@@ -173,7 +173,7 @@ def test_length_penalty_is_gnmt_form():
 def _sequence_logprob(m: Transformer, src: torch.Tensor, seq: list[int], bos: int) -> float:
     tgt_in = torch.tensor([[bos, *seq[:-1]]])
     logp = m(src, tgt_in).log_softmax(-1)[0]  # (T, V)
-    return float(sum(logp[i, t] for i, t in enumerate(seq)))
+    return float(sum(logp[i, t] for i, t in enumerate(seq)).detach())
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.6, 2.0])
@@ -288,3 +288,116 @@ def test_bad_beam_and_mismatched_checkpoints():
         decoding.average_checkpoints([sd, {k: v for k, v in list(sd.items())[1:]}])
     with pytest.raises(ValueError, match="at least one"):
         decoding.average_checkpoints([])
+
+
+# -- Table 1 measurements ----------------------------------------------------------------------------
+
+
+def test_table1_path_lengths_and_flop_exponents():
+    from reproduce.transformer import table1
+
+    paths = table1.path_lengths([4, 8, 9, 16], d=8, heads=2)
+    assert paths["attention"] == [1, 1, 1, 1]
+    assert paths["recurrent"] == [4, 8, 9, 16]
+    assert paths["convolution"] == [2, 4, 4, 8]  # ceil((n-1)/(k-1)), k = 3
+    assert paths["dilated_convolution"] == [2, 2, 2, 3]  # smallest L with 3^L >= n
+    costs = table1.layer_costs([8, 16, 32], d=16, heads=2, batch=1, repeats=1)
+    assert table1.loglog_slope([8, 16, 32], costs["attention"]["core_flops"]) == pytest.approx(2.0)
+    assert table1.loglog_slope([8, 16, 32], costs["recurrent"]["flops"]) == pytest.approx(1.0)
+    assert costs["recurrent"]["matmul_calls"] == [16, 32, 64]  # two matmuls per recurrent step
+    assert len(set(costs["attention"]["matmul_calls"])) == 1
+    assert table1.crossover([1, 2, 4], [1, 2, 8], [2, 3, 4]) == pytest.approx(2 * 2 ** (math.log(3 / 2) / math.log(3)))
+    assert table1.crossover([1, 2], [1, 1], [2, 2]) is None
+
+
+# -- data, Table 3 rows and the parameter schema --------------------------------------------------------
+
+
+BEOLINGUS_SAMPLE = [
+    "# Version :: devel\n",
+    "Ausnahme {f} | Die Ausnahme bestätigt die Regel. :: exception | The exception proves the rule.\n",
+    "Regel {f} | Keine Regel ohne Ausnahme. [Sprw.] :: rule | There's an exception to every rule.\n",
+    "kurz | Sehr gut. :: short | Very good.\n",  # 2 words: not a sentence for us
+    "Test | Das ist gut. :: test | Example: this is good.\n",  # two variants joined by ': '
+    "A | B | Er kommt. :: a | Misaligned entry.\n",
+]
+
+
+def test_beolingus_parser_keeps_full_sentence_pairs():
+    from reproduce.data import de_en
+
+    pairs = de_en.parse_beolingus(BEOLINGUS_SAMPLE)
+    assert pairs == [
+        de_en.Pair("The exception proves the rule.", "Die Ausnahme bestätigt die Regel."),
+        de_en.Pair("There's an exception to every rule.", "Keine Regel ohne Ausnahme."),
+    ]
+
+
+def test_splits_are_disjoint_and_stable():
+    from reproduce.data import de_en
+
+    pairs = [de_en.Pair(f"Sentence number {i} is here.", f"Satz Nummer {i} ist hier.") for i in range(200)]
+    pairs.append(de_en.Pair("Sentence number 7 is here.", "Ein anderer Satz hier."))  # same English, other German
+    train, dev, test = de_en.split_pairs(pairs, 20, 30)
+    assert (len(dev), len(test)) in ((20, 31), (21, 30)) and len(train) + len(dev) + len(test) == len(pairs)
+    assert not {p.en for p in train} & {p.en for p in dev + test}
+    assert set(de_en.split_pairs(list(reversed(pairs)), 20, 30)[2]) == set(test)  # by hash, not by order
+    with pytest.raises(ValueError, match="no training data"):
+        de_en.split_pairs(pairs, 100, 101)
+
+
+def test_joint_tokenizer_round_trips_text():
+    from reproduce.data import de_en
+
+    texts = ["The exception proves the rule.", "Die Ausnahme bestätigt die Regel.", "Wo war ich stehengeblieben?"] * 20
+    tok = de_en.train_tokenizer(texts, 120)
+    assert [tok.token_to_id(s) for s in de_en.SPECIALS] == [0, 1, 2, 3]
+    for t in texts[:3]:
+        assert tok.decode(tok.encode(t).ids) == t
+    with pytest.raises(ValueError, match="vocab_size"):
+        de_en.train_tokenizer(texts, 10)
+
+
+def test_wmt14_offline_error_names_the_packaged_alternative(monkeypatch):
+    from reproduce.data import de_en
+    from reproduce.data.text import HubDatasetOffline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HubDatasetOffline, match="beolingus"):
+        de_en.wmt14_corpus()
+
+
+def test_table3_rows_scale_with_the_small_base():
+    from reproduce.configs.transformer import TABLE3_ROWS
+    from reproduce.transformer import experiments as ex
+
+    assert TABLE3_ROWS == ex.TABLE3_ROWS
+    base = TransformerConfig(vocab_size=100, n_layers=2, d_model=64, d_ff=256, n_heads=8)
+    assert ex.table3_config(base, "A: h=1").d_k == 64 and ex.table3_config(base, "A: h=32").d_k == 2
+    assert (ex.table3_config(base, "B: d_k/4").d_k, ex.table3_config(base, "B: d_k/4").d_v) == (2, 8)
+    assert ex.table3_config(base, "C: d_model/2").d_k == 4 and ex.table3_config(base, "C: N+").n_layers == 3
+    assert ex.table3_config(base, "D: ls=0.2").label_smoothing == 0.2
+    assert ex.table3_config(base, "E: learned").positional == "learned"
+    with pytest.raises(ValueError, match="unknown Table 3 row"):
+        ex.table3_config(base, "F: rotary")
+
+
+def test_parameter_schema_refuses_bad_values():
+    from reproduce.config import ParamError, resolve
+
+    assert resolve("transformer", "smoke").t3_rows == ["base", "A: h=1", "E: learned"]
+    with pytest.raises(ParamError, match="t3_rows"):
+        resolve("transformer", "cpu", {"t3_rows": ["A: h=3"]})
+    with pytest.raises(ParamError, match="corpus"):
+        resolve("transformer", "cpu", {"corpus": "wmt16"})
+    with pytest.raises(ParamError, match="did you mean"):
+        resolve("transformer", "cpu", {"d_modle": 64})
+
+
+def test_recipe_refuses_nonsense():
+    from reproduce.transformer.experiments import Recipe
+
+    with pytest.raises(ValueError, match="steps"):
+        Recipe(steps=0, batch_tokens=100)
+    with pytest.raises(ValueError, match="lr_scale"):
+        Recipe(steps=1, batch_tokens=100, lr_scale=0.0)
