@@ -66,7 +66,9 @@ SPEC = PaperSpec(
             "corpus_fraction": 0.02, "lm_vocab": 300, "lm_hidden": 32, "lm_layers": 1, "lm_heads": 2, "lm_seq": 32,
             "lm_batch": 2, "lm_steps": 3, "lm_eval_windows": 2, "seeds": [0],
         },
-        "cpu": {},
+        # One thread: on a shared 2-core machine, OpenMP threads spin at every barrier and a busy
+        # neighbour turns a 30 ms decode step into 900 ms (measured); one thread keeps timings honest.
+        "cpu": {"threads": 1},
         "gpu": {
             "decode_lengths": [1024, 2048, 4096, 8192], "decode_batch": 8, "cost_hidden": 2048, "cost_layers": 24,
             "cost_heads": 8,

@@ -12,8 +12,8 @@ Sections (notebook section -> paper artifact):
 
 Deviations from the paper (scale): models of a few hundred thousand parameters trained for a few
 hundred steps on seven public-domain novels instead of 200M-6.7B models on 100B tokens; CPU
-instead of A100 GPUs; training cost is measured on one token-mixing layer (MSR vs softmax attention)
-rather than whole models, with peak memory read from a fresh process per point.
+instead of A100 GPUs; training cost is measured on one block of equal weights (RetNet block vs
+Transformer block) rather than whole models, with peak memory read from a fresh process per point.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .retention import MultiScaleRetention, RetentionState, rotate
+from .retention import MultiScaleRetention, RetentionState, RetNetBlock, rotate
 
 # --------------------------------------------------------------------------------------------------
 # The compared models
@@ -267,6 +267,7 @@ class _LayerSpec:
     rotation_base: float = 10000.0
     norm_eps: float = 1e-6
     value_factor: int = 2
+    ffn_factor: int = 2
 
     @property
     def key_dim(self) -> int:
@@ -278,11 +279,7 @@ class _LayerSpec:
 
 
 class SoftmaxAttention(nn.Module):
-    """Causal multi-head softmax attention with rotation, via ``scaled_dot_product_attention``.
-
-    The Transformer's token mixer at the same width: 4 d^2 weights (q, k, v, o) against MSR's 8 d^2
-    (value dim 2d, gate) — the difference is in the FFN of the paper's parameter allocation.
-    """
+    """Causal multi-head softmax attention with rotation, via ``scaled_dot_product_attention`` (4 d^2)."""
 
     def __init__(self, hidden_size: int, num_heads: int):
         super().__init__()
@@ -299,6 +296,22 @@ class SoftmaxAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(b, t, d))  # (B, T, D)
 
 
+class TransformerBlock(nn.Module):
+    """Pre-LN Transformer block of 12 d^2 weights (attention 4 d^2 + GELU FFN of 4d): RetNet's budget (§2.3)."""
+
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(hidden_size)
+        self.attention = SoftmaxAttention(hidden_size, num_heads)
+        self.ffn_norm = nn.LayerNorm(hidden_size)
+        self.ffn = nn.Sequential(nn.Linear(hidden_size, 4 * hidden_size, bias=False), nn.GELU(),
+                                 nn.Linear(4 * hidden_size, hidden_size, bias=False))
+
+    def forward(self, x):
+        y = self.attention(self.attention_norm(x)) + x
+        return self.ffn(self.ffn_norm(y)) + y
+
+
 def _rss_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
@@ -309,7 +322,7 @@ def _rss_kib(field: str) -> int:
 
 def _training_point(kind: str, length: int, hidden: int, heads: int, batch: int, chunk: int, reps: int,
                     threads: int, seed: int, device: str = "cpu") -> dict:
-    """One forward+backward measurement, run in a fresh process: tokens/s and peak extra RSS.
+    """One forward+backward of one block, run in a fresh process: tokens/s and peak extra RSS.
 
     Peak memory: the kernel's resident high-water mark (VmHWM) is reset (``5`` into
     ``/proc/self/clear_refs``) just before the process's first training step and read after it,
@@ -321,14 +334,14 @@ def _training_point(kind: str, length: int, hidden: int, heads: int, batch: int,
     torch.manual_seed(seed)
     device = torch.device(device)
     if kind == "attention":
-        layer = SoftmaxAttention(hidden, heads)
+        layer = TransformerBlock(hidden, heads)
         run = layer
     else:
-        layer = MultiScaleRetention(_LayerSpec(hidden_size=hidden, num_heads=heads, chunk_size=chunk))
+        layer = RetNetBlock(_LayerSpec(hidden_size=hidden, num_heads=heads, chunk_size=chunk))
         mode = kind  # "parallel" or "chunkwise"
 
         def run(x):
-            return layer(x, mode=mode)[0]
+            return layer(x, mode, None, 0)[0]
 
     layer.to(device)
     x = torch.randn(batch, length, hidden, device=device, requires_grad=True)
@@ -365,10 +378,12 @@ def _training_point(kind: str, length: int, hidden: int, heads: int, batch: int,
 def training_cost(lengths: Sequence[int], hidden: int, heads: int, batch: int, chunk: int, reps: int,
                   threads: int, kinds: Sequence[str] = ("parallel", "chunkwise", "attention"), seed: int = 0,
                   device: torch.device | str = "cpu") -> list[dict]:
-    """Throughput and peak memory of one training step of a token-mixing layer vs sequence length.
+    """Throughput and peak memory of one training step of one block (12 d^2 weights) vs sequence length.
 
     On CPU each point runs in a fresh process (spawned), so one point's allocations cannot hide
-    another's peak; on GPU ``torch.cuda.max_memory_allocated`` measures it in this process. ``kinds``: ``parallel`` / ``chunkwise`` retention (eqs. 5 and 7) and ``attention`` (SDPA).
+    another's peak; on GPU ``torch.cuda.max_memory_allocated`` measures it in this process.
+    ``kinds``: a RetNet block with ``parallel`` / ``chunkwise`` retention (eqs. 5 and 7), and a
+    Transformer block with softmax ``attention`` (SDPA); both blocks have 12 d^2 weights.
     """
     rows = []
     device = torch.device(device)

@@ -30,7 +30,7 @@ from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as hf_init
 from transformers.utils import ModelOutput
 
-from .retention import MODES, Decay, HeadNorm, Mode, MultiScaleRetention, RetentionState, decay_rates
+from .retention import MODES, Decay, HeadNorm, Mode, MultiScaleRetention, RetentionState, RetNetBlock, decay_rates
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,25 +113,6 @@ class RetNetConfig(PreTrainedConfig):
     @property
     def value_dim(self) -> int:
         return self.key_dim * self.value_factor
-
-
-class RetNetBlock(nn.Module):
-    """Pre-LN block, §2.3: Y = MSR(LN(X)) + X;  X' = FFN(LN(Y)) + Y,  FFN(X) = gelu(X W1) W2."""
-
-    def __init__(self, config: RetNetConfig):
-        super().__init__()
-        d = config.hidden_size
-        self.retention_norm = nn.LayerNorm(d, eps=config.norm_eps)
-        self.retention = MultiScaleRetention(config)
-        self.ffn_norm = nn.LayerNorm(d, eps=config.norm_eps)
-        self.ffn = nn.Sequential(
-            nn.Linear(d, config.ffn_factor * d, bias=False), nn.GELU(), nn.Linear(config.ffn_factor * d, d, bias=False)
-        )
-
-    def forward(self, x: Tensor, mode: Mode, state: RetentionState | None, offset: int):
-        y, state = self.retention(self.retention_norm(x), mode, state, offset)
-        y = y + x
-        return self.ffn(self.ffn_norm(y)) + y, state
 
 
 # ---------------------------------------------------------------------------------------------

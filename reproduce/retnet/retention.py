@@ -19,8 +19,8 @@ The forms therefore agree before GroupNorm too, which is what lets the "- GroupN
 decode recurrently.
 
 This module imports torch only (no transformers), so that the training-cost measurements can
-start a fresh process per point cheaply. ``MultiScaleRetention`` takes any object with the
-attributes of :class:`reproduce.retnet.model.RetNetConfig` it reads (see ``MSR_FIELDS``).
+start a fresh process per point cheaply. ``MultiScaleRetention`` and ``RetNetBlock`` (§2.3) take any
+object with the attributes of :class:`reproduce.retnet.model.RetNetConfig` they read (``MSR_FIELDS``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ HeadNorm = Literal["groupnorm", "rmsnorm", "none"]
 Mode = Literal["parallel", "chunkwise", "recurrent"]
 MODES: tuple[str, ...] = ("parallel", "chunkwise", "recurrent")
 MSR_FIELDS = ("hidden_size", "num_heads", "key_dim", "value_dim", "decay", "use_gate", "head_norm",
-              "normalize_retention", "use_rotation", "rotation_base", "norm_eps", "chunk_size")
+              "normalize_retention", "use_rotation", "rotation_base", "norm_eps", "chunk_size", "ffn_factor")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,3 +309,22 @@ class MultiScaleRetention(nn.Module):
         if self.g_proj is not None:
             y = F.silu(self.g_proj(x)) * y  # swish gate
         return self.out_proj(y), new_state
+
+
+class RetNetBlock(nn.Module):
+    """Pre-LN block, §2.3: Y = MSR(LN(X)) + X;  X' = FFN(LN(Y)) + Y,  FFN(X) = gelu(X W1) W2."""
+
+    def __init__(self, config):
+        super().__init__()
+        d = config.hidden_size
+        self.retention_norm = nn.LayerNorm(d, eps=config.norm_eps)
+        self.retention = MultiScaleRetention(config)
+        self.ffn_norm = nn.LayerNorm(d, eps=config.norm_eps)
+        self.ffn = nn.Sequential(
+            nn.Linear(d, config.ffn_factor * d, bias=False), nn.GELU(), nn.Linear(config.ffn_factor * d, d, bias=False)
+        )
+
+    def forward(self, x: Tensor, mode: Mode, state: RetentionState | None, offset: int):
+        y, state = self.retention(self.retention_norm(x), mode, state, offset)
+        y = y + x
+        return self.ffn(self.ffn_norm(y)) + y, state
