@@ -52,7 +52,7 @@ SPEC = PaperSpec(
             "multimodal_layers": 1, "projection_dim": 16, "codebook_size": 16, "vocab_size": 300, "max_text_len": 24,
             "n_pairs": 256, "n_images": 128, "n_text": 256, "emoji_prob": 0.1,
             "seeds": [0], "steps": 4, "batch_size": 16, "warmup": 1, "n_probe": 60, "n_retrieval": 40,
-            "try_flava_full": False,
+            "try_flava_full": False, "threads": 1,
         },
         "cpu": {
             "image_size": 32, "patch_size": 8, "hidden": 64, "heads": 2, "mlp": 256, "image_layers": 2, "text_layers": 2,
@@ -60,6 +60,7 @@ SPEC = PaperSpec(
             "n_pairs": 10_000, "n_images": 4000, "n_text": 10_000, "emoji_prob": 0.1,
             "seeds": [0, 1], "steps": 300, "batch_size": 64, "warmup": 30, "n_probe": 600, "n_retrieval": 300,
             "try_flava_full": False,
+            "threads": 1,  # measured: 2 threads on 2 cores shared with other jobs ran 10-20x slower (OpenMP spinning)
         },
         "gpu": {},
     },

@@ -6,8 +6,9 @@ and evaluated per domain as in Table 4, with small tasks standing in for the pap
 
 * vision (paper: 22 linear probes): logistic-regression probes on frozen h_CLS,I, for the shape of a
   scene object (6 classes, held-out images) and MNIST 5k (10 classes);
-* language (paper: 8 GLUE tasks, fine-tuned): probes on frozen h_CLS,T for word order (a held-out
-  sentence vs. the same words shuffled, CoLA-like) and authorship (Austen vs. Melville, held-out text);
+* language (paper: 8 GLUE tasks, fine-tuned): probes on frozen h_CLS,T for word order (CoLA-like: a
+  text vs. the same words shuffled) on held-out captions and on held-out novel sentences, and
+  authorship (Austen vs. Melville, held-out text);
 * multimodal (paper: VQAv2, SNLI-VE, Hateful Memes, Flickr30K/COCO zero-shot retrieval): zero-shot
   image<->text retrieval R@1/R@5 on scenes with held-out attribute combinations, and a visual
   entailment probe on frozen h_CLS,M (true caption vs. a one-attribute swap).
@@ -303,12 +304,20 @@ class EvalData:
     retrieval_captions: list[str]
 
 
-def _shuffled(sentence: str, rng: np.random.Generator) -> str:
+def _shuffled(sentence: str, rng: np.random.Generator, tries: int = 100) -> str:
+    """The sentence's words in a random order that reads differently from the original."""
     words = sentence.split()
-    while True:
-        perm = rng.permutation(len(words))
-        if (perm != np.arange(len(words))).any():
-            return " ".join(words[i] for i in perm)
+    for _ in range(tries):
+        text = " ".join(words[i] for i in rng.permutation(len(words)))
+        if text != sentence:
+            return text
+    raise ValueError(f"cannot shuffle {sentence!r} into a different text")
+
+
+def _with_shuffled(texts: list[str], rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
+    """Every other text with its words shuffled; label 1 = the original word order."""
+    out = [t if i % 2 == 0 else _shuffled(t, rng) for i, t in enumerate(texts)]
+    return out, np.array([1 - i % 2 for i in range(len(texts))])
 
 
 def _split(n: int, n_train: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -331,18 +340,17 @@ def build_eval_data(data: PretrainData, sizes: M.FlavaSizes, n_probe: int, n_ret
     tr, te = _split(len(digits), min(n_probe, len(digits) // 2), rng)
     te = te[: min(n_probe, len(te))]
     vision["MNIST"] = ProbeTask((digits[tr],), digit_y[tr], (digits[te],), digit_y[te])
-    # language: word order and authorship on held-out sentences
+    # language: word order (CoLA-like) on held-out captions and on held-out novel sentences; authorship
     texts = texts or text_sources()
+    heldout_captions = scenes.make_scenes(n_probe, s, seed + 105, scenes.SceneSampler("test")).captions
     austen = [texts.austen_heldout[i] for i in rng.permutation(len(texts.austen_heldout))]
-    originals = austen[:n_probe]
-    word = [t if i % 2 == 0 else _shuffled(t, rng) for i, t in enumerate(originals)]
-    word_y = np.array([1 - i % 2 for i in range(len(word))])
     melville = [texts.melville_heldout[i] for i in rng.permutation(len(texts.melville_heldout))]
     k = min(n_probe // 2, len(melville))
     author = austen[n_probe : n_probe + k] + melville[:k]
-    author_y = np.array([0] * k + [1] * k)
     language = {}
-    for name, txt, lab in (("word order", word, word_y), ("authorship", author, author_y)):
+    for name, txt, lab in (("caption word order", *_with_shuffled(heldout_captions, rng)),
+                           ("sentence word order", *_with_shuffled(austen[:n_probe], rng)),
+                           ("authorship", author, np.array([0] * k + [1] * k))):
         ids, mask = M.tokenize(tok, txt, L)
         tr, te = _split(len(txt), len(txt) // 2, rng)
         language[name] = ProbeTask((ids[tr], mask[tr]), lab[tr], (ids[te], mask[te]), lab[te])
@@ -407,7 +415,12 @@ def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, t
     from sklearn.preprocessing import StandardScaler
     from threadpoolctl import threadpool_limits
 
-    with threadpool_limits(1):  # OpenMP spinning on shared cores is far slower than one thread
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    with threadpool_limits(1), warnings.catch_warnings():  # one thread: OpenMP spinning on shared cores is far slower
+        warnings.simplefilter("ignore", ConvergenceWarning)  # a weak C that stops at max_iter loses the sweep anyway
         return _linear_probe(LogisticRegression, StandardScaler, train_x, train_y, test_x, test_y, seed, cs)
 
 
@@ -556,8 +569,16 @@ def _windows(values: list[float], n: int = 20) -> list[float]:
     return out
 
 
+def row_steps(row: M.AblationRow, steps: int) -> int:
+    """Updates of a row: ``steps`` draws of its main source (§4: "PMD sampled for 150K iterations in
+    total (all ablations)"), so full FLAVA adds its unimodal batches on top: steps / p_paired."""
+    p = row.sources.get("paired", 0.0)
+    return steps if p in (0.0, 1.0) else round(steps / p)
+
+
 def run_ablation(params, data: PretrainData, ev: EvalData, device: str = "auto") -> tuple[list[RowRun], dict]:
-    """Train and evaluate every requested row for every seed (the same budget: ``steps`` updates each).
+    """Train and evaluate every requested row for every seed (the same budget: ``steps`` draws of the
+    row's main source, see ``row_steps``).
 
     Returns the runs and, from full FLAVA (or the last paired row) of the first seed, the similarity
     matrix of held-out pairs before and after pretraining and a few zero-shot retrieval examples.
@@ -565,7 +586,6 @@ def run_ablation(params, data: PretrainData, ev: EvalData, device: str = "auto")
     import time
 
     sizes, rows = sizes_from(params), rows_from(params)
-    cfg = TrainConfig(params.steps, params.batch_size, params.lr, params.warmup, params.weight_decay)
     shown = next((n for n in ("FLAVA", "FLAVA_MM", "FLAVA_C") if n in rows), None)
     runs, extras = [], {}
     for name, row in rows.items():
@@ -574,6 +594,7 @@ def run_ablation(params, data: PretrainData, ev: EvalData, device: str = "auto")
             if name == shown and seed == params.seeds[0]:
                 extras["similarity_before"] = similarity_matrix(model, ev)
             sampler = BatchSampler(data, sizes, params.batch_size, seed, params.itm_negative_prob, params.itm_hard_fraction)
+            cfg = TrainConfig(row_steps(row, params.steps), params.batch_size, params.lr, params.warmup, params.weight_decay)
             t0 = time.perf_counter()
             history = pretrain(model, row, sampler, cfg, device)
             train_s = time.perf_counter() - t0

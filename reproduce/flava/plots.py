@@ -12,7 +12,7 @@ from reproduce import figures
 
 KO = {
     "Image": "이미지",
-    "Block-masked (MIM/MMM)": "블록 마스킹 (MIM/MMM)",
+    "Block-masked": "블록 마스킹",
     "matched": "일치",
     "unmatched": "불일치",
     "ITM text": "ITM 텍스트",
@@ -24,6 +24,7 @@ KO = {
     "Multimodal": "멀티모달",
     "Macro": "매크로 평균",
     "Update": "업데이트",
+    "Training progress": "학습 진행",
     "Loss": "손실",
     "Before pretraining": "사전학습 전",
     "After pretraining": "사전학습 후",
@@ -40,6 +41,7 @@ KO = {
     "mmm_text": "MMM 텍스트",
     "total": "합계",
 }
+LOSS_ORDER = ("mim", "mlm", "global_contrastive", "itm", "mmm_image", "mmm_text")
 DOMAIN_LABELS = {"vision": "Vision", "language": "Language", "multimodal": "Multimodal", "macro": "Macro"}
 
 
@@ -63,7 +65,7 @@ def plot_objectives(measured: dict, lang: str = "en"):
         for ax in axes[:, i]:
             ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)
     axes[0, 0].set_ylabel(_("Image"))
-    axes[1, 0].set_ylabel(_("Block-masked (MIM/MMM)"))
+    axes[1, 0].set_ylabel(_("Block-masked"))
     return fig
 
 
@@ -108,17 +110,21 @@ def plot_losses(measured: dict, lang: str = "en"):
     losses = measured["pretraining.losses"]  # row -> objective -> windowed means
     rows = list(losses)
     fig, axes = figures.subplots(1, len(rows), height=3.2, sharey=False, squeeze=False)
+    colours = {name: figures.PALETTE[i] for i, name in enumerate(LOSS_ORDER)}
     for ax, row in zip(axes[0], rows):
         for name, values in losses[row].items():
             if name == "total":
                 continue
-            v = np.asarray(values, dtype=float)
-            ax.plot(np.linspace(0, 1, len(v)), v, label=_(name))
+            v = np.asarray([np.nan if x is None else x for x in values], dtype=float)
+            x = np.linspace(0, 1, len(v))
+            ok = np.isfinite(v)  # windows in which the row drew no batch carrying this loss
+            ax.plot(x[ok], v[ok], marker=".", label=_(name), color=colours[name])
         ax.set_title(row, fontsize=10)
-        ax.set_xlabel(_("Update"), fontsize=9)
+        ax.set_xlabel(_("Training progress"), fontsize=9)
         ax.tick_params(labelsize=8)
     axes[0, 0].set_ylabel(_("Loss"))
     handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines()}
+    handles = {_(n): handles[_(n)] for n in LOSS_ORDER if _(n) in handles}
     fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=6, fontsize=8)
     return fig
 
