@@ -62,6 +62,9 @@ SPEC = PaperSpec(
             "try_flava_full": False,
             "threads": 1,  # measured: 2 threads on 2 cores shared with other jobs ran 10-20x slower (OpenMP spinning)
         },
-        "gpu": {},
+        "gpu": {  # ViT-B/16 sizes (Table A.1) on generated data: PMD itself is not wired in (see the notebook)
+            "n_pairs": 30_000, "n_images": 10_000,  # 224 px uint8: 4.5 GB + 1.5 GB in memory
+            "codebook_size": 1024,  # k-means with 8,192 centroids on 768-d patches is too slow to fit once per run
+        },
     },
 )
