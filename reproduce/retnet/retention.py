@@ -208,22 +208,22 @@ def retention_chunkwise(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     g = gamma.to(q.dtype)
     kv, key_sum = state.kv, state.key_sum
+    full_mask = decay_mask(g, min(chunk_size, q.shape[-2]))  # (H, C, C); a shorter chunk uses its top-left block
     outs, score_sums = [], []
     for start in range(0, q.shape[-2], chunk_size):
         q_i, k_i, v_i = (x[:, :, start : start + chunk_size] for x in (q, k, v))  # (B, H, L, .)
         length = q_i.shape[-2]
-        d = decay_mask(g, length)  # (H, L, L)
+        d = full_mask[:, :length, :length]  # (H, L, L)
         j = torch.arange(length, device=q.device, dtype=q.dtype)
-        xi = torch.pow(g[:, None], j + 1)  # (H, L)
-        zeta = torch.pow(g[:, None], length - j - 1)  # (H, L)
-        inner = ((q_i @ k_i.transpose(-1, -2)) * d) @ v_i  # (B, H, L, V)
-        cross = (q_i @ kv) * xi[None, :, :, None]  # (B, H, L, V)
-        outs.append(inner + cross)
-        z = d @ k_i + xi[None, :, :, None] * key_sum[:, :, None, :]  # (B, H, L, K): z_n per token
-        score_sums.append((q_i * z).sum(-1))  # (B, H, L)
+        xi = torch.pow(g[:, None], j + 1)[None, :, :, None]  # gamma^(j+1), (1, H, L, 1)
+        zeta = torch.pow(g[:, None], length - j - 1)[None, :, :, None]  # gamma^(L-j-1), (1, H, L, 1)
+        scores = (q_i @ k_i.transpose(-1, -2)) * d  # (B, H, L, L)
+        outs.append(scores @ v_i + (q_i @ kv) * xi)  # inner + cross, (B, H, L, V)
+        # q_n . z_n (the §2.2 score row sum) = inner row sum + xi * q_n . z_prev: no extra matmul
+        score_sums.append(scores.sum(-1) + xi[..., 0] * (q_i @ key_sum[..., None])[..., 0])  # (B, H, L)
         decay_chunk = torch.pow(g, length)[None, :, None, None]  # gamma^L, (1, H, 1, 1)
-        kv = decay_chunk * kv + k_i.transpose(-1, -2) @ (v_i * zeta[None, :, :, None])  # (B, H, K, V)
-        key_sum = decay_chunk[..., 0] * key_sum + (k_i * zeta[None, :, :, None]).sum(-2)  # (B, H, K)
+        kv = decay_chunk * kv + k_i.transpose(-1, -2) @ (v_i * zeta)  # (B, H, K, V)
+        key_sum = decay_chunk[..., 0] * key_sum + (k_i * zeta).sum(-2)  # (B, H, K)
     out = torch.cat(outs, dim=2)  # (B, H, T, V)
     if normalize:
         positions = torch.arange(offset, offset + q.shape[-2], device=q.device)
