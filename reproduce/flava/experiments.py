@@ -370,41 +370,47 @@ def build_eval_data(data: PretrainData, sizes: M.FlavaSizes, n_probe: int, n_ret
                     retrieval.images, r_ids, r_mask, retrieval.captions)
 
 
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def image_features(model, images: np.ndarray, chunk: int = 256) -> np.ndarray:
     """h_CLS,I: token 0 of the image encoder's final layer, ``(N, D)``."""
-    return torch.cat([model.flava(pixel_values=to_pixels(images[i : i + chunk])).image_embeddings[:, 0]
+    dev = _device(model)
+    return torch.cat([model.flava(pixel_values=to_pixels(images[i : i + chunk]).to(dev)).image_embeddings[:, 0].cpu()
                       for i in range(0, len(images), chunk)]).numpy()
 
 
 @torch.no_grad()
 def text_features(model, ids: Tensor, mask: Tensor, chunk: int = 512) -> np.ndarray:
     """h_CLS,T, ``(N, D)``."""
-    return torch.cat([model.flava(input_ids=ids[i : i + chunk], attention_mask=mask[i : i + chunk]).text_embeddings[:, 0]
-                      for i in range(0, len(ids), chunk)]).numpy()
+    dev = _device(model)
+    return torch.cat([model.flava(input_ids=ids[i : i + chunk].to(dev), attention_mask=mask[i : i + chunk].to(dev)
+                                  ).text_embeddings[:, 0].cpu() for i in range(0, len(ids), chunk)]).numpy()
 
 
 @torch.no_grad()
 def multimodal_features(model, images: np.ndarray, ids: Tensor, mask: Tensor, chunk: int = 256) -> np.ndarray:
     """h_CLS,M of the unmasked pair, ``(N, D)``."""
-    out = []
+    dev, out = _device(model), []
     for i in range(0, len(ids), chunk):
-        o = model.flava(pixel_values=to_pixels(images[i : i + chunk]), input_ids=ids[i : i + chunk],
-                        attention_mask=mask[i : i + chunk])
-        out.append(o.multimodal_embeddings[:, 0])
+        o = model.flava(pixel_values=to_pixels(images[i : i + chunk]).to(dev), input_ids=ids[i : i + chunk].to(dev),
+                        attention_mask=mask[i : i + chunk].to(dev))
+        out.append(o.multimodal_embeddings[:, 0].cpu())
     return torch.cat(out).numpy()
 
 
 @torch.no_grad()
 def contrastive_embeddings(model, images: np.ndarray, ids: Tensor, mask: Tensor, chunk: int = 256) -> tuple[Tensor, Tensor]:
     """The GC embeddings (projected, L2-normalised h_CLS), ``(N, E)`` each: what zero-shot retrieval uses."""
-    img, txt = [], []
+    dev, img, txt = _device(model), [], []
     for i in range(0, len(ids), chunk):
-        o = model.flava(pixel_values=to_pixels(images[i : i + chunk]), input_ids=ids[i : i + chunk],
-                        attention_mask=mask[i : i + chunk], skip_multimodal_encoder=True)
+        o = model.flava(pixel_values=to_pixels(images[i : i + chunk]).to(dev), input_ids=ids[i : i + chunk].to(dev),
+                        attention_mask=mask[i : i + chunk].to(dev), skip_multimodal_encoder=True)
         a, b = M.contrastive_embeddings(model, o.image_embeddings, o.text_embeddings)
-        img.append(a)
-        txt.append(b)
+        img.append(a.cpu())
+        txt.append(b.cpu())
     return torch.cat(img), torch.cat(txt)
 
 
