@@ -547,3 +547,18 @@ def lm_table(runs: list[dict]) -> list[dict]:
                      "ppl_mean": statistics.fmean(ppl), "ppl_min": min(ppl), "ppl_max": max(ppl), "seeds": len(ppl),
                      "params": next(r["params"] for r in runs if r["variant"] == variant)})
     return rows
+
+
+def ordering_note(table: list[dict], better: str, worse: str, scale: str) -> str:
+    """Why an LM ordering claim may not be settled at our scale: overlapping seed ranges, or ``scale``.
+
+    Returns "" when ``better`` is ahead on every seed (its worst seed beats the other's best).
+    """
+    row = {r["variant"]: r for r in table}
+    a, b = row[better], row[worse]
+    if a["ppl_max"] < b["ppl_min"]:
+        return ""
+    if a["ppl_max"] >= b["ppl_min"] and b["ppl_max"] >= a["ppl_min"]:
+        return (f"seed ranges overlap ({better} {a['ppl_min']:.2f}-{a['ppl_max']:.2f}, "
+                f"{worse} {b['ppl_min']:.2f}-{b['ppl_max']:.2f}): within seed noise at {scale}")
+    return f"{worse} ahead on every seed at {scale}"
