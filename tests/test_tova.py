@@ -19,6 +19,10 @@ from reproduce.tova import appendix_e, experiments, policies
 from reproduce.tova.policies import EvictionSpec, H2OLayer, TOVALayer
 
 TOL = 1e-5  # float64 model, float32 softmax inside eager attention (measured max ~6e-7)
+# SmolLM2 (30 layers): eager attention's float32 softmax inside the float64 model leaves ~1e-7 errors
+# in the probabilities that grow to ~2e-4 in the NLL (measured for the full cache, where no eviction
+# decision is involved); the App. E pass computes its softmax in float64. Decisions are compared exactly.
+TOL_REAL = 1e-3
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -261,8 +265,8 @@ def test_appendix_e_equals_streaming_on_real_text(smollm2, novel_ids, spec):
     keeper = appendix_e.MaskedPass(spec, collect=True)
     masked = appendix_e.nll(model, ids, spec, keeper)
     cache = policies.make_cache(spec)
-    streamed = experiments.streaming_nll(model, ids[:, :-1], cache, prefill=spec.budget or 1)
-    assert (streamed - masked[:, :-1]).abs().max().item() < TOL
+    streamed = experiments.streaming_nll(model, ids[:, :-1], cache, prefill=spec.budget or 24)
+    assert (streamed - masked[:, :-1]).abs().max().item() < TOL_REAL
     for layer_idx, layer in enumerate(cache.layers):  # state after step L-2 == what the last query sees, minus itself
         visible = keeper.last_row[layer_idx]  # B, Hm, L
         for b in range(ids.shape[0]):
