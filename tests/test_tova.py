@@ -280,3 +280,17 @@ def test_generate_with_each_policy(smollm2, novel_ids):
     prompt = novel_ids[:1, :20]
     texts = experiments.generate_each(smollm2.model, smollm2.tokenizer, prompt, all_specs(8), new_tokens=3)
     assert len(texts) == 5 and all(isinstance(t, str) and t for t in texts.values())
+
+
+@pytest.mark.parametrize("spec", all_specs(8)[1:], ids=str)
+def test_blocked_attention_equals_dense_masked_attention(spec):
+    g = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, n, 45, 8, generator=g, dtype=torch.float64) for n in (6, 2, 2))
+    logits = q @ k.repeat_interleave(3, dim=1).transpose(2, 3) / 8**0.5
+    mask = appendix_e.policy_mask(logits, spec, kv_heads=2)
+    mask = mask.repeat_interleave(6 // mask.shape[1], dim=1)  # B, H, T, T as the attention function passes it
+    dense = torch.nn.functional.scaled_dot_product_attention(
+        q, k.repeat_interleave(3, dim=1), v.repeat_interleave(3, dim=1), attn_mask=mask)
+    for block in (1, 7, 16, 64):
+        blocked = appendix_e.blocked_attention(q, k, v, mask, 1 / 8**0.5, spec, block=block)
+        assert (blocked - dense).abs().max().item() < 1e-12, block

@@ -35,7 +35,7 @@ SPEC = PaperSpec(
     },
     profiles={
         "smoke": {
-            "passages": 1, "length": 96, "budgets": [8, 16, 32], "batch_size": 1,
+            "threads": 1, "passages": 1, "length": 96, "budgets": [8, 16, 32], "batch_size": 1,
             "stream_tokens": 40, "stream_budget": 8, "analysis_budget": 12,
             "throughput_budgets": [8, 32], "throughput_batch": 2, "throughput_steps": 2,
             "gen_budget": 8, "gen_prompt_tokens": 32, "gen_new_tokens": 4,

@@ -38,3 +38,4 @@ from .policies import (
     attach,
     make_cache,
 )
+from .plots import FIGURES, KO

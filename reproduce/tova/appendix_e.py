@@ -185,9 +185,37 @@ def appendix_e_attention(module, query, key, value, attention_mask, scaling, dro
             mask = mask.repeat_interleave(H // mask.shape[1], dim=1)  # B, H, T, T
     # Deviation from eager attention: the masked attention itself runs in SDPA (a fused kernel, ~3x
     # faster on CPU here); it agrees with eager to rounding (the equivalence tests bound it).
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, is_causal=mask is None,
-                                         scale=scaling, enable_gqa=True)  # B, H, T, D
+    if mask is None:
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=True)
+    else:
+        out = blocked_attention(query, key, value, mask, scaling, spec)  # B, H, T, D
     return out.transpose(1, 2).contiguous(), None  # B, T, H, D
+
+
+def visible_keys(spec: EvictionSpec, start: int, stop: int) -> torch.Tensor | slice:
+    """Key positions that queries ``start..stop-1`` may see under ``spec`` (a superset of the mask's)."""
+    if spec.policy == "window":
+        return slice(max(0, start - spec.budget), stop)
+    if spec.policy == "window_sink":
+        low = max(spec.sinks, start - (spec.budget - spec.sinks))
+        return torch.cat([torch.arange(spec.sinks), torch.arange(low, stop)]) if low < stop else slice(0, stop)
+    return slice(0, stop)  # causal: nothing after the last query of the block
+
+
+def blocked_attention(query, key, value, mask, scaling, spec: EvictionSpec, block: int = 256) -> torch.Tensor:
+    """Masked SDPA by blocks of ``block`` queries, each over the keys it may see (exact; skips the
+    causal upper triangle and, for windows, everything outside the band)."""
+    B, H, T, D = query.shape
+    out = torch.empty_like(query)  # B, H, T, D
+    for start in range(0, T, block):
+        stop = min(start + block, T)
+        keys = visible_keys(spec, start, stop)
+        if isinstance(keys, torch.Tensor):
+            keys = keys.to(query.device)
+        out[:, :, start:stop] = F.scaled_dot_product_attention(
+            query[:, :, start:stop], key[:, :, keys], value[:, :, keys], attn_mask=mask[:, :, start:stop][..., keys],
+            scale=scaling, enable_gqa=True)  # B, H, stop-start, D
+    return out
 
 
 AttentionInterface.register(ATTN_NAME, appendix_e_attention)
