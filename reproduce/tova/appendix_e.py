@@ -61,6 +61,19 @@ def _row_probs(logits: torch.Tensor, t: int, candidates: torch.Tensor, dtype: to
     return F.softmax(row, dim=-1, dtype=torch.float32).to(dtype)
 
 
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run a step-by-step loop of tiny ops on one thread: intra-op parallelism cannot help there, and
+    on a busy machine each parallel region waits for a second core (measured 30x slower on 2 cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@one_thread()
 def tova_mask(logits: torch.Tensor, budget: int) -> torch.Tensor:
     """TOVA's visibility mask ``(B, 1, T, T)``, decided step by step from ``logits`` (``B, H, T, T``).
 
@@ -85,6 +98,7 @@ def tova_mask(logits: torch.Tensor, budget: int) -> torch.Tensor:
     return mask
 
 
+@one_thread()
 def h2o_mask(logits: torch.Tensor, budget: int, kv_heads: int) -> torch.Tensor:
     """H2O's visibility mask ``(B, Hk, T, T)``: per KV head, ``C // 2`` recent + heavy hitters.
 

@@ -93,14 +93,19 @@ def perplexity(nll: torch.Tensor) -> float:
 
 
 def budget_sweep(model, ids: torch.Tensor, budgets: Sequence[int], policies: Sequence[str], sinks: int = 4,
-                 batch_size: int = 1, collect: EvictionSpec | None = None, picture_layers: Sequence[int] = ()):
+                 batch_size: int = 1, collect: EvictionSpec | None = None, picture_layers: Sequence[int] = (),
+                 window_budgets: Sequence[int] | None = None):
     """Figure 3: perplexity of every (policy, C) by the App. E masked pass, plus the full cache.
 
-    Returns ``(ppl, collected)``: ``ppl["full"]`` is a float, ``ppl[policy][C]`` floats;
-    ``collected`` is the :class:`MaskedPass` of ``collect`` (a spec of the sweep), or None.
+    The plain Window runs at ``window_budgets`` (default: ``budgets``). Returns ``(ppl, collected)``:
+    ``ppl["full"]`` is a float, ``ppl[policy][C]`` floats; ``collected`` is the :class:`MaskedPass`
+    of ``collect`` (added to the sweep if absent), or None.
     """
+    def budgets_of(p):
+        return window_budgets if p == "window" and window_budgets is not None else budgets
+
     specs = [EvictionSpec("full")] + [
-        EvictionSpec(p, c, sinks) if p == "window_sink" else EvictionSpec(p, c) for p in policies for c in budgets
+        EvictionSpec(p, c, sinks) if p == "window_sink" else EvictionSpec(p, c) for p in policies for c in budgets_of(p)
     ]
     if collect is not None and collect not in specs:
         specs.append(collect)
@@ -114,7 +119,7 @@ def budget_sweep(model, ids: torch.Tensor, budgets: Sequence[int], policies: Seq
             collected = keeper
         if spec.policy == "full":
             ppl["full"] = perplexity(nll)
-        elif spec.budget in budgets and spec.policy in policies:
+        elif spec.policy in policies and spec.budget in budgets_of(spec.policy):
             ppl[spec.policy][spec.budget] = perplexity(nll)
     return ppl, collected
 
