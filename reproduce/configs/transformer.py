@@ -44,6 +44,7 @@ SPEC = PaperSpec(
         # Table 3 (§6.2)
         "t3_rows": Param("list[str]", list(TABLE3_ROWS), "Table 3 rows to train", choices=TABLE3_ROWS, min_len=1),
         "t3_steps": Param("int", 600, "training steps of every Table 3 row", min=1),
+        "t3_warmup": Param("int", 400, "warmup_steps of eq. (3) for the Table 3 runs", min=1),
         "t3_seeds": Param("list[int]", [0], "seeds per Table 3 row", min=0, min_len=1),
         "t3_n_layers": Param("int", 2, "N of the Table 3 base", min=1, max=24),
         "t3_d_model": Param("int", 128, "d_model of the Table 3 base", min=8, max=4096),
@@ -56,10 +57,16 @@ SPEC = PaperSpec(
             "n_layers": 1, "d_model": 32, "d_ff": 64, "n_heads": 4, "steps": 12, "warmup": 4,
             "checkpoint_every": 3, "average_last": 3,
             "t1_width": 32, "t1_lengths": [8, 16, 32, 64], "t1_path_lengths": [4, 8, 16],
-            "t3_rows": ["base", "A: h=1", "E: learned"], "t3_steps": 6,
+            "t3_rows": ["base", "A: h=1", "E: learned"], "t3_steps": 6, "t3_warmup": 3,
             "t3_n_layers": 1, "t3_d_model": 32, "t3_d_ff": 64, "t3_dev_size": 20,
         },
-        "cpu": {},
+        "cpu": {
+            # ~25 min on 2 shared cores. One thread: with other processes on the machine, 2 threads ran
+            # these small models 2-3x slower than 1 (0.75 vs 2.7 s/step for d_model 128).
+            "threads": 1, "vocab_size": 2000, "steps": 800, "checkpoint_every": 80, "bleu_target": 0.5,
+            "t3_rows": ["base", "A: h=1", "B: d_k/4", "C: d_model/2", "D: P_drop=0.0", "E: learned"],
+            "t3_steps": 200, "t3_d_model": 64, "t3_d_ff": 256, "t3_dev_size": 300,
+        },
         "gpu": {
             "corpus": "wmt14", "vocab_size": 37000, "dev_size": 3000, "test_size": 3003, "batch_tokens": 25000,
             "n_layers": 6, "d_model": 512, "d_ff": 2048, "n_heads": 8, "steps": 100_000, "warmup": 4000,

@@ -204,7 +204,7 @@ def run_table3(params, run, data: ex.TranslationData, device: str = "auto") -> d
     results = defaultdict(list)
     for row in params.t3_rows:
         for seed in params.t3_seeds:
-            recipe = ex.Recipe(steps=params.t3_steps, batch_tokens=params.batch_tokens, warmup=params.warmup, seed=seed)
+            recipe = ex.Recipe(steps=params.t3_steps, batch_tokens=params.batch_tokens, warmup=params.t3_warmup, seed=seed)
             results[row].append(ex.run_table3_row(row, base, scored, recipe, params.beam, params.alpha, device))
     table = {}
     for row, rs in results.items():
@@ -220,7 +220,7 @@ def run_table3(params, run, data: ex.TranslationData, device: str = "auto") -> d
         }
     run.record("t3.table", table)
     run.record("t3.base", {"n_layers": base.n_layers, "d_model": base.d_model, "d_ff": base.d_ff, "n_heads": base.n_heads,
-                           "steps": params.t3_steps, "dev_pairs": len(dev)})
+                           "steps": params.t3_steps, "warmup": params.t3_warmup, "dev_pairs": len(dev)})
     _table3_claims(run, table)
     return table
 
