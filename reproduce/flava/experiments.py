@@ -692,8 +692,18 @@ def format_table3(ours: dict, paper: dict = PAPER_TABLE3) -> str:
     return "\n".join(lines)
 
 
-def add_table3_claims(run, ours: dict) -> None:
-    """Table 3's relations: FLAVA_MM > FLAVA_C on multimodal and language; full FLAVA best macro."""
+def per_seed(runs: list[RowRun]) -> list[dict]:
+    """Each run's domain averages and macro average (the spread over seeds behind ``table3``)."""
+    return [{"row": r.row, "seed": r.seed, **{d: r.scores.get(d, {}).get("average", 0.0) for d in DOMAINS}, "macro": r.macro}
+            for r in runs]
+
+
+def add_table3_claims(run, ours: dict, tasks: dict, seeds: list[dict]) -> None:
+    """Table 3's relations: FLAVA_MM > FLAVA_C on multimodal and language; full FLAVA best macro.
+
+    ``tasks`` is ``tasks_table(runs)``, ``seeds`` is ``per_seed(runs)``: a failed claim's note is
+    written from them (per-task differences, spread over seeds), never typed by hand.
+    """
     section = "2. Table 3, rows 1-5: objective ablation"
     if {"FLAVA_C", "FLAVA_MM"} <= set(ours):
         for domain, paper in (("multimodal", "69.11 vs 66.25"), ("language", "74.22 vs 64.80")):
@@ -701,16 +711,26 @@ def add_table3_claims(run, ours: dict) -> None:
             run.claim(f"table3_mm_beats_c_{domain}", artifact="Table 3, rows 3-4", section=section,
                       text=f"FLAVA_MM (GC+MMM+ITM) beats FLAVA_C (GC only) on the {domain} average",
                       ours=mm, relation=">", target=c, paper=paper,
-                      note="" if mm > c else _scale_note(domain))
+                      note="" if mm > c else _difference_note("FLAVA_MM", "FLAVA_C", domain, tasks, seeds))
     if "FLAVA" in ours and len(ours) > 1:
-        best_other = max(v["macro"] for k, v in ours.items() if k != "FLAVA")
+        best = max((k for k in ours if k != "FLAVA"), key=lambda k: ours[k]["macro"])
         full = ours["FLAVA"]["macro"]
+        note = ""
+        if not full > ours[best]["macro"]:
+            domains = ", ".join(f"{d} {ours['FLAVA'][d] - ours[best][d]:+.2f}" for d in DOMAINS)
+            note = (f"FLAVA - {best} per domain: {domains}. The unimodal batches (novel text, emoji and scene images) "
+                    "share the small encoders with the paired objectives at our scale. The paper's own row 5 (FLAVA "
+                    "without unimodal initialisation, our setting) also stays below FLAVA_MM on macro (73.72 vs 74.23); "
+                    "its best macro needs row 6's pretrained encoders, which have no offline stand-in here")
         run.claim("table3_full_best_macro", artifact="Table 3, rows 1-5", section=section,
                   text="full FLAVA (all five objectives, unimodal data) has the best macro average",
-                  ours=full, relation=">", target=best_other, paper="73.72 (row 5) vs <= 74.23; 75.85 with unimodal init (row 6)",
-                  note="" if full > best_other else _scale_note("macro"))
+                  ours=full, relation=">", target=ours[best]["macro"],
+                  paper="75.85 with unimodal init (row 6); 73.72 without (row 5) vs FLAVA_MM 74.23", note=note)
 
 
-def _scale_note(what: str) -> str:
-    return (f"does not hold at our scale on the {what} average (a few hundred updates of a sub-million-parameter model "
-            "on generated scenes; see the notebook's discussion)")
+def _difference_note(a: str, b: str, domain: str, tasks: dict, seeds: list[dict]) -> str:
+    diffs = ", ".join(f"{k.split('/', 1)[1]} {tasks[a][k] - tasks[b][k]:+.2f}" for k in sorted(tasks[a])
+                      if k.startswith(f"{domain}/") and not k.endswith("/average") and k in tasks[b])
+    spread = ", ".join(f"{name} {np.std([r[domain] for r in seeds if r['row'] == name]):.2f}" for name in (a, b))
+    return (f"does not hold at our scale: {a} - {b} per {domain} task: {diffs}; std over seeds of the {domain} "
+            f"average: {spread}")
