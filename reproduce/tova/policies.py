@@ -189,8 +189,9 @@ class WindowLayer(BoundedLayer):
 
     def evict_before_attention(self) -> None:
         S, C = self.stored, self.budget
-        if S > C:
-            self._keep_slots(torch.arange(S - C, S))
+        if S > C:  # the last C slots are a contiguous range: views, no copy (as DynamicSlidingWindowLayer)
+            self.keys, self.values = self.keys[:, :, S - C :], self.values[:, :, S - C :]
+            self.positions = self.positions[:, :, S - C :]
 
     def _keep_slots(self, slots: torch.Tensor) -> None:
         B, Hk, _ = self.positions.shape
