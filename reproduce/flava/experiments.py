@@ -414,6 +414,18 @@ def contrastive_embeddings(model, images: np.ndarray, ids: Tensor, mask: Tensor,
     return torch.cat(img), torch.cat(txt)
 
 
+def png_base64(image: np.ndarray) -> str:
+    """An ``(S, S, 3)`` uint8 image as base64 PNG text: figures read it back from the results file."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, seed: int = 0,
                  cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)) -> float:
     """CLIP-protocol linear probe: L-BFGS logistic regression, C swept on a validation split; accuracy in %."""
@@ -496,7 +508,7 @@ def retrieval_examples(model, ev: EvalData, queries: int = 4, top: int = 3, seed
     for q in rng.choice(len(ev.retrieval_captions), queries, replace=False):
         sims = img @ txt[q]  # (R,)
         best = sims.topk(top).indices.tolist()
-        out.append({"caption": ev.retrieval_captions[q], "images": [ev.retrieval_images[i].tolist() for i in best],
+        out.append({"caption": ev.retrieval_captions[q], "images": [png_base64(ev.retrieval_images[i]) for i in best],
                     "captions": [ev.retrieval_captions[i] for i in best],
                     "hits": [ev.retrieval_captions[i] == ev.retrieval_captions[q] for i in best]})
     return out
@@ -546,7 +558,7 @@ def illustration(data: PretrainData, sizes: M.FlavaSizes, seed: int, n: int = 4)
         return [t for t, m in zip(tok.convert_ids_to_tokens(ids.tolist()), mask.tolist()) if m and t not in ("[CLS]", "[SEP]")]
 
     return {
-        "images": images.tolist(),
+        "images": [png_base64(im) for im in images.numpy()],
         "grid": sizes.grid,
         "masks": batch.bool_masked_pos[:n].int().tolist(),
         "captions": [tok.decode(ids, skip_special_tokens=True) for ids in batch.input_ids[:n]],

@@ -45,11 +45,23 @@ LOSS_ORDER = ("mim", "mlm", "global_contrastive", "itm", "mmm_image", "mmm_text"
 DOMAIN_LABELS = {"vision": "Vision", "language": "Language", "multimodal": "Multimodal", "macro": "Macro"}
 
 
+def _image(value) -> np.ndarray:
+    """A recorded image: base64 PNG text, or (older records) nested lists of uint8."""
+    if isinstance(value, str):
+        import base64
+        import io
+
+        from PIL import Image
+
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(value))).convert("RGB"))
+    return np.asarray(value, dtype=np.uint8)
+
+
 def plot_objectives(measured: dict, lang: str = "en"):
     """A paired batch as FLAVA sees it: images, their BEiT block masks, the masked ITM texts."""
     _ = figures.translator(KO, lang)
     ill = measured["objectives.illustration"]
-    images = np.asarray(ill["images"], dtype=np.uint8)  # (n, S, S, 3)
+    images = np.stack([_image(x) for x in ill["images"]])  # (n, S, S, 3)
     n, s, g = len(images), images.shape[1], ill["grid"]
     fig, axes = figures.subplots(2, n, height=4.6)
     for i in range(n):
@@ -158,7 +170,7 @@ def plot_retrieval(measured: dict, lang: str = "en"):
         axes[r, 0].axis("off")
         for c, (img, hit) in enumerate(zip(ex["images"], ex["hits"])):
             ax = axes[r, c + 1]
-            ax.imshow(np.asarray(img, dtype=np.uint8), interpolation="nearest")
+            ax.imshow(_image(img), interpolation="nearest")
             ax.set_xticks([]), ax.set_yticks([]), ax.grid(False)
             for spine in ax.spines.values():
                 spine.set_visible(True)
