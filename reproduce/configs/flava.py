@@ -67,4 +67,9 @@ SPEC = PaperSpec(
             "codebook_size": 1024,  # k-means with 8,192 centroids on 768-d patches is too slow to fit once per run
         },
     },
+    artifacts={
+        "§3.1 objectives": "1b. The Hugging Face path",
+        "Table 3, rows 1-5": "2. Table 3, rows 1-5: objective ablation",
+        "Table 3, rows 3-4": "2. Table 3, rows 1-5: objective ablation",
+    },
 )
