@@ -204,32 +204,37 @@ def decode_cost(shape: LMShape, lengths: Sequence[int], batch: int, steps: int, 
 
     RetNet decodes with its recurrent state (eq. 6); the Transformer with transformers' KV cache
     (SDPA). Both are untrained (cost does not depend on the weights) and see random context.
+    The steps are interleaved: each round times one step of every (model, length) point, so a busy
+    neighbour on a shared machine slows all points alike instead of whichever was running.
     """
     device = torch.device(device)
-    retnet = build_model(shape, "retnet", seed=0).to(device).eval()
-    transformer = build_model(shape, "transformer", seed=0).to(device).eval()
-    rows = []
-    for length in lengths:
-        for name, model, make in (("retnet", retnet, _retnet_cache_at), ("transformer", transformer, _kv_cache_at)):
-            cache = make(model, batch, length, device)
-            memory = cache.nbytes if name == "retnet" else _kv_bytes(cache)
-            token = torch.randint(0, shape.vocab_size, (batch, 1), device=device)
-            times = []
-            with torch.inference_mode():
-                for step in range(warmup + steps):
-                    _sync(device)
-                    begin = time.perf_counter()
-                    if name == "retnet":
-                        out = model(token, cache=cache, use_cache=True, mode="recurrent")
-                    else:
-                        out = model(input_ids=token, cache=cache, use_cache=True)
-                    token = out.logits[:, -1:].argmax(-1)  # (B, 1)
-                    _sync(device)
-                    if step >= warmup:
-                        times.append(time.perf_counter() - begin)
-            rows.append({"model": name, "length": length, "batch": batch,
-                         "latency_ms": 1000 * statistics.median(times), "memory_bytes": memory})
-    return rows
+    models = {"retnet": (build_model(shape, "retnet", seed=0).to(device).eval(), _retnet_cache_at),
+              "transformer": (build_model(shape, "transformer", seed=0).to(device).eval(), _kv_cache_at)}
+    points = [(name, length) for length in lengths for name in models]
+    caches, tokens, memory = {}, {}, {}
+    for name, length in points:
+        model, make = models[name]
+        caches[name, length] = make(model, batch, length, device)
+        cache = caches[name, length]
+        memory[name, length] = cache.nbytes if name == "retnet" else _kv_bytes(cache)  # before decoding
+        tokens[name, length] = torch.randint(0, shape.vocab_size, (batch, 1), device=device)
+    times = {point: [] for point in points}
+    with torch.inference_mode():
+        for step in range(warmup + steps):
+            for name, length in points:
+                model, cache, token = models[name][0], caches[name, length], tokens[name, length]
+                _sync(device)
+                begin = time.perf_counter()
+                if name == "retnet":
+                    out = model(token, cache=cache, use_cache=True, mode="recurrent")
+                else:
+                    out = model(input_ids=token, cache=cache, use_cache=True)
+                tokens[name, length] = out.logits[:, -1:].argmax(-1)  # (B, 1)
+                _sync(device)
+                if step >= warmup:
+                    times[name, length].append(time.perf_counter() - begin)
+    return [{"model": name, "length": length, "batch": batch, "latency_ms": 1000 * statistics.median(times[name, length]),
+             "memory_bytes": memory[name, length]} for name, length in points]
 
 
 def decode_summary(rows: list[dict]) -> dict:
