@@ -162,6 +162,8 @@ class Run:
         self.command = command or _default_command(params)
         self.started = datetime.now(timezone.utc)
         self._t0 = time.perf_counter()
+        # Taken when the run starts: the code that ran is the commit checked out then, not at save time.
+        self.provenance = provenance(params)
 
     # -- values ---------------------------------------------------------------------------------
     def record(self, key: str, value: Any) -> Any:
@@ -191,7 +193,7 @@ class Run:
             "started": self.started.isoformat(timespec="seconds"),
             "ended": ended.isoformat(timespec="seconds"),
             "wall_time_s": round(time.perf_counter() - self._t0, 2),
-            "provenance": provenance(self.params),
+            "provenance": self.provenance,
             "measured": self.measured,
             "claims": [asdict(c) for c in self.claims],
         }
