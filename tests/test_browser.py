@@ -26,6 +26,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 NOTEBOOKS = sorted((REPO_ROOT / "notebooks").glob("*.ipynb")) + [REPO_ROOT / "tests" / "pipeline.ipynb"]
 SCREENSHOTS = REPO_ROOT / "runs" / "screenshots"
+CURRENT = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook on show
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 
@@ -86,11 +87,12 @@ def browser():
 def test_run_all_in_jupyterlab(lab, browser, notebook):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     t0 = time.perf_counter()
-    page.goto(f"{lab['base']}/lab/tree/{notebook.name}?token={lab['token']}")
+    # A workspace of its own, reset: Lab would otherwise reopen the notebooks of earlier tests beside it.
+    page.goto(f"{lab['base']}/lab/workspaces/{notebook.stem}/tree/{notebook.name}?reset&token={lab['token']}")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     _wait_kernel_idle(page, timeout=60)
     assert "kernel" not in (page.locator(".jp-Dialog").all_inner_texts() or [""])[0].lower(), "a kernel dialog opened"
-    page.locator(".jp-Notebook").click()
+    page.locator(f"{CURRENT} .jp-Notebook").click()
     page.keyboard.press("Escape")
     page.click("text=Run", timeout=10_000)  # the Run menu
     page.click("text=Run All Cells", timeout=10_000)
@@ -101,6 +103,7 @@ def test_run_all_in_jupyterlab(lab, browser, notebook):
     elapsed = time.perf_counter() - t0
     _screenshots(page, notebook.stem)
     page.close()
+    _shut_down_kernels(lab)
     saved = json.loads((lab["root"] / notebook.name).read_text())
     code = [c for c in saved["cells"] if c["cell_type"] == "code"]
     errors = [o for c in code for o in c.get("outputs", []) if o["output_type"] == "error"]
@@ -114,7 +117,7 @@ def _screenshots(page, stem: str, most: int = 8) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     for old in SCREENSHOTS.glob(f"{stem}-*.png"):
         old.unlink()
-    scroller = ".jp-NotebookPanel:not(.lm-mod-hidden) .jp-WindowedPanel-outer"
+    scroller = f"{CURRENT} .jp-WindowedPanel-outer"
     page.eval_on_selector(scroller, "el => el.scrollTo(0, 0)")
     for i in range(most):
         page.wait_for_timeout(400)
@@ -124,11 +127,21 @@ def _screenshots(page, stem: str, most: int = 8) -> None:
             break
 
 
+def _shut_down_kernels(lab) -> None:
+    """End the notebook's kernel through the server's REST API, so the next test starts alone."""
+    auth = {"Authorization": f"token {lab['token']}"}
+    with urllib.request.urlopen(urllib.request.Request(f"{lab['base']}/api/sessions", headers=auth), timeout=10) as r:
+        sessions = json.load(r)
+    for session in sessions:
+        req = urllib.request.Request(f"{lab['base']}/api/sessions/{session['id']}", headers=auth, method="DELETE")
+        urllib.request.urlopen(req, timeout=30).close()
+
+
 def _wait_kernel_idle(page, timeout: float) -> None:
     """Wait until no cell shows the busy prompt [*] and the kernel status reads Idle."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        busy = page.locator(".jp-InputPrompt", has_text="[*]").count()
+        busy = page.locator(f"{CURRENT} .jp-InputPrompt", has_text="[*]").count()
         status = page.locator(".jp-StatusBar-TextItem", has_text="Idle").count()
         if busy == 0 and status > 0:
             return
