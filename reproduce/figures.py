@@ -85,13 +85,15 @@ def _register_korean_font() -> None:
 
 @contextlib.contextmanager
 def style(lang: str = "en") -> Iterator[None]:
-    """The house style; ``lang="ko"`` switches the font family to NanumGothic."""
+    """The house style; ``lang="ko"`` adds NanumGothic for Hangul (DejaVu Sans stays first for Latin and math)."""
     if lang not in LANGS:
         raise ValueError(f"lang {lang!r} is not one of {LANGS}")
     rc = dict(_BASE_RC)
     if lang == "ko":
         _register_korean_font()
-        rc["font.family"] = [KOREAN_FONT, "DejaVu Sans"]
+        # DejaVu Sans first, NanumGothic as the per-glyph fallback for Hangul: math text (log-axis
+        # ticks such as 10^-1) is set in the first family, and NanumGothic has no U+2212 minus.
+        rc["font.family"] = ["DejaVu Sans", KOREAN_FONT]
     with plt.rc_context(rc):
         yield
 

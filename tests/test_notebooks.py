@@ -70,8 +70,20 @@ def test_notebook_runs_with_papermill_and_validates_with_nbval(path, tmp_path):
 
 def _render_every_figure(paper, measured):
     """Render each figure in English and Korean; fail on a missing glyph (tofu) or a blank canvas."""
+    import logging
     import warnings
 
+    class _Glyphs(logging.Handler):  # math text reports a missing glyph through logging
+        def __init__(self):
+            super().__init__()
+            self.missing = []
+
+        def emit(self, record):
+            if "does not have a glyph" in record.getMessage():
+                self.missing.append(record.getMessage())
+
+    handler = _Glyphs()
+    logging.getLogger("matplotlib").addHandler(handler)
     done = []
     for name in figures.plot_functions(paper):
         for lang in figures.LANGS:
@@ -83,4 +95,6 @@ def _render_every_figure(paper, measured):
             assert pixels.std() > 5, f"{name} ({lang}) is blank"
             plt.close(fig)
             done.append((name, lang))
+            assert not handler.missing, f"{name} ({lang}): {handler.missing[0]}"
+    logging.getLogger("matplotlib").removeHandler(handler)
     return done
