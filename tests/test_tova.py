@@ -127,7 +127,7 @@ def test_tova_drops_lowest_head_averaged_score():
                          [0.30, 0.30, 0.10, 0.00, 0.30]],  # ... head 3's is token 3; the mean's is token 2
                         dtype=torch.float64)
     layer.observe(attn[None, :, None, :])  # B, H, T=1, S
-    assert layer.positions.tolist() == [[[0, 1, 3, 4], [0, 1, 3, 4]]]  # every KV head drops token 2
+    assert layer.positions.sort(dim=-1).values.tolist() == [[[0, 1, 3, 4], [0, 1, 3, 4]]]  # every KV head drops token 2
     assert layer.keys.shape == (1, 2, 4, 4)
 
 
@@ -137,7 +137,8 @@ def test_tova_may_drop_the_new_token_and_pins_nothing():
     assert layer.positions[0, 0].tolist() == [0, 1, 2]  # the new token (3) had the lowest score
     layer.update(torch.randn(1, 2, 1, 4, dtype=torch.float64), torch.randn(1, 2, 1, 4, dtype=torch.float64))
     layer.observe(torch.tensor([0.01, 0.5, 0.4, 0.09], dtype=torch.float64).expand(1, 4, 1, 4))
-    assert layer.positions[0, 0].tolist() == [1, 2, 4]  # the first token is not pinned
+    assert sorted(layer.positions[0, 0].tolist()) == [1, 2, 4]  # the first token is not pinned
+    assert layer.keys.shape == (1, 2, 3, 4)
 
 
 def test_tova_cuts_a_long_prompt_in_one_shot_by_the_last_query():

@@ -135,7 +135,7 @@ class BoundedLayer(DynamicLayer):
         """Called by the hook of :func:`attach` with the layer's attention weights (``B, H, T, S``)."""
 
     def keep(self, index: torch.Tensor) -> None:
-        """Keep the stored slots ``index`` (``B, Hk, C``, ascending) of every head."""
+        """Keep the stored slots ``index`` (``B, Hk, C``) of every head."""
         D = self.keys.shape[-1]
         gather = index.unsqueeze(-1).expand(-1, -1, -1, D)  # B, Hk, C, D
         self.keys = self.keys.gather(2, gather)
@@ -224,9 +224,23 @@ class TOVALayer(BoundedLayer):
         if S <= C:
             return
         score = attn_weights[:, :, -1, :].mean(dim=1)  # B, S: last query, mean over heads
-        keep = score.topk(C, dim=-1).indices.sort(dim=-1).values  # B, C: original order
         B, Hk, _ = self.positions.shape
+        if S == C + 1:  # one new token: drop the lowest; the newest moves into its slot (no copy of the state)
+            self._drop_one(score.argmin(dim=-1))
+            return
+        keep = score.topk(C, dim=-1).indices.sort(dim=-1).values  # B, C: original order
         self.keep(keep.unsqueeze(1).expand(B, Hk, C))  # B, Hk, C: same tokens in every KV head
+
+    def _drop_one(self, drop: torch.Tensor) -> None:
+        """Evict slot ``drop[b]`` of row b in every KV head: the last slot's token is moved there."""
+        C = self.budget
+        B, Hk, _, D = self.keys.shape
+        slot = drop.view(B, 1, 1).expand(B, Hk, 1)  # B, Hk, 1
+        self.positions.scatter_(2, slot, self.positions[:, :, C:].clone())
+        slot = slot.unsqueeze(-1).expand(B, Hk, 1, D)  # B, Hk, 1, D
+        self.keys.scatter_(2, slot, self.keys[:, :, C:].clone())
+        self.values.scatter_(2, slot, self.values[:, :, C:].clone())
+        self.keys, self.values, self.positions = self.keys[:, :, :C], self.values[:, :, :C], self.positions[:, :, :C]
 
 
 class H2OLayer(BoundedLayer):
