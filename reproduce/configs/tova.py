@@ -52,4 +52,10 @@ SPEC = PaperSpec(
             "gen_new_tokens": 128,
         },
     },
+    artifacts={
+        "Figure 3": "1. Perplexity vs C",
+        "App. E": "1b. App. E == streaming",
+        "Table 1": "2. Resources",
+        "§6 / Figure 8": "3. What TOVA keeps",
+    },
 )
