@@ -79,4 +79,11 @@ SPEC = PaperSpec(
             "seeds": [0], "variants": ["transformer", "retnet"],
         },
     },
+    artifacts={
+        "§2.1 eqs. (5)-(7)": "1. Forms agree",
+        "Figure 6": "2. Inference cost",
+        "Table 4": "3. Training cost",
+        "Table 5": "4. Language modelling",
+        "Table 6": "5. Ablations",
+    },
 )
