@@ -401,3 +401,34 @@ def test_recipe_refuses_nonsense():
         Recipe(steps=0, batch_tokens=100)
     with pytest.raises(ValueError, match="lr_scale"):
         Recipe(steps=1, batch_tokens=100, lr_scale=0.0)
+
+
+def _tiny_translation_data():
+    from reproduce.data import de_en
+    from reproduce.transformer import experiments as ex
+
+    words = ["house", "tree", "dog", "cat", "car", "book", "rule", "town"]
+    german = ["Haus", "Baum", "Hund", "Katze", "Auto", "Buch", "Regel", "Stadt"]
+    pairs = [de_en.Pair(f"The {a} sees the {b}.", f"Das {c} sieht das {d}.")
+             for (a, c) in zip(words, german) for (b, d) in zip(words, german)]
+    corpus = de_en.Corpus(pairs[:48], pairs[48:56], pairs[56:], {"tiny": 48})
+    tok = de_en.train_tokenizer(de_en.corpus_texts(corpus.train), 80)
+    return ex.TranslationData(tok, ex.encode_pairs(tok, corpus.train, 100), ex.encode_pairs(tok, corpus.dev, 100),
+                              ex.encode_pairs(tok, corpus.test, 100), corpus)
+
+
+def test_table3_runs_do_not_depend_on_the_number_of_workers(tmp_path, monkeypatch):
+    """Each (row, seed) run seeds itself: two worker processes give the same numbers as one process."""
+    from reproduce.transformer import experiments as ex
+
+    monkeypatch.setenv("REPRODUCE_CACHE", str(tmp_path))
+    data = _tiny_translation_data()
+    base = TransformerConfig(vocab_size=data.vocab_size, n_layers=1, d_model=16, d_ff=32, n_heads=4, max_len=64)
+    recipe = ex.Recipe(steps=3, batch_tokens=120, warmup=2)
+    rows, seeds = ["base", "A: h=1"], [0, 1]
+    one = ex.run_table3_rows(rows, seeds, base, data, recipe, beam=2, alpha=0.6, device="cpu", workers=1)
+    two = ex.run_table3_rows(rows, seeds, base, data, recipe, beam=2, alpha=0.6, device="cpu", workers=2)
+    assert [(r.row, r.seed) for r in one] == [("base", 0), ("base", 1), ("A: h=1", 0), ("A: h=1", 1)]
+    key = lambda r: (r.row, r.seed, r.params, r.dev_ppl, r.dev_bleu, r.train_loss)  # noqa: E731
+    assert [key(r) for r in two] == [key(r) for r in one]
+    assert one[0].dev_ppl != one[1].dev_ppl  # the seed really changes the run

@@ -15,7 +15,7 @@ import math
 import random
 import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -367,3 +367,34 @@ def run_table3_row(
         row, recipe.seed, sum(p.numel() for p in trained.model.parameters()), perplexity(trained.model, data.dev),
         dev_bleu, sum(trained.losses[-10:]) / len(trained.losses[-10:]), trained.wall_time_s,
     )
+
+
+def _row_worker_init(threads: int) -> None:
+    torch.set_num_threads(threads)  # one process per core: intra-op threads would fight over the cores
+
+
+def _run_row_job(job: tuple) -> RowResult:
+    return run_table3_row(*job)
+
+
+def run_table3_rows(
+    rows: Sequence[str], seeds: Sequence[int], base: TransformerConfig, data: TranslationData, recipe: Recipe,
+    beam: int, alpha: float, device: str, workers: int = 1,
+) -> list[RowResult]:
+    """Every (row, seed) run of Table 3, in that order; ``workers > 1`` trains them in that many processes.
+
+    Each run seeds itself from ``seed`` alone and runs single-threaded in its worker, so a run's
+    numbers do not depend on ``workers`` (tested) — only the wall time does.
+    """
+    jobs = [(row, base, data, replace(recipe, seed=seed), beam, alpha, device) for row in rows for seed in seeds]
+    if workers <= 1 or len(jobs) <= 1:
+        return [_run_row_job(job) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")  # a fork of a process with live torch threads can deadlock
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_row_worker_init,
+                             initargs=(1,)) as pool:
+        futures = [pool.submit(_run_row_job, job) for job in jobs]
+        done = tqdm(futures, desc=f"Table 3 ({workers} workers)", leave=False)
+        return [f.result() for f in done]

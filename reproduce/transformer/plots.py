@@ -42,6 +42,7 @@ KO = {
     "Dev perplexity (ours)": "개발셋 퍼플렉서티 (우리)",
     "Dev perplexity (paper)": "개발셋 퍼플렉서티 (논문)",
     "Dev BLEU (ours)": "개발셋 BLEU (우리)",
+    "each seed": "시드별 값",
     "Dev BLEU (paper)": "개발셋 BLEU (논문)",
     "Table 3 variations": "표 3 변형",
     "Decoder-encoder attention, last layer": "디코더-인코더 어텐션, 마지막 층",
@@ -177,6 +178,9 @@ def plot_table3(measured, lang="en"):
         (axes[1], "dev_bleu", "paper_bleu", "Dev BLEU (ours)", "Dev BLEU (paper)"),
     ):
         ax.bar(x, [table[r][ours_key] for r in rows], color=figures.PALETTE[0], label=_(ours_label))
+        seeds = [(i, v) for i, r in enumerate(rows) for v in table[r].get(f"{ours_key}_per_seed", [])]
+        if any(len(table[r].get(f"{ours_key}_per_seed", [])) > 1 for r in rows):  # the spread over seeds
+            ax.plot([i for i, _v in seeds], [v for _i, v in seeds], "o", ms=3, color="black", label=_("each seed"))
         ax.set_ylabel(_(ours_label))
         twin = ax.twinx()
         twin.plot(x, [table[r][paper_key] for r in rows], "D", color=figures.PALETTE[1], label=_(paper_label))
