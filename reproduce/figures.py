@@ -172,7 +172,7 @@ def render_all(lang: str = "en", profiles: tuple[str, ...] = ("gpu", "cpu"), pap
 
     written = []
     for paper in papers or available_papers():
-        record = next((r for p in profiles if (r := results.load(paper, p)) is not None), None)
+        record = results.load_first(paper, profiles)
         if record is None:
             continue
         for name in plot_functions(paper):

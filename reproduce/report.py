@@ -98,11 +98,8 @@ def best_records(profiles: tuple[str, ...] = REAL_PROFILES, root: Path | None = 
     root = root or results_dir()
     papers = sorted({p.name for p in root.iterdir() if p.is_dir()}) if root.exists() else []
     for paper in papers:
-        for profile in profiles:
-            record = results.load(paper, profile, root=root)
-            if record is not None:
-                chosen.append(record)
-                break
+        if (record := results.load_first(paper, profiles, root)) is not None:
+            chosen.append(record)
     return chosen
 
 

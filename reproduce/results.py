@@ -262,6 +262,11 @@ def load(paper: str, profile: str, root: Path | None = None) -> dict[str, Any] |
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def load_first(paper: str, profiles: tuple[str, ...], root: Path | None = None) -> dict[str, Any] | None:
+    """The record of the first profile in ``profiles`` that ``paper`` has results for (``None`` if none)."""
+    return next((r for profile in profiles if (r := load(paper, profile, root)) is not None), None)
+
+
 def load_all(root: Path | None = None) -> list[dict[str, Any]]:
     """Every saved record under the results folder, sorted by paper and profile."""
     root = root or results_dir()

@@ -133,3 +133,13 @@ def test_nan_measurements_are_stored_as_null(output_dir):
     run.record("x", float("nan"))
     data = json.loads(run.save().read_text())
     assert data["measured"]["x"] is None
+
+
+def test_load_first_takes_the_first_profile_with_results(tmp_path):
+    for profile in ("cpu", "smoke"):
+        (tmp_path / "pipeline").mkdir(exist_ok=True)
+        (tmp_path / "pipeline" / f"{profile}.json").write_text(json.dumps({"profile": profile}))
+    assert results.load_first("pipeline", ("gpu", "cpu", "smoke"), tmp_path)["profile"] == "cpu"
+    assert results.load_first("pipeline", ("smoke", "cpu"), tmp_path)["profile"] == "smoke"
+    assert results.load_first("pipeline", ("gpu",), tmp_path) is None
+    assert results.load_first("nosuchpaper", ("cpu",), tmp_path) is None
