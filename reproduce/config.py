@@ -15,7 +15,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,6 +149,9 @@ class PaperSpec:
     # The paper's key artifacts and the notebook section that reproduces each, in reading order
     # ({"Table 1": "2. Table 1 measured"}); the report lists the ones no run has produced yet.
     artifacts: dict[str, str] = field(default_factory=dict)
+    # Checks across parameters, run after every value is valid on its own: each takes the resolved
+    # values and returns None, or a one-line message naming the parameters and the fix.
+    checks: tuple[Callable[[Mapping[str, Any]], str | None], ...] = ()
 
     def __post_init__(self) -> None:
         missing = set(PROFILES) - set(self.profiles)
@@ -165,6 +168,18 @@ class PaperSpec:
                 schema[key].coerce(key, value)  # the profiles themselves must be valid
         for key, p in schema.items():
             p.coerce(key, p.default)
+        for profile, values in self.profiles.items():
+            problem = self.check({k: values.get(k, p.default) for k, p in schema.items()})
+            if problem:
+                raise TypeError(f"{self.name}: profile {profile!r}: {problem}")
+
+    def check(self, values: Mapping[str, Any]) -> str | None:
+        """The first message of ``checks`` on ``values``, or None when they all pass."""
+        for check in self.checks:
+            problem = check(values)
+            if problem:
+                return problem
+        return None
 
     @property
     def schema(self) -> dict[str, Param]:
@@ -274,6 +289,9 @@ def resolve(paper: str, profile: str = "smoke", overrides: Mapping[str, Any] | N
     for key, p in schema.items():
         raw = overrides.get(key, spec.profiles[profile].get(key, p.default))
         values[key] = p.coerce(key, raw)
+    problem = spec.check(values)
+    if problem:
+        raise ParamError(problem)
     return Params(paper, profile, values, {k: values[k] for k in overrides})
 
 

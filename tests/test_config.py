@@ -68,6 +68,20 @@ def test_a_spec_refuses_invalid_profiles_and_reserved_names():
         PaperSpec("x", "x.ipynb", "x", {"seed": Param("int", 1, "a")}, {"smoke": {}, "cpu": {}, "gpu": {}})
 
 
+def test_cross_parameter_checks_refuse_overrides_and_profiles_in_one_line(monkeypatch):
+    def lo_below_hi(values):
+        return None if values["lo"] < values["hi"] else f"parameter 'lo' ({values['lo']}) must be below 'hi' ({values['hi']})"
+
+    params = {"lo": Param("int", 1, "lo"), "hi": Param("int", 5, "hi")}
+    with pytest.raises(TypeError, match="profile 'cpu': parameter 'lo'"):
+        PaperSpec("x", "x.ipynb", "x", params, {"smoke": {}, "cpu": {"lo": 9}, "gpu": {}}, checks=(lo_below_hi,))
+    spec = PaperSpec("crosscheck", "x.ipynb", "x", params, {"smoke": {}, "cpu": {}, "gpu": {}}, checks=(lo_below_hi,))
+    monkeypatch.setitem(config._REGISTRY.specs, "crosscheck", spec)  # registered for this test only
+    assert config.resolve("crosscheck", "smoke", {"lo": 2}).lo == 2
+    with pytest.raises(ParamError, match=r"^parameter 'lo' \(7\) must be below 'hi' \(5\)$"):
+        config.resolve("crosscheck", "smoke", {"lo": 7})
+
+
 @pytest.mark.parametrize("paper", config.available_papers())
 def test_every_paper_spec_is_valid_and_its_notebook_exists(paper):
     spec = config.get_spec(paper)

@@ -197,6 +197,7 @@ def test_one_hf_flava_for_pretraining_step_on_our_batches_yields_all_six_losses(
     ("MIM", {"mim"}), ("MLM", {"mlm"}), ("FLAVA_C", {"global_contrastive"}),
     ("FLAVA_MM", {"global_contrastive", "itm", "mmm_image", "mmm_text"}),
     ("FLAVA", {"mim", "mlm", "global_contrastive", "itm", "mmm_image", "mmm_text"}),
+    (M.INIT_ROW, {"mim", "mlm", "global_contrastive", "itm", "mmm_image", "mmm_text"}),
 ])
 def test_each_ablation_row_turns_on_exactly_its_losses(sampler, row_name, expected):
     row = M.table3_rows()[row_name]
@@ -240,6 +241,142 @@ def test_patchify_order_matches_the_vit_patch_grid():
     p = M.patchify(x, 8)  # (2, 4, 192)
     assert torch.equal(p[1, 1].view(3, 8, 8), x[1, :, 0:8, 8:16])  # patch 1 = top row, second column
     assert torch.equal(p[0, 2].view(3, 8, 8), x[0, :, 8:16, 0:8])
+
+
+# --------------------------------------------------------------- Table 3, row 6: unimodal initialisation
+def _state(model, paths) -> dict[str, torch.Tensor]:
+    return {f"{path}.{k}": v for path in paths for k, v in model.get_submodule(path).state_dict().items()}
+
+
+def _assert_same_state(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys() and a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _trained_like(seed: int, shift: float):
+    """A model standing in for a trained row: seed ``seed``'s weights, every parameter moved by ``shift``."""
+    model = M.build_model(TINY, seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(shift)
+    return model
+
+
+def test_row6_is_row5_with_init_from_the_mim_and_mlm_rows():
+    rows = M.table3_rows()
+    six, five = rows[M.INIT_ROW], rows["FLAVA"]
+    assert (six.objectives, six.sources, six.domains) == (five.objectives, five.sources, five.domains)
+    assert six.init == {"image": "MIM", "text": "MLM"} and not five.init
+
+
+def test_row6_init_copies_the_trained_image_and_text_encoders_before_training():
+    mim, mlm = _trained_like(0, 0.5), _trained_like(0, -0.25)
+    trained = {("MIM", "image", 0): M.encoder_state(mim, "image"), ("MLM", "text", 0): M.encoder_state(mlm, "text")}
+    model = E.build_row_model(TINY, M.table3_rows()[M.INIT_ROW], 0, trained)
+    fresh = M.build_model(TINY, 0)
+    image, text = M.INIT_PARTS["image"], M.INIT_PARTS["text"]
+    _assert_same_state(_state(model, image), _state(mim, image))  # image encoder + MIM head from the MIM row
+    _assert_same_state(_state(model, text), _state(mlm, text))  # text encoder + MLM head from the MLM row
+    rest = ("flava.multimodal_model", "flava.image_projection", "flava.text_projection", "flava.image_to_mm_projection",
+            "flava.text_to_mm_projection", "itm_head", "mmm_image_head", "mmm_text_head")
+    _assert_same_state(_state(model, rest), _state(fresh, rest))  # everything else: the row's own random init
+    assert not torch.equal(model.flava.image_model.embeddings.cls_token, fresh.flava.image_model.embeddings.cls_token)
+    assert torch.equal(model.flava.logit_scale, fresh.flava.logit_scale)
+
+
+def test_the_ablation_trains_row6_from_the_same_seeds_trained_mim_and_mlm_rows(monkeypatch):
+    """run_ablation's wiring, with training stubbed: each row's "training" moves every weight by a
+    row- and seed-specific amount, and row 6 must start from the MIM/MLM rows' weights of its seed."""
+    from reproduce import config
+
+    params = config.resolve("flava", "smoke", {"rows": [M.INIT_ROW, "MIM", "FLAVA_C", "MLM"], "seeds": [3, 4]})
+    shift = {name: i + 1.0 for i, name in enumerate(params.rows)}
+    after, before = {}, {}
+
+    def fake_pretrain(model, row, sampler, cfg, device):
+        before[(row.name, sampler_seed[0])] = {k: v.clone() for k, v in model.state_dict().items()}
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(shift[row.name] * 10 + sampler_seed[0])
+        after[(row.name, sampler_seed[0])] = {k: v.clone() for k, v in model.state_dict().items()}
+        return {"total": [1.0]}
+
+    sampler_seed = [None]
+
+    class FakeSampler:
+        def __init__(self, data, sizes, batch_size, seed, *args):
+            sampler_seed[0] = seed
+
+    monkeypatch.setattr(E, "pretrain", fake_pretrain)
+    monkeypatch.setattr(E, "BatchSampler", FakeSampler)
+    monkeypatch.setattr(E, "evaluate", lambda model, row, ev, seed: {d: {"average": 50.0} for d in row.domains})
+    monkeypatch.setattr(E, "similarity_matrix", lambda model, ev: [[0.0]])
+    monkeypatch.setattr(E, "retrieval_examples", lambda model, ev, seed: [])
+    monkeypatch.setattr(E, "_windows", lambda values: values)
+    runs, _ = E.run_ablation(params, data=None, ev=type("Ev", (), {"retrieval_captions": ["c"]})(), device="cpu")
+
+    assert [(r.row, r.seed) for r in runs] == [(n, s) for n in params.rows for s in (3, 4)]  # reported in the asked order
+    for seed in (3, 4):
+        start = before[(M.INIT_ROW, seed)]
+        for part, source in (("image", "MIM"), ("text", "MLM")):
+            keys = [k for k in start if any(k.startswith(path + ".") for path in M.INIT_PARTS[part])]
+            assert keys
+            for k in keys:
+                assert torch.equal(start[k], after[(source, seed)][k]), (part, k)
+        mm = [k for k in start if k.startswith("flava.multimodal_model.")]
+        fresh = M.build_model(E.sizes_from(params), seed).state_dict()
+        assert all(torch.equal(start[k], fresh[k]) for k in mm)
+
+
+def test_row6_without_its_source_rows_is_refused_before_any_work():
+    from reproduce import config
+
+    for rows in ([M.INIT_ROW], ["MIM", M.INIT_ROW], ["FLAVA", M.INIT_ROW]):
+        with pytest.raises(config.ParamError, match=r"rows.*FLAVA\+init.*MIM.*MLM.*add them"):
+            config.resolve("flava", "cpu", {"rows": rows})
+    assert config.resolve("flava", "smoke", {"rows": ["MLM", "MIM", M.INIT_ROW]}).rows == ["MLM", "MIM", M.INIT_ROW]
+    with pytest.raises(ValueError, match="needs the trained parts"):
+        E.build_row_model(TINY, M.table3_rows()[M.INIT_ROW], 0, trained={})
+    with pytest.raises(ValueError, match="missing or form a cycle"):
+        E.training_order({M.INIT_ROW: M.table3_rows()[M.INIT_ROW]})
+    with pytest.raises(ValueError, match="unknown init parts"):
+        M.AblationRow("x", M.Objectives(gc=True), {"paired": 1.0}, (), init={"vision": "MIM"})
+    with pytest.raises(ValueError, match="must hold exactly"):
+        M.initialise_from(M.build_model(TINY, 0), {"image": {"flava.image_model": {}}})
+
+
+def _table(macros: dict[str, float]) -> dict:
+    return {n: {"vision": m, "language": m, "multimodal": m, "macro": m, "macro_std": 0.0, "seeds": 1} for n, m in macros.items()}
+
+
+@pytest.mark.parametrize("macros, expected", [
+    ({"FLAVA_C": 40, "FLAVA_MM": 45, "FLAVA": 44, M.INIT_ROW: 50},
+     {"table3_init_improves_full": True, "table3_full_best_macro": True}),
+    ({"FLAVA_C": 40, "FLAVA_MM": 45, "FLAVA": 44, M.INIT_ROW: 43},
+     {"table3_init_improves_full": False, "table3_full_best_macro": False}),
+    ({"FLAVA_C": 40, "FLAVA_MM": 45, "FLAVA": 46}, {"table3_full_best_macro": True}),  # row 6 not run: row 5 is "full"
+])
+def test_table3_claims_use_row6_as_full_flava_where_it_ran(macros, expected):
+    class Recorder:
+        claims = {}
+
+        def claim(self, id, **kw):
+            self.claims[id] = kw
+
+    run = Recorder()
+    ours = _table(macros)
+    seeds = [{"row": n, "seed": 0, **{d: m for d in E.DOMAINS}, "macro": m} for n, m in macros.items()]
+    E.add_table3_claims(run, ours, {n: {} for n in macros}, seeds)
+    from reproduce.results import evaluate
+
+    got = {k: evaluate(c["relation"], c["ours"], c["target"]) for k, c in run.claims.items() if k in expected}
+    assert got == expected
+    full = run.claims["table3_full_best_macro"]
+    assert full["ours"] == macros[M.INIT_ROW if M.INIT_ROW in macros else "FLAVA"]
+    assert full["target"] == max(v for k, v in macros.items() if k != (M.INIT_ROW if M.INIT_ROW in macros else "FLAVA"))
+    for c in run.claims.values():
+        assert bool(c["note"]) != evaluate(c["relation"], c["ours"], c["target"])  # a note exactly where a claim fails
 
 
 # --------------------------------------------------------------------------------------- evaluation
@@ -349,9 +486,11 @@ def test_flava_full_fails_fast_and_says_why_when_the_hub_is_offline(monkeypatch)
 
 def test_config_rows_match_the_model_and_bad_parameters_are_refused():
     from reproduce import config
-    from reproduce.configs.flava import TABLE3_ROWS
+    from reproduce.configs.flava import INIT_SOURCES, TABLE3_ROWS
 
     assert tuple(M.table3_rows()) == TABLE3_ROWS
+    assert {n: tuple(r.init.values()) for n, r in M.table3_rows().items() if r.init} == INIT_SOURCES
+    assert set(E.PAPER_TABLE3) == set(TABLE3_ROWS)
     params = config.resolve("flava", "cpu")
     assert E.sizes_from(params).grid == params.image_size // params.patch_size
     with pytest.raises(config.ParamError, match="rows"):
