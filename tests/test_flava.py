@@ -497,3 +497,183 @@ def test_config_rows_match_the_model_and_bad_parameters_are_refused():
         config.resolve("flava", "smoke", {"rows": ["FLAVA_X"]})
     with pytest.raises(ValueError, match="must be 1"):
         E.rows_from(config.resolve("flava", "smoke", {"p_text": 0.5}))
+
+
+# ------------------------------------------------------------------ PMD pairs from the hub (gpu profile)
+def _picture(width: int, height: int, colours: list[tuple[int, int, int]]):
+    """A PIL image of vertical stripes of equal width, one per colour."""
+    from PIL import Image
+
+    arr = np.zeros((height, width, 3), dtype=np.uint8)
+    for i, c in enumerate(colours):
+        arr[:, i * width // len(colours) : (i + 1) * width // len(colours)] = c
+    return Image.fromarray(arr)
+
+
+def _png(image) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+RED, BLUE, GREEN = (255, 0, 0), (0, 0, 255), (0, 255, 0)
+
+
+def test_pmd_rows_become_square_uint8_images_and_captions():
+    from reproduce.data import pmd
+
+    wide = _picture(48, 16, [RED, BLUE, GREEN])  # 16 px high: the centre crop keeps only the blue stripe
+    rows = [
+        {"image": wide, "text": "  a wide   picture ", "image_url": None},
+        {"image": None, "text": "no image and no link", "image_url": None},
+        {"image": wide, "text": "", "image_url": None},  # no caption: skipped
+        {"image": {"bytes": _png(_picture(40, 80, [GREEN]))}, "text": "stored as bytes", "image_url": None},
+        {"image": None, "text": "fetched from its link", "image_url": "http://pictures/red"},
+        {"image": wide, "text": "beyond n", "image_url": None},
+    ]
+    fetched = []
+
+    def fetch(url):
+        fetched.append(url)
+        return _png(_picture(20, 20, [RED]))
+
+    out = pmd.pairs_from_rows(rows, 3, 16, source="coco", fetch_url=fetch)
+    assert out.images.shape == (3, 16, 16, 3) and out.images.dtype == np.uint8
+    assert out.captions == ["a wide picture", "stored as bytes", "fetched from its link"]
+    assert out.sources == ["coco"] * 3 and fetched == ["http://pictures/red"]
+    assert (out.images[0] == BLUE).all() and (out.images[1] == GREEN).all() and (out.images[2] == RED).all()
+
+
+def test_pmd_rows_of_other_datasets_caption_lists_and_missing_columns():
+    from reproduce.data import pmd
+
+    rows = [{"img": _picture(8, 8, [RED]), "caption": ["", "the second caption", "a third"]}]
+    out = pmd.pairs_from_rows(rows, 5, 4)  # fewer rows than asked: what there is
+    assert out.captions == ["the second caption"] and out.images.shape == (1, 4, 4, 3)
+    with pytest.raises(KeyError, match="no caption column.*their columns: \\['image', 'label'\\]"):
+        pmd.pairs_from_rows([{"image": _picture(8, 8, [RED]), "label": 3}], 1, 4)
+    with pytest.raises(KeyError, match="no image column 'picture'"):
+        pmd.pairs_from_rows(rows, 1, 4, image_field="picture")
+    with pytest.raises(ValueError, match="n >= 1"):
+        pmd.pairs_from_rows(rows, 0, 4)
+
+
+def _pmd_like_parquet(path, shades: list[int | None], captions: list[str]) -> None:
+    """A Parquet file laid out as the hub stores image datasets (an Image column, PMD's columns);
+    a shade of None is a row whose image is only a link."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    images = [None if v is None else {"bytes": _png(_picture(30, 20, [(v, v, v)])), "path": None} for v in shades]
+    urls = [f"http://pictures/{i}" if v is None else None for i, v in enumerate(shades)]
+    table = pa.table({"image": pa.array(images, type=image), "text": captions, "image_url": urls})
+    features = {"image": {"_type": "Image"}, "text": {"dtype": "string", "_type": "Value"},
+                "image_url": {"dtype": "string", "_type": "Value"}}
+    pq.write_table(table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})}), path)
+
+
+def test_pmd_hub_pairs_streams_each_subset_with_datasets(tmp_path, monkeypatch):
+    """hub_pairs end to end through ``datasets`` streaming, the hub replaced by local Parquet files."""
+    datasets = pytest.importorskip("datasets")
+    import reproduce.runtime
+    from reproduce.data import pmd
+
+    _pmd_like_parquet(tmp_path / "coco.parquet", [10, 20, 30], ["c one", "c two", "c three"])
+    _pmd_like_parquet(tmp_path / "sbu.parquet", [None, 50, 60], ["s linked", "s two", "s three"])
+    load = datasets.load_dataset
+    opened = []
+
+    def from_disk(dataset_id, config, split, streaming):
+        opened.append((dataset_id, config, split, streaming))
+        return load("parquet", data_files=str(tmp_path / f"{config}.parquet"), split="train", streaming=True)
+
+    monkeypatch.setattr(reproduce.runtime, "hub_offline", lambda *a, **k: False)
+    monkeypatch.setattr(datasets, "load_dataset", from_disk)
+    monkeypatch.setattr(pmd, "fetch_image_bytes", lambda url: _png(_picture(8, 8, [(99, 99, 99)])))
+    out = pmd.hub_pairs("facebook/pmd", ["coco", "sbu"], 5, 16, seed=0)
+    assert opened == [("facebook/pmd", "coco", "train", True), ("facebook/pmd", "sbu", "train", True)]
+    assert out.images.shape == (5, 16, 16, 3) and out.sources == ["coco"] * 3 + ["sbu"] * 2  # 5 shared 3 + 2
+    shade = {c: int(img[0, 0, 0]) for c, img in zip(out.captions, out.images)}
+    assert {shade[c] for c in ("c one", "c two", "c three")} == {10, 20, 30}
+    assert all(shade[c] == {"s linked": 99, "s two": 50, "s three": 60}[c] for c in out.captions if c.startswith("s "))
+    with pytest.raises(ValueError, match="gave 3 usable pairs, fewer than the 4"):
+        pmd.hub_pairs("facebook/pmd", ["coco", "sbu"], 8, 16)
+
+
+def test_pmd_offline_fails_at_once_naming_the_offline_alternative(monkeypatch):
+    import time
+
+    from reproduce.data import pmd
+    from reproduce.data.text import HubDatasetOffline
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(HubDatasetOffline, match="facebook/pmd.*offline.*pairs_source='scenes' \\(profile=cpu\\)"):
+        pmd.hub_pairs("facebook/pmd", ["coco"], 10, 32)
+    assert time.perf_counter() - start < 2
+
+
+def test_pmd_without_datasets_says_how_to_install(monkeypatch):
+    import sys
+
+    import reproduce.runtime
+    from reproduce.data import pmd
+
+    monkeypatch.setattr(reproduce.runtime, "hub_offline", lambda *a, **k: False)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    with pytest.raises(ImportError, match="pip install datasets"):
+        pmd.hub_pairs("facebook/pmd", ["coco"], 10, 32)
+
+
+def test_pmd_that_cannot_be_opened_says_what_to_check(monkeypatch):
+    import sys
+    import types
+
+    import reproduce.runtime
+    from reproduce.data import pmd
+
+    def refuse(*args, **kwargs):
+        raise FileNotFoundError("Dataset 'facebook/pmd' is a gated dataset on the Hub")
+
+    monkeypatch.setattr(reproduce.runtime, "hub_offline", lambda *a, **k: False)
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=refuse))
+    with pytest.raises(RuntimeError, match=r"cannot stream facebook/pmd \(coco\).*gated.*hf auth login.*pairs_source='scenes'"):
+        pmd.hub_pairs("facebook/pmd", ["coco"], 10, 32)
+
+
+def test_pairs_source_parameters_and_profiles():
+    from reproduce import config
+
+    assert config.resolve("flava", "gpu").pairs_source == "pmd"
+    assert config.resolve("flava", "cpu").pairs_source == config.resolve("flava", "smoke").pairs_source == "scenes"
+    from reproduce.configs.flava import PMD_DATASET
+    from reproduce.data import pmd
+
+    assert config.resolve("flava", "gpu").pmd_dataset == PMD_DATASET == pmd.PMD_DATASET
+    with pytest.raises(config.ParamError, match="pairs_source.*'scenes', 'pmd'"):
+        config.resolve("flava", "cpu", {"pairs_source": "web"})
+    with pytest.raises(config.ParamError, match="pmd_subsets"):
+        config.resolve("flava", "cpu", {"pmd_subsets": "coco"})
+
+
+def test_pretraining_data_from_hub_pairs_keeps_them_and_draws_other_captions_as_itm_negatives():
+    from reproduce.data import pmd
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(40, 32, 32, 3), dtype=np.uint8)
+    captions = [f"photo number {i // 2} of the set" for i in range(40)]  # pairs of equal captions
+    pairs = pmd.ImageCaptionPairs(images, captions, ["coco"] * 40)
+    texts = E.TextSources(pretrain=[f"{c} and more words." for c in captions], austen_heldout=[], melville_heldout=[])
+    data = E.build_pretrain_data(TINY, n_pairs=999, n_images=16, n_text=16, emoji_prob=0.0, seed=0, texts=texts, pairs=pairs)
+    assert data.captions == captions and data.paired_images is images and len(data.paired_tokens) == 40
+    negatives = [data.tokenizer.decode(ids, skip_special_tokens=True) for ids in data.negative_ids]
+    assert all(neg != cap for neg, cap in zip(negatives, captions)) and set(negatives) <= set(captions)
+    batch = E.BatchSampler(data, TINY, batch_size=8, seed=0).paired()
+    assert batch.pixel_values.shape == (8, 3, 32, 32)
+    with pytest.raises(ValueError, match="image_size"):
+        E.build_pretrain_data(TINY, 0, 16, 16, 0.0, 0, texts, pairs=pmd.ImageCaptionPairs(images[:, :16, :16], captions, ["x"] * 40))

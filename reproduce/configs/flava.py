@@ -5,6 +5,8 @@ from reproduce.config import Param, PaperSpec
 TABLE3_ROWS = ("MIM", "MLM", "FLAVA_C", "FLAVA_MM", "FLAVA", "FLAVA+init")  # = reproduce.flava.model.table3_rows() (tested)
 # Row 6 starts from the trained encoders of other rows of the same seed (= the rows' ``init``, tested)
 INIT_SOURCES = {"FLAVA+init": ("MIM", "MLM")}
+PAIRS_SOURCES = ("scenes", "pmd")
+PMD_DATASET = "facebook/pmd"  # = reproduce.data.pmd.PMD_DATASET (tested)
 
 
 def _init_rows_have_their_sources(values) -> str | None:
@@ -37,10 +39,16 @@ SPEC = PaperSpec(
         "vocab_size": Param("int", 8000, "WordPiece vocabulary learnt on our text (paper's BERT: 30,522)", min=64, max=50_000),
         "max_text_len": Param("int", 32, "text tokens (paper: 77; our captions are <= 20 tokens)", min=8, max=512),
         # data
-        "n_pairs": Param("int", 100_000, "generated image-caption pairs (paper's PMD: 70M)", min=16),
+        "n_pairs": Param("int", 100_000, "pretraining image-caption pairs, generated or streamed (paper's PMD: 70M)", min=16),
         "n_images": Param("int", 20_000, "unimodal images besides the emoji (paper: ImageNet-1k)", min=16),
         "n_text": Param("int", 20_000, "unimodal sentences from the novels (paper: CCNews + BookCorpus)", min=16),
         "emoji_prob": Param("float", 0.2, "probability that a scene object is an emoji", min=0.0, max=1.0),
+        "pairs_source": Param("str", "scenes", "pretraining image-caption pairs: generated scenes (offline) or PMD "
+                              "subsets streamed from the Hugging Face hub", choices=PAIRS_SOURCES),
+        "pmd_dataset": Param("str", PMD_DATASET, "hub dataset of pairs_source='pmd': PMD, or any hub dataset "
+                             "with an image column and a caption column"),
+        "pmd_subsets": Param("list[str]", ["coco", "localized_narratives"], "configs of pmd_dataset to stream, "
+                             "n_pairs shared equally ([] = its default config)"),
         # pretraining (Table A.2)
         "rows": Param("list[str]", list(TABLE3_ROWS), "Table 3 rows to train (FLAVA+init needs MIM and MLM)",
                        choices=TABLE3_ROWS, min_len=1),
@@ -76,7 +84,8 @@ SPEC = PaperSpec(
             "try_flava_full": False,
             "threads": 1,  # measured: 2 threads on 2 cores shared with other jobs ran 10-20x slower (OpenMP spinning)
         },
-        "gpu": {  # ViT-B/16 sizes (Table A.1) on generated data: PMD itself is not wired in (see the notebook)
+        "gpu": {  # ViT-B/16 sizes (Table A.1); pairs streamed from PMD subsets on the hub
+            "pairs_source": "pmd",
             "n_pairs": 30_000, "n_images": 10_000,  # 224 px uint8: 4.5 GB + 1.5 GB in memory
             "codebook_size": 1024,  # k-means with 8,192 centroids on 768-d patches is too slow to fit once per run
         },

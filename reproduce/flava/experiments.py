@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from reproduce.data import novels, scenes
+from reproduce.data import novels, pmd, scenes
 from reproduce.flava import model as M
 
 SOURCES = ("paired", "images", "text")
@@ -105,17 +105,42 @@ class PretrainData:
     emojis: dict | None
 
 
-def build_pretrain_data(sizes: M.FlavaSizes, n_pairs: int, n_images: int, n_text: int, emoji_prob: float,
-                        seed: int, texts: TextSources | None = None) -> PretrainData:
-    """Scenes (+ emoji) pairs, unimodal scene/emoji images and novel sentences; tokenizers fitted here.
+def other_captions(captions: list[str], rng: np.random.Generator, tries: int = 20) -> list[str]:
+    """For each caption, the caption of another random pair that reads differently: the ITM negatives
+    of hub pairs, which have no one-attribute swaps (falls back to any other caption after ``tries``)."""
+    n, out = len(captions), []
+    if n < 2:
+        raise ValueError("ITM negatives need at least two pairs")
+    for i, caption in enumerate(captions):
+        for _ in range(tries):
+            j = int((i + rng.integers(1, n)) % n)  # never i itself
+            if captions[j] != caption:
+                break
+        out.append(captions[j])
+    return out
 
-    The WordPiece vocabulary is learnt on the pretraining captions and text; the VQ codebook on the
-    pretraining images. Both stay frozen afterwards.
+
+def build_pretrain_data(sizes: M.FlavaSizes, n_pairs: int, n_images: int, n_text: int, emoji_prob: float,
+                        seed: int, texts: TextSources | None = None, pairs: pmd.ImageCaptionPairs | None = None
+                        ) -> PretrainData:
+    """Paired data, unimodal scene/emoji images and novel sentences; tokenizers fitted here.
+
+    The pairs are ``n_pairs`` generated scenes (+ emoji), with one-attribute swaps as hard ITM
+    negatives, unless ``pairs`` (e.g. PMD from ``reproduce.data.pmd.hub_pairs``) are given; those have
+    the captions of other pairs as their ITM negatives. The WordPiece vocabulary is learnt on the
+    pretraining captions and text; the VQ codebook on the paired images. Both stay frozen afterwards.
     """
     s = sizes.image_size
     emojis = scenes.emoji_bank(s) if emoji_prob > 0 else None
     sampler = scenes.SceneSampler("train", emoji_prob=emoji_prob, emoji_names=tuple(emojis or ()))
-    pairs = scenes.make_scenes(n_pairs, s, seed, sampler, emojis)
+    if pairs is None:
+        generated = scenes.make_scenes(n_pairs, s, seed, sampler, emojis)
+        images, captions, negatives = generated.images, generated.captions, generated.negatives
+    else:
+        if pairs.images.shape[1:] != (s, s, 3):
+            raise ValueError(f"pairs hold {pairs.images.shape[1:]} images; image_size {s} needs ({s}, {s}, 3)")
+        images, captions = pairs.images, pairs.captions
+        negatives = other_captions(captions, np.random.default_rng(seed + 3))
     pool = scenes.make_scenes(n_images, s, seed + 1, sampler, emojis).images
     if emojis:  # the real-image complement: every emoji alone, as unimodal images too
         names = sorted(emojis)
@@ -123,13 +148,13 @@ def build_pretrain_data(sizes: M.FlavaSizes, n_pairs: int, n_images: int, n_text
     texts = texts or text_sources()
     rng = np.random.default_rng(seed)
     text = [texts.pretrain[i] for i in rng.choice(len(texts.pretrain), min(n_text, len(texts.pretrain)), replace=False)]
-    tokenizer = M.build_wordpiece(pairs.captions + pairs.negatives + text, sizes.vocab_size, sizes.max_text_len)
-    vq = M.PatchVQ.fit(to_pixels(pairs.images), sizes.patch_size, sizes.codebook_size, seed)
-    cap_ids, cap_mask = M.tokenize(tokenizer, pairs.captions, sizes.max_text_len)
-    neg_ids, neg_mask = M.tokenize(tokenizer, pairs.negatives, sizes.max_text_len)
+    tokenizer = M.build_wordpiece(captions + negatives + text, sizes.vocab_size, sizes.max_text_len)
+    vq = M.PatchVQ.fit(to_pixels(images), sizes.patch_size, sizes.codebook_size, seed)
+    cap_ids, cap_mask = M.tokenize(tokenizer, captions, sizes.max_text_len)
+    neg_ids, neg_mask = M.tokenize(tokenizer, negatives, sizes.max_text_len)
     text_ids, text_mask = M.tokenize(tokenizer, text, sizes.max_text_len)
-    return PretrainData(tokenizer, vq, pairs.images, _encode(vq, pairs.images), cap_ids, cap_mask, neg_ids, neg_mask,
-                        pairs.captions, pool, _encode(vq, pool), text_ids, text_mask, emojis)
+    return PretrainData(tokenizer, vq, images, _encode(vq, images), cap_ids, cap_mask, neg_ids, neg_mask,
+                        captions, pool, _encode(vq, pool), text_ids, text_mask, emojis)
 
 
 def _encode(vq: M.PatchVQ, images: np.ndarray, chunk: int = 2048) -> Tensor:
@@ -549,9 +574,18 @@ def rows_from(params) -> dict[str, M.AblationRow]:
 
 
 def prepare(params, texts: TextSources | None = None) -> tuple[PretrainData, EvalData]:
-    """Pretraining sources and held-out evaluation sets, built once for all rows and seeds."""
-    sizes, texts = sizes_from(params), texts or text_sources()
-    data = build_pretrain_data(sizes, params.n_pairs, params.n_images, params.n_text, params.emoji_prob, params.seed, texts)
+    """Pretraining sources and held-out evaluation sets, built once for all rows and seeds.
+
+    With ``pairs_source='pmd'`` the pairs are streamed from the hub (``reproduce.data.pmd``); the
+    evaluation stays on held-out scenes, MNIST and novels either way.
+    """
+    sizes = sizes_from(params)
+    pairs = None
+    if params.pairs_source == "pmd":  # first: offline, this fails at once, before any other work
+        pairs = pmd.hub_pairs(params.pmd_dataset, params.pmd_subsets, params.n_pairs, sizes.image_size, seed=params.seed)
+    texts = texts or text_sources()
+    data = build_pretrain_data(sizes, params.n_pairs, params.n_images, params.n_text, params.emoji_prob, params.seed,
+                               texts, pairs)
     return data, build_eval_data(data, sizes, params.n_probe, params.n_retrieval, params.seed, texts)
 
 
