@@ -408,6 +408,20 @@ def test_scenes_are_deterministic_by_seed():
     assert scenes.make_scenes(20, 32, 8).captions != a.captions
 
 
+def test_backgrounds_textured_once_per_tile_equal_the_per_image_texture():
+    """make_scenes crops each background from ``textured_backgrounds(tile)``; the former per-image
+    computation (crop the tile, add the colour, clip, convert) gives the same pixels."""
+    rng = np.random.default_rng(0)
+    tile = scenes.texture_tile(32, rng)
+    textured = scenes.textured_backgrounds(tile)
+    for background, colour in zip(textured, scenes.BACKGROUNDS):
+        for y, x in rng.integers(32, size=(5, 2)):
+            direct = np.clip(np.asarray(colour, np.float32) + tile[y : y + 32, x : x + 32], 0, 255).astype(np.uint8)
+            assert np.array_equal(np.asarray(background.crop((x, y, x + 32, y + 32))), direct)
+    scene, r1, r2 = scenes.SceneSampler().sample(rng), np.random.default_rng(5), np.random.default_rng(5)
+    assert np.array_equal(scenes.render(scene, 32, r1, tile=tile), scenes.render(scene, 32, r2, backgrounds=textured))
+
+
 def test_held_out_combinations_never_train_and_always_test():
     held = scenes.held_out_pairs()
     assert len(held) == len(scenes.SHAPES) and len({c for _, c in held}) == len(held)
