@@ -6,6 +6,8 @@ Keys read: ``objectives.illustration``, ``table3.ours``, ``table3.paper``, ``pre
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from reproduce import figures
@@ -121,9 +123,13 @@ def plot_losses(measured: dict, lang: str = "en"):
     _ = figures.translator(KO, lang)
     losses = measured["pretraining.losses"]  # row -> objective -> windowed means
     rows = list(losses)
-    fig, axes = figures.subplots(1, len(rows), height=3.2, sharey=False, squeeze=False)
+    ncols = len(rows) if len(rows) <= 4 else math.ceil(len(rows) / 2)  # six Table 3 rows: two rows of three panels
+    nrows = math.ceil(len(rows) / ncols)
+    fig, axes = figures.subplots(nrows, ncols, height=3.2 * nrows, sharey=False, squeeze=False)
+    for ax in axes.flat[len(rows):]:
+        ax.set_visible(False)
     colours = {name: figures.PALETTE[i] for i, name in enumerate(LOSS_ORDER)}
-    for ax, row in zip(axes[0], rows):
+    for k, (ax, row) in enumerate(zip(axes.flat, rows)):
         for name, values in losses[row].items():
             if name == "total":
                 continue
@@ -132,10 +138,12 @@ def plot_losses(measured: dict, lang: str = "en"):
             ok = np.isfinite(v)  # windows in which the row drew no batch carrying this loss
             ax.plot(x[ok], v[ok], marker=".", label=_(name), color=colours[name])
         ax.set_title(row, fontsize=10)
-        ax.set_xlabel(_("Training progress"), fontsize=9)
+        if k + ncols >= len(rows):  # the lowest panel of its column
+            ax.set_xlabel(_("Training progress"), fontsize=9)
+        if k % ncols == 0:
+            ax.set_ylabel(_("Loss"))
         ax.tick_params(labelsize=8)
-    axes[0, 0].set_ylabel(_("Loss"))
-    handles = {h.get_label(): h for ax in axes[0] for h in ax.get_lines()}
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_lines()}
     handles = {_(n): handles[_(n)] for n in LOSS_ORDER if _(n) in handles}
     fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=6, fontsize=8)
     return fig
