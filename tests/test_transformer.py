@@ -432,3 +432,35 @@ def test_table3_runs_do_not_depend_on_the_number_of_workers(tmp_path, monkeypatc
     key = lambda r: (r.row, r.seed, r.params, r.dev_ppl, r.dev_bleu, r.train_loss)  # noqa: E731
     assert [key(r) for r in two] == [key(r) for r in one]
     assert one[0].dev_ppl != one[1].dev_ppl  # the seed really changes the run
+
+
+def _t3_row(ppl: list[float], bleu: list[float], **extra) -> dict:
+    import statistics
+
+    return {"N": 2, "d_model": 64, "steps": 900, "batch_tokens": 1000, "seeds": list(range(len(ppl))),
+            "dev_ppl": statistics.fmean(ppl), "dev_ppl_per_seed": ppl, "dev_bleu": statistics.fmean(bleu),
+            "dev_bleu_per_seed": bleu, "train_loss": 5.0, **extra}
+
+
+def test_table3_claims_need_a_gap_beyond_the_seed_spread():
+    from reproduce import config, results
+    from reproduce.transformer import sections
+
+    run = results.Run(config.resolve("transformer", "smoke"))
+    sections._table3_claims(run, {
+        "base": _t3_row([99.0, 100.0], [0.9, 0.4]),
+        "A: h=1": _t3_row([104.0, 106.0], [0.5, 0.5]),  # gap 5.5 > spread 2: holds
+        "B: d_k/4": _t3_row([96.0, 110.0], [0.6, 0.6]),  # gap 3.5 < spread 14: does not hold
+        "D: ls=0.0": _t3_row([95.0, 96.0], [0.6, 0.6]),  # PPL gap 4 > 1 holds; BLEU gap 0.05 < 0.5 does not
+    })
+    got = {c.id: (c.passed, round(c.ours, 3), round(c.target, 3)) for c in run.claims}
+    assert got == {
+        "t3_one_head_worse": (True, 5.5, 2.0),
+        "t3_small_dk_hurts": (False, 3.5, 14.0),
+        "t3_ls_hurts_ppl": (True, 4.0, 1.0),
+        "t3_ls_helps_bleu": (False, 0.05, 0.5),
+    }
+    one_seed = results.Run(config.resolve("transformer", "smoke"))
+    sections._table3_claims(one_seed, {"base": _t3_row([99.0], [0.5]), "A: h=1": _t3_row([99.5], [0.5])})
+    (claim,) = one_seed.claims
+    assert claim.passed and claim.target == 0.0  # one seed: any gap > 0
