@@ -12,9 +12,15 @@ import random
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the functions that use it: the offline-hub check (``hub_offline``) must
+# answer in a fraction of a second, and importing torch alone takes 1-2 s.
 
 HUB_HOST = "huggingface.co"
 
@@ -33,6 +39,8 @@ class Runtime:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # also seeds every CUDA device
@@ -40,6 +48,8 @@ def seed_everything(seed: int) -> None:
 
 def pick_device(preference: str = "auto") -> torch.device:
     """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an error that says so."""
+    import torch
+
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if preference == "cuda" and not torch.cuda.is_available():
@@ -49,12 +59,16 @@ def pick_device(preference: str = "auto") -> torch.device:
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
+        import torch
+
         return torch.cuda.get_device_name(device)
     return f"CPU, {os.cpu_count()} cores"
 
 
 def set_threads(threads: int = 0) -> int:
     """Use ``threads`` CPU threads for torch (0 = every core); returns the number in use."""
+    import torch
+
     if threads > 0:
         torch.set_num_threads(threads)
     else:
@@ -86,6 +100,8 @@ def hub_offline(probe: bool = True, timeout: float = 1.5) -> bool:
 
 def setup(params, deterministic: bool = True) -> Runtime:
     """Seed, choose device and threads for one run; returns what was chosen."""
+    import torch
+
     seed_everything(params["seed"])
     device = pick_device(params["device"])
     if deterministic and device.type == "cpu":

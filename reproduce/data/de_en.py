@@ -197,7 +197,7 @@ def wmt14_corpus(max_train: int | None = None) -> Corpus:
     try:
         import datasets
     except ImportError as err:
-        raise ImportError("WMT14 needs the `datasets` library: pip install datasets") from err
+        raise ImportError("WMT14 needs the `datasets` library: pip install -e \".[gpu]\" (or pip install datasets)") from err
 
     def pairs(split: str, limit: int | None = None) -> list[Pair]:
         rows = datasets.load_dataset(WMT14_ID, "de-en", split=split)

@@ -158,8 +158,8 @@ def hub_dataset(
     """Texts of a Hugging Face dataset (e.g. ``"deepmind/pg19"``), streamed, for the gpu profile.
 
     Offline (``HF_HUB_OFFLINE=1``, or the hub does not answer within ~1.5 s) this raises
-    ``HubDatasetOffline`` at once, naming the packaged alternative. ``datasets`` is not a project
-    dependency: it is imported only here.
+    ``HubDatasetOffline`` at once, naming the packaged alternative. ``datasets`` comes with the
+    optional extra ``gpu`` (``pip install -e ".[gpu]"``) and is imported only here.
     """
     from reproduce.runtime import hub_offline
 
@@ -170,7 +170,7 @@ def hub_dataset(
     try:
         import datasets
     except ImportError as err:
-        raise ImportError(f"dataset {dataset_id!r} needs the `datasets` library: pip install datasets") from err
+        raise ImportError(f"dataset {dataset_id!r} needs the `datasets` library: pip install -e \".[gpu]\" (or pip install datasets)") from err
     data = datasets.load_dataset(dataset_id, config, split=split, streaming=streaming)
     return _texts(data, text_field, dataset_id)
 
