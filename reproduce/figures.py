@@ -23,7 +23,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import multiprocessing
+import os
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -161,22 +164,40 @@ def make(params, run, name: str, lang: str = "en"):
     return fig
 
 
-def render_all(lang: str = "en", profiles: tuple[str, ...] = ("gpu", "cpu"), papers: list[str] | None = None) -> list[Path]:
+_RECORDS: dict[str, dict] = {}  # paper -> the record render_all draws from (inherited by forked workers)
+
+
+def _render_saved(job: tuple[str, str, str]) -> Path:
+    paper, name, lang = job
+    record = _RECORDS[paper]
+    fig = render(paper, name, record["measured"], lang=lang)
+    try:
+        return save(fig, paper, name, profile=record["profile"], lang=lang)["png"]
+    finally:
+        plt.close(fig)
+
+
+def render_all(lang: str = "en", profiles: tuple[str, ...] = ("gpu", "cpu"), papers: list[str] | None = None,
+               workers: int = 0) -> list[Path]:
     """Re-render every paper's figures from its saved results (no re-training).
 
-    For each paper the first profile in ``profiles`` that has a results file is used. Returns the
-    PNG paths written.
+    For each paper the first profile in ``profiles`` that has a results file is used. Figures are
+    drawn by ``workers`` forked processes (0 = one per core; 1 = in this process). Returns the PNG
+    paths written, in paper and figure order.
     """
     from . import results
     from .config import available_papers
 
-    written = []
+    jobs = []
+    _RECORDS.clear()
     for paper in papers or available_papers():
         record = results.load_first(paper, profiles)
-        if record is None:
-            continue
-        for name in plot_functions(paper):
-            fig = render(paper, name, record["measured"], lang=lang)
-            written.append(save(fig, paper, name, profile=record["profile"], lang=lang)["png"])
-            plt.close(fig)
-    return written
+        if record is not None:
+            _RECORDS[paper] = record
+            jobs += [(paper, name, lang) for name in plot_functions(paper)]
+    workers = min(workers or os.cpu_count() or 1, len(jobs))
+    if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
+        return [_render_saved(job) for job in jobs]
+    # fork: the workers inherit the imported plotting modules and the loaded records for free
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(_render_saved, jobs))

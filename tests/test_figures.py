@@ -59,3 +59,19 @@ def test_smoke_figures_never_land_in_figures_folder(output_dir):
     with figures.style():
         paths = figures.save(_draw("t", "x"), "demo", "name", profile="smoke")
     assert paths["png"] == output_dir / "runs" / "figures" / "demo" / "name.png"
+
+
+def test_render_all_in_worker_processes_draws_the_same_figures(output_dir):
+    """``figures --lang ko`` draws in forked workers: the PNGs equal the ones drawn in-process."""
+    import shutil
+
+    from reproduce.paths import REPO_ROOT
+
+    (output_dir / "results" / "transformer").mkdir(parents=True)
+    shutil.copy(REPO_ROOT / "results" / "transformer" / "cpu.json", output_dir / "results" / "transformer" / "cpu.json")
+    one = figures.render_all(lang="ko", papers=["transformer"], workers=1)
+    first = {p: p.read_bytes() for p in one}
+    two = figures.render_all(lang="ko", papers=["transformer"], workers=2)
+    assert two == one and len(one) == len(figures.plot_functions("transformer"))
+    assert all(p.parent == output_dir / "figures" / "transformer" / "ko" for p in one)
+    assert {p: p.read_bytes() for p in two} == first
