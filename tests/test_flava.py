@@ -691,3 +691,26 @@ def test_pretraining_data_from_hub_pairs_keeps_them_and_draws_other_captions_as_
     assert batch.pixel_values.shape == (8, 3, 32, 32)
     with pytest.raises(ValueError, match="image_size"):
         E.build_pretrain_data(TINY, 0, 16, 16, 0.0, 0, texts, pairs=pmd.ImageCaptionPairs(images[:, :16, :16], captions, ["x"] * 40))
+
+
+def test_released_model_zero_shot_uses_its_own_processor_and_tokenizer(data):
+    """The gpu profile's facebook/flava-full row: with a processor that prepares pixels exactly as ours
+    (x / 127.5 - 1, no resize) and our tokenizer, ``released_zero_shot`` equals our retrieval path."""
+    from transformers import FlavaImageProcessor
+
+    model = M.build_model(TINY, seed=0).eval()
+    heldout = scenes.make_scenes(40, TINY.image_size, 7, scenes.SceneSampler("test"))
+    ids, mask = M.tokenize(data.tokenizer, heldout.captions, TINY.max_text_len)
+    ev = E.EvalData({}, {}, None, heldout.images, ids, mask, heldout.captions)
+    ours = E.retrieval_recalls(*E.contrastive_embeddings(model, heldout.images, ids, mask), heldout.captions)
+    as_ours = FlavaImageProcessor(do_resize=False, do_center_crop=False, rescale_factor=1 / 127.5,
+                                  image_mean=[1.0, 1.0, 1.0], image_std=[1.0, 1.0, 1.0])
+    from PIL import Image
+
+    pixels = as_ours(images=[Image.fromarray(x) for x in heldout.images], return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pixels, E.to_pixels(heldout.images))  # the processor really prepares pixels as ours
+    got = E.released_zero_shot(model, as_ours, data.tokenizer, ev, max_length=TINY.max_text_len)
+    assert got == ours and set(got) == {"TR R@1", "IR R@1", "TR R@5", "IR R@5"}
+    resized = FlavaImageProcessor(size={"height": 48, "width": 48}, crop_size={"height": TINY.image_size, "width": TINY.image_size})
+    other = E.released_zero_shot(model, resized, data.tokenizer, ev, max_length=TINY.max_text_len)
+    assert all(0.0 <= v <= 100.0 for v in other.values())
