@@ -346,8 +346,23 @@ def test_row6_without_its_source_rows_is_refused_before_any_work():
         M.initialise_from(M.build_model(TINY, 0), {"image": {"flava.image_model": {}}})
 
 
-def _table(macros: dict[str, float]) -> dict:
-    return {n: {"vision": m, "language": m, "multimodal": m, "macro": m, "macro_std": 0.0, "seeds": 1} for n, m in macros.items()}
+def _claims(per_seed: dict[str, list[float]]) -> dict:
+    """add_table3_claims on rows whose every domain and macro take the given per-seed values."""
+    import statistics
+
+    class Recorder:
+        def __init__(self):
+            self.claims = {}
+
+        def claim(self, id, **kw):
+            self.claims[id] = kw
+
+    run = Recorder()
+    ours = {n: {**{d: statistics.fmean(v) for d in (*E.DOMAINS, "macro")}, "macro_std": 0.0, "seeds": len(v)}
+            for n, v in per_seed.items()}
+    seeds = [{"row": n, "seed": i, **{d: m for d in E.DOMAINS}, "macro": m} for n, v in per_seed.items() for i, m in enumerate(v)]
+    E.add_table3_claims(run, ours, {n: {} for n in per_seed}, seeds)
+    return run.claims
 
 
 @pytest.mark.parametrize("macros, expected", [
@@ -358,25 +373,27 @@ def _table(macros: dict[str, float]) -> dict:
     ({"FLAVA_C": 40, "FLAVA_MM": 45, "FLAVA": 46}, {"table3_full_best_macro": True}),  # row 6 not run: row 5 is "full"
 ])
 def test_table3_claims_use_row6_as_full_flava_where_it_ran(macros, expected):
-    class Recorder:
-        claims = {}
-
-        def claim(self, id, **kw):
-            self.claims[id] = kw
-
-    run = Recorder()
-    ours = _table(macros)
-    seeds = [{"row": n, "seed": 0, **{d: m for d in E.DOMAINS}, "macro": m} for n, m in macros.items()]
-    E.add_table3_claims(run, ours, {n: {} for n in macros}, seeds)
     from reproduce.results import evaluate
 
-    got = {k: evaluate(c["relation"], c["ours"], c["target"]) for k, c in run.claims.items() if k in expected}
+    claims = _claims({n: [m] for n, m in macros.items()})
+    got = {k: evaluate(c["relation"], c["ours"], c["target"]) for k, c in claims.items() if k in expected}
     assert got == expected
-    full = run.claims["table3_full_best_macro"]
-    assert full["ours"] == macros[M.INIT_ROW if M.INIT_ROW in macros else "FLAVA"]
-    assert full["target"] == max(v for k, v in macros.items() if k != (M.INIT_ROW if M.INIT_ROW in macros else "FLAVA"))
-    for c in run.claims.values():
-        assert bool(c["note"]) != evaluate(c["relation"], c["ours"], c["target"])  # a note exactly where a claim fails
+    full = M.INIT_ROW if M.INIT_ROW in macros else "FLAVA"
+    assert claims["table3_full_best_macro"]["ours"] == macros[full] - max(v for k, v in macros.items() if k != full)
+    for c in claims.values():
+        assert c["note"] and ("does not hold" in c["note"]) != evaluate(c["relation"], c["ours"], c["target"])
+
+
+def test_table3_claims_must_hold_for_every_pair_of_seeds():
+    from reproduce.results import evaluate
+
+    claims = _claims({"FLAVA_C": [43.7, 61.9], "FLAVA_MM": [62.7, 61.1],  # means 52.8 < 61.9, but seeds overlap
+                      "FLAVA": [51.0, 56.7], M.INIT_ROW: [57.0, 57.5]})  # every seed of row 6 above every seed of row 5
+    assert claims["table3_mm_beats_c_multimodal"]["ours"] == pytest.approx(61.1 - 61.9)
+    assert not evaluate(">", claims["table3_mm_beats_c_multimodal"]["ours"], 0.0)
+    assert claims["table3_init_improves_full"]["ours"] == pytest.approx(57.0 - 56.7)
+    assert evaluate(">", claims["table3_init_improves_full"]["ours"], 0.0)
+    assert "FLAVA_C 43.70 / 61.90" in claims["table3_mm_beats_c_multimodal"]["note"]
 
 
 # --------------------------------------------------------------------------------------- evaluation
