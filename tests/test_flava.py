@@ -731,3 +731,23 @@ def test_released_model_zero_shot_uses_its_own_processor_and_tokenizer(data):
     resized = FlavaImageProcessor(size={"height": 48, "width": 48}, crop_size={"height": TINY.image_size, "width": TINY.image_size})
     other = E.released_zero_shot(model, resized, data.tokenizer, ev, max_length=TINY.max_text_len)
     assert all(0.0 <= v <= 100.0 for v in other.values())
+
+
+def test_wordpiece_vocabulary_is_the_same_in_every_process():
+    """tokenizers' WordPieceTrainer numbered its pieces in hash-map order (other tokens and ids in
+    every process); ours must give one vocabulary for the same texts, whatever the process."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import subprocess_env
+
+    code = ("import json; from reproduce.data import scenes; from reproduce.flava import model as M; "
+            "texts = scenes.make_scenes(400, 16, 3).captions + ['it is a truth universally acknowledged'] * 3; "
+            "print(json.dumps(sorted(M.build_wordpiece(texts, 120, 24).get_vocab().items())))")
+    runs = [json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                      env=subprocess_env()).stdout) for _ in range(3)]
+    assert runs[0] == runs[1] == runs[2]
+    vocab = dict(runs[0])
+    assert [vocab[t] for t in M.SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+    assert all(f"##{t}" in vocab for t in vocab if t not in M.SPECIAL_TOKENS and not t.startswith("##"))

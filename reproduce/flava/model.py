@@ -357,11 +357,23 @@ def build_wordpiece(texts: list[str], vocab_size: int, max_len: int):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    # WordPieceTrainer breaks ties between equally frequent merges differently in every process (it
+    # numbers the "##" continuation pieces in hash-map order): measured, 1-3 of 300 tokens changed
+    # between runs. BpeTrainer without a continuation prefix is deterministic, so the pieces are learnt
+    # by BPE merges over words and each piece enters the WordPiece vocabulary twice, word-initial and
+    # as a "##" continuation; WordPiece then encodes by longest match over that set, numbered in a
+    # fixed order (the specials first, then sorted).
+    bpe = Tokenizer(models.BPE(unk_token="[UNK]"))
+    bpe.normalizer = normalizers.BertNormalizer(lowercase=True)
+    bpe.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    n_pieces = (vocab_size - len(SPECIAL_TOKENS)) // 2
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=len(SPECIAL_TOKENS) + n_pieces,
+                                                       special_tokens=list(SPECIAL_TOKENS), show_progress=False))
+    pieces = sorted(t for t in bpe.get_vocab() if t not in SPECIAL_TOKENS)
+    vocab = [*SPECIAL_TOKENS, *sorted([*pieces, *(f"##{t}" for t in pieces)])]
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                                             show_progress=False))
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
