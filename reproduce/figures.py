@@ -138,7 +138,9 @@ def save(fig, paper: str, name: str, profile: str | None = None, lang: str = "en
     for ext in ("png", "svg"):
         path = folder / f"{name}.{ext}"
         tmp = path.with_name(f".{path.name}.tmp")
-        fig.savefig(tmp, format=ext, dpi=DPI)
+        # SVG: no date and fixed element ids, so that re-rendering the same results changes no byte
+        with plt.rc_context({"svg.hashsalt": f"{paper}/{name}"}):
+            fig.savefig(tmp, format=ext, dpi=DPI, metadata={"Date": None} if ext == "svg" else None)
         tmp.replace(path)  # atomic: a half-written figure never replaces a good one
         paths[ext] = path
     return paths
