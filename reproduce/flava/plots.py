@@ -111,7 +111,7 @@ def plot_table3(measured: dict, lang: str = "en"):
                 std = [table[r].get("macro_std", 0.0) for r in rows]
                 ax.errorbar(np.arange(len(rows)) + (k - 1.5) * width, values, yerr=std, fmt="none", ecolor="black", capsize=2)
             del bars
-        ax.set_xticks(np.arange(len(rows)), rows, rotation=20)
+        ax.set_xticks(np.arange(len(rows)), rows, rotation=30, ha="right")
         ax.set_title(title)
     axes[0].set_ylabel(_("Score (%)"))
     axes[0].legend(ncols=2, loc="upper left", fontsize=8)
