@@ -92,7 +92,6 @@ SPEC = PaperSpec(
     },
     artifacts={
         "§3.1 objectives": "1b. The Hugging Face path",
-        "Table 3, rows 1-5": "2. Table 3: objective ablation",
         "Table 3, rows 3-4": "2. Table 3: objective ablation",
         "Table 3, row 6": "2. Table 3: objective ablation",
     },
