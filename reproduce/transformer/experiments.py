@@ -384,7 +384,8 @@ def run_table3_rows(
     """Every (row, seed) run of Table 3, in that order; ``workers > 1`` trains them in that many processes.
 
     Each run seeds itself from ``seed`` alone and runs single-threaded in its worker, so a run's
-    numbers do not depend on ``workers`` (tested) — only the wall time does.
+    numbers do not depend on ``workers`` when this process also computes with one thread, as the
+    cpu profile does (tested) — only the wall time does.
     """
     jobs = [(row, base, data, replace(recipe, seed=seed), beam, alpha, device) for row in rows for seed in seeds]
     if workers <= 1 or len(jobs) <= 1:
