@@ -305,7 +305,7 @@ def table3_markdown(table: dict[str, dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def ours(mean: float, per_seed: list[float]) -> str:  # the mean, then each seed's value
-        return f"{mean:.2f}" if len(per_seed) < 2 else f"{mean:.2f} ({' / '.join(f'{x:.2f}' for x in per_seed)})"
+        return f"{mean:.2f}" if len(per_seed) < 2 else f"{mean:.2f} ({_fmt(per_seed)})"
 
     for row, v in table.items():
         lines.append(f"| {row} | {v['N']} | {v['d_model']} | {v['d_ff']} | {v['h']} | {v['d_k']} | {v['d_v']} | {v['P_drop']} | "
