@@ -91,10 +91,11 @@ def _print_summary(outcomes) -> None:
     from rich.table import Table
 
     table = Table(title="reproduce run")
-    for col in ("notebook", "status", "wall time", "claims pass/fail", "executed notebook"):
+    for col in ("notebook", "status", "wall time", "holds / contradicted / inconclusive / not testable", "executed notebook"):
         table.add_column(col)
     for o in outcomes:
-        table.add_row(o.paper, o.status, f"{o.wall_time_s:.0f} s", f"{o.claims_passed}/{o.claims_failed}", _rel(o.executed))
+        verdicts = " / ".join(str(o.verdicts.get(v, 0)) for v in ("holds", "contradicted", "inconclusive", "not testable"))
+        table.add_row(o.paper, o.status, f"{o.wall_time_s:.0f} s", verdicts, _rel(o.executed))
     Console(width=160).print(table)
 
 

@@ -10,13 +10,12 @@ Usage in a notebook::
     run = Run(params)                                   # starts the clock, captures provenance
     run.record("forms.max_abs_diff", 3e-13)             # any JSON-serialisable value
     run.claim("forms_equal", artifact="§2 eqs. (5)-(7)", section="1. Forms agree",
-              text="parallel == recurrent == chunkwise", ours=3e-13, relation="<=", target=1e-10,
-              paper="equal in exact arithmetic")
+              text="parallel == recurrent == chunkwise", ours=3e-13, relation="<=", threshold=1e-10,
+              source="ours: float64 round-off of a depth-2 model", paper="equal in exact arithmetic")
     run.save()                                          # results/retnet/cpu.json
 
-Relations: ``<``, ``<=``, ``>``, ``>=`` (ours against ``target``); ``~=`` (``|ours - target| <=
-tol``; ``rel=True`` makes ``tol`` relative to ``|target|``); ``ordering`` (``ours`` is a mapping
-name -> value and ``target`` the names in the expected ascending order).
+Claims are pre-registered tests with verdicts (holds / contradicted / inconclusive / not
+testable): see :mod:`reproduce.claims`. The paper sections make every claim (``sections.py``).
 """
 
 from __future__ import annotations
@@ -31,67 +30,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from . import claims as claims_mod
+from .claims import Claim, Estimate, Precondition
 from .paths import REPO_ROOT, results_dir
 
-SCHEMA_VERSION = 1
-RELATIONS = ("<", "<=", ">", ">=", "~=", "ordering")
+SCHEMA_VERSION = 2  # 2: claims carry relation, threshold, source, estimate (interval) and verdict
 _PACKAGES = ("torch", "transformers", "accelerate", "tokenizers", "sacrebleu", "numpy", "matplotlib", "papermill")
-
-
-@dataclass
-class Claim:
-    """A paper claim checked against our measurement."""
-
-    id: str
-    artifact: str  # "Table 5", "Figure 3", "§6.2"
-    section: str  # the notebook section that measures it
-    text: str  # the claim in words
-    ours: Any
-    relation: str
-    target: Any = None
-    tol: float = 0.0
-    rel: bool = False
-    paper: Any = None  # what the paper reports (number or short text)
-    note: str = ""  # why it failed, or what scale caveat applies
-    passed: bool = field(default=False)
-
-    def __post_init__(self) -> None:
-        if self.relation not in RELATIONS:
-            raise ValueError(f"claim {self.id!r}: relation {self.relation!r} is not one of {RELATIONS}")
-        self.passed = evaluate(self.relation, self.ours, self.target, self.tol, self.rel)
-
-
-def evaluate(relation: str, ours: Any, target: Any, tol: float = 0.0, rel: bool = False) -> bool:
-    """Evaluate one relation; NaN or missing values never pass."""
-    if relation == "ordering":
-        if not isinstance(ours, Mapping) or not target:
-            raise ValueError("an 'ordering' claim takes ours={name: value} and target=[names, ascending]")
-        values = [ours[name] for name in target]
-        if any(v is None or _nan(v) for v in values):
-            return False
-        return all(a < b for a, b in zip(values, values[1:]))
-    if ours is None or target is None or _nan(ours) or _nan(target):
-        return False
-    if relation == "<":
-        return ours < target
-    if relation == "<=":
-        return ours <= target
-    if relation == ">":
-        return ours > target
-    if relation == ">=":
-        return ours >= target
-    bound = tol * abs(target) if rel else tol
-    return abs(ours - target) <= bound
-
-
-def _nan(x: Any) -> bool:
-    return isinstance(x, float) and (math.isnan(x) or math.isinf(x))
 
 
 def _git(*args: str) -> str | None:
@@ -171,13 +120,17 @@ class Run:
         self.measured[key] = _jsonable(value)
         return value
 
-    def claim(self, id: str, **kwargs: Any) -> Claim:
-        """Check a paper claim (see the module docstring for relations) and keep it in the record."""
+    def claim(self, id: str, *, artifact: str, section: str, text: str, ours: Estimate | float | None,
+              relation: str, threshold: float, source: str, tol: float = 0.0, rel: bool = False, paper: Any = None,
+              note: str = "", precondition: Precondition | None = None) -> Claim:
+        """Judge one pre-registered claim (:class:`reproduce.claims.Claim`) and keep it in the record."""
         if any(c.id == id for c in self.claims):
             raise ValueError(f"claim id {id!r} is used twice")
-        kwargs["ours"] = _jsonable(kwargs.get("ours"))
-        kwargs["target"] = _jsonable(kwargs.get("target"))
-        c = Claim(id=id, **kwargs)
+        if not isinstance(ours, Estimate):
+            ours = claims_mod.exact(_jsonable(ours))
+        c = Claim(id=id, artifact=artifact, section=section, text=text, ours=ours, relation=relation,
+                  threshold=threshold, source=source, tol=tol, rel=rel, paper=_jsonable(paper), note=note,
+                  precondition=precondition)
         self.claims.append(c)
         return c
 
@@ -195,7 +148,7 @@ class Run:
             "wall_time_s": round(time.perf_counter() - self._t0, 2),
             "provenance": self.provenance,
             "measured": self.measured,
-            "claims": [asdict(c) for c in self.claims],
+            "claims": [c.to_dict() for c in self.claims],
         }
 
     def path(self) -> Path:
@@ -207,24 +160,55 @@ class Run:
         write_json_atomic(target, self.to_dict())
         return target
 
-    def summary(self, stable: bool = False) -> str:
-        """A short text summary of the claims, for the notebook's tagged summary cell.
-
-        ``stable=True`` leaves out pass/fail and values, which may differ between machines (timings),
-        so that nbval can compare the cell's output: it lists what was checked.
-        """
-        if stable:
-            lines = [f"{self.paper}/{self.profile}: {len(self.claims)} claims checked, {len(self.measured)} values recorded"]
-            lines += [f"  {c.id}: {c.artifact}: {c.text}" for c in self.claims]
-            return "\n".join(lines)
-        lines = [f"{self.paper}/{self.profile}: {sum(c.passed for c in self.claims)}/{len(self.claims)} claims hold"]
-        for c in self.claims:
-            lines.append(f"  [{'pass' if c.passed else 'FAIL'}] {c.artifact}: {c.text} (ours {_short(c.ours)}, paper {_short(c.paper)})")
+    def summary(self) -> str:
+        """The claims and their verdicts, for the notebook's last cell (values depend on the machine)."""
+        records = [c.to_dict() for c in self.claims]
+        lines = [f"{self.paper}/{self.profile}: {claims_mod.counts_text(records)} ({len(records)} claims)"]
+        for c in records:
+            lines.append(f"  [{c['verdict']}] {c['artifact']}: {c['text']}: ours {estimate_text(c['ours'])} "
+                         f"{claims_mod.relation_text(c)} ({c['source']})")
         return "\n".join(lines)
+
+
+def estimate_text(ours: Mapping[str, Any]) -> str:
+    """``1.004 [0.995, 1.01]`` or ``3e-13``: a claim's estimate and its interval, for text tables."""
+    value = ours.get("value")
+    if value is None:
+        return "–"
+    text = _short(float(value))
+    low, high = claims_mod.from_json(ours.get("low")), claims_mod.from_json(ours.get("high"))
+    if low is not None or high is not None:
+        text += f" [{_short(low)}, {_short(high)}]"
+    return text
+
+
+def stable_text(values: Mapping[str, Any], prefix: str = "") -> str:
+    """``key: value`` lines (nested mappings flattened to dotted keys, floats to 6 significant digits)
+    for a notebook's compared ``checked`` cell: only values that do not depend on the machine."""
+    lines = []
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            lines.append(stable_text(value, prefix=f"{name}."))
+        elif isinstance(value, (list, tuple)):
+            lines.append(f"{name}: [{', '.join(_stable(v) for v in value)}]")
+        else:
+            lines.append(f"{name}: {_stable(value)}")
+    return "\n".join(line for line in lines if line)
+
+
+def _stable(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
 
 
 def _short(value: Any) -> str:
     if isinstance(value, float):
+        if math.isinf(value):
+            return "∞" if value > 0 else "-∞"
         return f"{value:.4g}"
     if isinstance(value, Mapping):
         return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"

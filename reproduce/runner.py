@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import config
+from . import claims, config
 from .paths import NOTEBOOKS_DIR, results_dir, runs_dir
 
 KERNEL = "python3"
@@ -31,8 +31,7 @@ class Outcome:
     wall_time_s: float
     executed: Path
     results: Path | None = None
-    claims_passed: int = 0
-    claims_failed: int = 0
+    verdicts: dict[str, int] = field(default_factory=dict)  # verdict -> number of claims
     error: str = ""
     failed_cell: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -84,8 +83,7 @@ def execute(params: config.Params, progress: bool = True, notebook: Path | None 
     if result_file.exists() and result_file.stat().st_mtime != before:
         outcome.results = result_file
         record = json.loads(result_file.read_text(encoding="utf-8"))
-        outcome.claims_passed = sum(c["passed"] for c in record["claims"])
-        outcome.claims_failed = len(record["claims"]) - outcome.claims_passed
+        outcome.verdicts = claims.counts(record["claims"])
     elif outcome.status == "ok":
         outcome.status = "failed"
         outcome.error = f"the notebook finished but wrote no {result_file.relative_to(results_dir().parent)}"
