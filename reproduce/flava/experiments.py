@@ -1,9 +1,9 @@
-"""FLAVA experiments: data of the three sources, round-robin pretraining, evaluation, Table 3 ablation.
+"""FLAVA measurements: round-robin pretraining, evaluation, the Table 3 ablation, the HF path.
 
 Table 3 of the paper (objective ablation, same budget: rows MIM, MLM, FLAVA_C, FLAVA_MM, FLAVA, and
 FLAVA+init = row 6, full FLAVA started from the MIM and MLM rows' trained encoders) is reproduced as
-real runs on the offline data of ``reproduce.data.scenes`` and ``reproduce.data.novels``, and
-evaluated per domain as in Table 4, with small tasks standing in for the paper's 35:
+real runs on the offline data of ``reproduce.flava.data``, and evaluated per domain as in Table 4,
+with small tasks standing in for the paper's 35:
 
 * vision (paper: 22 linear probes): logistic-regression probes on frozen h_CLS,I, for the shape of a
   scene object (6 classes, held-out images) and MNIST 5k (10 classes);
@@ -19,13 +19,13 @@ does not report counting 0 (as the paper's MIM and MLM rows).
 
 Deviations: probes instead of fine-tuning (the paper fine-tunes GLUE and the VQA-style tasks); the
 probe's regularisation is swept on a validation split as in CLIP's protocol but over 5 values.
+
+Everything here returns plain data; the claims are made in ``reproduce.flava.sections``.
 """
 
 from __future__ import annotations
 
 import math
-import random
-import re
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -33,196 +33,10 @@ import torch
 from torch import Tensor
 
 from reproduce import runtime
-from reproduce.data import novels, pmd, scenes
+from reproduce.data import pmd
 from reproduce.flava import model as M
-
-SOURCES = ("paired", "images", "text")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Data
-# ---------------------------------------------------------------------------------------------------
-def to_pixels(images: np.ndarray) -> Tensor:
-    """``(N, S, S, 3)`` uint8 -> ``(N, 3, S, S)`` float in [-1, 1] (FLAVA normalises each channel)."""
-    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()  # (N, 3, S, S)
-    return x / 127.5 - 1.0
-
-
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-
-
-def sentences(text: str, min_words: int = 6, max_words: int = 30) -> list[str]:
-    """Split paragraphs into sentences of ``min_words``..``max_words`` words (headings dropped)."""
-    out = []
-    for para in text.split("\n"):
-        for s in _SENTENCE.split(para.strip()):
-            n = len(s.split())
-            if min_words <= n <= max_words and not s.isupper():
-                out.append(s)
-    return out
-
-
-@dataclass
-class TextSources:
-    """Unimodal pretraining text and the two held-out language tasks' sentences."""
-
-    pretrain: list[str]  # train books (five Austen novels and the first 80% of Moby Dick)
-    austen_heldout: list[str]  # Persuasion and Northanger Abbey (never pretrained on)
-    melville_heldout: list[str]  # the last 20% of Moby Dick (never pretrained on)
-
-
-def text_sources() -> TextSources:
-    split = novels.splits()
-    pretrain, melville = [], []
-    for book in split.train:
-        s = sentences(book.text)
-        if book.author == "Herman Melville":
-            cut = int(0.8 * len(s))
-            pretrain += s[:cut]
-            melville = s[cut:]
-        else:
-            pretrain += s
-    austen = [s for book in split.valid + split.test for s in sentences(book.text)]
-    return TextSources(pretrain, austen, melville)
-
-
-@dataclass
-class PretrainData:
-    """Everything the three sources draw from, tokenised once (uint8 images, token ids, VQ codes)."""
-
-    tokenizer: object
-    vq: M.PatchVQ
-    paired_images: np.ndarray  # (N, S, S, 3)
-    paired_tokens: Tensor  # (N, P)
-    caption_ids: Tensor  # (N, L)
-    caption_mask: Tensor  # (N, L)
-    negative_ids: Tensor  # (N, L) hard negatives (one attribute swapped)
-    negative_mask: Tensor  # (N, L)
-    captions: list[str]
-    image_pool: np.ndarray  # (N_img, S, S, 3) unimodal images
-    image_pool_tokens: Tensor  # (N_img, P)
-    text_ids: Tensor  # (N_txt, L) unimodal text
-    text_mask: Tensor  # (N_txt, L)
-    emojis: dict | None
-
-
-def other_captions(captions: list[str], rng: np.random.Generator, tries: int = 20) -> list[str]:
-    """For each caption, the caption of another random pair that reads differently: the ITM negatives
-    of hub pairs, which have no one-attribute swaps (falls back to any other caption after ``tries``)."""
-    n, out = len(captions), []
-    if n < 2:
-        raise ValueError("ITM negatives need at least two pairs")
-    for i, caption in enumerate(captions):
-        for _ in range(tries):
-            j = int((i + rng.integers(1, n)) % n)  # never i itself
-            if captions[j] != caption:
-                break
-        out.append(captions[j])
-    return out
-
-
-def build_pretrain_data(sizes: M.FlavaSizes, n_pairs: int, n_images: int, n_text: int, emoji_prob: float,
-                        seed: int, texts: TextSources | None = None, pairs: pmd.ImageCaptionPairs | None = None
-                        ) -> PretrainData:
-    """Paired data, unimodal scene/emoji images and novel sentences; tokenizers fitted here.
-
-    The pairs are ``n_pairs`` generated scenes (+ emoji), with one-attribute swaps as hard ITM
-    negatives, unless ``pairs`` (e.g. PMD from ``reproduce.data.pmd.hub_pairs``) are given; those have
-    the captions of other pairs as their ITM negatives. The WordPiece vocabulary is learnt on the
-    pretraining captions and text; the VQ codebook on the paired images. Both stay frozen afterwards.
-    """
-    s = sizes.image_size
-    emojis = scenes.emoji_bank(s) if emoji_prob > 0 else None
-    sampler = scenes.SceneSampler("train", emoji_prob=emoji_prob, emoji_names=tuple(emojis or ()))
-    if pairs is None:
-        generated = scenes.make_scenes(n_pairs, s, seed, sampler, emojis)
-        images, captions, negatives = generated.images, generated.captions, generated.negatives
-    else:
-        if pairs.images.shape[1:] != (s, s, 3):
-            raise ValueError(f"pairs hold {pairs.images.shape[1:]} images; image_size {s} needs ({s}, {s}, 3)")
-        images, captions = pairs.images, pairs.captions
-        negatives = other_captions(captions, np.random.default_rng(seed + 3))
-    pool = scenes.make_scenes(n_images, s, seed + 1, sampler, emojis).images
-    if emojis:  # the real-image complement: every emoji alone, as unimodal images too
-        names = sorted(emojis)
-        pool = np.concatenate([pool, scenes.emoji_images(emojis, names, s, seed + 2)])
-    texts = texts or text_sources()
-    rng = np.random.default_rng(seed)
-    text = [texts.pretrain[i] for i in rng.choice(len(texts.pretrain), min(n_text, len(texts.pretrain)), replace=False)]
-    tokenizer = M.build_wordpiece(captions + negatives + text, sizes.vocab_size, sizes.max_text_len)
-    vq = M.PatchVQ.fit(to_pixels(images), sizes.patch_size, sizes.codebook_size, seed)
-    cap_ids, cap_mask = M.tokenize(tokenizer, captions, sizes.max_text_len)
-    neg_ids, neg_mask = M.tokenize(tokenizer, negatives, sizes.max_text_len)
-    text_ids, text_mask = M.tokenize(tokenizer, text, sizes.max_text_len)
-    return PretrainData(tokenizer, vq, images, _encode(vq, images), cap_ids, cap_mask, neg_ids, neg_mask,
-                        captions, pool, _encode(vq, pool), text_ids, text_mask, emojis)
-
-
-def _encode(vq: M.PatchVQ, images: np.ndarray, chunk: int = 2048) -> Tensor:
-    return torch.cat([vq.encode(to_pixels(images[i : i + chunk])) for i in range(0, len(images), chunk)])
-
-
-class BatchSampler:
-    """Draws batches of the three sources (§3.2: each update takes one full batch from one source).
-
-    ITM pairs (§3.1): with probability ``itm_negative_prob`` a caption is replaced by a negative:
-    a hard one (the same scene with one attribute swapped) with probability ``itm_hard_fraction``,
-    else the caption of another image of the batch (in-batch negative).
-    """
-
-    def __init__(self, data: PretrainData, sizes: M.FlavaSizes, batch_size: int, seed: int,
-                 itm_negative_prob: float = 0.5, itm_hard_fraction: float = 0.5):
-        if batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2 (in-batch negatives), not {batch_size}")
-        for name, p in (("itm_negative_prob", itm_negative_prob), ("itm_hard_fraction", itm_hard_fraction)):
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], not {p}")
-        self.data, self.sizes, self.batch_size = data, sizes, batch_size
-        self.masking = M.BlockMasking(sizes.grid)
-        self.itm_negative_prob, self.itm_hard_fraction = itm_negative_prob, itm_hard_fraction
-        self.rng = np.random.default_rng(seed)
-        self.generator = torch.Generator().manual_seed(seed)
-        random.seed(seed)  # BEiT's block-mask generator draws from Python's random
-
-    def paired(self) -> M.PairedBatch:
-        d, b = self.data, self.batch_size
-        idx = torch.from_numpy(self.rng.choice(len(d.captions), b, replace=False))
-        negative = torch.from_numpy(self.rng.random(b) < self.itm_negative_prob)
-        hard = torch.from_numpy(self.rng.random(b) < self.itm_hard_fraction)
-        shift = torch.from_numpy(self.rng.integers(1, b, size=b))
-        other = idx[(torch.arange(b) + shift) % b]  # another image of the batch
-        captions = np.asarray(d.captions, dtype=object)
-        same = torch.from_numpy(captions[other.numpy()] == captions[idx.numpy()])
-        hard = hard | same  # an in-batch caption equal to ours is no negative: use the hard one
-        itm_ids = torch.where((negative & hard)[:, None], d.negative_ids[idx], d.caption_ids[idx])
-        itm_ids = torch.where((negative & ~hard)[:, None], d.caption_ids[other], itm_ids)  # (B, L)
-        itm_mask = torch.where((negative & hard)[:, None], d.negative_mask[idx], d.caption_mask[idx])
-        itm_mask = torch.where((negative & ~hard)[:, None], d.caption_mask[other], itm_mask)
-        masked_ids, mlm_labels = M.mask_text(itm_ids, d.tokenizer, generator=self.generator)
-        return M.PairedBatch(
-            pixel_values=to_pixels(d.paired_images[idx.numpy()]), input_ids=d.caption_ids[idx],
-            attention_mask=d.caption_mask[idx], image_tokens=d.paired_tokens[idx], bool_masked_pos=self.masking(b),
-            itm_ids_masked=masked_ids, itm_attention_mask=itm_mask, mlm_labels=mlm_labels,
-            itm_labels=(~negative).long())
-
-    def images(self) -> M.ImageBatch:
-        d = self.data
-        idx = self.rng.choice(len(d.image_pool), self.batch_size, replace=False)
-        return M.ImageBatch(to_pixels(d.image_pool[idx]), d.image_pool_tokens[torch.from_numpy(idx)], self.masking(self.batch_size))
-
-    def text(self) -> M.TextBatch:
-        d = self.data
-        idx = torch.from_numpy(self.rng.choice(len(d.text_ids), self.batch_size, replace=False))
-        masked, labels = M.mask_text(d.text_ids[idx], d.tokenizer, generator=self.generator)
-        return M.TextBatch(masked, d.text_mask[idx], labels)
-
-    def draw(self, row: M.AblationRow) -> tuple[str, object]:
-        """One round-robin draw: pick a source with the row's probabilities, return a full batch of it."""
-        names = [s for s in SOURCES if row.sources.get(s, 0) > 0]
-        p = np.array([row.sources[s] for s in names])
-        source = names[self.rng.choice(len(names), p=p / p.sum())]
-        return source, getattr(self, source)()
-
+from reproduce.flava.data import (BatchSampler, EvalData, PretrainData, TextSources, build_eval_data,
+                                  build_pretrain_data, text_sources, to_pixels)
 
 # ---------------------------------------------------------------------------------------------------
 # Pretraining
@@ -307,96 +121,10 @@ def pretrain(model, row: M.AblationRow, sampler: BatchSampler, cfg: TrainConfig,
     return history
 
 
+
 # ---------------------------------------------------------------------------------------------------
 # Evaluation (Table 4's three domains, small stand-ins)
 # ---------------------------------------------------------------------------------------------------
-@dataclass
-class ProbeTask:
-    """A linear-probe task: train/test inputs (images, token ids or image-text pairs) and labels."""
-
-    train: tuple
-    train_y: np.ndarray
-    test: tuple
-    test_y: np.ndarray
-
-
-@dataclass
-class EvalData:
-    vision: dict[str, ProbeTask]
-    language: dict[str, ProbeTask]
-    entailment: ProbeTask  # inputs are (uint8 images, ids, mask)
-    retrieval_images: np.ndarray  # (R, S, S, 3) held-out combinations
-    retrieval_ids: Tensor  # (R, L)
-    retrieval_mask: Tensor
-    retrieval_captions: list[str]
-
-
-def _shuffled(sentence: str, rng: np.random.Generator, tries: int = 100) -> str:
-    """The sentence's words in a random order that reads differently from the original."""
-    words = sentence.split()
-    for _ in range(tries):
-        text = " ".join(words[i] for i in rng.permutation(len(words)))
-        if text != sentence:
-            return text
-    raise ValueError(f"cannot shuffle {sentence!r} into a different text")
-
-
-def _with_shuffled(texts: list[str], rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
-    """Every other text with its words shuffled; label 1 = the original word order."""
-    out = [t if i % 2 == 0 else _shuffled(t, rng) for i, t in enumerate(texts)]
-    return out, np.array([1 - i % 2 for i in range(len(texts))])
-
-
-def _split(n: int, n_train: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    perm = rng.permutation(n)
-    return perm[:n_train], perm[n_train:]
-
-
-def build_eval_data(data: PretrainData, sizes: M.FlavaSizes, n_probe: int, n_retrieval: int, seed: int,
-                    texts: TextSources | None = None) -> EvalData:
-    """Held-out evaluation sets (fresh seeds; language from books never pretrained on)."""
-    s, L, tok = sizes.image_size, sizes.max_text_len, data.tokenizer
-    rng = np.random.default_rng(seed + 100)
-    # vision: single-object scenes, label = shape; MNIST
-    single = scenes.SceneSampler("train", two_object_prob=0.0)
-    shapes_set = scenes.make_scenes(2 * n_probe, s, seed + 101, single)
-    y = shapes_set.first_shape_labels()
-    tr, te = _split(2 * n_probe, n_probe, rng)
-    vision = {"scene shape": ProbeTask((shapes_set.images[tr],), y[tr], (shapes_set.images[te],), y[te])}
-    digits, digit_y = scenes.mnist_5k(s)
-    tr, te = _split(len(digits), min(n_probe, len(digits) // 2), rng)
-    te = te[: min(n_probe, len(te))]
-    vision["MNIST"] = ProbeTask((digits[tr],), digit_y[tr], (digits[te],), digit_y[te])
-    # language: word order (CoLA-like) on held-out captions and on held-out novel sentences; authorship
-    texts = texts or text_sources()
-    heldout_captions = scenes.make_scenes(n_probe, s, seed + 105, scenes.SceneSampler("test")).captions
-    austen = [texts.austen_heldout[i] for i in rng.permutation(len(texts.austen_heldout))]
-    melville = [texts.melville_heldout[i] for i in rng.permutation(len(texts.melville_heldout))]
-    k = min(n_probe // 2, len(melville))
-    author = austen[n_probe : n_probe + k] + melville[:k]
-    language = {}
-    for name, txt, lab in (("caption word order", *_with_shuffled(heldout_captions, rng)),
-                           ("sentence word order", *_with_shuffled(austen[:n_probe], rng)),
-                           ("authorship", author, np.array([0] * k + [1] * k))):
-        ids, mask = M.tokenize(tok, txt, L)
-        tr, te = _split(len(txt), len(txt) // 2, rng)
-        language[name] = ProbeTask((ids[tr], mask[tr]), lab[tr], (ids[te], mask[te]), lab[te])
-    # multimodal: entailment probe (train distribution -> held-out combinations) and retrieval
-    def pairs(split: str, n: int, sd: int):
-        sampler = scenes.SceneSampler(split, emoji_prob=0.0)
-        sc = scenes.make_scenes(n, s, sd, sampler)
-        flip = np.arange(n) % 2 == 1
-        txt = [neg if f else cap for cap, neg, f in zip(sc.captions, sc.negatives, flip)]
-        ids, mask = M.tokenize(tok, txt, L)
-        return (sc.images, ids, mask), (~flip).astype(np.int64)
-    ent_train, ent_train_y = pairs("train", n_probe, seed + 102)
-    ent_test, ent_test_y = pairs("test", n_probe, seed + 103)
-    retrieval = scenes.make_scenes(n_retrieval, s, seed + 104, scenes.SceneSampler("test"))
-    r_ids, r_mask = M.tokenize(tok, retrieval.captions, L)
-    return EvalData(vision, language, ProbeTask(ent_train, ent_train_y, ent_test, ent_test_y),
-                    retrieval.images, r_ids, r_mask, retrieval.captions)
-
-
 def _device(model) -> torch.device:
     return next(model.parameters()).device
 
@@ -551,14 +279,6 @@ def retrieval_examples(model, ev: EvalData, queries: int = 4, top: int = 3, seed
 # ---------------------------------------------------------------------------------------------------
 # The notebook's experiments
 # ---------------------------------------------------------------------------------------------------
-PAPER_TABLE3 = {  # Table 3 (Vision/NLP columns of rows 3-6 un-swapped, see the facts file)
-    "MIM": {"vision": 57.46, "language": None, "multimodal": None, "macro": 19.15},
-    "MLM": {"vision": None, "language": 71.55, "multimodal": None, "macro": 23.85},
-    "FLAVA_C": {"vision": 79.14, "language": 64.80, "multimodal": 66.25, "macro": 70.06},
-    "FLAVA_MM": {"vision": 79.35, "language": 74.22, "multimodal": 69.11, "macro": 74.23},
-    "FLAVA": {"vision": 78.29, "language": 75.55, "multimodal": 67.32, "macro": 73.72},  # row 5: no unimodal init
-    M.INIT_ROW: {"vision": 79.44, "language": 78.19, "multimodal": 69.92, "macro": 75.85},  # row 6: DINO + MLM init
-}
 DOMAINS = ("vision", "language", "multimodal")
 
 
@@ -795,87 +515,8 @@ def try_flava_full(ev: EvalData | None = None) -> dict:
     return out
 
 
-def format_table3(ours: dict, paper: dict = PAPER_TABLE3) -> str:
-    """Markdown table: ours (mean over seeds) and the paper's value per row and domain."""
-    def cell(v):
-        return "–" if v is None else f"{v:.2f}"
-
-    lines = ["| Row | Vision | Language | Multimodal | Macro (± std over seeds) | Paper V / L / MM / Macro |",
-             "|---|---|---|---|---|---|"]
-    for name, o in ours.items():
-        p = paper[name]
-        lines.append(f"| {name} | {cell(o['vision'])} | {cell(o['language'])} | {cell(o['multimodal'])} | "
-                     f"{o['macro']:.2f} ± {o['macro_std']:.2f} ({o['seeds']} seeds) | "
-                     f"{cell(p['vision'])} / {cell(p['language'])} / {cell(p['multimodal'])} / {cell(p['macro'])} |")
-    return "\n".join(lines)
-
 
 def per_seed(runs: list[RowRun]) -> list[dict]:
     """Each run's domain averages and macro average (the spread over seeds behind ``table3``)."""
     return [{"row": r.row, "seed": r.seed, **{d: r.scores.get(d, {}).get("average", 0.0) for d in DOMAINS}, "macro": r.macro}
             for r in runs]
-
-
-TABLE3_SECTION = "2. Table 3: objective ablation"
-
-
-def add_table3_claims(run, ours: dict, tasks: dict, seeds: list[dict]) -> None:
-    """Table 3's relations: FLAVA_MM > FLAVA_C on multimodal and language; unimodal init improves
-    full FLAVA (row 6 > row 5 macro); full FLAVA (row 6 where run, else row 5) has the best macro.
-
-    "Row A beats row B" holds only when it holds for every pair of seeds (every seed of A against
-    every seed of B): a claim's value is the smallest of those gaps, so that a difference smaller
-    than the noise between seeds is not read as an effect (with one seed: the plain gap).
-    ``tasks`` is ``tasks_table(runs)``, ``seeds`` is ``per_seed(runs)``: the notes are written from
-    them (per-seed values; for a failed claim per-task differences), never typed by hand.
-    """
-    section = TABLE3_SECTION
-
-    def beats(id: str, artifact: str, text: str, a: str, b: str, metric: str, paper: str, extra: str = "") -> None:
-        va = [r[metric] for r in seeds if r["row"] == a]
-        vb = [r[metric] for r in seeds if r["row"] == b]
-        gap = min(va) - max(vb)  # the smallest gap over seed pairs
-        per_seed = (f"{metric} per seed: {a} {' / '.join(f'{v:.2f}' for v in va)} (mean {ours[a][metric]:.2f}), "
-                    f"{b} {' / '.join(f'{v:.2f}' for v in vb)} (mean {ours[b][metric]:.2f})")
-        note = per_seed
-        if not gap > 0:
-            why = _difference_note(a, b, metric, tasks) if metric in DOMAINS else _macro_note(a, b, ours)
-            note = f"{why}; {per_seed}{extra}"
-        run.claim(id, artifact=artifact, section=section, text=text + " (every pair of seeds; value: smallest gap)",
-                  ours=gap, relation=">", target=0.0, paper=paper, note=note)
-
-    if {"FLAVA_C", "FLAVA_MM"} <= set(ours):
-        for domain, paper in (("multimodal", "69.11 vs 66.25"), ("language", "74.22 vs 64.80")):
-            beats(f"table3_mm_beats_c_{domain}", "Table 3, rows 3-4",
-                  f"FLAVA_MM (GC+MMM+ITM) beats FLAVA_C (GC only) on the {domain} average",
-                  "FLAVA_MM", "FLAVA_C", domain, paper)
-    init = M.INIT_ROW
-    if {"FLAVA", init} <= set(ours):
-        beats("table3_init_improves_full", "Table 3, row 6",
-              f"unimodal init improves full FLAVA: row 6 ({init}) macro above row 5 (FLAVA)", init, "FLAVA", "macro",
-              "75.85 vs 73.72")
-    full = init if init in ours else "FLAVA"
-    if full in ours and len(ours) > 1:
-        best = max((k for k in ours if k != full), key=lambda k: ours[k]["macro"])
-        extra = ""
-        if full == "FLAVA":
-            extra = (". The paper's own row 5 (FLAVA without unimodal initialisation, this row) also stays below "
-                     f"FLAVA_MM on macro (73.72 vs 74.23); its best macro is row 6 ({init}), not run here")
-            paper = "75.85 with unimodal init (row 6); 73.72 without (row 5) vs FLAVA_MM 74.23"
-        else:
-            paper = "75.85 (row 6) vs 74.23 (FLAVA_MM, the best other row)"
-        beats("table3_full_best_macro", "Table 3, row 6" if full == init else "Table 3, rows 1-5",
-              f"full FLAVA ({full}) has the best macro average of the rows run (vs {best}, the best other)",
-              full, best, "macro", paper, extra)
-
-
-def _macro_note(a: str, b: str, ours: dict) -> str:
-    """Why ``a``'s macro is not above ``b``'s, from the numbers: per-domain differences of the means."""
-    domains = ", ".join(f"{d} {ours[a][d] - ours[b][d]:+.2f}" for d in DOMAINS)
-    return f"does not hold at our scale: {a} - {b} per domain (means): {domains}"
-
-
-def _difference_note(a: str, b: str, domain: str, tasks: dict) -> str:
-    diffs = ", ".join(f"{k.split('/', 1)[1]} {tasks[a][k] - tasks[b][k]:+.2f}" for k in sorted(tasks[a])
-                      if k.startswith(f"{domain}/") and not k.endswith("/average") and k in tasks[b])
-    return f"does not hold at our scale: {a} - {b} per {domain} task (means): {diffs}"

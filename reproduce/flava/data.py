@@ -1,0 +1,302 @@
+"""FLAVA's own data: the three pretraining sources and the held-out evaluation sets.
+
+* Pretraining (§3.2, Table A.2): image-caption pairs (generated scenes, or PMD pairs from
+  ``reproduce.data.pmd``) with one-attribute swaps as hard ITM negatives; unimodal images (more scenes
+  and every emoji alone); unimodal text (sentences of the novels of ``reproduce.data.novels``). The
+  WordPiece vocabulary and the VQ image codebook are fitted here once and stay frozen.
+* ``BatchSampler``: round-robin draws, one full batch of one source per update, with the ITM negatives.
+* Evaluation (Table 4's three domains, small stand-ins): probe tasks on held-out scenes, MNIST and
+  novels never pretrained on; retrieval pairs with held-out attribute combinations.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from reproduce.data import novels, pmd, scenes
+from reproduce.flava import model as M
+
+SOURCES = ("paired", "images", "text")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------------
+def to_pixels(images: np.ndarray) -> Tensor:
+    """``(N, S, S, 3)`` uint8 -> ``(N, 3, S, S)`` float in [-1, 1] (FLAVA normalises each channel)."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()  # (N, 3, S, S)
+    return x / 127.5 - 1.0
+
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+
+
+def sentences(text: str, min_words: int = 6, max_words: int = 30) -> list[str]:
+    """Split paragraphs into sentences of ``min_words``..``max_words`` words (headings dropped)."""
+    out = []
+    for para in text.split("\n"):
+        for s in _SENTENCE.split(para.strip()):
+            n = len(s.split())
+            if min_words <= n <= max_words and not s.isupper():
+                out.append(s)
+    return out
+
+
+@dataclass
+class TextSources:
+    """Unimodal pretraining text and the two held-out language tasks' sentences."""
+
+    pretrain: list[str]  # train books (five Austen novels and the first 80% of Moby Dick)
+    austen_heldout: list[str]  # Persuasion and Northanger Abbey (never pretrained on)
+    melville_heldout: list[str]  # the last 20% of Moby Dick (never pretrained on)
+
+
+def text_sources() -> TextSources:
+    split = novels.splits()
+    pretrain, melville = [], []
+    for book in split.train:
+        s = sentences(book.text)
+        if book.author == "Herman Melville":
+            cut = int(0.8 * len(s))
+            pretrain += s[:cut]
+            melville = s[cut:]
+        else:
+            pretrain += s
+    austen = [s for book in split.valid + split.test for s in sentences(book.text)]
+    return TextSources(pretrain, austen, melville)
+
+
+@dataclass
+class PretrainData:
+    """Everything the three sources draw from, tokenised once (uint8 images, token ids, VQ codes)."""
+
+    tokenizer: object
+    vq: M.PatchVQ
+    paired_images: np.ndarray  # (N, S, S, 3)
+    paired_tokens: Tensor  # (N, P)
+    caption_ids: Tensor  # (N, L)
+    caption_mask: Tensor  # (N, L)
+    negative_ids: Tensor  # (N, L) hard negatives (one attribute swapped)
+    negative_mask: Tensor  # (N, L)
+    captions: list[str]
+    image_pool: np.ndarray  # (N_img, S, S, 3) unimodal images
+    image_pool_tokens: Tensor  # (N_img, P)
+    text_ids: Tensor  # (N_txt, L) unimodal text
+    text_mask: Tensor  # (N_txt, L)
+    emojis: dict | None
+
+
+def other_captions(captions: list[str], rng: np.random.Generator, tries: int = 20) -> list[str]:
+    """For each caption, the caption of another random pair that reads differently: the ITM negatives
+    of hub pairs, which have no one-attribute swaps (falls back to any other caption after ``tries``)."""
+    n, out = len(captions), []
+    if n < 2:
+        raise ValueError("ITM negatives need at least two pairs")
+    for i, caption in enumerate(captions):
+        for _ in range(tries):
+            j = int((i + rng.integers(1, n)) % n)  # never i itself
+            if captions[j] != caption:
+                break
+        out.append(captions[j])
+    return out
+
+
+def build_pretrain_data(sizes: M.FlavaSizes, n_pairs: int, n_images: int, n_text: int, emoji_prob: float,
+                        seed: int, texts: TextSources | None = None, pairs: pmd.ImageCaptionPairs | None = None
+                        ) -> PretrainData:
+    """Paired data, unimodal scene/emoji images and novel sentences; tokenizers fitted here.
+
+    The pairs are ``n_pairs`` generated scenes (+ emoji), with one-attribute swaps as hard ITM
+    negatives, unless ``pairs`` (e.g. PMD from ``reproduce.data.pmd.hub_pairs``) are given; those have
+    the captions of other pairs as their ITM negatives. The WordPiece vocabulary is learnt on the
+    pretraining captions and text; the VQ codebook on the paired images. Both stay frozen afterwards.
+    """
+    s = sizes.image_size
+    emojis = scenes.emoji_bank(s) if emoji_prob > 0 else None
+    sampler = scenes.SceneSampler("train", emoji_prob=emoji_prob, emoji_names=tuple(emojis or ()))
+    if pairs is None:
+        generated = scenes.make_scenes(n_pairs, s, seed, sampler, emojis)
+        images, captions, negatives = generated.images, generated.captions, generated.negatives
+    else:
+        if pairs.images.shape[1:] != (s, s, 3):
+            raise ValueError(f"pairs hold {pairs.images.shape[1:]} images; image_size {s} needs ({s}, {s}, 3)")
+        images, captions = pairs.images, pairs.captions
+        negatives = other_captions(captions, np.random.default_rng(seed + 3))
+    pool = scenes.make_scenes(n_images, s, seed + 1, sampler, emojis).images
+    if emojis:  # the real-image complement: every emoji alone, as unimodal images too
+        names = sorted(emojis)
+        pool = np.concatenate([pool, scenes.emoji_images(emojis, names, s, seed + 2)])
+    texts = texts or text_sources()
+    rng = np.random.default_rng(seed)
+    text = [texts.pretrain[i] for i in rng.choice(len(texts.pretrain), min(n_text, len(texts.pretrain)), replace=False)]
+    tokenizer = M.build_wordpiece(captions + negatives + text, sizes.vocab_size, sizes.max_text_len)
+    vq = M.PatchVQ.fit(to_pixels(images), sizes.patch_size, sizes.codebook_size, seed)
+    cap_ids, cap_mask = M.tokenize(tokenizer, captions, sizes.max_text_len)
+    neg_ids, neg_mask = M.tokenize(tokenizer, negatives, sizes.max_text_len)
+    text_ids, text_mask = M.tokenize(tokenizer, text, sizes.max_text_len)
+    return PretrainData(tokenizer, vq, images, _encode(vq, images), cap_ids, cap_mask, neg_ids, neg_mask,
+                        captions, pool, _encode(vq, pool), text_ids, text_mask, emojis)
+
+
+def _encode(vq: M.PatchVQ, images: np.ndarray, chunk: int = 2048) -> Tensor:
+    return torch.cat([vq.encode(to_pixels(images[i : i + chunk])) for i in range(0, len(images), chunk)])
+
+
+class BatchSampler:
+    """Draws batches of the three sources (§3.2: each update takes one full batch from one source).
+
+    ITM pairs (§3.1): with probability ``itm_negative_prob`` a caption is replaced by a negative:
+    a hard one (the same scene with one attribute swapped) with probability ``itm_hard_fraction``,
+    else the caption of another image of the batch (in-batch negative).
+    """
+
+    def __init__(self, data: PretrainData, sizes: M.FlavaSizes, batch_size: int, seed: int,
+                 itm_negative_prob: float = 0.5, itm_hard_fraction: float = 0.5):
+        if batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (in-batch negatives), not {batch_size}")
+        for name, p in (("itm_negative_prob", itm_negative_prob), ("itm_hard_fraction", itm_hard_fraction)):
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], not {p}")
+        self.data, self.sizes, self.batch_size = data, sizes, batch_size
+        self.masking = M.BlockMasking(sizes.grid)
+        self.itm_negative_prob, self.itm_hard_fraction = itm_negative_prob, itm_hard_fraction
+        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+        random.seed(seed)  # BEiT's block-mask generator draws from Python's random
+
+    def paired(self) -> M.PairedBatch:
+        d, b = self.data, self.batch_size
+        idx = torch.from_numpy(self.rng.choice(len(d.captions), b, replace=False))
+        negative = torch.from_numpy(self.rng.random(b) < self.itm_negative_prob)
+        hard = torch.from_numpy(self.rng.random(b) < self.itm_hard_fraction)
+        shift = torch.from_numpy(self.rng.integers(1, b, size=b))
+        other = idx[(torch.arange(b) + shift) % b]  # another image of the batch
+        captions = np.asarray(d.captions, dtype=object)
+        same = torch.from_numpy(captions[other.numpy()] == captions[idx.numpy()])
+        hard = hard | same  # an in-batch caption equal to ours is no negative: use the hard one
+        itm_ids = torch.where((negative & hard)[:, None], d.negative_ids[idx], d.caption_ids[idx])
+        itm_ids = torch.where((negative & ~hard)[:, None], d.caption_ids[other], itm_ids)  # (B, L)
+        itm_mask = torch.where((negative & hard)[:, None], d.negative_mask[idx], d.caption_mask[idx])
+        itm_mask = torch.where((negative & ~hard)[:, None], d.caption_mask[other], itm_mask)
+        masked_ids, mlm_labels = M.mask_text(itm_ids, d.tokenizer, generator=self.generator)
+        return M.PairedBatch(
+            pixel_values=to_pixels(d.paired_images[idx.numpy()]), input_ids=d.caption_ids[idx],
+            attention_mask=d.caption_mask[idx], image_tokens=d.paired_tokens[idx], bool_masked_pos=self.masking(b),
+            itm_ids_masked=masked_ids, itm_attention_mask=itm_mask, mlm_labels=mlm_labels,
+            itm_labels=(~negative).long())
+
+    def images(self) -> M.ImageBatch:
+        d = self.data
+        idx = self.rng.choice(len(d.image_pool), self.batch_size, replace=False)
+        return M.ImageBatch(to_pixels(d.image_pool[idx]), d.image_pool_tokens[torch.from_numpy(idx)], self.masking(self.batch_size))
+
+    def text(self) -> M.TextBatch:
+        d = self.data
+        idx = torch.from_numpy(self.rng.choice(len(d.text_ids), self.batch_size, replace=False))
+        masked, labels = M.mask_text(d.text_ids[idx], d.tokenizer, generator=self.generator)
+        return M.TextBatch(masked, d.text_mask[idx], labels)
+
+    def draw(self, row: M.AblationRow) -> tuple[str, object]:
+        """One round-robin draw: pick a source with the row's probabilities, return a full batch of it."""
+        names = [s for s in SOURCES if row.sources.get(s, 0) > 0]
+        p = np.array([row.sources[s] for s in names])
+        source = names[self.rng.choice(len(names), p=p / p.sum())]
+        return source, getattr(self, source)()
+
+
+
+# ---------------------------------------------------------------------------------------------------
+# Evaluation sets (Table 4's three domains, small stand-ins)
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class ProbeTask:
+    """A linear-probe task: train/test inputs (images, token ids or image-text pairs) and labels."""
+
+    train: tuple
+    train_y: np.ndarray
+    test: tuple
+    test_y: np.ndarray
+
+
+@dataclass
+class EvalData:
+    vision: dict[str, ProbeTask]
+    language: dict[str, ProbeTask]
+    entailment: ProbeTask  # inputs are (uint8 images, ids, mask)
+    retrieval_images: np.ndarray  # (R, S, S, 3) held-out combinations
+    retrieval_ids: Tensor  # (R, L)
+    retrieval_mask: Tensor
+    retrieval_captions: list[str]
+
+
+def _shuffled(sentence: str, rng: np.random.Generator, tries: int = 100) -> str:
+    """The sentence's words in a random order that reads differently from the original."""
+    words = sentence.split()
+    for _ in range(tries):
+        text = " ".join(words[i] for i in rng.permutation(len(words)))
+        if text != sentence:
+            return text
+    raise ValueError(f"cannot shuffle {sentence!r} into a different text")
+
+
+def _with_shuffled(texts: list[str], rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
+    """Every other text with its words shuffled; label 1 = the original word order."""
+    out = [t if i % 2 == 0 else _shuffled(t, rng) for i, t in enumerate(texts)]
+    return out, np.array([1 - i % 2 for i in range(len(texts))])
+
+
+def _split(n: int, n_train: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    perm = rng.permutation(n)
+    return perm[:n_train], perm[n_train:]
+
+
+def build_eval_data(data: PretrainData, sizes: M.FlavaSizes, n_probe: int, n_retrieval: int, seed: int,
+                    texts: TextSources | None = None) -> EvalData:
+    """Held-out evaluation sets (fresh seeds; language from books never pretrained on)."""
+    s, L, tok = sizes.image_size, sizes.max_text_len, data.tokenizer
+    rng = np.random.default_rng(seed + 100)
+    # vision: single-object scenes, label = shape; MNIST
+    single = scenes.SceneSampler("train", two_object_prob=0.0)
+    shapes_set = scenes.make_scenes(2 * n_probe, s, seed + 101, single)
+    y = shapes_set.first_shape_labels()
+    tr, te = _split(2 * n_probe, n_probe, rng)
+    vision = {"scene shape": ProbeTask((shapes_set.images[tr],), y[tr], (shapes_set.images[te],), y[te])}
+    digits, digit_y = scenes.mnist_5k(s)
+    tr, te = _split(len(digits), min(n_probe, len(digits) // 2), rng)
+    te = te[: min(n_probe, len(te))]
+    vision["MNIST"] = ProbeTask((digits[tr],), digit_y[tr], (digits[te],), digit_y[te])
+    # language: word order (CoLA-like) on held-out captions and on held-out novel sentences; authorship
+    texts = texts or text_sources()
+    heldout_captions = scenes.make_scenes(n_probe, s, seed + 105, scenes.SceneSampler("test")).captions
+    austen = [texts.austen_heldout[i] for i in rng.permutation(len(texts.austen_heldout))]
+    melville = [texts.melville_heldout[i] for i in rng.permutation(len(texts.melville_heldout))]
+    k = min(n_probe // 2, len(melville))
+    author = austen[n_probe : n_probe + k] + melville[:k]
+    language = {}
+    for name, txt, lab in (("caption word order", *_with_shuffled(heldout_captions, rng)),
+                           ("sentence word order", *_with_shuffled(austen[:n_probe], rng)),
+                           ("authorship", author, np.array([0] * k + [1] * k))):
+        ids, mask = M.tokenize(tok, txt, L)
+        tr, te = _split(len(txt), len(txt) // 2, rng)
+        language[name] = ProbeTask((ids[tr], mask[tr]), lab[tr], (ids[te], mask[te]), lab[te])
+    # multimodal: entailment probe (train distribution -> held-out combinations) and retrieval
+    def pairs(split: str, n: int, sd: int):
+        sampler = scenes.SceneSampler(split, emoji_prob=0.0)
+        sc = scenes.make_scenes(n, s, sd, sampler)
+        flip = np.arange(n) % 2 == 1
+        txt = [neg if f else cap for cap, neg, f in zip(sc.captions, sc.negatives, flip)]
+        ids, mask = M.tokenize(tok, txt, L)
+        return (sc.images, ids, mask), (~flip).astype(np.int64)
+    ent_train, ent_train_y = pairs("train", n_probe, seed + 102)
+    ent_test, ent_test_y = pairs("test", n_probe, seed + 103)
+    retrieval = scenes.make_scenes(n_retrieval, s, seed + 104, scenes.SceneSampler("test"))
+    r_ids, r_mask = M.tokenize(tok, retrieval.captions, L)
+    return EvalData(vision, language, ProbeTask(ent_train, ent_train_y, ent_test, ent_test_y),
+                    retrieval.images, r_ids, r_mask, retrieval.captions)
+
