@@ -8,6 +8,7 @@ import math
 import os
 import random
 import socket
+import statistics
 
 import numpy as np
 import pytest
@@ -15,7 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from reproduce.data import scenes
+from reproduce.flava import data as D
 from reproduce.flava import experiments as E
+from reproduce.flava import sections as S
 from reproduce.flava import model as M
 
 TINY = M.FlavaSizes(image_size=32, patch_size=8, hidden=32, heads=2, mlp=64, image_layers=1, text_layers=1,
@@ -26,13 +29,13 @@ TINY = M.FlavaSizes(image_size=32, patch_size=8, hidden=32, heads=2, mlp=64, ima
 def data():
     torch.manual_seed(0)
     captions = scenes.make_scenes(200, 32, 5).captions
-    texts = E.TextSources(pretrain=[f"{c} and then the words went on." for c in captions], austen_heldout=[], melville_heldout=[])
-    return E.build_pretrain_data(TINY, n_pairs=96, n_images=64, n_text=64, emoji_prob=0.0, seed=0, texts=texts)
+    texts = D.TextSources(pretrain=[f"{c} and then the words went on." for c in captions], austen_heldout=[], melville_heldout=[])
+    return D.build_pretrain_data(TINY, n_pairs=96, n_images=64, n_text=64, emoji_prob=0.0, seed=0, texts=texts)
 
 
 @pytest.fixture(scope="module")
 def sampler(data):
-    return E.BatchSampler(data, TINY, batch_size=8, seed=0)
+    return D.BatchSampler(data, TINY, batch_size=8, seed=0)
 
 
 # ------------------------------------------------------------------------------------------- masking
@@ -212,7 +215,7 @@ def test_each_ablation_row_turns_on_exactly_its_losses(sampler, row_name, expect
 
 def test_round_robin_draws_sources_with_the_rows_probabilities(data):
     row = M.table3_rows(0.7, 0.15, 0.15)["FLAVA"]
-    sampler = E.BatchSampler(data, TINY, batch_size=4, seed=3)
+    sampler = D.BatchSampler(data, TINY, batch_size=4, seed=3)
     drawn = [sampler.draw(row)[0] for _ in range(300)]
     assert abs(drawn.count("paired") / 300 - 0.7) < 0.08  # 3 sigma is 0.079
     assert drawn.count("images") > 25 and drawn.count("text") > 25
@@ -229,7 +232,7 @@ def test_paired_batch_mixes_matched_and_unmatched_pairs(sampler, data):
 
 
 def test_vq_tokens_are_nearest_codebook_entries(data):
-    x = E.to_pixels(data.paired_images[:4])
+    x = D.to_pixels(data.paired_images[:4])
     codes = data.vq.encode(x)  # (4, P)
     patches = M.patchify(x, TINY.patch_size)  # (4, P, 3 p p)
     assert torch.equal(codes, torch.cdist(patches, data.vq.codebook.expand(4, -1, -1)).argmin(-1))
@@ -346,54 +349,113 @@ def test_row6_without_its_source_rows_is_refused_before_any_work():
         M.initialise_from(M.build_model(TINY, 0), {"image": {"flava.image_model": {}}})
 
 
-def _claims(per_seed: dict[str, list[float]]) -> dict:
-    """add_table3_claims on rows whose every domain and macro take the given per-seed values."""
-    import statistics
+# ------------------------------------------------------------------- claims of each section (synthetic)
+def _run(**overrides):
+    from reproduce import config, results
 
-    class Recorder:
-        def __init__(self):
-            self.claims = {}
+    return results.Run(config.resolve("flava", "smoke", overrides))
 
-        def claim(self, id, **kw):
-            self.claims[id] = kw
 
-    run = Recorder()
-    ours = {n: {**{d: statistics.fmean(v) for d in (*E.DOMAINS, "macro")}, "macro_std": 0.0, "seeds": len(v)}
-            for n, v in per_seed.items()}
+def _table3_claims(per_seed: dict[str, list[float]]) -> dict:
+    """``table3_claims`` on rows whose every domain and macro take the given per-seed values (seeds 0, 1, ...)."""
+    run = _run()
     seeds = [{"row": n, "seed": i, **{d: m for d in E.DOMAINS}, "macro": m} for n, v in per_seed.items() for i, m in enumerate(v)]
-    E.add_table3_claims(run, ours, {n: {} for n in per_seed}, seeds)
-    return run.claims
+    tasks = {n: {f"{d}/task": statistics.fmean(v) for d in E.DOMAINS} for n, v in per_seed.items()}
+    S.table3_claims(run, seeds, tasks)
+    return {c.id: c for c in run.claims}
 
 
-@pytest.mark.parametrize("macros, expected", [
-    ({"FLAVA_C": 40, "FLAVA_MM": 45, "FLAVA": 44, M.INIT_ROW: 50},
-     {"table3_init_improves_full": True, "table3_full_best_macro": True}),
-    ({"FLAVA_C": 40, "FLAVA_MM": 45, "FLAVA": 44, M.INIT_ROW: 43},
-     {"table3_init_improves_full": False, "table3_full_best_macro": False}),
-    ({"FLAVA_C": 40, "FLAVA_MM": 45, "FLAVA": 46}, {"table3_full_best_macro": True}),  # row 6 not run: row 5 is "full"
-])
-def test_table3_claims_use_row6_as_full_flava_where_it_ran(macros, expected):
-    from reproduce.results import evaluate
-
-    claims = _claims({n: [m] for n, m in macros.items()})
-    got = {k: evaluate(c["relation"], c["ours"], c["target"]) for k, c in claims.items() if k in expected}
-    assert got == expected
-    full = M.INIT_ROW if M.INIT_ROW in macros else "FLAVA"
-    assert claims["table3_full_best_macro"]["ours"] == macros[full] - max(v for k, v in macros.items() if k != full)
-    for c in claims.values():
-        assert c["note"] and ("does not hold" in c["note"]) != evaluate(c["relation"], c["ours"], c["target"])
+def test_table3_claims_hold_when_every_seed_agrees():
+    c = _table3_claims({"FLAVA_C": [40.0, 42.0, 41.0], "FLAVA_MM": [45.0, 46.5, 45.5],
+                        "FLAVA": [44.0, 45.0, 44.5], M.INIT_ROW: [50.0, 51.0, 50.0]})
+    assert {k: v.verdict for k, v in c.items()} == dict.fromkeys(
+        ["table3_mm_beats_c_multimodal", "table3_mm_beats_c_language", "table3_init_improves_full",
+         "table3_full_best_macro"], "holds")
+    diff = c["table3_init_improves_full"].ours
+    assert diff.value == pytest.approx(statistics.fmean([6.0, 6.0, 5.5])) and diff.n == 3 and diff.units == (6.0, 6.0, 5.5)
+    assert c["table3_mm_beats_c_multimodal"].paper == "69.11 vs 66.25"  # rendered from PAPER
+    for claim in c.values():
+        assert claim.relation == ">" and claim.threshold == 0.0 and claim.source.startswith("paper: Table 3")
+        assert "per seed [0, 1, 2]" in claim.note and "cannot tell" not in claim.note
 
 
-def test_table3_claims_must_hold_for_every_pair_of_seeds():
-    from reproduce.results import evaluate
+def test_table3_claims_contradicted_when_every_seed_disagrees():
+    c = _table3_claims({"FLAVA_C": [50.0, 52.0, 51.0], "FLAVA_MM": [45.0, 46.0, 45.5],
+                        "FLAVA": [44.0, 45.0, 44.5], M.INIT_ROW: [40.0, 40.5, 40.2]})
+    assert {v.verdict for v in c.values()} == {"contradicted"}
+    note = c["table3_mm_beats_c_multimodal"].note
+    assert note.startswith("contradicted at our scale: FLAVA_MM - FLAVA_C per multimodal task (means): task -5.50")
+    assert "macro" in c["table3_init_improves_full"].note and "vision -4.27" in c["table3_init_improves_full"].note
 
-    claims = _claims({"FLAVA_C": [43.7, 61.9], "FLAVA_MM": [62.7, 61.1],  # means 52.8 < 61.9, but seeds overlap
-                      "FLAVA": [51.0, 56.7], M.INIT_ROW: [57.0, 57.5]})  # every seed of row 6 above every seed of row 5
-    assert claims["table3_mm_beats_c_multimodal"]["ours"] == pytest.approx(61.1 - 61.9)
-    assert not evaluate(">", claims["table3_mm_beats_c_multimodal"]["ours"], 0.0)
-    assert claims["table3_init_improves_full"]["ours"] == pytest.approx(57.0 - 56.7)
-    assert evaluate(">", claims["table3_init_improves_full"]["ours"], 0.0)
-    assert "FLAVA_C 43.70 / 61.90" in claims["table3_mm_beats_c_multimodal"]["note"]
+
+def test_table3_claims_inconclusive_when_the_seeds_straddle_or_there_is_one_seed():
+    c = _table3_claims({"FLAVA_C": [43.7, 61.9], "FLAVA_MM": [62.7, 61.1],  # +19.0 and -0.8: mean up, interval straddles
+                        "FLAVA": [51.0, 56.7], M.INIT_ROW: [57.0, 57.5]})
+    mm = c["table3_mm_beats_c_multimodal"]
+    assert mm.verdict == "inconclusive" and mm.ours.value == pytest.approx((19.0 - 0.8) / 2)
+    assert mm.ours.low < 0 < mm.ours.high and mm.note.startswith("the seeds cannot tell")
+    assert "FLAVA_C 43.70 / 61.90" in mm.note
+    one = _table3_claims({"FLAVA_C": [40.0], "FLAVA_MM": [45.0], "FLAVA": [44.0], M.INIT_ROW: [50.0]})
+    assert {v.verdict for v in one.values()} == {"inconclusive"}  # one seed: no interval
+    assert one["table3_init_improves_full"].ours.low == -math.inf
+
+
+def test_table3_each_comparison_is_claimed_once():
+    """Row 5 is the strongest other row here; it is compared with row 6 once (init improves full),
+    so "full FLAVA best" compares row 6 with the best of the remaining rows (FLAVA_MM)."""
+    c = _table3_claims({"MIM": [20.0, 21.0], "FLAVA_C": [40.0, 41.0], "FLAVA_MM": [45.0, 46.0],
+                        "FLAVA": [49.0, 48.0], M.INIT_ROW: [50.0, 52.0]})
+    assert "minus FLAVA_MM" in c["table3_full_best_macro"].text
+    assert c["table3_full_best_macro"].ours.units == (5.0, 6.0)
+    assert c["table3_init_improves_full"].ours.units == (1.0, 4.0)
+    # without row 6 the paper claims no "best" for row 5 (73.72 < FLAVA_MM's 74.23): no such claim
+    no_init = _table3_claims({"FLAVA_C": [40.0, 41.0], "FLAVA_MM": [45.0, 46.0], "FLAVA": [49.0, 48.0]})
+    assert set(no_init) == {"table3_mm_beats_c_multimodal", "table3_mm_beats_c_language"}
+
+
+def test_table3_claims_refuse_rows_that_do_not_share_seeds():
+    seeds = [{"row": "FLAVA_C", "seed": 0, **dict.fromkeys(E.DOMAINS, 1.0), "macro": 1.0},
+             {"row": "FLAVA_MM", "seed": 1, **dict.fromkeys(E.DOMAINS, 1.0), "macro": 1.0}]
+    with pytest.raises(ValueError, match="share their seeds"):
+        S.table3_claims(_run(), seeds, {})
+
+
+@pytest.mark.parametrize("gap, verdict", [(3e-7, "holds"), (0.0, "holds"), (2e-3, "contradicted")])
+def test_hf_path_claim_is_an_exact_check(gap, verdict):
+    run = _run()
+    S.hf_path_claims(run, {"max_abs_gap": gap, "losses": dict.fromkeys(S.HF_LOSS_NAMES, 1.0), "parameters": 10})
+    (claim,) = run.claims
+    assert claim.verdict == verdict and not claim.ours.noisy and claim.source.startswith("ours: ")
+
+
+def test_stable_values_hold_the_paper_table_and_no_measured_value():
+    from reproduce import results
+
+    run = _run()
+    run.record("hf_path", {"max_abs_gap": 1e-7, "losses": dict.fromkeys(S.HF_LOSS_NAMES, 1.234567), "parameters": 123})
+    S.hf_path_claims(run, run.measured["hf_path"])
+    S.table3_claims(run, [{"row": n, "seed": 0, **dict.fromkeys(E.DOMAINS, m), "macro": m}
+                          for n, m in (("FLAVA_C", 40.1234), ("FLAVA_MM", 45.0), ("FLAVA", 44.0), (M.INIT_ROW, 50.0))], {})
+    text = results.stable_text(S.stable_values(run))
+    assert "paper.table3.FLAVA_MM.macro: 74.23" in text and "hf_losses_agree: True" in text and "parameters: 123" in text
+    assert "rows.FLAVA.updates: 6" in text  # smoke: 4 paired draws at p = 0.70
+    assert "claims.table3_full_best_macro: ours > 0 (paper: Table 3" in text
+    assert "1.23457" not in text and "40.12" not in text and "inconclusive" not in text
+
+
+def test_notebook_makes_no_claim_and_checks_its_stable_values():
+    import json
+
+    from conftest import REPO_ROOT
+
+    cells = json.loads((REPO_ROOT / "notebooks" / "02_flava.ipynb").read_text(encoding="utf-8"))["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert not any("claim(" in "".join(c["source"]) for c in code)
+    checked = [c for c in code if "checked" in c["metadata"].get("tags", [])]
+    assert len(checked) == 1 and "".join(checked[0]["source"]).startswith("# NBVAL_CHECK_OUTPUT")
+    assert "paper.table3.FLAVA+init.macro: 75.85" in "".join(checked[0]["outputs"][0]["text"])
+    assert all(not c.get("outputs") for c in code if c is not checked[0])
+    assert "summary" in code[-1]["metadata"].get("tags", [])
 
 
 # --------------------------------------------------------------------------------------- evaluation
@@ -486,9 +548,9 @@ def test_bad_objectives_rows_and_masking_are_refused(data):
     with pytest.raises(ValueError, match="text mask probability"):
         M.mask_text(data.text_ids[:2], data.tokenizer, prob=0.0)
     with pytest.raises(ValueError, match="batch_size"):
-        E.BatchSampler(data, TINY, batch_size=1, seed=0)
+        D.BatchSampler(data, TINY, batch_size=1, seed=0)
     with pytest.raises(ValueError, match="itm_negative_prob"):
-        E.BatchSampler(data, TINY, batch_size=4, seed=0, itm_negative_prob=1.5)
+        D.BatchSampler(data, TINY, batch_size=4, seed=0, itm_negative_prob=1.5)
     with pytest.raises(TypeError, match="unknown batch type"):
         M.losses(None, object(), M.Objectives(gc=True))
 
@@ -521,7 +583,7 @@ def test_config_rows_match_the_model_and_bad_parameters_are_refused():
 
     assert tuple(M.table3_rows()) == TABLE3_ROWS
     assert {n: tuple(r.init.values()) for n, r in M.table3_rows().items() if r.init} == INIT_SOURCES
-    assert set(E.PAPER_TABLE3) == set(TABLE3_ROWS)
+    assert set(S.PAPER["table3"]) == set(TABLE3_ROWS)
     params = config.resolve("flava", "cpu")
     assert E.sizes_from(params).grid == params.image_size // params.patch_size
     with pytest.raises(config.ParamError, match="rows"):
@@ -699,15 +761,15 @@ def test_pretraining_data_from_hub_pairs_keeps_them_and_draws_other_captions_as_
     images = rng.integers(0, 256, size=(40, 32, 32, 3), dtype=np.uint8)
     captions = [f"photo number {i // 2} of the set" for i in range(40)]  # pairs of equal captions
     pairs = pmd.ImageCaptionPairs(images, captions, ["coco"] * 40)
-    texts = E.TextSources(pretrain=[f"{c} and more words." for c in captions], austen_heldout=[], melville_heldout=[])
-    data = E.build_pretrain_data(TINY, n_pairs=999, n_images=16, n_text=16, emoji_prob=0.0, seed=0, texts=texts, pairs=pairs)
+    texts = D.TextSources(pretrain=[f"{c} and more words." for c in captions], austen_heldout=[], melville_heldout=[])
+    data = D.build_pretrain_data(TINY, n_pairs=999, n_images=16, n_text=16, emoji_prob=0.0, seed=0, texts=texts, pairs=pairs)
     assert data.captions == captions and data.paired_images is images and len(data.paired_tokens) == 40
     negatives = [data.tokenizer.decode(ids, skip_special_tokens=True) for ids in data.negative_ids]
     assert all(neg != cap for neg, cap in zip(negatives, captions)) and set(negatives) <= set(captions)
-    batch = E.BatchSampler(data, TINY, batch_size=8, seed=0).paired()
+    batch = D.BatchSampler(data, TINY, batch_size=8, seed=0).paired()
     assert batch.pixel_values.shape == (8, 3, 32, 32)
     with pytest.raises(ValueError, match="image_size"):
-        E.build_pretrain_data(TINY, 0, 16, 16, 0.0, 0, texts, pairs=pmd.ImageCaptionPairs(images[:, :16, :16], captions, ["x"] * 40))
+        D.build_pretrain_data(TINY, 0, 16, 16, 0.0, 0, texts, pairs=pmd.ImageCaptionPairs(images[:, :16, :16], captions, ["x"] * 40))
 
 
 def test_released_model_zero_shot_uses_its_own_processor_and_tokenizer(data):
@@ -718,14 +780,14 @@ def test_released_model_zero_shot_uses_its_own_processor_and_tokenizer(data):
     model = M.build_model(TINY, seed=0).eval()
     heldout = scenes.make_scenes(40, TINY.image_size, 7, scenes.SceneSampler("test"))
     ids, mask = M.tokenize(data.tokenizer, heldout.captions, TINY.max_text_len)
-    ev = E.EvalData({}, {}, None, heldout.images, ids, mask, heldout.captions)
+    ev = D.EvalData({}, {}, None, heldout.images, ids, mask, heldout.captions)
     ours = E.retrieval_recalls(*E.contrastive_embeddings(model, heldout.images, ids, mask), heldout.captions)
     as_ours = FlavaImageProcessor(do_resize=False, do_center_crop=False, rescale_factor=1 / 127.5,
                                   image_mean=[1.0, 1.0, 1.0], image_std=[1.0, 1.0, 1.0])
     from PIL import Image
 
     pixels = as_ours(images=[Image.fromarray(x) for x in heldout.images], return_tensors="pt")["pixel_values"]
-    torch.testing.assert_close(pixels, E.to_pixels(heldout.images))  # the processor really prepares pixels as ours
+    torch.testing.assert_close(pixels, D.to_pixels(heldout.images))  # the processor really prepares pixels as ours
     got = E.released_zero_shot(model, as_ours, data.tokenizer, ev, max_length=TINY.max_text_len)
     assert got == ours and set(got) == {"TR R@1", "IR R@1", "TR R@5", "IR R@5"}
     resized = FlavaImageProcessor(size={"height": 48, "width": 48}, crop_size={"height": TINY.image_size, "width": TINY.image_size})
