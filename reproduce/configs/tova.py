@@ -4,6 +4,13 @@ from reproduce.config import Param, PaperSpec
 
 POLICIES = ("window", "window_sink", "h2o", "tova")  # the full cache is always measured as the reference
 
+
+def _blocks_fit(values) -> str | None:
+    if values["nll_block"] > values["length"] - 1:
+        return (f"nll_block={values['nll_block']} exceeds the {values['length'] - 1} predicted tokens of a passage "
+                f"(length={values['length']}): choose nll_block <= length - 1")
+    return None
+
 SPEC = PaperSpec(
     name="tova",
     notebook="04_tova.ipynb",
@@ -22,6 +29,8 @@ SPEC = PaperSpec(
                           choices=POLICIES, min_len=1),
         "sinks": Param("int", 4, "i of Window+i: first tokens always kept (§4.1)", min=1),
         "batch_size": Param("int", 4, "passages per masked parallel pass (App. E)", min=1),
+        "nll_block": Param("int", 128, "tokens per block of the paired intervals: blocks of consecutive predicted "
+                           "tokens within a passage, the same tokens for every policy", min=1),
         "full_margin_rel": Param("float", 0.05, "TOVA at C = L/8 within this relative PPL margin of the full cache "
                                  "(the paper: 7.41 vs 7.16, +3.5%)", min=0.0, max=1.0),
         "stream_tokens": Param("int", 512, "tokens streamed through the Cache objects (speed + equality check)", min=16),
@@ -38,7 +47,7 @@ SPEC = PaperSpec(
     profiles={
         "smoke": {
             "threads": 1, "passages": 1, "length": 96, "budgets": [8, 16, 32], "window_budgets": [8, 16],
-            "batch_size": 1,
+            "batch_size": 1, "nll_block": 16,
             "stream_tokens": 40, "stream_budget": 8, "analysis_budget": 12,
             "throughput_budgets": [8, 32], "throughput_batch": 2, "throughput_steps": 2,
             "gen_budget": 8, "gen_prompt_tokens": 32, "gen_new_tokens": 4,
@@ -58,4 +67,5 @@ SPEC = PaperSpec(
         "Table 1": "2. Resources",
         "§6 / Figure 8": "3. What TOVA keeps",
     },
+    checks=(_blocks_fit,),
 )

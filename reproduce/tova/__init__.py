@@ -10,8 +10,9 @@ long English novels:
 - generation with each policy at a small C.
 
 Modules: :mod:`.policies` (the policies as ``transformers`` Caches: streaming form),
-:mod:`.appendix_e` (the paper's parallel masked evaluation, App. E), :mod:`.experiments` (the
-notebook's sections), :mod:`.plots` (``FIGURES`` and the Korean table ``KO``).
+:mod:`.appendix_e` (the paper's parallel masked evaluation, App. E), :mod:`.experiments`
+(measurements, no claims), :mod:`.sections` (one function per notebook section: measure, record,
+claim; the paper's numbers in ``PAPER``), :mod:`.plots` (``FIGURES`` and the Korean table ``KO``).
 
 References consulted for facts (not code): the paper; the authors' repository (schwartz-lab-NLP/TOVA,
 a ``DynamicCache`` subclass); transformers' ``DynamicSlidingWindowLayer``.

@@ -1,7 +1,9 @@
-"""The notebook's sections: Figure 3 (PPL vs C), Table 1 (resources), what TOVA keeps, generation.
+"""Measurements of the notebook's sections: Figure 3 (PPL vs C), Table 1 (resources), what TOVA
+keeps, generation.
 
-Every function returns plain data (floats, lists, dicts) that the notebook records with
-``run.record``; figures are drawn from those records only (:mod:`.plots`).
+Every function returns plain data (floats, lists, dicts); :mod:`.sections` records it with
+``run.record`` and makes the claims; figures are drawn from the records only (:mod:`.plots`).
+No claims and no paper numbers here (those live in :mod:`.sections`).
 """
 
 from __future__ import annotations
@@ -21,24 +23,17 @@ from . import appendix_e
 from .appendix_e import MaskedPass
 from .policies import EvictionCache, EvictionSpec, attach, make_cache
 
-PAPER_TABLE3 = {  # App. A Table 3: LLaMA-2-7B on PG-19, chunks of 4,096 tokens; full cache 7.16
-    "tova": {64: 9.53, 128: 8.32, 256: 7.71, 512: 7.41, 1024: 7.25, 2048: 7.17, 4096: 7.16},
-    "window_sink": {64: 10.28, 128: 8.98, 256: 8.19, 512: 7.73, 1024: 7.46, 2048: 7.30, 4096: 7.16},
-    "h2o": {256: 8.21, 512: 7.75, 1024: 7.49, 2048: 7.32},
-    "window": {64: 4812.0},
-}
-PAPER_FULL_PPL = 7.16
-PAPER_TABLE1 = {  # Table 1: LLaMA-2-7B, one V100; C -> (KV GB, max batch, relative throughput)
-    256: (0.15, 139, 8.5), 512: (0.28, 70, 4.8), 1024: (0.56, 35, 3.1), 2048: (1.11, 17, 1.7), 4096: (2.18, 8, 1.0),
-}
-
-
 # ----------------------------------------------------------------------------- model and text
 @dataclass
 class Loaded:
     model: torch.nn.Module
     tokenizer: object
     description: str
+
+    @property
+    def parameters(self) -> int:
+        """Number of weights (tied embeddings counted once)."""
+        return sum(p.numel() for p in self.model.parameters())
 
 
 def load_model(name: str, device: torch.device | str = "cpu") -> Loaded:
@@ -92,14 +87,43 @@ def perplexity(nll: torch.Tensor) -> float:
     return math.exp(nll.double().mean().item())
 
 
+@dataclass
+class Sweep:
+    """What :func:`budget_sweep` measured.
+
+    ``ppl["full"]`` is a float, ``ppl[policy][C]`` floats. ``block_nll`` has the same keys, each
+    holding the per-block mean NLLs: blocks of ``block`` consecutive predicted tokens within each
+    passage (a trailing partial block is dropped), passage by passage, the same tokens for every
+    policy, so that two policies can be compared block by block (paired). ``collected`` is the
+    :class:`MaskedPass` of ``collect``, or None.
+    """
+
+    ppl: dict
+    block_nll: dict
+    block: int
+    blocks_per_passage: int
+    collected: MaskedPass | None
+
+
+def block_nll(nll: torch.Tensor, block: int) -> list[float]:
+    """Mean NLL of each block of ``block`` consecutive predicted tokens, passage by passage.
+
+    ``nll`` is ``(B, L - 1)``; returns ``B * ((L - 1) // block)`` values (trailing tokens that do not
+    fill a block are dropped), in float64.
+    """
+    B, T = nll.shape
+    n = T // block
+    return nll[:, : n * block].double().reshape(B, n, block).mean(dim=-1).flatten().tolist()
+
+
 def budget_sweep(model, ids: torch.Tensor, budgets: Sequence[int], policies: Sequence[str], sinks: int = 4,
                  batch_size: int = 1, collect: EvictionSpec | None = None, picture_layers: Sequence[int] = (),
-                 window_budgets: Sequence[int] | None = None):
+                 window_budgets: Sequence[int] | None = None, block: int = 128) -> Sweep:
     """Figure 3: perplexity of every (policy, C) by the App. E masked pass, plus the full cache.
 
-    The plain Window runs at ``window_budgets`` (default: ``budgets``). Returns ``(ppl, collected)``:
-    ``ppl["full"]`` is a float, ``ppl[policy][C]`` floats; ``collected`` is the :class:`MaskedPass`
-    of ``collect`` (added to the sweep if absent), or None.
+    The plain Window runs at ``window_budgets`` (default: ``budgets``). The per-token NLLs of each
+    pass are also reduced to per-block means (``block`` tokens; see :class:`Sweep`). ``collect``
+    is added to the sweep if absent.
     """
     def budgets_of(p):
         return window_budgets if p == "window" and window_budgets is not None else budgets
@@ -110,6 +134,7 @@ def budget_sweep(model, ids: torch.Tensor, budgets: Sequence[int], policies: Seq
     if collect is not None and collect not in specs:
         specs.append(collect)
     ppl: dict = {p: {} for p in policies}
+    blocks: dict = {p: {} for p in policies}
     collected = None
     for spec in tqdm(specs, desc="Figure 3: masked passes", unit="config"):
         keeper = MaskedPass(spec, collect=spec == collect, picture_layers=tuple(picture_layers))
@@ -118,10 +143,11 @@ def budget_sweep(model, ids: torch.Tensor, budgets: Sequence[int], policies: Seq
         if spec == collect:
             collected = keeper
         if spec.policy == "full":
-            ppl["full"] = perplexity(nll)
+            ppl["full"], blocks["full"] = perplexity(nll), block_nll(nll, block)
         elif spec.policy in policies and spec.budget in budgets_of(spec.policy):
             ppl[spec.policy][spec.budget] = perplexity(nll)
-    return ppl, collected
+            blocks[spec.policy][spec.budget] = block_nll(nll, block)
+    return Sweep(ppl, blocks, block, (ids.shape[1] - 1) // block, collected)
 
 
 # ----------------------------------------------------------------------------- streaming
@@ -173,13 +199,15 @@ def streaming_check(model, ids: torch.Tensor, spec: EvictionSpec) -> dict:
 def resources(model, ids: torch.Tensor, budgets: Sequence[int], batch: int, steps: int, kv_budget_mb: float) -> dict:
     """Table 1: KV bytes (from the cache tensors), decode throughput and the largest batch vs C.
 
+    ``ms_per_step[C]`` is the median of the timed steps, ``step_ms[C]`` all of them.
+
     For each C: a TOVA state of C tokens (a C-token prefill of ``ids[0]``) is copied to ``batch``
     rows, then ``steps`` decode steps are timed (each evicts one token, so the state stays at C).
     ``max_batch`` is the number of sequences whose KV cache fits ``kv_budget_mb`` (weights excluded).
     """
     kw = _cache_kw(model)
-    out = {"budgets": list(budgets), "batch": batch, "kv_mb_per_seq": {}, "ms_per_step": {}, "tokens_per_s": {},
-           "max_batch": {}, "kv_budget_mb": kv_budget_mb}
+    out = {"budgets": list(budgets), "batch": batch, "kv_mb_per_seq": {}, "kv_bytes_per_seq": {}, "ms_per_step": {},
+           "step_ms": {}, "tokens_per_s": {}, "max_batch": {}, "kv_budget_mb": kv_budget_mb}
     for C in tqdm(budgets, desc="Table 1: decode throughput", unit="C"):
         cache = make_cache(EvictionSpec("tova", C))
         model(ids[:1, :C], use_cache=True, **{kw: cache})
@@ -196,7 +224,9 @@ def resources(model, ids: torch.Tensor, budgets: Sequence[int], batch: int, step
         per_seq = cache.nbytes() / batch / 2**20
         step = sorted(times)[len(times) // 2]  # median: robust to other processes on a shared CPU
         out["kv_mb_per_seq"][C] = per_seq
+        out["kv_bytes_per_seq"][C] = cache.nbytes() // batch
         out["ms_per_step"][C] = 1e3 * step
+        out["step_ms"][C] = [1e3 * t for t in times]  # every timed step (the claim's interval resamples them)
         out["tokens_per_s"][C] = batch / step
         out["max_batch"][C] = int(kv_budget_mb // per_seq)
     return out
@@ -224,26 +254,36 @@ def kept_analysis(keeper: MaskedPass, ids: torch.Tensor, tokenizer, first_half_o
 
     A token's survival is the fraction of later steps at which it is in a layer's state. Only tokens
     in the first half of a chunk are counted (a late token has few later steps and is kept by
-    recency alone).
+    recency alone). The same means are also given passage by passage (``*_by_passage``: None where
+    a passage has no token of a class), the units of the claims' intervals.
     """
     layers = sorted(keeper.survival)
     survival = torch.stack([keeper.survival[l] for l in layers])  # layers, B, L
     _, B, L = survival.shape
     limit = L // 2 if first_half_only else L
     totals = {c: [0.0, 0] for c in TOKEN_CLASSES}
+    by_passage = {c: [] for c in TOKEN_CLASSES}
     for b in range(B):
         pieces = tokenizer.convert_ids_to_tokens(ids[b].tolist())
         texts = [tokenizer.convert_tokens_to_string([p]) for p in pieces]
         mean_over_layers = survival[:, b].mean(dim=0)  # L
+        passage = {c: [0.0, 0] for c in TOKEN_CLASSES}
         for j in range(limit):
             c = token_class(j, texts[j])
-            totals[c][0] += mean_over_layers[j].item()
+            v = mean_over_layers[j].item()
+            totals[c][0] += v
             totals[c][1] += 1
+            passage[c][0] += v
+            passage[c][1] += 1
+        for c, (s, n) in passage.items():
+            by_passage[c].append(s / n if n else None)
     return {
         "budget": keeper.spec.budget,
         "class_survival": {c: (s / n if n else None) for c, (s, n) in totals.items()},
         "class_counts": {c: n for c, (_, n) in totals.items()},
+        "class_survival_by_passage": by_passage,  # class -> B values
         "first_token_by_layer": survival[:, :, 0].mean(dim=1).tolist(),  # layers
+        "first_token_by_passage": survival[:, :, 0].mean(dim=0).tolist(),  # B
         "mean_by_layer": survival[:, :, :limit].mean(dim=(1, 2)).tolist(),
         "occupancy": {str(l): [[round(v, 3) for v in row] for row in keeper.occupancy[l].tolist()]
                       for l in sorted(keeper.occupancy)},
