@@ -252,6 +252,171 @@ def test_experiment_inputs_are_checked():
         ex.perplexity(rn.RetNetForCausalLM(_tiny_config()), np.arange(10), length=16, windows=4)
 
 
+def test_block_fields_come_from_the_config_and_build_the_same_block():
+    from types import SimpleNamespace
+
+    from reproduce.retnet import experiments as ex
+    from reproduce.retnet.retention import MSR_FIELDS, RetNetBlock
+
+    fields = ex.block_fields(32, 2, 16)
+    assert set(fields) == set(MSR_FIELDS)
+    config = rn.RetNetConfig(hidden_size=32, num_heads=2, chunk_size=16)
+    torch.manual_seed(0)
+    a = RetNetBlock(SimpleNamespace(**fields))
+    torch.manual_seed(0)
+    b = RetNetBlock(config)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_variants_are_declared_once():
+    from reproduce.configs.retnet import SPEC, VARIANTS
+    from reproduce.retnet import experiments as ex
+    from reproduce.retnet import sections
+
+    assert tuple(ex.VARIANTS) == tuple(VARIANTS) == tuple(SPEC.params["variants"].choices)
+    assert set(ex.TABLE5) | set(ex.ABLATIONS) == set(VARIANTS) and not set(ex.TABLE5) & set(ex.ABLATIONS)
+    assert set(sections.PAPER["ppl_200m"]) == set(VARIANTS)
+
+
+# --- claim logic of every section, on synthetic measurements ----------------------------------------
+class _Params(dict):
+    __getattr__ = dict.__getitem__
+
+
+def _run():
+    from reproduce import results
+
+    return results.Run(_Params(paper="retnet", profile="smoke", seed=0, overrides={}))
+
+
+def _verdicts(run) -> dict:
+    return {c.id: c.verdict for c in run.claims}
+
+
+def _lm_runs(ppl: dict[str, list[float]]) -> list[dict]:
+    return [{"variant": v, "seed": s, "valid_ppl": x, "params": 1000} for v, xs in ppl.items() for s, x in enumerate(xs)]
+
+
+def test_forms_claim_holds_below_rounding_and_is_contradicted_above():
+    from reproduce.retnet import sections
+
+    rows = [{"compared": "parallel vs recurrent", "chunk": None, "max_abs_diff": 3e-15},
+            {"compared": "parallel vs chunkwise", "chunk": 4, "max_abs_diff": 1e-14}]
+    run = _run()
+    sections.claim_forms(run, rows)
+    assert _verdicts(run) == {"forms_equal": "holds"}
+    assert run.claims[0].source.startswith("ours:") and not run.claims[0].ours.noisy
+    run = _run()
+    sections.claim_forms(run, rows + [{"compared": "parallel vs chunkwise", "chunk": 9, "max_abs_diff": 2e-3}])
+    assert _verdicts(run) == {"forms_equal": "contradicted"}
+    assert sections.stable_values(run)["claims"] == {"forms_equal": "<= 1e-10"}
+
+
+def _decode_rows(retnet_short, retnet_long, transformer_long, state=(1024, 1024), kv=(4096, 16384)):
+    rows = []
+    for model, length, steps, nbytes in (("retnet", 16, retnet_short, state[0]), ("transformer", 16, retnet_short, kv[0]),
+                                         ("retnet", 64, retnet_long, state[1]), ("transformer", 64, transformer_long, kv[1])):
+        rows.append({"model": model, "length": length, "batch": 2, "latency_ms": float(np.median(steps)),
+                     "step_ms": list(steps), "memory_bytes": nbytes})
+    return rows
+
+
+def test_inference_cost_claims_hold_are_contradicted_or_inconclusive():
+    from reproduce.retnet import sections
+
+    flat = [1.00, 1.02, 0.98, 1.01, 0.99, 1.00, 1.03, 0.97]
+    run = _run()  # flat RetNet, Transformer 10x slower at the longest length, bytes flat / linear
+    sections.claim_inference_cost(run, _decode_rows(flat, flat, [10 * x for x in flat]))
+    assert _verdicts(run) == {"fig6_retnet_latency_flat": "holds", "fig6_speedup": "holds",
+                              "fig6_state_flat": "holds", "fig6_kv_linear": "holds"}
+    assert run.claims[0].ours.noisy and run.claims[0].ours.n == len(flat)  # paired bootstrap over rounds
+    assert not run.claims[2].ours.noisy and not run.claims[3].ours.noisy  # byte ratios are exact
+
+    run = _run()  # RetNet latency doubles, the Transformer is no faster than RetNet; state grows, KV does not
+    sections.claim_inference_cost(run, _decode_rows(flat, [2 * x for x in flat], [2 * x for x in flat],
+                                                    state=(1024, 2048), kv=(4096, 4096)))
+    assert set(_verdicts(run).values()) == {"contradicted"}
+
+    run = _run()  # one noisy round at 1.1x, one at 1.3x: the interval straddles 1.2
+    sections.claim_inference_cost(run, _decode_rows([1.0, 1.0], [1.1, 1.3], [10.0, 10.0]))
+    assert _verdicts(run)["fig6_retnet_latency_flat"] == "inconclusive"
+
+
+def _training_rows(chunkwise_mib, attention_mib, parallel_mib, chunkwise_tps, attention_tps):
+    rows = []
+    for length in (32, 64):
+        for kind, mib, tps in (("parallel", parallel_mib, 100.0), ("chunkwise", chunkwise_mib, chunkwise_tps),
+                               ("attention", attention_mib, attention_tps)):
+            rows.append({"kind": kind, "length": length, "tokens_per_s": tps, "peak_mib": mib, "hwm_reset": True})
+    return rows
+
+
+def test_training_cost_claims_are_exact_single_measurements():
+    from reproduce.retnet import sections
+
+    run = _run()
+    sections.claim_training_cost(run, _training_rows(10.0, 20.0, 40.0, 200.0, 100.0))
+    assert set(_verdicts(run).values()) == {"holds"}
+    assert all(not c.ours.noisy and "single" in c.note for c in run.claims)
+    run = _run()
+    sections.claim_training_cost(run, _training_rows(30.0, 20.0, 20.0, 50.0, 100.0))
+    assert set(_verdicts(run).values()) == {"contradicted"}
+    assert {c.source.split(":")[0] for c in run.claims} == {"paper"}
+
+
+def test_language_modelling_claims_are_paired_by_seed():
+    from reproduce.retnet import sections
+
+    run = _run()  # RetNet below linear attention and above the Transformer on every seed
+    sections.claim_language_modelling(run, _lm_runs({"transformer": [90, 100, 110], "retnet": [100, 111, 121],
+                                                     "linear_attention": [120, 133, 146]}), "tiny")
+    assert _verdicts(run) == {"table5_retnet_beats_linear": "holds", "table5_transformer_below_2b": "holds"}
+    assert run.claims[0].ours.method.startswith("paired t over 3 seeds")
+
+    run = _run()  # the opposite on every seed
+    sections.claim_language_modelling(run, _lm_runs({"transformer": [120, 133, 146], "retnet": [100, 111, 121],
+                                                     "linear_attention": [90, 100, 110]}), "tiny")
+    assert set(_verdicts(run).values()) == {"contradicted"}
+
+    run = _run()  # seed 0 one way, seed 1 the other: the seed means would say "better"; pairing says "cannot tell"
+    sections.claim_language_modelling(run, _lm_runs({"retnet": [100, 150], "linear_attention": [110, 140]}), "tiny")
+    assert _verdicts(run) == {"table5_retnet_beats_linear": "inconclusive"}
+
+    run = _run()  # one seed: no interval
+    sections.claim_language_modelling(run, _lm_runs({"retnet": [100], "linear_attention": [200]}), "tiny")
+    assert _verdicts(run) == {"table5_retnet_beats_linear": "inconclusive"}
+
+
+def test_ablation_claims_hold_are_contradicted_or_inconclusive():
+    from reproduce.retnet import sections
+
+    runs = _lm_runs({"retnet": [100, 110, 120], "no_gate": [105, 116, 126], "no_groupnorm": [95, 104, 114],
+                     "no_decay": [101, 108, 123], "transformer": [1, 1, 1]})
+    run = _run()
+    sections.claim_ablations(run, runs, "tiny")
+    assert _verdicts(run) == {"table6_no_gate": "holds", "table6_no_groupnorm": "contradicted",
+                              "table6_no_decay": "inconclusive"}
+    assert [r["variant"] for r in sections.ablation_rows(runs)] == ["− swish gate", "− GroupNorm", "− γ decay"]
+    run = _run()
+    sections.claim_ablations(run, _lm_runs({"no_gate": [1, 2]}), "tiny")  # no full RetNet: nothing to compare
+    assert run.claims == [] and sections.ablation_rows(_lm_runs({"no_gate": [1, 2]})) == []
+
+
+def test_stable_values_hold_no_timing():
+    from reproduce import results
+    from reproduce.retnet import sections
+
+    run = _run()
+    run.record("forms.max_abs_diff", [{"compared": "parallel vs recurrent", "chunk": None, "max_abs_diff": 1e-15}])
+    run.record("fig6.decode", _decode_rows([1.0, 2.0], [3.0, 4.0], [5.0, 6.0]))
+    run.record("lm.runs", _lm_runs({"retnet": [100.0, 110.0]}))
+    values = sections.stable_values(run)
+    assert values["forms_equal_below_1e-10"] is True
+    assert values["fig6"]["state_bytes_ratio"] == 1.0 and values["fig6"]["kv_bytes_ratio"] == 4.0
+    text = results.stable_text(values)
+    assert "paper.ppl_200m.retnet: 26.05" in text and "latency_ms" not in text and "step_ms" not in text and "valid_ppl" not in text
+
+
 # --- data-parallel training: 2 gloo processes == 1 process on the same global batch -----------------
 _STEPS, _GLOBAL_BATCH, _LENGTH = 3, 4, 16
 

@@ -8,8 +8,20 @@ paper's 1.3B shape (Table 2: hidden 2048, 24 layers; §3.1: d_k 256, so 8 heads)
 
 from reproduce.config import Param, PaperSpec
 
-VARIANT_NAMES = ("transformer", "retnet", "linear_attention", "no_gate", "no_groupnorm", "no_decay", "single_decay",
-                 "small_heads")
+# The Table 5/6 rows, declared once (experiments builds the models from it): name -> (table, label,
+# RetNetConfig overrides; None = the Transformer baseline). Plain data: this module imports no torch.
+VARIANTS: dict[str, tuple[str, str, dict | None]] = {
+    "transformer": ("Table 5", "Transformer", None),
+    "retnet": ("Table 5", "RetNet", {}),
+    # Linear attention = retention with gamma = 1 and no gate; the FFN grows from 2d to 3d to give back
+    # the gate's 2 d^2 parameters, so every model has 12 d^2 per block.
+    "linear_attention": ("Table 5", "Linear attention", {"decay": "none", "use_gate": False, "ffn_factor": 3}),
+    "no_gate": ("Table 6", "− swish gate", {"use_gate": False}),
+    "no_groupnorm": ("Table 6", "− GroupNorm", {"head_norm": "none"}),
+    "no_decay": ("Table 6", "− γ decay", {"decay": "none"}),
+    "single_decay": ("Table 6", "− multi-scale decay", {"decay": "single"}),
+    "small_heads": ("Table 6", "reduce head dimension", {"num_heads": 2}),  # num_heads: a factor on the shape's heads
+}
 
 SPEC = PaperSpec(
     name="retnet",
@@ -50,8 +62,8 @@ SPEC = PaperSpec(
         "lm_lr": Param("float", 3e-3, "peak learning rate (AdamW, warm-up 10%, linear decay)", min=1e-6, max=1.0),
         "lm_eval_windows": Param("int", 64, "validation windows for perplexity", min=1),
         "seeds": Param("list[int]", [0, 1], "seeds per model (data order and initialisation)", min=0, min_len=1),
-        "variants": Param("list[str]", list(VARIANT_NAMES), "models to train (Table 5 and Table 6 rows)",
-                          choices=VARIANT_NAMES, min_len=1),
+        "variants": Param("list[str]", list(VARIANTS), "models to train (Table 5 and Table 6 rows)",
+                          choices=tuple(VARIANTS), min_len=1),
         "gamma_schedule": Param("str", "paper", "decay schedule: §3.1's (paper) or eq. (8)'s default",
                                 choices=("paper", "eq8")),
         "head_norm": Param("str", "groupnorm", "per-head norm: the paper's GroupNorm or torchscale's RMSNorm",

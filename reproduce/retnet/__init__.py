@@ -6,7 +6,8 @@ modelling against a Transformer and linear attention (Table 5) and the ablations
 
 Modules: ``retention`` (§2.1-2.2: decay, rotation, the three forms, MSR; torch only), ``model``
 (§2.3: blocks and the Hugging Face LM with its recurrent cache), ``experiments`` (the notebook's
-measurements), ``plots`` (figures; ``FIGURES`` and its Korean table ``KO``).
+measurements, no claims), ``sections`` (one function per notebook section: measure, record, claim;
+the paper's numbers in ``PAPER``), ``plots`` (figures; ``FIGURES`` and its Korean table ``KO``).
 
 Reference implementation consulted for facts (no code copied): torchscale 0.3.0 (Microsoft).
 """
@@ -24,12 +25,13 @@ _EXPORTS = {
     "plots": ("FIGURES", "KO"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE) + ["experiments", "model", "plots", "retention"]
+_MODULES = ("experiments", "model", "plots", "retention", "sections")
+__all__ = sorted(_WHERE) + list(_MODULES)
 
 
 def __getattr__(name: str):
     if name in _WHERE:
         return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    if name in ("experiments", "model", "plots", "retention"):
+    if name in _MODULES:
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """The RetNet notebook's measurements: forms agree, inference cost, training cost, small LMs.
 
-Each function returns plain data (lists of row dicts) that the notebook records with
+Each function returns plain data (lists of row dicts) that :mod:`reproduce.retnet.sections` records with
 ``run.record`` and the figure functions in :mod:`reproduce.retnet.plots` read back. Nothing here
 plots or writes files.
 
@@ -23,6 +23,7 @@ import math
 import multiprocessing
 import statistics
 import time
+import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -30,46 +31,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from .retention import MultiScaleRetention, RetentionState, RetNetBlock, rotate
+from reproduce.configs.retnet import VARIANTS as _ROWS
+
+from .retention import MSR_FIELDS, MultiScaleRetention, RetentionState, RetNetBlock, rotate
 
 # --------------------------------------------------------------------------------------------------
 # The compared models
 # --------------------------------------------------------------------------------------------------
-# Table 5/6 rows: name -> RetNetConfig overrides (None: the Transformer baseline).
-VARIANTS: dict[str, dict | None] = {
-    "transformer": None,
-    "retnet": {},
-    # Linear attention = retention with gamma = 1 and no gate (the issue's definition); the FFN grows
-    # from 2d to 3d to give back the gate's 2 d^2 parameters, so every model has 12 d^2 per block.
-    "linear_attention": {"decay": "none", "use_gate": False, "ffn_factor": 3},
-    "no_gate": {"use_gate": False},  # Table 6 "- swish gate"
-    "no_groupnorm": {"head_norm": "none"},  # "- GroupNorm"
-    "no_decay": {"decay": "none"},  # "- gamma decay"
-    "single_decay": {"decay": "single"},  # "- multi-scale decay"
-    "small_heads": {"num_heads": 2},  # "reduce head dimension": num_heads is multiplied by this factor
-}
-ABLATIONS = ("no_gate", "no_groupnorm", "no_decay", "single_decay", "small_heads")
-LABELS = {
-    "transformer": "Transformer",
-    "retnet": "RetNet",
-    "linear_attention": "Linear attention",
-    "no_gate": "− swish gate",
-    "no_groupnorm": "− GroupNorm",
-    "no_decay": "− γ decay",
-    "single_decay": "− multi-scale decay",
-    "small_heads": "reduce head dimension",
-}
-# The paper's in-domain perplexities of its 200M models (Tables 5 and 6); None: not reported at 200M.
-PAPER_PPL = {
-    "transformer": None,
-    "retnet": 26.05,
-    "linear_attention": 40.24,
-    "no_gate": 27.84,
-    "no_groupnorm": 27.54,
-    "no_decay": 27.86,
-    "single_decay": 27.02,
-    "small_heads": 27.68,
-}
+# Table 5/6 rows, from their one declaration (reproduce.configs.retnet.VARIANTS).
+VARIANTS: dict[str, dict | None] = {name: overrides for name, (_, _, overrides) in _ROWS.items()}
+LABELS: dict[str, str] = {name: label for name, (_, label, _) in _ROWS.items()}
+TABLE5 = tuple(name for name, (table, _, _) in _ROWS.items() if table == "Table 5")
+ABLATIONS = tuple(name for name, (table, _, _) in _ROWS.items() if table == "Table 6")
 
 
 @dataclass(frozen=True)
@@ -200,7 +173,8 @@ def _kv_bytes(cache) -> int:
 
 def decode_cost(shape: LMShape, lengths: Sequence[int], batch: int, steps: int, warmup: int = 2,
                 device: torch.device | str = "cpu") -> list[dict]:
-    """Per-token decode latency (median of ``steps``) and state/cache bytes after ``length`` tokens.
+    """Per-token decode latency (median of ``steps``; every step's time in ``step_ms``, in round order)
+    and state/cache bytes after ``length`` tokens.
 
     RetNet decodes with its recurrent state (eq. 6); the Transformer with transformers' KV cache
     (SDPA). Both are untrained (cost does not depend on the weights) and see random context.
@@ -234,7 +208,8 @@ def decode_cost(shape: LMShape, lengths: Sequence[int], batch: int, steps: int, 
                 if step >= warmup:
                     times[name, length].append(time.perf_counter() - begin)
     return [{"model": name, "length": length, "batch": batch, "latency_ms": 1000 * statistics.median(times[name, length]),
-             "memory_bytes": memory[name, length]} for name, length in points]
+             "step_ms": [1000 * t for t in times[name, length]], "memory_bytes": memory[name, length]}
+            for name, length in points]
 
 
 def decode_summary(rows: list[dict]) -> dict:
@@ -257,30 +232,16 @@ def decode_summary(rows: list[dict]) -> dict:
 # --------------------------------------------------------------------------------------------------
 # 3. Training cost (Table 4)
 # --------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _LayerSpec:
-    """What MultiScaleRetention reads from a config (see retention.MSR_FIELDS); torch-only processes."""
+def block_fields(hidden: int, heads: int, chunk: int) -> dict:
+    """What a RetNetBlock reads (``retention.MSR_FIELDS``), taken from a RetNetConfig of that shape.
 
-    hidden_size: int
-    num_heads: int
-    chunk_size: int
-    decay: str = "paper"
-    use_gate: bool = True
-    head_norm: str = "groupnorm"
-    normalize_retention: bool = True
-    use_rotation: bool = True
-    rotation_base: float = 10000.0
-    norm_eps: float = 1e-6
-    value_factor: int = 2
-    ffn_factor: int = 2
+    Plain values, so that a fresh torch-only process (a training-cost point) can build the block
+    without importing transformers.
+    """
+    from .model import RetNetConfig
 
-    @property
-    def key_dim(self) -> int:
-        return self.hidden_size // self.num_heads
-
-    @property
-    def value_dim(self) -> int:
-        return self.key_dim * self.value_factor
+    config = RetNetConfig(hidden_size=hidden, num_heads=heads, chunk_size=chunk)
+    return {name: getattr(config, name) for name in MSR_FIELDS}
 
 
 class SoftmaxAttention(nn.Module):
@@ -325,8 +286,8 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"/proc/self/status has no {field}")
 
 
-def _training_point(kind: str, length: int, hidden: int, heads: int, batch: int, chunk: int, reps: int,
-                    threads: int, seed: int, device: str = "cpu") -> dict:
+def _training_point(kind: str, length: int, block: dict, batch: int, reps: int, threads: int, seed: int,
+                    device: str = "cpu") -> dict:
     """One forward+backward of one block, run in a fresh process: tokens/s and peak extra RSS.
 
     Peak memory: the kernel's resident high-water mark (VmHWM) is reset (``5`` into
@@ -338,11 +299,12 @@ def _training_point(kind: str, length: int, hidden: int, heads: int, batch: int,
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     device = torch.device(device)
+    hidden = block["hidden_size"]
     if kind == "attention":
-        layer = TransformerBlock(hidden, heads)
+        layer = TransformerBlock(hidden, block["num_heads"])
         run = layer
     else:
-        layer = RetNetBlock(_LayerSpec(hidden_size=hidden, num_heads=heads, chunk_size=chunk))
+        layer = RetNetBlock(types.SimpleNamespace(**block))
         mode = kind  # "parallel" or "chunkwise"
 
         def run(x):
@@ -392,14 +354,15 @@ def training_cost(lengths: Sequence[int], hidden: int, heads: int, batch: int, c
     """
     rows = []
     device = torch.device(device)
+    block = block_fields(hidden, heads, chunk)
     context = multiprocessing.get_context("spawn")
     for length in lengths:
         for kind in kinds:
             if device.type == "cuda":  # max_memory_allocated is per process already
-                rows.append(_training_point(kind, length, hidden, heads, batch, chunk, reps, 0, seed, str(device)))
+                rows.append(_training_point(kind, length, block, batch, reps, 0, seed, str(device)))
                 continue
             with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-                rows.append(pool.submit(_training_point, kind, length, hidden, heads, batch, chunk, reps, threads, seed).result())
+                rows.append(pool.submit(_training_point, kind, length, block, batch, reps, threads, seed).result())
     return rows
 
 
@@ -544,26 +507,11 @@ def train_language_models(corpus: Corpus, shape: LMShape, variants: Sequence[str
 
 
 def lm_table(runs: list[dict]) -> list[dict]:
-    """One row per variant: mean and spread of validation PPL over seeds, beside the paper's."""
+    """One row per variant: mean and spread of validation PPL over seeds (the paper's: ``sections.PAPER``)."""
     rows = []
     for variant in dict.fromkeys(r["variant"] for r in runs):
         ppl = [r["valid_ppl"] for r in runs if r["variant"] == variant]
-        rows.append({"variant": variant, "label": LABELS[variant], "paper_ppl": PAPER_PPL[variant],
+        rows.append({"variant": variant, "label": LABELS[variant],
                      "ppl_mean": statistics.fmean(ppl), "ppl_min": min(ppl), "ppl_max": max(ppl), "seeds": len(ppl),
                      "params": next(r["params"] for r in runs if r["variant"] == variant)})
     return rows
-
-
-def ordering_note(table: list[dict], better: str, worse: str, scale: str) -> str:
-    """Why an LM ordering claim may not be settled at our scale: overlapping seed ranges, or ``scale``.
-
-    Returns "" when ``better`` is ahead on every seed (its worst seed beats the other's best).
-    """
-    row = {r["variant"]: r for r in table}
-    a, b = row[better], row[worse]
-    if a["ppl_max"] < b["ppl_min"]:
-        return ""
-    if a["ppl_max"] >= b["ppl_min"] and b["ppl_max"] >= a["ppl_min"]:
-        return (f"seed ranges overlap ({better} {a['ppl_min']:.2f}-{a['ppl_max']:.2f}, "
-                f"{worse} {b['ppl_min']:.2f}-{b['ppl_max']:.2f}): within seed noise at {scale}")
-    return f"{worse} ahead on every seed at {scale}"

@@ -2,8 +2,8 @@
 
 Each function takes ``(measured, lang)`` and returns a Figure; text goes through ``KO``.
 Keys read: ``fig6.decode`` (rows of :func:`experiments.decode_cost`), ``table4.training`` (rows of
-:func:`experiments.training_cost`), ``lm.table`` and ``lm.runs`` (:func:`experiments.lm_table`,
-:func:`experiments.train_language_models`).
+:func:`experiments.training_cost`), ``lm.table`` and ``lm.runs`` (:func:`sections.lm_table`, with the
+paper's perplexity as ``paper_ppl``, and :func:`experiments.train_language_models`).
 """
 
 from __future__ import annotations
@@ -101,7 +101,9 @@ def plot_training_cost(measured, lang="en"):
 def plot_lm_perplexity(measured, lang="en"):
     """Table 5 shape: validation perplexity of the Transformer, RetNet and linear attention."""
     _ = figures.translator(KO, lang)
-    rows = [r for r in measured["lm.table"] if r["variant"] in ("transformer", "retnet", "linear_attention")]
+    from .experiments import TABLE5
+
+    rows = [r for r in measured["lm.table"] if r["variant"] in TABLE5]
     fig, ax = figures.subplots()
     x = range(len(rows))
     means = [r["ppl_mean"] for r in rows]
@@ -118,9 +120,11 @@ def plot_lm_perplexity(measured, lang="en"):
 def plot_ablations(measured, lang="en"):
     """Table 6 shape: each ablation's perplexity change relative to full RetNet, ours beside the paper's."""
     _ = figures.translator(KO, lang)
+    from .experiments import ABLATIONS
+
     table = {r["variant"]: r for r in measured["lm.table"]}
     full = table["retnet"]
-    rows = [r for v, r in table.items() if v not in ("transformer", "retnet", "linear_attention")]
+    rows = [r for v, r in table.items() if v in ABLATIONS]
     fig, ax = figures.subplots()
     y = list(range(len(rows)))
     ours = [100 * (r["ppl_mean"] / full["ppl_mean"] - 1) for r in rows]
@@ -139,7 +143,7 @@ def plot_ablations(measured, lang="en"):
 def plot_lm_curves(measured, lang="en"):
     """Training loss of every model (mean over seeds at each logged step)."""
     _ = figures.translator(KO, lang)
-    from .experiments import LABELS
+    from .experiments import LABELS, TABLE5
 
     runs = measured["lm.runs"]
     fig, ax = figures.subplots()
@@ -147,7 +151,7 @@ def plot_lm_curves(measured, lang="en"):
         curves = [r["curve"] for r in runs if r["variant"] == variant]
         steps = [p["step"] for p in curves[0]]
         loss = [statistics.fmean(c[i]["loss"] for c in curves) for i in range(len(steps))]
-        style = "-" if variant in ("transformer", "retnet", "linear_attention") else ":"
+        style = "-" if variant in TABLE5 else ":"
         ax.plot(steps, loss, style, label=_(LABELS[variant]))
     ax.set_xlabel(_("Training step"))
     ax.set_ylabel(_("Training loss"))
