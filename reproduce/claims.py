@@ -267,7 +267,7 @@ def _check_relation(relation: str, who: str) -> None:
 
 
 def _check_source(source: str, who: str) -> None:
-    if not isinstance(source, str) or not source.startswith(SOURCES) or len(source.split(":", 1)[1].strip()) < 3:
+    if not isinstance(source, str) or not source.startswith(SOURCES) or len(source.split(":", 1)[1].strip()) < 2:
         raise ValueError(f"claim {who!r}: source must say where the threshold comes from, as 'paper: <where>' "
                          f"or 'ours: <reason>', got {source!r}")
 

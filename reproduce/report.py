@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import config, results
+from . import claims, config, results
 from .paths import REPO_ROOT, results_dir, runs_dir
 
 START, END = "<!-- reproduction-table:start -->", "<!-- reproduction-table:end -->"
@@ -20,12 +20,17 @@ REAL_PROFILES = ("gpu", "cpu")
 READMES = {"en": REPO_ROOT / "README.md", "ko": REPO_ROOT / "README.ko.md"}
 
 _HEADERS = {
-    "en": ["Paper", "Artifact", "Notebook section", "Claim", "Paper value", "Ours", "Check", "Result", "Hardware", "Runtime", "Command"],
-    "ko": ["논문", "표/그림", "노트북 절", "주장", "논문 값", "우리 값", "판정 기준", "결과", "하드웨어", "실행 시간", "명령"],
+    "en": ["Paper", "Artifact", "Notebook section", "Claim", "Paper value", "Ours [95 % CI]", "Relation", "Threshold source",
+           "Verdict", "Hardware", "Runtime", "Command"],
+    "ko": ["논문", "표/그림", "노트북 절", "주장", "논문 값", "우리 값 [95 % 신뢰구간]", "관계", "기준의 출처",
+           "판정", "하드웨어", "실행 시간", "명령"],
 }
 _WORDS = {
-    "en": {"pass": "pass", "fail": "**fail**", "missing": "not run yet", "none": "No run has produced results yet."},
-    "ko": {"pass": "통과", "fail": "**실패**", "missing": "아직 실행 안 됨", "none": "아직 결과를 만든 실행이 없습니다."},
+    "en": {"holds": "holds", "contradicted": "**contradicted**", "inconclusive": "inconclusive",
+           "not testable": "not testable", "missing": "not run yet", "none": "No run has produced results yet.",
+           "stale": "stale"},
+    "ko": {"holds": "성립", "contradicted": "**반증**", "inconclusive": "판정 불가", "not testable": "검증 불가",
+           "missing": "아직 실행 안 됨", "none": "아직 결과를 만든 실행이 없습니다.", "stale": "오래됨"},
 }
 
 
@@ -46,16 +51,6 @@ def fmt(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def check_text(claim: Mapping[str, Any]) -> str:
-    relation, target = claim["relation"], claim.get("target")
-    if relation == "ordering":
-        return "order " + fmt(target)
-    if relation == "~=":
-        tol = f"{claim['tol'] * 100:g}%" if claim.get("rel") else fmt(claim["tol"])
-        return f"≈ {fmt(target)} ± {tol}"
-    return f"{relation} {fmt(target)}"
-
-
 def rows(records: Iterable[Mapping[str, Any]], lang: str = "en") -> list[list[str]]:
     """One row per claim; one 'not run yet' row per declared artifact without a record."""
     words = _WORDS[lang]
@@ -71,23 +66,45 @@ def rows(records: Iterable[Mapping[str, Any]], lang: str = "en") -> list[list[st
             device = r["provenance"].get("device", "?")
             runtime = f"{r['wall_time_s'] / 60:.1f} min"
             command = f"`{r['command']}`"
+            if results.stale_paths(r):
+                runtime += f" ({words['stale']})"
             for c in r["claims"]:
                 covered.add(c["artifact"])
-                result = words["pass"] if c["passed"] else words["fail"]
+                verdict = words[c["verdict"]]
+                pre = c.get("precondition")
+                if pre and not pre["holds"]:
+                    verdict += f" ({fmt(pre['text'])} = {fmt(pre['value'])}, needs {pre['relation']} {fmt(pre['threshold'])})"
                 if c.get("note"):
-                    result += f" ({fmt(c['note'])})"
-                out.append([paper, c["artifact"], fmt(c["section"]), fmt(c["text"]), fmt(c.get("paper")), fmt(c["ours"]), check_text(c), result, fmt(device), runtime, command])
+                    verdict += f" ({fmt(c['note'])})"
+                out.append([paper, c["artifact"], fmt(c["section"]), fmt(c["text"]), fmt(c.get("paper")),
+                            fmt(results.estimate_text(c["ours"])), fmt(claims.relation_text(c)), fmt(c["source"]), verdict,
+                            fmt(device), runtime, command])
         for artifact, section in spec.artifacts.items():
             if artifact not in covered:
-                out.append([paper, artifact, section, "–", "–", "–", "–", words["missing"], "–", "–", f"`python -m reproduce run {paper} --profile cpu`"])
+                out.append([paper, artifact, section, "–", "–", "–", "–", "–", words["missing"], "–", "–",
+                            f"`python -m reproduce run {paper} --profile cpu`"])
     return out
 
 
+_HEADLINE = {"en": ["Paper", "Profile", "holds", "contradicted", "inconclusive", "not testable"],
+             "ko": ["논문", "프로필", "성립", "반증", "판정 불가", "검증 불가"]}
+
+
+def headline(records: Iterable[Mapping[str, Any]], lang: str = "en") -> str:
+    """Verdicts counted per paper: the first thing a reader sees."""
+    lines = ["| " + " | ".join(_HEADLINE[lang]) + " |", "|" + "---|" * len(_HEADLINE[lang])]
+    for r in records:
+        n = claims.counts(r["claims"])
+        lines.append(f"| {r['paper']} | {r['profile']} | " + " | ".join(str(n[v]) for v in claims.VERDICTS) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def table(records: Iterable[Mapping[str, Any]], lang: str = "en") -> str:
+    records = list(records)
     body = rows(records, lang)
     if not body:
         return _WORDS[lang]["none"] + "\n"
-    lines = ["| " + " | ".join(_HEADERS[lang]) + " |", "|" + "---|" * len(_HEADERS[lang])]
+    lines = [headline(records, lang), "| " + " | ".join(_HEADERS[lang]) + " |", "|" + "---|" * len(_HEADERS[lang])]
     lines += ["| " + " | ".join(r) + " |" for r in body]
     return "\n".join(lines) + "\n"
 
@@ -114,11 +131,13 @@ def replace_between_markers(text: str, new: str) -> str:
 def report_markdown(records: list[dict[str, Any]], title: str) -> str:
     parts = [f"# {title}\n", "Rendered by `python -m reproduce report` from `results/<paper>/<profile>.json`; do not edit by hand.\n"]
     for r in records:
-        passed = sum(c["passed"] for c in r["claims"])
         prov = r["provenance"]
+        stale = results.stale_paths(r)
         parts.append(
             f"\n## {r['paper']} ({r['profile']} profile)\n\n"
-            f"- claims holding: {passed}/{len(r['claims'])}\n"
+            f"- verdicts: {claims.counts_text(r['claims'])} ({len(r['claims'])} claims)\n"
+            + (f"- **stale**: the paper's code changed after this run's commit ({', '.join(stale)}); re-run it\n" if stale else "")
+            +
             f"- hardware: {prov.get('device', '?')}, {prov.get('threads', '?')} threads; wall time {r['wall_time_s'] / 60:.1f} min\n"
             f"- git commit {str(prov.get('git_commit'))[:10]}{' (dirty)' if prov.get('git_dirty') else ''}; torch {prov['packages'].get('torch')}, "
             f"transformers {prov['packages'].get('transformers')}; seed {r['params'].get('seed')}\n"

@@ -134,6 +134,17 @@ class Run:
         self.claims.append(c)
         return c
 
+    def claims_table(self) -> list[dict[str, Any]]:
+        """One row per claim (for a notebook's DataFrame): estimate with interval, relation, source, verdict."""
+        rows = []
+        for c in (c.to_dict() for c in self.claims):
+            pre = c["precondition"]
+            rows.append({"id": c["id"], "artifact": c["artifact"], "claim": c["text"], "ours": estimate_text(c["ours"]),
+                         "relation": claims_mod.relation_text(c), "source": c["source"], "paper": c["paper"],
+                         "verdict": c["verdict"] + (f" ({pre['text']} = {_short(pre['value'])})" if pre and not pre["holds"] else ""),
+                         "note": c["note"]})
+        return rows
+
     # -- output ---------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         ended = datetime.now(timezone.utc)
@@ -249,6 +260,73 @@ def load(paper: str, profile: str, root: Path | None = None) -> dict[str, Any] |
 def load_first(paper: str, profiles: tuple[str, ...], root: Path | None = None) -> dict[str, Any] | None:
     """The record of the first profile in ``profiles`` that ``paper`` has results for (``None`` if none)."""
     return next((r for profile in profiles if (r := load(paper, profile, root)) is not None), None)
+
+
+def paper_paths(paper: str) -> list[str]:
+    """The files that make up ``paper``'s code (package, config, notebook), relative to the repository."""
+    from . import config
+
+    paths = [f"reproduce/configs/{paper}.py", f"notebooks/{config.get_spec(paper).notebook}"]
+    package = REPO_ROOT / "reproduce" / paper
+    paths.append(f"reproduce/{paper}" if package.is_dir() else f"reproduce/{paper}.py")
+    return paths
+
+
+def stale_paths(record: Mapping[str, Any]) -> list[str]:
+    """The paper's files that changed since the commit ``record`` ran at (empty: up to date).
+
+    A commit this repository does not know makes the record stale as a whole (``["<unknown commit>"]``).
+    Outside a git checkout nothing can be said, and nothing is reported.
+    """
+    commit = record.get("provenance", {}).get("git_commit")
+    if _git("rev-parse", "--git-dir") is None:
+        return []
+    if not commit or _git("cat-file", "-e", f"{commit}^{{commit}}") is None:
+        return ["<unknown commit>"]
+    changed = _git("diff", "--name-only", commit, "--", *paper_paths(record["paper"]))
+    return sorted(filter(None, (changed or "").splitlines()))
+
+
+def load_record(path: str | Path, paper: str | None = None) -> dict[str, Any]:
+    """A results file, checked: readable JSON, this schema, and (if given) this paper's record.
+
+    Raises ``ValueError`` with one line naming the problem.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such results file")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a results file (invalid JSON: {e})") from e
+    if not isinstance(record, dict) or "paper" not in record or "claims" not in record:
+        raise ValueError(f"{path} is not a results record (no 'paper' or 'claims')")
+    if record.get("schema") != SCHEMA_VERSION:
+        raise ValueError(f"{path} has schema {record.get('schema')!r}; this version reads schema {SCHEMA_VERSION} "
+                         "(re-run the profile to get a new record)")
+    if paper is not None and record["paper"] != paper:
+        raise ValueError(f"{path} is a record of {record['paper']!r}, not of {paper!r}")
+    return record
+
+
+def compare(new: Mapping[str, Any], old: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Claim by claim: both estimates (with intervals) and verdicts; returns ``(rows, flipped ids)``.
+
+    A claim present in one record only counts as flipped (its verdict there is ``missing``).
+    """
+    a = {c["id"]: c for c in new["claims"]}
+    b = {c["id"]: c for c in old["claims"]}
+    rows, flipped = [], []
+    for id in list(a) + [k for k in b if k not in a]:
+        ca, cb = a.get(id), b.get(id)
+        va = ca["verdict"] if ca else "missing"
+        vb = cb["verdict"] if cb else "missing"
+        if va != vb:
+            flipped.append(id)
+        rows.append({"id": id, "relation": claims_mod.relation_text(ca or cb), "new": estimate_text(ca["ours"]) if ca else "–",
+                     "new_verdict": va, "old": estimate_text(cb["ours"]) if cb else "–", "old_verdict": vb,
+                     "agree": va == vb})
+    return rows, flipped
 
 
 def load_all(root: Path | None = None) -> list[dict[str, Any]]:

@@ -66,7 +66,7 @@ def test_run_executes_notebook_and_writes_results_without_touching_source(tmp_pa
     record = json.loads((out / "results" / "pipeline" / "smoke.json").read_text())
     assert record["params"]["steps"] == 30 and len(record["measured"]["fit.losses"]) == 30
     assert "-p steps=30" in record["command"]
-    assert all(c["passed"] for c in record["claims"])
+    assert all(c["verdict"] == "holds" for c in record["claims"])
     executed = list((out / "runs" / "pipeline").glob("smoke-*.ipynb"))
     assert len(executed) == 1
     assert (out / "runs" / "figures" / "pipeline" / "pipeline_loss.png").exists()  # smoke figures stay out of figures/
@@ -109,3 +109,57 @@ def test_plain_papermill_works_on_a_paper_notebook_too():
 
     params = papermill.inspect_notebook(str(REPO_ROOT / "tests" / "pipeline.ipynb"))
     assert params["profile"]["default"] == '"smoke"'
+
+
+def _record(tmp_path, name, verdict_value):
+    """A schema-current record of the pipeline paper with one noisy and one exact claim."""
+    import pipeline_spec  # noqa: F401
+    from reproduce import claims, config, results
+
+    run = results.Run(config.resolve("pipeline", "smoke"))
+    run.claim("gap", artifact="T", section="s", text="A beats B", ours=claims.Estimate(verdict_value, verdict_value - 0.5,
+              verdict_value + 0.5, "test", 3), relation=">", threshold=0.0, source="ours: test")
+    run.claim("exact", artifact="T", section="s", text="forms equal", ours=1e-12, relation="<=", threshold=1e-10,
+              source="ours: float64")
+    return run.save(tmp_path / name)
+
+
+def test_compare_a_record_with_itself_exits_0(tmp_path):
+    path = _record(tmp_path, "a.json", 2.0)
+    proc, _ = cli("compare", "pipeline", str(path), "--against", str(path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "all 2 verdicts agree" in proc.stdout
+
+
+def test_compare_names_a_flipped_verdict_and_exits_1(tmp_path):
+    ref = _record(tmp_path, "ref.json", 2.0)  # holds
+    data = json.loads(ref.read_text())
+    gap = next(c for c in data["claims"] if c["id"] == "gap")
+    gap["ours"].update(value=0.1, low=-0.4, high=0.6)  # the same claim, now inconclusive
+    gap["verdict"] = "inconclusive"
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps(data))
+    proc, _ = cli("compare", "pipeline", str(new), "--against", str(ref))
+    assert proc.returncode == 1
+    assert "1 verdict(s) differ: gap" in proc.stdout
+    assert "holds" in proc.stdout and "inconclusive" in proc.stdout and "[-0.4, 0.6]" in proc.stdout
+
+
+@pytest.mark.parametrize("problem", ["missing", "other_paper", "old_schema", "not_json"])
+def test_compare_bad_input_exits_2_with_one_line(tmp_path, problem):
+    ref = _record(tmp_path, "ref.json", 2.0)
+    bad = tmp_path / "bad.json"
+    data = json.loads(ref.read_text())
+    if problem == "other_paper":
+        data["paper"] = "retnet"
+    if problem == "old_schema":
+        data["schema"] = 1
+    if problem != "missing":
+        bad.write_text("{not json" if problem == "not_json" else json.dumps(data))
+    proc, _ = cli("compare", "pipeline", str(bad), "--against", str(ref))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    expected = {"missing": "no such results file", "other_paper": "not of 'pipeline'", "old_schema": "schema 1",
+                "not_json": "invalid JSON"}[problem]
+    assert expected in lines[0]

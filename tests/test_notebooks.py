@@ -1,6 +1,9 @@
-"""Every notebook runs with the smoke profile through plain papermill, then nbval re-runs the executed
-copy and compares the tagged summary cells (``--nbval-lax``: only cells marked
-``# NBVAL_CHECK_OUTPUT`` are compared). New notebooks under notebooks/ are picked up by themselves.
+"""Every notebook runs with the smoke profile through plain papermill (results, figures), then nbval
+runs the *source* notebook (its default profile is smoke) and compares its ``checked`` cell with the
+committed output (``--nbval-lax``: only cells marked ``# NBVAL_CHECK_OUTPUT`` are compared). That
+cell prints values that do not depend on the machine (paper tables, parameter and FLOP counts,
+float64 checks), so a changed number in the code fails this test. New notebooks under notebooks/
+are picked up by themselves.
 """
 
 import ast
@@ -35,11 +38,18 @@ def test_notebook_source_is_clean(path):
         ast.literal_eval(node.value)  # literals only
     names = {t.id for node in tree.body for t in node.targets}
     assert "profile" in names
-    summary = [c for c in cells if "summary" in c.get("metadata", {}).get("tags", [])]
-    assert summary and "# NBVAL_CHECK_OUTPUT" in "".join(summary[-1]["source"]), "a tagged, compared summary cell"
-    for cell in cells:
-        if cell["cell_type"] == "code" and "summary" not in cell.get("metadata", {}).get("tags", []):
-            assert not cell.get("outputs"), f"outputs are stripped except the summary cell: {''.join(cell['source'])[:60]}"
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert "summary" in code[-1].get("metadata", {}).get("tags", []), "the last code cell is tagged 'summary'"
+    assert "run.save()" in "".join(code[-1]["source"])
+    checked = [c for c in code if "checked" in c.get("metadata", {}).get("tags", [])]
+    assert len(checked) == 1, "exactly one cell tagged 'checked'"
+    assert "".join(checked[0]["source"]).startswith("# NBVAL_CHECK_OUTPUT"), "the checked cell is compared by nbval"
+    assert checked[0].get("outputs"), "the checked cell carries its committed output"
+    for cell in code:
+        if cell is not checked[0]:
+            assert not cell.get("outputs"), f"outputs are stripped except the checked cell: {''.join(cell['source'])[:60]}"
+        if path.parent.name == "notebooks":  # paper notebooks: every claim is made by reproduce.<paper>.sections
+            assert not re.search(r"\bclaim\(", "".join(cell["source"])), f"a notebook cell makes a claim: {''.join(cell['source'])[:60]}"
     text = path.read_text(encoding="utf-8")
     assert not re.search(r"/(?:work|home|tmp|root)/", text), "no absolute paths"
     assert not re.search(r"0x[0-9a-f]{8,}", text), "no memory addresses"
@@ -61,8 +71,9 @@ def test_notebook_runs_with_papermill_and_validates_with_nbval(path, tmp_path):
     if paper in config.PAPERS:  # every figure of the paper, in both languages, from this run's results
         rendered = _render_every_figure(paper, json.loads(records[0].read_text())["measured"])
         assert rendered, f"reproduce.{paper}.FIGURES is empty"
-    check = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env", str(executed)],
+    env = subprocess_env(REPRODUCE_OUTPUT_DIR=str(tmp_path / "nbval"))
+    check = subprocess.run(  # the source notebook against its committed 'checked' output
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "--nbval-current-env", str(path)],
         capture_output=True, text=True, env=env, timeout=900, cwd=path.parent,
     )
     assert check.returncode == 0, check.stdout[-4000:]

@@ -1,17 +1,22 @@
 """The report: README tables and results/REPORT.md rendered from results files alone (reproduce/report.py)."""
 
+import json
+
 import pytest
 
 import pipeline_spec  # noqa: F401
-from reproduce import config, report, results
+from reproduce import claims, config, report, results
 
 
 def _record(output_dir, profile="cpu", ours=0.5):
     params = config.resolve("pipeline", profile)
     run = results.Run(params)
-    run.claim("fit", artifact="Eq. (1)", section="1. Fit", text="the loss falls", ours=ours, relation="<", target=1.0, paper="falls")
-    run.claim("order", artifact="Eq. (1)", section="1. Fit", text="a < b", ours={"a": 2.0, "b": 1.0}, relation="ordering",
-              target=["a", "b"], note="b won at our scale")
+    run.claim("fit", artifact="Eq. (1)", section="1. Fit", text="the loss falls", ours=ours, relation="<", threshold=1.0,
+              source="paper: eq. (1)", paper="falls")
+    run.claim("gap", artifact="Eq. (1)", section="1. Fit", text="a beats b (paired)", relation=">", threshold=0.0,
+              ours=claims.Estimate(0.2, -0.1, 0.5, "paired t over 3 seeds", 3), source="ours: any gain", note="small scale")
+    run.claim("bleu", artifact="Eq. (1)", section="1. Fit", text="BLEU gain", ours=1.0, relation=">", threshold=0.0,
+              source="paper: §5", precondition=claims.Precondition("BLEU", 0.8, ">=", 5.0, "ours: signal"))
     return run.save()
 
 
@@ -19,12 +24,27 @@ def test_table_rows_come_from_records_and_missing_artifacts_say_so(output_dir):
     _record(output_dir)
     records = report.best_records()
     text = report.table(records)
-    assert "| pipeline | Eq. (1) | 1. Fit | the loss falls | falls | 0.5 | < 1 | pass |" in text
-    assert "**fail** (b won at our scale)" in text and "order a < b" in text
+    assert "| pipeline | Eq. (1) | 1. Fit | the loss falls | falls | 0.5 | < 1 | paper: eq. (1) | holds |" in text
+    assert "| 0.2 [-0.1, 0.5] | > 0 | ours: any gain | inconclusive (small scale) |" in text
+    assert "not testable (BLEU = 0.8, needs >= 5)" in text
+    assert "| pipeline | cpu | 1 | 0 | 1 | 1 |" in text  # the headline: verdicts counted per paper
     assert "| pipeline | Figure 1 | 1. Fit |" in text and "not run yet" in text  # declared artifact, no claim
     assert "`python -m reproduce run pipeline --profile cpu`" in text
     ko = report.table(records, "ko")
-    assert "통과" in ko and "**실패**" in ko and "아직 실행 안 됨" in ko
+    assert "성립" in ko and "판정 불가" in ko and "검증 불가" in ko and "아직 실행 안 됨" in ko
+
+
+def test_a_record_is_stale_when_the_papers_code_changed_after_its_commit(output_dir):
+    path = _record(output_dir)
+    record = json.loads(path.read_text())
+    assert results.stale_paths(record) == results.stale_paths(record)  # deterministic
+    record["provenance"]["git_commit"] = "0" * 40  # a commit this repository does not have
+    assert results.stale_paths(record) == ["<unknown commit>"]
+    assert "**stale**" in report.report_markdown([record], "t") and "(stale)" in report.table([record])
+    first = results._git("rev-list", "--max-parents=0", "HEAD").splitlines()[0]  # before any paper code existed
+    record["provenance"]["git_commit"] = first
+    record["paper"] = "tova"
+    assert any(p.startswith(("reproduce/tova", "notebooks/04_tova", "reproduce/configs/tova")) for p in results.stale_paths(record))
 
 
 def test_smoke_records_stay_out_of_the_committed_report(output_dir):
