@@ -24,6 +24,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from reproduce import paths, train
+from reproduce.configs.transformer import TABLE3_ROWS
 from reproduce.data import de_en
 
 from .decoding import average_checkpoints, beam_search, greedy_decode
@@ -275,6 +276,37 @@ def bleu(hypotheses: Sequence[str], references: Sequence[str]) -> tuple[float, s
     return score.score, str(metric.get_signature())
 
 
+def bleu_difference(hyps_a: Sequence[str], hyps_b: Sequence[str], references: Sequence[str],
+                    resamples: int = 1000, seed: int = 0):
+    """Corpus BLEU(a) - BLEU(b) with a paired bootstrap 95 % interval over sentences.
+
+    Both systems translate the same sentences; each resample draws sentences with replacement and
+    recomputes both corpus BLEUs from the drawn sentences' n-gram statistics (sacrebleu's own
+    per-sentence statistics, as its paired bootstrap test does; Koehn 2004). Returns a
+    :class:`reproduce.claims.Estimate`.
+    """
+    import numpy as np
+    import sacrebleu
+
+    from reproduce.claims import CONFIDENCE, Estimate
+
+    metric = sacrebleu.metrics.BLEU()
+    refs = [list(references)]
+    stats_a = np.asarray(metric._extract_corpus_statistics(list(hyps_a), refs), dtype=np.int64)  # sentences, stats
+    stats_b = np.asarray(metric._extract_corpus_statistics(list(hyps_b), refs), dtype=np.int64)
+
+    def score(stats) -> float:
+        return metric._compute_score_from_stats(stats.tolist()).score
+
+    n = len(stats_a)
+    value = score(stats_a.sum(0)) - score(stats_b.sum(0))
+    rng = np.random.default_rng(seed)
+    draws = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)])  # resamples, sentences
+    diffs = np.array([score(a) - score(b) for a, b in zip(draws @ stats_a, draws @ stats_b)])
+    lo, hi = np.quantile(diffs, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    return Estimate(value, float(lo), float(hi), f"paired bootstrap over {n} test sentences", n)
+
+
 def evaluate_bleu(model: Transformer, data: TranslationData, split: str, beam: int, alpha: float) -> dict:
     enc = getattr(data, split)
     hyps = translate(model, enc, data.detokenize, beam, alpha, desc=f"{split} beam={beam}")
@@ -286,28 +318,6 @@ def evaluate_bleu(model: Transformer, data: TranslationData, split: str, beam: i
 # Table 3: variations of the base model, as config changes
 # ------------------------------------------------------------------------------------------------
 
-# The paper's Table 3 (EN-DE newstest2013, PPL per wordpiece, BLEU, params ×10^6).
-PAPER_TABLE3: dict[str, dict] = {
-    "base": {"ppl": 4.92, "bleu": 25.8, "params": 65},
-    "A: h=1": {"ppl": 5.29, "bleu": 24.9},
-    "A: h=4": {"ppl": 5.00, "bleu": 25.5},
-    "A: h=16": {"ppl": 4.91, "bleu": 25.8},
-    "A: h=32": {"ppl": 5.01, "bleu": 25.4},
-    "B: d_k/4": {"ppl": 5.16, "bleu": 25.1, "params": 58},
-    "B: d_k/2": {"ppl": 5.01, "bleu": 25.4, "params": 60},
-    "C: N-": {"ppl": 6.11, "bleu": 23.7, "params": 36},  # paper N=2 (of 6)
-    "C: N+": {"ppl": 4.88, "bleu": 25.5, "params": 80},  # paper N=8
-    "C: d_model/2": {"ppl": 5.75, "bleu": 24.5, "params": 28},
-    "C: d_model*2": {"ppl": 4.66, "bleu": 26.0, "params": 168},
-    "C: d_ff/2": {"ppl": 5.12, "bleu": 25.4, "params": 53},
-    "C: d_ff*2": {"ppl": 4.75, "bleu": 26.2, "params": 90},
-    "D: P_drop=0.0": {"ppl": 5.77, "bleu": 24.6},
-    "D: P_drop=0.2": {"ppl": 4.95, "bleu": 25.5},
-    "D: ls=0.0": {"ppl": 4.67, "bleu": 25.3},
-    "D: ls=0.2": {"ppl": 5.47, "bleu": 25.7},
-    "E: learned": {"ppl": 4.92, "bleu": 25.7},
-}
-TABLE3_ROWS = tuple(PAPER_TABLE3)
 
 
 def table3_config(base: TransformerConfig, row: str) -> TransformerConfig:
@@ -317,7 +327,7 @@ def table3_config(base: TransformerConfig, row: str) -> TransformerConfig:
     2 (d_v kept); (C) N one layer fewer/more than base... (the paper: 2/8 around 6), d_model and
     d_ff halved/doubled (d_k = d_model / h follows d_model); (D) dropout and ε_ls; (E) learned positions.
     """
-    if row not in PAPER_TABLE3:
+    if row not in TABLE3_ROWS:
         raise ValueError(f"unknown Table 3 row {row!r}; known: {', '.join(TABLE3_ROWS)}")
     group, _, change = row.partition(": ")
     if row == "base":
