@@ -17,7 +17,7 @@ import time
 import torch
 
 from reproduce.data import scenes
-from reproduce.flava import experiments as E
+from reproduce.flava import data as D
 from reproduce.flava import model as M
 
 
@@ -41,9 +41,9 @@ def main() -> None:
                          text_layers=2, multimodal_layers=1, projection_dim=args.hidden, codebook_size=128,
                          vocab_size=1000, max_text_len=24)
     captions = scenes.make_scenes(1000, 32, 1).captions
-    texts = E.TextSources(pretrain=captions, austen_heldout=[], melville_heldout=[])
-    data = E.build_pretrain_data(sizes, n_pairs=2000, n_images=64, n_text=256, emoji_prob=0.0, seed=0, texts=texts)
-    batch = E.BatchSampler(data, sizes, args.batch, seed=0).paired()
+    texts = D.TextSources(pretrain=captions, austen_heldout=[], melville_heldout=[])
+    data = D.build_pretrain_data(sizes, n_pairs=2000, n_images=64, n_text=256, emoji_prob=0.0, seed=0, texts=texts)
+    batch = D.BatchSampler(data, sizes, args.batch, seed=0).paired()
     ids = batch.itm_ids_masked.where(batch.mlm_labels.eq(M.CE_IGNORE), batch.mlm_labels)
     same_text = M.PairedBatch(batch.pixel_values, ids, batch.itm_attention_mask, batch.image_tokens, batch.bool_masked_pos,
                               batch.itm_ids_masked, batch.itm_attention_mask, batch.mlm_labels, torch.ones_like(batch.itm_labels))
