@@ -152,6 +152,11 @@ class PaperSpec:
     # Checks across parameters, run after every value is valid on its own: each takes the resolved
     # values and returns None, or a one-line message naming the parameters and the fix.
     checks: tuple[Callable[[Mapping[str, Any]], str | None], ...] = ()
+    # Where the paper's figures and sections live, named here rather than found on the package:
+    # ``plots`` is a module with ``FIGURES = {name: fn}`` (the one list of the paper's figures),
+    # ``sections`` the module whose functions the notebook's sections call ("" for none).
+    plots: str = ""
+    sections: str = ""
 
     def __post_init__(self) -> None:
         missing = set(PROFILES) - set(self.profiles)

@@ -147,9 +147,11 @@ def save(fig, paper: str, name: str, profile: str | None = None, lang: str = "en
 
 
 def plot_functions(paper: str) -> dict[str, Callable]:
-    """``reproduce.<paper>.FIGURES``."""
-    module = importlib.import_module(f"reproduce.{paper}")
-    return dict(getattr(module, "FIGURES", {}))
+    """The ``FIGURES`` of the paper's plots module, as its spec names it (``PaperSpec.plots``)."""
+    from . import config
+
+    spec = config.get_spec(paper)
+    return dict(importlib.import_module(spec.plots).FIGURES) if spec.plots else {}
 
 
 def render(paper: str, name: str, measured: Mapping[str, Any], lang: str = "en"):

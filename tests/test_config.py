@@ -88,3 +88,20 @@ def test_every_paper_spec_is_valid_and_its_notebook_exists(paper):
     assert (config_notebooks := (pipeline_spec.Path(config.__file__).parent.parent / "notebooks" / spec.notebook)).exists(), config_notebooks
     for profile in config.PROFILES:
         config.resolve(paper, profile)
+
+
+@pytest.mark.parametrize("paper", config.PAPERS)
+def test_every_paper_has_the_same_shape(paper):
+    """model / experiments / sections / plots, named by the spec (not looked up on the package)."""
+    import importlib
+
+    spec = config.get_spec(paper)
+    assert spec.plots == f"reproduce.{paper}.plots" and spec.sections == f"reproduce.{paper}.sections"
+    plots, sections = importlib.import_module(spec.plots), importlib.import_module(spec.sections)
+    assert plots.FIGURES and all(callable(f) for f in plots.FIGURES.values())
+    assert isinstance(sections.PAPER, dict) and sections.PAPER, "the paper's numbers in one PAPER table"
+    assert callable(sections.stable_values)
+    assert importlib.util.find_spec(f"reproduce.{paper}.experiments") is not None  # measurements, no claims
+    assert "run.claim(" not in importlib.util.find_spec(f"reproduce.{paper}.experiments").loader.get_source(
+        f"reproduce.{paper}.experiments")
+    assert not hasattr(importlib.import_module("reproduce.results"), "evaluate")  # claims go through reproduce.claims

@@ -21,6 +21,8 @@ def _init_rows_have_their_sources(values) -> str | None:
 
 SPEC = PaperSpec(
     name="flava",
+    plots="reproduce.flava.plots",
+    sections="reproduce.flava.sections",
     notebook="02_flava.ipynb",
     title="FLAVA: A Foundational Language And Vision Alignment Model (Singh et al., 2022)",
     description="a tiny FLAVA with all five objectives, the Table 3 objective ablation, zero-shot retrieval, the HF path",

@@ -25,6 +25,8 @@ VARIANTS: dict[str, tuple[str, str, dict | None]] = {
 
 SPEC = PaperSpec(
     name="retnet",
+    plots="reproduce.retnet.plots",
+    sections="reproduce.retnet.sections",
     notebook="03_retnet.ipynb",
     title="Retentive Network (Sun et al., 2023)",
     description="Three equal forms of retention, inference and training cost, small-LM comparison and ablations",

@@ -10,6 +10,8 @@ TABLE3_ROWS = (
 
 SPEC = PaperSpec(
     name="transformer",
+    plots="reproduce.transformer.plots",
+    sections="reproduce.transformer.sections",
     notebook="01_transformer.ipynb",
     title="Attention Is All You Need (Vaswani et al., 2017)",
     description="Table 1 measured, the Table 2 training recipe with BLEU, Table 3 variations, attention maps",
