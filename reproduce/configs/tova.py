@@ -68,4 +68,6 @@ SPEC = PaperSpec(
         "§6 / Figure 8": "3. What TOVA keeps",
     },
     checks=(_blocks_fit,),
+    plots="reproduce.tova.plots",
+    sections="reproduce.tova.sections",
 )
