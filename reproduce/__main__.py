@@ -71,9 +71,9 @@ def cmd_list(args) -> int:
 def cmd_run(args) -> int:
     papers = config.available_papers() if args.paper == "all" else [args.paper]
     overrides = config.parse_overrides(args.param)
+    if args.output_dir:  # a parameter of the run like any other: the notebook receives it from papermill
+        overrides["output_dir"] = str(args.output_dir.resolve())
     resolved = [config.resolve(paper, args.profile, overrides) for paper in papers]
-    if args.output_dir:
-        os.environ["REPRODUCE_OUTPUT_DIR"] = str(args.output_dir.resolve())
     from . import runner  # heavy imports (papermill) only after validation
 
     outcomes = []
@@ -113,24 +113,20 @@ def _rel(path: Path) -> str:
 
 
 def cmd_report(args) -> int:
-    if args.output_dir:
-        os.environ["REPRODUCE_OUTPUT_DIR"] = str(args.output_dir.resolve())
     from . import report
 
-    for path in report.write_all():
+    for path in report.write_all(args.output_dir):
         print(f"wrote {_rel(path)}")
     return 0
 
 
 def cmd_figures(args) -> int:
-    if args.output_dir:
-        os.environ["REPRODUCE_OUTPUT_DIR"] = str(args.output_dir.resolve())
     import time
 
     from . import figures
 
     t0 = time.perf_counter()
-    written = figures.render_all(lang=args.lang)
+    written = figures.render_all(lang=args.lang, root=args.output_dir)
     for path in written:
         print(f"wrote {_rel(path)}")
     print(f"{len(written)} figures ({args.lang}) in {time.perf_counter() - t0:.1f} s")

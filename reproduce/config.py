@@ -133,6 +133,7 @@ COMMON_PARAMS: dict[str, Param] = {
     "seed": Param("int", 0, "random seed for Python, NumPy and torch", min=0),
     "device": Param("str", "auto", "where to compute: 'auto' picks CUDA when present", choices=("auto", "cpu", "cuda")),
     "threads": Param("int", 0, "CPU threads for torch (0 = all cores)", min=0, max=256),
+    "output_dir": Param("str", "", "folder for results/, figures/ and runs/ ('' = the repository, or $REPRODUCE_OUTPUT_DIR)"),
 }
 
 

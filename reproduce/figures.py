@@ -37,7 +37,7 @@ if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_
 import matplotlib.pyplot as plt
 from matplotlib import font_manager
 
-from .paths import figures_dir
+from .paths import figures_dir, results_dir
 
 LANGS = ("en", "ko")
 DPI = 200  # 7 in wide -> 1400 px PNG: sharp on retina screens at 700 px display width
@@ -128,9 +128,10 @@ def translator(table: Mapping[str, str], lang: str) -> Callable[[str], str]:
     return _
 
 
-def save(fig, paper: str, name: str, profile: str | None = None, lang: str = "en") -> dict[str, Path]:
-    """Save ``fig`` as ``figures/<paper>/[ko/]<name>.png`` (``DPI`` dpi) and ``.svg``."""
-    folder = figures_dir(profile) / paper
+def save(fig, paper: str, name: str, profile: str | None = None, lang: str = "en",
+         root: str | Path | None = None) -> dict[str, Path]:
+    """Save ``fig`` as ``figures/<paper>/[ko/]<name>.png`` (``DPI`` dpi) and ``.svg`` (under ``root``, if given)."""
+    folder = figures_dir(profile, root) / paper
     if lang != "en":
         folder = folder / lang
     folder.mkdir(parents=True, exist_ok=True)
@@ -164,11 +165,12 @@ def render(paper: str, name: str, measured: Mapping[str, Any], lang: str = "en")
 def make(params, run, name: str, lang: str = "en"):
     """Render figure ``name`` from ``run.measured``, save PNG + SVG, and return it for display."""
     fig = render(params.paper, name, run.measured, lang=lang)
-    save(fig, params.paper, name, profile=params.profile, lang=lang)
+    save(fig, params.paper, name, profile=params.profile, lang=lang, root=params.get("output_dir"))
     return fig
 
 
 _RECORDS: dict[str, dict] = {}  # paper -> the record render_all draws from (inherited by forked workers)
+_ROOT: list[Path | None] = [None]  # the output folder render_all writes under (inherited by forked workers)
 
 
 def _render_saved(job: tuple[str, str, str]) -> Path:
@@ -176,13 +178,13 @@ def _render_saved(job: tuple[str, str, str]) -> Path:
     record = _RECORDS[paper]
     fig = render(paper, name, record["measured"], lang=lang)
     try:
-        return save(fig, paper, name, profile=record["profile"], lang=lang)["png"]
+        return save(fig, paper, name, profile=record["profile"], lang=lang, root=_ROOT[0])["png"]
     finally:
         plt.close(fig)
 
 
 def render_all(lang: str = "en", profiles: tuple[str, ...] = ("gpu", "cpu"), papers: list[str] | None = None,
-               workers: int = 0) -> list[Path]:
+               workers: int = 0, root: str | Path | None = None) -> list[Path]:
     """Re-render every paper's figures from its saved results (no re-training).
 
     For each paper the first profile in ``profiles`` that has a results file is used. Figures are
@@ -194,8 +196,9 @@ def render_all(lang: str = "en", profiles: tuple[str, ...] = ("gpu", "cpu"), pap
 
     jobs = []
     _RECORDS.clear()
+    _ROOT[0] = root
     for paper in papers or available_papers():
-        record = results.load_first(paper, profiles)
+        record = results.load_first(paper, profiles, results_dir(root))
         if record is not None:
             _RECORDS[paper] = record
             jobs += [(paper, name, lang) for name in plot_functions(paper)]

@@ -147,9 +147,9 @@ def report_markdown(records: list[dict[str, Any]], title: str) -> str:
     return "".join(parts)
 
 
-def write_all() -> list[Path]:
+def write_all(output_dir: str | Path | None = None) -> list[Path]:
     """Write the report(s) and update the README tables; returns the paths written."""
-    root = results_dir()
+    root = results_dir(output_dir)
     written = []
     real = best_records(REAL_PROFILES, root)
     report = root / "REPORT.md"
@@ -158,7 +158,7 @@ def write_all() -> list[Path]:
     written.append(report)
     smoke = best_records(("smoke",), root)
     if smoke:
-        path = runs_dir() / "REPORT.smoke.md"
+        path = runs_dir(output_dir) / "REPORT.smoke.md"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(report_markdown(smoke, "Smoke-run report (numbers not meaningful)"), encoding="utf-8")
         written.append(path)

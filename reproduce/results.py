@@ -163,7 +163,7 @@ class Run:
         }
 
     def path(self) -> Path:
-        return results_dir() / self.paper / f"{self.profile}.json"
+        return results_dir(self.params.get("output_dir")) / self.paper / f"{self.profile}.json"
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write the record atomically and return its path."""

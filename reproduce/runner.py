@@ -41,9 +41,9 @@ def notebook_path(paper: str) -> Path:
     return NOTEBOOKS_DIR / config.get_spec(paper).notebook
 
 
-def executed_path(paper: str, profile: str) -> Path:
+def executed_path(paper: str, profile: str, root: str | Path | None = None) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return runs_dir() / paper / f"{profile}-{stamp}.ipynb"
+    return runs_dir(root) / paper / f"{profile}-{stamp}.ipynb"
 
 
 def papermill_parameters(params: config.Params) -> dict[str, Any]:
@@ -56,9 +56,10 @@ def execute(params: config.Params, progress: bool = True, notebook: Path | None 
     import papermill as pm  # imported here: validation must not pay for it
 
     source = notebook or notebook_path(params.paper)
-    out = executed_path(params.paper, params.profile)
+    root = params.get("output_dir") or None  # passed to the notebook as a parameter too (an override)
+    out = executed_path(params.paper, params.profile, root)
     out.parent.mkdir(parents=True, exist_ok=True)
-    result_file = results_dir() / params.paper / f"{params.profile}.json"
+    result_file = results_dir(root) / params.paper / f"{params.profile}.json"
     before = result_file.stat().st_mtime if result_file.exists() else None
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # silence a debugger warning in kernels
     t0 = time.perf_counter()
@@ -86,7 +87,7 @@ def execute(params: config.Params, progress: bool = True, notebook: Path | None 
         outcome.verdicts = claims.counts(record["claims"])
     elif outcome.status == "ok":
         outcome.status = "failed"
-        outcome.error = f"the notebook finished but wrote no {result_file.relative_to(results_dir().parent)}"
+        outcome.error = f"the notebook finished but wrote no {result_file.relative_to(results_dir(root).parent)}"
     return outcome
 
 

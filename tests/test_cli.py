@@ -66,6 +66,7 @@ def test_run_executes_notebook_and_writes_results_without_touching_source(tmp_pa
     record = json.loads((out / "results" / "pipeline" / "smoke.json").read_text())
     assert record["params"]["steps"] == 30 and len(record["measured"]["fit.losses"]) == 30
     assert "-p steps=30" in record["command"]
+    assert record["params"]["output_dir"] == str(out.resolve())  # the folder travels as a parameter, not an env var
     assert all(c["verdict"] == "holds" for c in record["claims"])
     executed = list((out / "runs" / "pipeline").glob("smoke-*.ipynb"))
     assert len(executed) == 1
