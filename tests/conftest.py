@@ -32,3 +32,17 @@ def subprocess_env(**extra: str) -> dict:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH", "")]))
     env.update(extra)
     return env
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a network connection in this test fails it (an AssertionError, not an OSError,
+    so no library mistakes it for "offline" and carries on)."""
+    import socket
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"tried to reach the network: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)

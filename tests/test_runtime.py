@@ -1,7 +1,5 @@
 """Seeding, device choice, threads and offline detection (reproduce/runtime.py)."""
 
-import time
-
 import pytest
 import torch
 
@@ -27,10 +25,20 @@ def test_asking_for_cuda_without_gpu_says_so():
         runtime.pick_device("cuda")
 
 
-def test_offline_detection_is_fast(monkeypatch):
+def test_offline_detection_is_fast(monkeypatch, no_network):
+    """HF_HUB_OFFLINE=1 answers without the network; otherwise one probe, bounded by the given timeout, decides."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert runtime.hub_offline() is True
+    assert runtime.hub_offline() is True  # no_network: not even a probe
     monkeypatch.delenv("HF_HUB_OFFLINE")
-    t0 = time.perf_counter()
-    runtime.hub_offline(timeout=1.0)  # here the hub does not answer: the probe must give up quickly
-    assert time.perf_counter() - t0 < 3.0
+    calls = []
+
+    def unreachable(request, *args, timeout=None, **kwargs):
+        calls.append((request.full_url, request.get_method(), timeout))
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(runtime.urllib.request, "urlopen", unreachable)
+    assert runtime.hub_offline(timeout=1.0) is True  # the hub does not answer: offline
+    assert calls == [(f"https://{runtime.HUB_HOST}", "HEAD", 1.0)]  # one HEAD request, with the short timeout
+    assert runtime.hub_offline(probe=False) is False and len(calls) == 1  # probe=False: no request at all
+    calls.clear()
+    assert runtime.hub_offline() is True and len(calls) == 1 and 0 < calls[0][2] <= 2.0  # the default is short too
