@@ -131,6 +131,30 @@ def paired_bootstrap(units: Sequence[Sequence[float]], statistic: Callable[..., 
     return Estimate(value, lo, hi, f"paired bootstrap over {n} {what}", n)
 
 
+def bootstrap_groups(groups: Sequence[Sequence[float]], statistic: Callable[[list], float | None], what: str,
+                     resamples: int = 2_000) -> Estimate:
+    """``statistic(groups)`` with a percentile-bootstrap 95 % interval, each group resampled on its own.
+
+    For measurements that are not paired unit by unit: the repeated timings of each point of a
+    curve (every (layer, n) of a cost curve; each of two kernels timed in its own process).
+    ``statistic`` takes a list of NumPy arrays, one per group, and may return None (e.g. curves that
+    do not cross); if any resample does, the interval is unbounded (the claim is inconclusive).
+    """
+    import numpy as np
+
+    arrays = [np.asarray(g, dtype=np.float64) for g in groups]
+    value = statistic(arrays)
+    n = min(len(a) for a in arrays)
+    if value is None or n < 2:
+        return Estimate(_float(value), -math.inf, math.inf, f"{n} {what}: no interval", n)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    draws = [statistic([a[rng.integers(0, len(a), len(a))] for a in arrays]) for _ in range(resamples)]
+    if any(d is None for d in draws):
+        return Estimate(float(value), -math.inf, math.inf, f"bootstrap over {what}: some resamples undefined", n)
+    lo, hi = np.quantile(draws, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    return Estimate(float(value), float(lo), float(hi), f"bootstrap over {what} ({n} per group)", n)
+
+
 def ppl_ratio(nll_a: Sequence[float], nll_b: Sequence[float], what: str = "token blocks") -> Estimate:
     """PPL(a) / PPL(b) = exp(mean NLL_a - mean NLL_b) from per-unit mean NLLs of equal-size units."""
     import numpy as np

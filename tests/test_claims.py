@@ -137,3 +137,14 @@ def test_committed_records_have_clean_provenance_and_full_claims(path):
         pre = c["precondition"] and claims.Precondition(**{k: v for k, v in c["precondition"].items() if k != "holds"})
         assert judge(c["relation"], Estimate.from_dict(c["ours"]), c["threshold"], c["tol"], c["rel"], pre or None) == c["verdict"]
     assert config.get_spec(record["paper"])  # a known paper
+
+
+def test_bootstrap_groups_resamples_each_group_and_flags_undefined_statistics():
+    fast, slow = [1.0, 1.1, 0.9, 1.0, 1.05], [2.0, 2.1, 1.9, 2.05, 1.95]
+    e = claims.bootstrap_groups([slow, fast], lambda g: float(g[0].mean() / g[1].mean()), "timed steps")
+    assert e.low > 1.5 and e.high < 2.5 and e.n == 5 and e == claims.bootstrap_groups(
+        [slow, fast], lambda g: float(g[0].mean() / g[1].mean()), "timed steps")  # fixed seed
+    undefined = claims.bootstrap_groups([[1.0, 2.0]], lambda g: None if g[0].max() > 1.5 else 1.0, "calls")
+    assert undefined.value is None and judge("<", undefined, 2.0) == "inconclusive"
+    sometimes = claims.bootstrap_groups([[1.0, 2.0, 1.0]], lambda g: None if g[0].min() > 1.5 else 1.0, "calls")
+    assert sometimes.value == 1.0 and sometimes.low == -math.inf and judge("<", sometimes, 2.0) == "inconclusive"

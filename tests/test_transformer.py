@@ -508,3 +508,16 @@ def test_bleu_difference_is_a_paired_bootstrap_over_sentences():
     assert e.value > 0 and e.low > 0 and e.n == 40
     same = ex.bleu_difference(good, good, refs, resamples=50)
     assert same.value == same.low == same.high == 0
+
+
+def test_wall_time_crossover_has_a_bootstrap_interval():
+    from reproduce.transformer import sections
+
+    lengths, d = [16, 32, 64, 128], 32
+    rng = __import__("numpy").random.default_rng(0)
+    attention = [list(n * 1e-4 * (1 + 0.01 * rng.standard_normal(5))) for n in lengths]  # grows as n ...
+    recurrent = [[3.2e-3 * (1 + 0.01 * e) for e in rng.standard_normal(5)] for _ in lengths]  # ... flat: cross at n = 32
+    e = sections.crossover_time_estimate(lengths, d, attention, recurrent)
+    assert e.noisy and e.low <= e.value <= e.high and abs(e.value) < 0.1
+    flat = [[1e-3] * 5 for _ in lengths]  # never crosses: nothing measured
+    assert sections.crossover_time_estimate(lengths, d, flat, [[2e-3] * 5 for _ in lengths]).value is None

@@ -318,13 +318,9 @@ def _training_point(kind: str, length: int, block: dict, batch: int, reps: int, 
         run(x).square().mean().backward()
         peak_mib = (torch.cuda.max_memory_allocated(device) - before) / 2**20
         _sync(device)
-        begin = time.perf_counter()
-        for _ in range(reps):
-            run(x).square().mean().backward()
-        _sync(device)
-        seconds = (time.perf_counter() - begin) / reps
-        return {"kind": kind, "length": length, "tokens_per_s": batch * length / seconds, "peak_mib": peak_mib,
-                "hwm_reset": True}
+        step_s = _timed_steps(lambda: run(x).square().mean().backward(), reps, device)
+        return {"kind": kind, "length": length, "tokens_per_s": batch * length / statistics.fmean(step_s),
+                "peak_mib": peak_mib, "hwm_reset": True, "step_s": step_s}
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset the peak RSS counter (Linux >= 4.0)
@@ -334,12 +330,20 @@ def _training_point(kind: str, length: int, block: dict, batch: int, reps: int, 
     before = _rss_kib("VmRSS")
     run(x).square().mean().backward()  # the measured step: the process's first, so nothing is cached yet
     peak = _rss_kib("VmHWM")
-    begin = time.perf_counter()
-    for _ in range(reps):  # timed steps, after the first one warmed the kernels up
-        run(x).square().mean().backward()
-    seconds = (time.perf_counter() - begin) / reps
-    return {"kind": kind, "length": length, "tokens_per_s": batch * length / seconds,
-            "peak_mib": max(peak - before, 0) / 1024, "hwm_reset": hwm_reset}
+    step_s = _timed_steps(lambda: run(x).square().mean().backward(), reps, device)  # after the first, warm, step
+    return {"kind": kind, "length": length, "tokens_per_s": batch * length / statistics.fmean(step_s),
+            "peak_mib": max(peak - before, 0) / 1024, "hwm_reset": hwm_reset, "step_s": step_s}
+
+
+def _timed_steps(step, reps: int, device: torch.device) -> list[float]:
+    """Seconds of each of ``reps`` calls of ``step`` (each synchronised on GPU)."""
+    out = []
+    for _ in range(reps):
+        begin = time.perf_counter()
+        step()
+        _sync(device)
+        out.append(time.perf_counter() - begin)
+    return out
 
 
 def training_cost(lengths: Sequence[int], hidden: int, heads: int, batch: int, chunk: int, reps: int,

@@ -167,14 +167,19 @@ def claim_training_cost(run, rows: Sequence[dict]) -> None:
               paper=f"{t4['retnet']['memory_gb']:g} GB vs {t4['transformer_flashattention']['memory_gb']:g} GB "
                     f"(FlashAttention), {t4['transformer']['memory_gb']:g} GB (vanilla), 1.3B at 8k",
               note=f"{single}; CPU SDPA is a fused memory-efficient kernel, our chunkwise retention unfused PyTorch")
+    by = {(r["kind"], r["length"]): r for r in rows}
+    chunk_s, attn_s = by["chunkwise", long].get("step_s"), by["attention", long].get("step_s")
+    ratio = (claims.bootstrap_groups([attn_s, chunk_s], lambda g: float(g[0].mean() / g[1].mean()), "timed steps")
+             if chunk_s and attn_s else claims.exact(tput["chunkwise"] / tput["attention"]))
     run.claim("table4_throughput_vs_attention", artifact="Table 4", section=SECTIONS["training"],
               text=f"training throughput of chunkwise retention / softmax attention (SDPA) at {long} tokens",
-              ours=claims.exact(tput["chunkwise"] / tput["attention"]), relation=">=", threshold=1.0,
+              ours=ratio, relation=">=", threshold=1.0,
               source="paper: Table 4 (RetNet faster than both Transformers at 8k, 1.3B)",
               paper=f"{t4['retnet']['wps']:,} vs {t4['transformer_flashattention']['wps']:,} wps (FlashAttention), "
                     f"{t4['transformer']['wps']:,} (vanilla)",
-              note="a single timing per point (mean of the timed steps in one process), no interval; unfused "
-                   "chunkwise retention (a Python loop over chunks) against a fused SDPA kernel")
+              note=("the interval resamples the timed steps of each kernel (each in its own process)" if ratio.noisy else
+                    "a single timing per point, no interval") + "; unfused chunkwise retention (a Python loop over "
+                   "chunks) against a fused SDPA kernel")
     run.claim("table4_chunkwise_vs_parallel_memory", artifact="§2.1 / Table 4", section=SECTIONS["training"],
               text=f"peak memory of chunkwise / parallel retention at {long} tokens",
               ours=claims.exact(mem["chunkwise"] / max(mem["parallel"], 1e-9)), relation="<", threshold=1.0,

@@ -68,7 +68,8 @@ def _count(fn: Callable[[], Tensor]) -> tuple[int, int, int]:
     return counter.get_total_flops(), core, calls
 
 
-def _median_time(fn: Callable[[], Tensor], repeats: int) -> float:
+def _times(fn: Callable[[], Tensor], repeats: int) -> list[float]:
+    """Wall time of each of ``repeats`` calls, after one warm-up call."""
     with torch.no_grad():
         fn()  # warm-up
         times = []
@@ -76,20 +77,22 @@ def _median_time(fn: Callable[[], Tensor], repeats: int) -> float:
             t = time.perf_counter()
             fn()
             times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return times
 
 
 def layer_costs(
     lengths: Sequence[int], d: int, kernel: int = 3, heads: int = 8, batch: int = 4, repeats: int = 5, seed: int = 0
 ) -> dict[str, dict[str, list[float]]]:
-    """FLOPs, attention-core FLOPs, matmul kernel calls and median wall time per layer type, per n."""
+    """FLOPs, attention-core FLOPs, matmul kernel calls and median wall time per layer type, per n
+    (``seconds_repeats``: every timed call, for an interval)."""
     torch.manual_seed(seed)
     attn = MultiHeadAttention(d, heads, d // heads, d // heads).eval()
     lstm = nn.LSTM(d, d, batch_first=True).eval()
     unrolled = _LSTMUnrolled(d).eval()
     conv = nn.Conv1d(d, d, kernel, padding=kernel // 2).eval()
     out: dict[str, dict[str, list[float]]] = {
-        name: {"flops": [], "core_flops": [], "matmul_calls": [], "seconds": []} for name in ("attention", "recurrent", "convolution")
+        name: {"flops": [], "core_flops": [], "matmul_calls": [], "seconds": [], "seconds_repeats": []}
+        for name in ("attention", "recurrent", "convolution")
     }
     for n in lengths:
         x = torch.randn(batch, n, d)
@@ -105,7 +108,9 @@ def layer_costs(
             rec["flops"].append(flops / batch)
             rec["core_flops"].append(core / batch)
             rec["matmul_calls"].append(calls)
-            rec["seconds"].append(_median_time(fast, repeats))
+            times = _times(fast, repeats)
+            rec["seconds"].append(statistics.median(times))
+            rec["seconds_repeats"].append(times)
     return out
 
 
