@@ -309,18 +309,28 @@ def load_record(path: str | Path, paper: str | None = None) -> dict[str, Any]:
     return record
 
 
+def verdict_of(claim: Mapping[str, Any]) -> str:
+    """The verdict a stored claim's own numbers give (estimate, relation, threshold, precondition)."""
+    pre = claim.get("precondition")
+    precondition = None if not pre else Precondition(pre["text"], pre["value"], pre["relation"], pre["threshold"], pre["source"])
+    return claims_mod.judge(claim["relation"], Estimate.from_dict(claim["ours"]), claim["threshold"], claim.get("tol", 0.0),
+                            claim.get("rel", False), precondition)
+
+
 def compare(new: Mapping[str, Any], old: Mapping[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     """Claim by claim: both estimates (with intervals) and verdicts; returns ``(rows, flipped ids)``.
 
-    A claim present in one record only counts as flipped (its verdict there is ``missing``).
+    Verdicts are judged again from each claim's stored numbers (a record edited by hand cannot keep
+    a verdict its numbers do not give). A claim present in one record only counts as flipped (its
+    verdict there is ``missing``).
     """
     a = {c["id"]: c for c in new["claims"]}
     b = {c["id"]: c for c in old["claims"]}
     rows, flipped = [], []
     for id in list(a) + [k for k in b if k not in a]:
         ca, cb = a.get(id), b.get(id)
-        va = ca["verdict"] if ca else "missing"
-        vb = cb["verdict"] if cb else "missing"
+        va = verdict_of(ca) if ca else "missing"
+        vb = verdict_of(cb) if cb else "missing"
         if va != vb:
             flipped.append(id)
         rows.append({"id": id, "relation": claims_mod.relation_text(ca or cb), "new": estimate_text(ca["ours"]) if ca else "–",

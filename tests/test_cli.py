@@ -149,9 +149,8 @@ def test_compare_names_a_flipped_verdict_and_exits_1(tmp_path):
     ref = _record(tmp_path, "ref.json", 2.0)  # holds
     data = json.loads(ref.read_text())
     gap = next(c for c in data["claims"] if c["id"] == "gap")
-    gap["ours"].update(value=0.1, low=-0.4, high=0.6)  # the same claim, now inconclusive
-    gap["verdict"] = "inconclusive"
-    new = tmp_path / "new.json"
+    gap["ours"].update(value=0.1, low=-0.4, high=0.6)  # the same claim, now inconclusive (its stored verdict
+    new = tmp_path / "new.json"  # still says "holds": compare judges the numbers)
     new.write_text(json.dumps(data))
     proc = cli("compare", "pipeline", str(new), "--against", str(ref))
     assert proc.returncode == 1
