@@ -7,7 +7,6 @@ rejected before any kernel starts and before torch is imported.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 

@@ -162,14 +162,6 @@ def ppl_ratio(nll_a: Sequence[float], nll_b: Sequence[float], what: str = "token
     return paired_bootstrap([nll_a, nll_b], lambda a, b, axis=-1: np.exp(np.mean(a - b, axis=axis)), what)
 
 
-def block_means(values: Sequence[float], block: int) -> list[float]:
-    """Means of consecutive blocks of ``block`` values (a trailing partial block is dropped)."""
-    if block < 1:
-        raise ValueError(f"block must be >= 1, got {block}")
-    n = len(values) // block
-    return [math.fsum(values[i * block : (i + 1) * block]) / block for i in range(n)]
-
-
 # ---------------------------------------------------------------------------------------- claims
 @dataclass
 class Precondition:

@@ -103,12 +103,6 @@ def test_bootstrap_is_deterministic_and_covers_the_value():
     assert e1.value == pytest.approx(math.exp((a - b).mean()))
 
 
-def test_block_means():
-    assert claims.block_means([1, 2, 3, 4, 5], 2) == [1.5, 3.5]
-    with pytest.raises(ValueError):
-        claims.block_means([1.0], 0)
-
-
 def test_estimates_survive_json():
     e = claims.paired_t([1.0], [0.5])
     back = Estimate.from_dict(json.loads(json.dumps(e.to_dict())))
