@@ -307,15 +307,62 @@ def test_generate_with_each_policy(smollm2, novel_ids):
 def test_blocked_attention_equals_dense_masked_attention(spec):
     g = torch.Generator().manual_seed(5)
     q, k, v = (torch.randn(2, n, 45, 8, generator=g, dtype=torch.float64) for n in (6, 2, 2))
-    logits = q @ k.repeat_interleave(3, dim=1).transpose(2, 3) / 8**0.5
-    mask = appendix_e.policy_mask(logits, spec, kv_heads=2)
-    mask = mask.repeat_interleave(6 // mask.shape[1], dim=1)  # B, H, T, T as the attention function passes it
+    last = appendix_e.policy_last(q, k, spec, 1 / 8**0.5)
+    mask = appendix_e.mask_from_last(last)
+    mask = mask.repeat_interleave(6 // mask.shape[1], dim=1)  # B, H, T, T
     dense = torch.nn.functional.scaled_dot_product_attention(
         q, k.repeat_interleave(3, dim=1), v.repeat_interleave(3, dim=1), attn_mask=mask)
     for block in (1, 7, 16, 64):
-        blocked = appendix_e.blocked_attention(q, k, v, mask, 1 / 8**0.5, spec, block=block)
+        blocked = appendix_e.blocked_attention(q, k, v, last, 1 / 8**0.5, spec, block=block)
         # float64 throughout: the blocks only change the order of sums over <= 45 keys
         assert (blocked - dense).abs().max().item() <= 45 * EPS64 * dense.abs().max().item(), block
+
+
+# ----------------------------------------------------------------------------- the two forms of the decisions
+DECISION_CASES = [  # B, H, Hk, T, D, C
+    (2, 6, 2, 45, 8, 2), (2, 6, 2, 45, 8, 16), (1, 4, 4, 70, 4, 5), (3, 9, 3, 130, 16, 44),
+    (1, 2, 1, 9, 4, 8), (1, 2, 1, 9, 4, 30),  # T = C + 1 and T < C: nothing is ever evicted
+]
+
+
+@pytest.mark.parametrize("policy", ["tova", "h2o"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("case", DECISION_CASES, ids=lambda c: "B{}H{}Hk{}T{}D{}C{}".format(*c))
+def test_fast_decisions_equal_the_step_by_step_definition(policy, dtype, case):
+    """``evictions`` (blocked logits, compiled replay) keeps exactly the sets of ``tova_mask`` / ``h2o_mask``."""
+    B, H, Hk, T, D, C = case
+    g = torch.Generator().manual_seed(T * 31 + C)
+    q, k = torch.randn(B, H, T, D, generator=g, dtype=dtype), torch.randn(B, Hk, T, D, generator=g, dtype=dtype)
+    scale = D**-0.5
+    logits = q @ k.repeat_interleave(H // Hk, dim=1).transpose(2, 3) * scale
+    spec = EvictionSpec(policy, C)
+    reference = appendix_e.policy_mask(logits, spec, Hk)
+    for block in (1, 7, 64):  # steps replayed K at a time: any K gives the same decisions
+        last = appendix_e.evictions(q, k, spec, scale, block=block)
+        assert last.shape == (B, Hk if policy == "h2o" else 1, T)
+        assert torch.equal(appendix_e.mask_from_last(last).expand_as(reference), reference), block
+
+
+@pytest.mark.parametrize("spec", all_specs(7)[:3], ids=str)
+def test_band_last_is_the_band_mask(spec):
+    for T in (5, 8, 40):
+        assert torch.equal(appendix_e.mask_from_last(appendix_e.band_last(T, spec)), appendix_e.band_mask(T, spec))
+
+
+def test_collected_survival_and_last_row_follow_the_mask():
+    """What a collecting pass derives from ``last`` equals what the dense mask says."""
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(2, 6, 40, 8, generator=g, dtype=torch.float64), torch.randn(2, 2, 40, 8, generator=g, dtype=torch.float64)
+    for spec in all_specs(6):
+        last = appendix_e.policy_last(q, k, spec, 8**-0.5).expand(2, -1, -1)
+        keeper = appendix_e.MaskedPass(spec, collect=True, picture_layers=(0,), picture_size=40)
+        keeper.observe(0, last)
+        mask = appendix_e.mask_from_last(last)  # B, Hm, T, T
+        later = torch.arange(39, -1, -1).clamp(min=1)
+        expected = (mask.double().tril(-1).sum(dim=-2) / later).mean(dim=1)  # kept at later steps / later steps
+        assert torch.allclose(keeper.survival[0].double(), expected, atol=1e-6), spec
+        assert torch.equal(keeper.last_row[0], mask[:, :, -1])
+        assert torch.equal(keeper.occupancy[0], mask[0, 0].float())  # 40 x 40: no pooling
 
 
 # ----------------------------------------------------------------------------- measurements for the claims

@@ -10,13 +10,25 @@ one (``tests/test_tova.py`` checks it against the Cache objects on real text).
 
 - Window / Window+i: the mask is a band (plus ``i`` sink columns), no scores needed.
 - TOVA: state ``K_t`` (``|K_t| <= C``); query ``t`` attends over ``K_{t-1} + {t}``; the token with
-  the lowest head-averaged probability of query ``t`` is dropped (§3.3). One decision per step, so
-  a loop over ``t``, vectorised over the batch.
-- H2O: the same loop per KV head, with scores accumulated over all queries so far.
+  the lowest head-averaged probability of query ``t`` is dropped (§3.3). One decision per step.
+- H2O: the same per KV head, with scores accumulated over all queries so far.
 
-The loop runs on the precomputed ``(B, H, T, T)`` logits; only the gathered ``C + 1`` candidates
-of one row are touched per step. Probabilities are computed exactly as eager attention does
-(softmax in float32, cast to the model's dtype), so the decisions are the streaming ones.
+Every policy's mask has one compact form: ``last[b, m, j]``, the last step at which token ``j`` is
+in the state (``T - 1`` if never dropped), so that ``M[t, j] = j <= t <= last[j]``.
+
+The TOVA/H2O decisions come in two forms that give the same kept sets (``tests/test_tova.py``):
+
+- :func:`tova_mask` / :func:`h2o_mask`, the definition step by step: a Python loop over ``t`` on
+  the precomputed ``(B, H, T, T)`` logits, probabilities as eager attention computes them (softmax
+  in float32). Readable, and the reference of the tests and ``benchmarks/tova_decisions.py``.
+- :func:`evictions`, the fast form used by the pass: steps go by blocks of ``K``. The candidates of
+  steps ``t0 .. t0+K-1`` all lie in ``U`` = the state at ``t0`` plus the ``K`` new tokens, so one
+  small matmul gives the logits of those ``K`` queries over ``U`` (no ``T x T`` matrix), one
+  vectorised ``exp`` their exponentials, and a compiled loop (numba) replays the ``K`` decisions,
+  normalising each step over its exact candidate set (sums in float64). Since the probabilities
+  are rounded differently from the float32 softmax, the two forms could part only where two
+  candidates' scores agree to rounding (~1e-7 relative); the benchmark counts such decisions on
+  real text.
 
 Shapes: ``B`` batch, ``H`` query heads, ``Hk`` KV heads, ``G = H / Hk``, ``T`` chunk length,
 ``D`` head dim, ``C`` budget; ``Hm`` the head dimension of a mask (1 when all heads share it).
@@ -28,6 +40,8 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numba
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
@@ -132,8 +146,132 @@ def h2o_mask(logits: torch.Tensor, budget: int, kv_heads: int) -> torch.Tensor:
     return mask
 
 
+# ----------------------------------------------------------------------------- the fast form
+@numba.njit(nogil=True, cache=True, fastmath=True)
+def _replay(E, ids, t0, scores, recent, last, h2o):  # pragma: no cover - compiled; checked against the loops
+    """Replay ``K`` steps of TOVA (``h2o=False``) or H2O on one block (see :func:`evictions`).
+
+    ``E`` (``B, Hk, K, G, C + K``): the softmax of query ``t0 + i`` (head ``k * G + g``) over ``U`` =
+    the ``C`` slots (``ids``: ``B, Hm, C`` token ids, updated in place) then tokens ``t0 .. t0+K-1``,
+    future tokens at 0. Each step renormalises over its own candidates. ``scores`` (``B, Hm, T``):
+    H2O's accumulated attention. ``last`` (``B, Hm, T``): set at each drop.
+    """
+    B, Hk, K, G, W = E.shape
+    Hm, C = ids.shape[1], ids.shape[2]
+    per = Hk // Hm  # KV heads per mask head: TOVA scores with all heads, H2O each KV head alone
+    col = np.empty(C + 1, np.int64)  # candidate -> column of U
+    tok = np.empty(C + 1, np.int64)  # candidate -> token id
+    live = np.empty(W, np.float64)  # 1 where the column is a candidate of this step
+    score = np.empty(W, np.float64)
+    for b in range(B):
+        for m in range(Hm):
+            for j in range(C):
+                col[j] = j
+                tok[j] = ids[b, m, j]
+            live[:C] = 1.0
+            live[C:] = 0.0
+            for i in range(K):
+                t = t0 + i
+                col[C] = C + i  # the new token is the last candidate
+                tok[C] = t
+                live[C + i] = 1.0
+                score[:] = 0.0
+                for k in range(m * per, (m + 1) * per):
+                    for g in range(G):
+                        row = E[b, k, i, g]
+                        z = 0.0
+                        for w in range(W):  # this head's softmax normaliser over the candidates
+                            z += row[w] * live[w]
+                        inv = 1.0 / z
+                        for w in range(W):  # TOVA: the sum over heads (the mean up to 1/H); H2O: a KV head's group
+                            score[w] += row[w] * inv
+                best, lowest = 0, np.inf
+                for j in range(C + 1):
+                    p = score[col[j]]
+                    if h2o:
+                        scores[b, m, tok[j]] += p
+                        p = np.inf if tok[j] > t - recent else scores[b, m, tok[j]]  # recent: never evicted
+                    if p < lowest:  # the first lowest in slot order, as argmin
+                        best, lowest = j, p
+                last[b, m, tok[best]] = t
+                live[col[best]] = 0.0
+                if best < C:  # the new token takes the dropped slot (or is itself dropped)
+                    col[best] = C + i
+                    tok[best] = t
+            for j in range(C):
+                ids[b, m, j] = tok[j]
+
+
+def evictions(query: torch.Tensor, key: torch.Tensor, spec: EvictionSpec, scaling: float, block: int = 64) -> torch.Tensor:
+    """``last`` (``B, Hm, T``) of TOVA (``Hm = 1``) or H2O (``Hm = Hk``) from one layer's queries and keys.
+
+    ``query`` (``B, H, T, D``), ``key`` (``B, Hk, T, D``), rotated. Equal to :func:`tova_mask` /
+    :func:`h2o_mask` on ``query @ key.T * scaling`` (see the module docstring).
+    """
+    B, H, T, D = query.shape
+    Hk = key.shape[1]
+    G, C = H // Hk, spec.budget
+    h2o = spec.policy == "h2o"
+    Hm = Hk if h2o else 1
+    last = np.full((B, Hm, T), T - 1, dtype=np.int64)
+    if T <= C + 1:
+        return torch.from_numpy(last).to(key.device)
+    dtype = torch.promote_types(query.dtype, torch.float32)
+    q = (query.to(dtype) * scaling).view(B, Hk, G, T, D).transpose(2, 3).contiguous()  # B, Hk, T, G, D
+    k = key.to(dtype)
+    ids = np.broadcast_to(np.arange(C), (B, Hm, C)).copy()  # the state after step C - 1
+    scores = np.zeros((B, Hm, T), dtype=np.float64)
+    if h2o:  # steps 0..C-1 keep everything: scores are column sums of causal attention
+        head = torch.matmul(q[:, :, :C].transpose(2, 3), k[:, :, None, :C].transpose(-1, -2)).double()  # B, Hk, G, C, C
+        head = head.masked_fill(~torch.ones(C, C, dtype=torch.bool, device=head.device).tril(), float("-inf"))
+        scores[..., :C] = torch.softmax(head, dim=-1).sum(dim=(2, 3)).cpu().numpy()
+    future = torch.zeros(block, G, C + block, dtype=dtype, device=key.device)  # query i may not see U column C+i' > C+i
+    future.masked_fill_(torch.arange(C + block, device=key.device) > C + torch.arange(block, device=key.device)[:, None, None],
+                        float("-inf"))
+    for t0 in range(C, T, block):
+        K = min(block, T - t0)
+        new = torch.arange(t0, t0 + K, device=key.device).expand(B, Hm, K)
+        U = torch.cat([torch.from_numpy(ids).to(key.device), new], dim=-1).expand(B, Hk, C + K)  # B, Hk, C+K
+        keys = k.gather(2, U[..., None].expand(-1, -1, -1, D))  # B, Hk, C+K, D
+        rows = q[:, :, t0 : t0 + K].reshape(B * Hk, K * G, D)
+        bias = future[:K, :, : C + K].reshape(K * G, C + K)
+        logits = torch.baddbmm(bias, rows, keys.view(B * Hk, C + K, D).transpose(1, 2))  # B*Hk, K*G, C+K
+        E = torch.softmax(logits, dim=-1).view(B, Hk, K, G, C + K).cpu().numpy()
+        _replay(E, ids, t0, scores, C // 2, last, h2o)
+    return torch.from_numpy(last).to(key.device)
+
+
+def band_last(T: int, spec: EvictionSpec, device=None) -> torch.Tensor:
+    """``last`` (``1, 1, T``) of the full cache, Window and Window+i: when each token leaves the band."""
+    j = torch.arange(T, device=device)
+    if spec.policy == "full":
+        last = torch.full_like(j, T - 1)
+    elif spec.policy == "window":  # j is in the states after steps j .. j+C-1, seen by queries j .. j+C
+        last = (j + spec.budget).clamp(max=T - 1)
+    elif spec.policy == "window_sink":
+        last = torch.where(j < spec.sinks, T - 1, (j + spec.budget - spec.sinks).clamp(max=T - 1))
+    else:
+        raise ValueError(f"policy {spec.policy!r} has no band; use evictions")
+    return last[None, None]
+
+
+def mask_from_last(last: torch.Tensor, rows: slice = slice(None), cols=slice(None)) -> torch.Tensor:
+    """The visibility mask ``(B, Hm, rows, cols)``: ``M[t, j] = j <= t <= last[j]``."""
+    T = last.shape[-1]
+    t = torch.arange(T, device=last.device)[rows, None]
+    j = torch.arange(T, device=last.device)[cols]
+    return (j <= t) & (t <= last[..., None, cols])
+
+
+def policy_last(query: torch.Tensor, key: torch.Tensor, spec: EvictionSpec, scaling: float) -> torch.Tensor:
+    """``last`` of ``spec`` for one layer: decided for TOVA/H2O, a band otherwise."""
+    if spec.policy in ("tova", "h2o"):
+        return evictions(query, key, spec, scaling)
+    return band_last(query.shape[2], spec, device=query.device)
+
+
 def policy_mask(logits: torch.Tensor, spec: EvictionSpec, kv_heads: int) -> torch.Tensor:
-    """The visibility mask of ``spec`` for one layer (``B, Hm, T, T``, Hm in {1, Hk})."""
+    """The step-by-step visibility mask of ``spec`` for one layer (``B, Hm, T, T``, Hm in {1, Hk})."""
     T = logits.shape[-1]
     if spec.policy == "tova":
         return tova_mask(logits, spec.budget)
@@ -161,17 +299,18 @@ class MaskedPass:
     occupancy: dict[int, torch.Tensor] = field(default_factory=dict)
     last_row: dict[int, torch.Tensor] = field(default_factory=dict)  # B, Hm, T: visible to the last query
 
-    def observe(self, layer_idx: int, mask: torch.Tensor) -> None:
+    def observe(self, layer_idx: int, last: torch.Tensor) -> None:
+        """Collect from one layer's ``last`` (``B, Hm, T``; see the module docstring)."""
         if not self.collect:
             return
-        T = mask.shape[-1]
-        self.last_row[layer_idx] = mask[:, :, -1].cpu()
-        below = mask.float().tril(-1)  # B, Hm, T, T: strictly later queries
-        later = torch.arange(T - 1, -1, -1, device=mask.device).clamp(min=1)  # steps after token j
-        self.survival[layer_idx] = (below.sum(dim=-2) / later).mean(dim=1).cpu()  # B, T
+        T = last.shape[-1]
+        self.last_row[layer_idx] = (last == T - 1).cpu()  # B, Hm, T: still in the state at the last step
+        j = torch.arange(T, device=last.device)
+        later = (T - 1 - j).clamp(min=1)  # steps after token j
+        self.survival[layer_idx] = ((last - j).float() / later).mean(dim=1).cpu()  # B, T: j is kept at steps j+1..last
         if layer_idx in self.picture_layers:
             size = min(self.picture_size, T)
-            self.occupancy[layer_idx] = F.adaptive_avg_pool2d(mask[0, :1].float(), size)[0].cpu()  # size, size
+            self.occupancy[layer_idx] = F.adaptive_avg_pool2d(mask_from_last(last[:1, :1])[0].float(), size)[0].cpu()
 
 
 def appendix_e_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, eviction=None, **kwargs):
@@ -182,27 +321,16 @@ def appendix_e_attention(module, query, key, value, attention_mask, scaling, dro
     """
     if not isinstance(eviction, MaskedPass):
         raise RuntimeError("the App. E attention needs eviction=MaskedPass(...) in the forward call; use appendix_e.nll")
-    B, H, T, D = query.shape
-    Hk = key.shape[1]
+    B = query.shape[0]
     spec = eviction.spec
-    if spec.policy == "full" and not eviction.collect:
-        mask = None
-    elif spec.policy in ("tova", "h2o"):  # decisions need this layer's scores
-        logits = torch.matmul(query, key.repeat_interleave(H // Hk, dim=1).transpose(2, 3)) * scaling  # B, H, T, T
-        mask = policy_mask(logits, spec, Hk)  # B, Hm, T, T
-        del logits
-    else:
-        mask = band_mask(T, spec, device=query.device)  # 1, 1, T, T
-    if mask is not None:
-        eviction.observe(module.layer_idx, mask.expand(B, -1, -1, -1))
-        if mask.shape[1] not in (1, H):
-            mask = mask.repeat_interleave(H // mask.shape[1], dim=1)  # B, H, T, T
+    last = policy_last(query, key, spec, scaling)  # B or 1, Hm, T
+    eviction.observe(module.layer_idx, last.expand(B, -1, -1))
     # Deviation from eager attention: the masked attention itself runs in SDPA (a fused kernel, ~3x
     # faster on CPU here); it agrees with eager to rounding (the equivalence tests bound it).
-    if mask is None:
+    if spec.policy == "full":
         out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=True)
     else:
-        out = blocked_attention(query, key, value, mask, scaling, spec)  # B, H, T, D
+        out = blocked_attention(query, key, value, last, scaling, spec)  # B, H, T, D
     return out.transpose(1, 2).contiguous(), None  # B, T, H, D
 
 
@@ -216,18 +344,23 @@ def visible_keys(spec: EvictionSpec, start: int, stop: int) -> torch.Tensor | sl
     return slice(0, stop)  # causal: nothing after the last query of the block
 
 
-def blocked_attention(query, key, value, mask, scaling, spec: EvictionSpec, block: int = 256) -> torch.Tensor:
+def blocked_attention(query, key, value, last, scaling, spec: EvictionSpec, block: int = 256) -> torch.Tensor:
     """Masked SDPA by blocks of ``block`` queries, each over the keys it may see (exact; skips the
-    causal upper triangle and, for windows, everything outside the band)."""
+    causal upper triangle and, for windows, everything outside the band). ``last`` (``B or 1, Hm, T``)
+    gives the mask (:func:`mask_from_last`), built block by block: no ``T x T`` mask exists."""
     B, H, T, D = query.shape
+    Hm = last.shape[1]
     out = torch.empty_like(query)  # B, H, T, D
     for start in range(0, T, block):
         stop = min(start + block, T)
         keys = visible_keys(spec, start, stop)
         if isinstance(keys, torch.Tensor):
             keys = keys.to(query.device)
+        mask = mask_from_last(last, slice(start, stop), keys)  # B or 1, Hm, stop-start, keys
+        if Hm not in (1, H):
+            mask = mask.repeat_interleave(H // Hm, dim=1)  # H2O: a KV head's mask for each of its query heads
         out[:, :, start:stop] = F.scaled_dot_product_attention(
-            query[:, :, start:stop], key[:, :, keys], value[:, :, keys], attn_mask=mask[:, :, start:stop][..., keys],
+            query[:, :, start:stop], key[:, :, keys], value[:, :, keys], attn_mask=mask,
             scale=scaling, enable_gqa=True)  # B, H, stop-start, D
     return out
 
