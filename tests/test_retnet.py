@@ -222,7 +222,7 @@ def test_every_lm_row_has_twelve_d_squared_per_block_except_pure_ablations():
         layers = model.model.layers
         block_params[variant] = sum(p.numel() for p in layers.parameters() if p.dim() == 2)
     per_block = 12 * 48**2 * 2
-    for variant in ("retnet", "linear_attention", "no_groupnorm", "no_decay", "single_decay", "small_heads"):
+    for variant in ("retnet", "linear_attention", "no_groupnorm", "no_decay", "single_decay", "small_heads", "no_mixer"):
         assert block_params[variant] == per_block, variant
     assert block_params["no_gate"] == per_block - 2 * 2 * 48**2  # the gate's 2 d^2 per block, removed
     assert abs(block_params["transformer"] - per_block) <= 2 * 3 * 48  # SwiGLU I = round(8d/3)
@@ -233,23 +233,145 @@ def test_decode_cost_memory_is_flat_for_retnet_and_linear_for_kv_cache():
 
     shape = ex.LMShape(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2)
     rows = ex.decode_cost(shape, [8, 32], batch=2, steps=1, warmup=0)
+    assert {r["model"] for r in rows} == set(ex.DECODERS)
     summary = ex.decode_summary(rows)
     assert summary["retnet_memory_growth"] == 1.0
-    assert summary["transformer_memory_growth"] == 4.0
+    assert summary["transformer_dynamic"]["memory_growth"] == 4.0  # exactly the n tokens' keys and values
+    static = {r["length"]: r["memory_bytes"] for r in rows if r["model"] == "transformer_static"}
+    dynamic = {r["length"]: r["memory_bytes"] for r in rows if r["model"] == "transformer_dynamic"}
+    assert all(static[n] == dynamic[n] * (n + 1) / n for n in (8, 32))  # preallocated room for the 1 decode step
+    assert summary["strongest_baseline"] in ex.BASELINES
+
+
+def test_static_and_dynamic_caches_decode_the_same_logits():
+    """The two Transformer baselines of Figure 6 compute the same function (only their cost differs)."""
+    from transformers import DynamicCache, StaticCache
+
+    from reproduce.retnet import experiments as ex
+
+    shape = ex.LMShape(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2)
+    model = ex.build_model(shape, "transformer", seed=0, dtype=torch.float64).eval()
+    prompt = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0))
+    logits = {}
+    for name, cache in (("static", StaticCache(config=model.config, max_cache_len=16)),
+                        ("dynamic", DynamicCache(config=model.config))):
+        with torch.no_grad():
+            out = [model(input_ids=prompt, cache=cache, use_cache=True).logits[:, -1]]
+            token = out[-1].argmax(-1, keepdim=True)
+            for _ in range(4):
+                out.append(model(input_ids=token, cache=cache, use_cache=True).logits[:, -1])
+                token = out[-1].argmax(-1, keepdim=True)
+        logits[name] = torch.stack(out)
+    torch.testing.assert_close(logits["static"], logits["dynamic"], rtol=0, atol=EXACT)
+
+
+def test_unfused_attention_equals_sdpa():
+    from reproduce.retnet import experiments as ex
+
+    torch.manual_seed(0)
+    fused = ex.TransformerBlock(32, 4, fused=True).double()
+    unfused = ex.TransformerBlock(32, 4, fused=False).double()
+    unfused.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 11, 32, dtype=torch.float64)
+    torch.testing.assert_close(unfused(x), fused(x), rtol=0, atol=EXACT)
 
 
 def test_experiment_inputs_are_checked():
     from reproduce.retnet import experiments as ex
 
     shape = ex.LMShape(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2)
+    budget = ex.LMBudget(steps=2, batch=2, length=8, warmup=1, eval_windows=2, select_windows=1)
+    corpus = ex.Corpus(None, np.arange(200) % 64, np.arange(30) % 64, "synthetic")  # 3 validation windows of 8
     with pytest.raises(ValueError, match="unknown variant"):
-        ex.train_language_models(None, shape, ["retnet", "mamba"], [0])
+        ex.train_language_models(corpus, shape, ["retnet", "mamba"], [0], {"retnet": [1e-3]}, budget)
+    with pytest.raises(ValueError, match="at least one seed"):
+        ex.train_language_models(corpus, shape, ["retnet"], [], {"retnet": [1e-3]}, budget)
+    with pytest.raises(ValueError, match="one learning rate per family"):
+        ex.train_language_models(corpus, shape, ["retnet", "transformer"], [0], {"retnet": [1e-3]}, budget)
+    with pytest.raises(ValueError, match="workers"):
+        ex.train_language_models(corpus, shape, ["retnet"], [0], {"retnet": [1e-3]}, budget, workers=0)
+    with pytest.raises(ValueError, match="lm_eval_windows"):
+        ex.train_language_models(corpus, shape, ["retnet"], [0], {"retnet": [1e-3]},
+                                 ex.LMBudget(steps=2, batch=2, length=8, warmup=1, eval_windows=3, select_windows=1))
+    with pytest.raises(ValueError, match="warmup"):
+        ex.LMBudget(steps=2, batch=2, length=8, warmup=3, eval_windows=2, select_windows=1)
+    with pytest.raises(ValueError, match="select_windows"):
+        ex.LMBudget(steps=2, batch=2, length=8, warmup=1, eval_windows=2, select_windows=0)
     with pytest.raises(ValueError, match="fraction"):
         ex.load_corpus(300, "novels", fraction=0)
     with pytest.raises(ValueError, match="unknown text source"):
         ex.load_corpus(300, "c4")
-    with pytest.raises(ValueError, match="fewer than one window"):
+    with pytest.raises(ValueError, match="fewer than"):
         ex.perplexity(rn.RetNetForCausalLM(_tiny_config()), np.arange(10), length=16, windows=4)
+    with pytest.raises(ValueError, match="first >= 0"):
+        ex.window_nll(rn.RetNetForCausalLM(_tiny_config()), np.arange(100), length=8, first=-1, count=2)
+    with pytest.raises(ValueError, match="unknown decoder"):
+        ex.decode_cost(shape, [8], batch=1, steps=1, decoders=["retnet", "transformer_paged"])
+    with pytest.raises(ValueError, match="unknown training-cost kind"):
+        ex.training_cost([8], 32, 2, 1, 4, 1, threads=1, kinds=["flash"])
+
+
+def test_window_nll_is_the_loss_of_each_window():
+    from reproduce.retnet import experiments as ex
+
+    model = rn.RetNetForCausalLM(_tiny_config()).eval()
+    ids = np.random.default_rng(0).integers(0, 99, size=100)
+    nll = ex.window_nll(model, ids, length=8, first=2, count=5, batch=2)
+    with torch.no_grad():
+        expected = [ex.lm_loss(model, {"input_ids": torch.from_numpy(ids[w * 8:(w + 1) * 8]).long()[None]}).item()
+                    for w in range(2, 7)]
+    assert nll == pytest.approx(expected, rel=1e-6)
+    assert ex.perplexity(model, ids, 8, 3) == pytest.approx(float(np.exp(np.mean(ex.window_nll(model, ids, 8, 0, 3)))))
+
+
+def test_choose_lr_takes_the_lowest_selection_perplexity_per_family():
+    from reproduce.retnet import experiments as ex
+
+    sweep = [{"family": "retnet", "lr": 1e-3, "select_ppl": 50.0}, {"family": "retnet", "lr": 3e-3, "select_ppl": 45.0},
+             {"family": "transformer", "lr": 1e-3, "select_ppl": 40.0}, {"family": "transformer", "lr": 3e-3, "select_ppl": 41.0}]
+    assert ex.choose_lr(sweep) == {"retnet": 3e-3, "transformer": 1e-3}
+    diverged = [{"family": "retnet", "lr": 1e-1, "select_ppl": float("nan")}] + sweep
+    assert ex.choose_lr(diverged) == {"retnet": 3e-3, "transformer": 1e-3}
+
+
+def _tiny_corpus():
+    from reproduce.retnet import experiments as ex
+
+    rng = np.random.default_rng(0)
+    return ex.Corpus(None, rng.integers(0, 64, size=3000), rng.integers(0, 64, size=200), "synthetic")
+
+
+def test_lr_sweep_reuses_its_run_and_every_row_trains_at_its_familys_lr():
+    from reproduce.retnet import experiments as ex
+
+    shape = ex.LMShape(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2)
+    budget = ex.LMBudget(steps=3, batch=2, length=8, warmup=1, eval_windows=4, select_windows=2)
+    out = ex.train_language_models(_tiny_corpus(), shape, ["retnet", "no_gate", "no_mixer"], [0, 1], {"retnet": [1e-3, 3e-2]},
+                                   budget, device="cpu")
+    assert [(r["variant"], r["lr"]) for r in out["sweep"]] == [("retnet", 1e-3), ("retnet", 3e-2)]
+    assert out["chosen_lr"] == ex.choose_lr(out["sweep"])
+    lr = out["chosen_lr"]["retnet"]
+    assert [(r["variant"], r["seed"], r["lr"]) for r in out["runs"]] == [
+        (v, s, lr) for v in ("retnet", "no_gate", "no_mixer") for s in (0, 1)]
+    first = next(r for r in out["sweep"] if r["lr"] == lr)
+    assert out["runs"][0] is first  # the sweep's run at the chosen lr is RetNet's first-seed run
+    assert all(len(r["window_nll"]) == 4 for r in out["runs"])
+    control = [r for r in out["runs"] if r["variant"] == "no_mixer"]
+    assert all(r["trainable_params"] < r["params"] for r in control)  # the frozen zero projections
+
+
+@pytest.mark.slow
+def test_two_worker_processes_train_like_one():
+    from reproduce.retnet import experiments as ex
+
+    shape = ex.LMShape(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2)
+    budget = ex.LMBudget(steps=2, batch=2, length=8, warmup=1, eval_windows=2, select_windows=2)
+    args = (_tiny_corpus(), shape, ["transformer", "retnet"], [0, 1], {"transformer": [1e-3, 1e-2], "retnet": [1e-2]}, budget)
+    one = ex.train_language_models(*args, workers=1, device="cpu")
+    two = ex.train_language_models(*args, workers=2, device="cpu")
+    assert one["chosen_lr"] == two["chosen_lr"]
+    key = lambda r: (r["variant"], r["seed"], r["lr"], r["valid_ppl"], r["window_nll"])  # noqa: E731
+    assert [key(r) for r in one["runs"]] == [key(r) for r in two["runs"]]
 
 
 def test_block_fields_come_from_the_config_and_build_the_same_block():
@@ -274,8 +396,69 @@ def test_variants_are_declared_once():
     from reproduce.retnet import sections
 
     assert tuple(ex.VARIANTS) == tuple(VARIANTS) == tuple(SPEC.params["variants"].choices)
-    assert set(ex.TABLE5) | set(ex.ABLATIONS) == set(VARIANTS) and not set(ex.TABLE5) & set(ex.ABLATIONS)
+    assert set(ex.TABLE5) | set(ex.ABLATIONS) | {ex.CONTROL} == set(VARIANTS)
+    assert not set(ex.TABLE5) & set(ex.ABLATIONS) and ex.CONTROL not in ex.MIXERS
+    assert set(ex.FAMILY.values()) <= set(ex.TABLE5)  # each lr family is swept on its own Table 5 row
     assert set(sections.PAPER["ppl_200m"]) == set(VARIANTS)
+
+
+# --- initialisation (torchscale 0.3.0) and the no-mixer control --------------------------------------
+def test_initialisation_follows_torchscale_0_3_0():
+    config = _tiny_config(hidden_size=64, num_heads=4, vocab_size=500)
+    torch.manual_seed(0)
+    model = rn.RetNetForCausalLM(config)
+    msr = model.model.layers[0].retention
+    d, hv = 64, 4 * config.value_dim
+
+    def xavier_bound(w, gain=1.0):
+        return gain * (6 / (w.shape[0] + w.shape[1])) ** 0.5
+
+    for proj in (msr.q_proj, msr.k_proj, msr.v_proj, msr.g_proj):
+        bound = xavier_bound(proj.weight, 2**-2.5)
+        assert proj.weight.abs().max() <= bound and proj.weight.abs().max() > 0.9 * bound
+    bound = xavier_bound(msr.out_proj.weight)
+    assert msr.out_proj.weight.abs().max() <= bound and msr.out_proj.weight.abs().max() > 0.9 * bound
+    emb = model.model.embed_tokens.weight
+    assert abs(emb.std().item() - d**-0.5) < 0.05 * d**-0.5  # normal(0, d^-1/2), no sqrt(d) scale
+    assert model.lm_head.weight is emb  # tied
+    fc1 = model.model.layers[0].ffn[0].weight
+    assert fc1.abs().max() <= d**-0.5 and fc1.abs().max() > 0.9 * d**-0.5  # nn.Linear's U(+-1/sqrt(fan_in))
+    norm = msr.head_norm
+    assert torch.equal(norm.weight, torch.ones(hv)) and torch.equal(norm.bias, torch.zeros(hv))
+
+
+def test_groupnorm_is_per_head_standardisation():
+    """GroupNorm(h groups) of MSR normalises each (token, head) over that head's V values, §2.2."""
+    config = _tiny_config(hidden_size=32, num_heads=4, norm_eps=0.0)
+    msr = rn.MultiScaleRetention(config).double()
+    y = torch.randn(3, 5, 4 * config.value_dim, dtype=torch.float64)  # (B, T, H*V)
+    heads = y.view(3, 5, 4, -1)  # (B, T, H, V)
+    manual = (heads - heads.mean(-1, keepdim=True)) / heads.var(-1, unbiased=False, keepdim=True).sqrt()
+    torch.testing.assert_close(msr.head_norm(y.reshape(15, -1)).view(3, 5, 4, -1), manual, rtol=0, atol=EXACT)
+
+
+def test_no_mixer_control_is_embeddings_and_ffn_only_and_stays_so():
+    config = _tiny_config(zero_mixer=True, norm_eps=1e-6)
+    torch.manual_seed(0)
+    model = rn.RetNetForCausalLM(config)
+    ids = torch.randint(0, 99, (2, 12))
+
+    def without_mixer(m, ids):  # the same model with each block's retention branch skipped
+        x = m.model.embed_tokens(ids)
+        for layer in m.model.layers:
+            x = layer.ffn(layer.ffn_norm(x)) + x
+        return m.lm_head(m.model.norm(x))
+
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.01)
+    for _ in range(2):
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    for layer in model.model.layers:
+        assert not layer.retention.out_proj.weight.requires_grad
+        assert torch.count_nonzero(layer.retention.out_proj.weight) == 0
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, without_mixer(model, ids), rtol=1e-6, atol=1e-6)
 
 
 # --- claim logic of every section, on synthetic measurements ----------------------------------------
@@ -294,7 +477,10 @@ def _verdicts(run) -> dict:
 
 
 def _lm_runs(ppl: dict[str, list[float]]) -> list[dict]:
-    return [{"variant": v, "seed": s, "valid_ppl": x, "params": 1000} for v, xs in ppl.items() for s, x in enumerate(xs)]
+    from reproduce.retnet import experiments as ex
+
+    return [{"variant": v, "family": ex.FAMILY[v], "seed": s, "lr": 3e-3, "valid_ppl": x, "params": 1000,
+             "trainable_params": 900 if v == "no_mixer" else 1000} for v, xs in ppl.items() for s, x in enumerate(xs)]
 
 
 def test_forms_claim_holds_below_rounding_and_is_contradicted_above():
@@ -312,10 +498,12 @@ def test_forms_claim_holds_below_rounding_and_is_contradicted_above():
     assert sections.stable_values(run)["claims"] == {"forms_equal": "<= 1e-10"}
 
 
-def _decode_rows(retnet_short, retnet_long, transformer_long, state=(1024, 1024), kv=(4096, 16384)):
+def _decode_rows(retnet_short, retnet_long, transformer_long, state=(1024, 1024), kv=(4096, 16384), dynamic_slower=2.0):
     rows = []
-    for model, length, steps, nbytes in (("retnet", 16, retnet_short, state[0]), ("transformer", 16, retnet_short, kv[0]),
-                                         ("retnet", 64, retnet_long, state[1]), ("transformer", 64, transformer_long, kv[1])):
+    for model, length, steps, nbytes in (("retnet", 16, retnet_short, state[0]), ("transformer_static", 16, retnet_short, kv[0]),
+                                         ("transformer_dynamic", 16, retnet_short, kv[0]),
+                                         ("retnet", 64, retnet_long, state[1]), ("transformer_static", 64, transformer_long, kv[1]),
+                                         ("transformer_dynamic", 64, [dynamic_slower * x for x in transformer_long], kv[1])):
         rows.append({"model": model, "length": length, "batch": 2, "latency_ms": float(np.median(steps)),
                      "step_ms": list(steps), "memory_bytes": nbytes})
     return rows
@@ -331,6 +519,12 @@ def test_inference_cost_claims_hold_are_contradicted_or_inconclusive():
                               "fig6_state_flat": "holds", "fig6_kv_linear": "holds"}
     assert run.claims[0].ours.noisy and run.claims[0].ours.n == len(flat)  # paired bootstrap over rounds
     assert not run.claims[2].ours.noisy and not run.claims[3].ours.noisy  # byte ratios are exact
+    assert "StaticCache" in run.claims[1].text and run.claims[1].ours.value == pytest.approx(10.0)
+
+    run = _run()  # DynamicCache the faster one here: the claim takes it (the strongest baseline)
+    sections.claim_inference_cost(run, _decode_rows(flat, flat, [10 * x for x in flat], dynamic_slower=0.4))
+    speedup = next(c for c in run.claims if c.id == "fig6_speedup")
+    assert "DynamicCache" in speedup.text and speedup.ours.value == pytest.approx(4.0) and "StaticCache: 10" in speedup.note
 
     run = _run()  # RetNet latency doubles, the Transformer is no faster than RetNet; state grows, KV does not
     sections.claim_inference_cost(run, _decode_rows(flat, [2 * x for x in flat], [2 * x for x in flat],
@@ -342,11 +536,14 @@ def test_inference_cost_claims_hold_are_contradicted_or_inconclusive():
     assert _verdicts(run)["fig6_retnet_latency_flat"] == "inconclusive"
 
 
-def _training_rows(chunkwise_mib, attention_mib, parallel_mib, chunkwise_tps, attention_tps):
+def _training_rows(chunkwise_mib, attention_mib, parallel_mib, chunkwise_tps, attention_tps, unfused_mib=None,
+                   chunkwise_growth=1.0):
     rows = []
     for length in (32, 64):
-        for kind, mib, tps in (("parallel", parallel_mib, 100.0), ("chunkwise", chunkwise_mib, chunkwise_tps),
-                               ("attention", attention_mib, attention_tps)):
+        grow = chunkwise_growth if length == 64 else 1.0
+        for kind, mib, tps in (("parallel", parallel_mib, 100.0), ("chunkwise", chunkwise_mib * grow, chunkwise_tps),
+                               ("attention", attention_mib, attention_tps),
+                               ("attention_unfused", unfused_mib or 2 * attention_mib, attention_tps / 2)):
             rows.append({"kind": kind, "length": length, "tokens_per_s": tps, "peak_mib": mib, "hwm_reset": True})
     return rows
 
@@ -372,10 +569,17 @@ def test_training_cost_claims_memory_exact_throughput_over_timed_steps():
     run = _run()
     sections.claim_training_cost(run, rows)
     assert next(c for c in run.claims if c.id == "table4_throughput_vs_attention").verdict == "inconclusive"
-    run = _run()
-    sections.claim_training_cost(run, _training_rows(30.0, 20.0, 20.0, 50.0, 100.0))
+    run = _run()  # chunkwise above unfused attention and parallel, memory x4 per doubling (quadratic), slower
+    sections.claim_training_cost(run, _training_rows(30.0, 10.0, 20.0, 50.0, 100.0, unfused_mib=20.0, chunkwise_growth=4.0))
     assert set(_verdicts(run).values()) == {"contradicted"}
-    assert {c.source.split(":")[0] for c in run.claims} == {"paper"}
+    assert _verdicts(run).keys() == {"table4_memory_vs_unfused_attention", "table4_chunkwise_memory_linear",
+                                     "table4_throughput_vs_attention", "table4_chunkwise_vs_parallel_memory"}
+    slope = next(c for c in run.claims if c.id == "table4_chunkwise_memory_linear")
+    assert slope.ours.value == pytest.approx(2.0) and slope.source.startswith("ours:")
+    assert "SDPA" in next(c for c in run.claims if c.id == "table4_memory_vs_unfused_attention").note
+
+
+_CONTROL_WORSE = [200, 210, 230]  # a no-mixer control every mixer row below beats on every seed
 
 
 def test_language_modelling_claims_are_paired_by_seed():
@@ -383,29 +587,63 @@ def test_language_modelling_claims_are_paired_by_seed():
 
     run = _run()  # RetNet below linear attention and above the Transformer on every seed
     sections.claim_language_modelling(run, _lm_runs({"transformer": [90, 100, 110], "retnet": [100, 111, 121],
-                                                     "linear_attention": [120, 133, 146]}), "tiny")
-    assert _verdicts(run) == {"table5_retnet_beats_linear": "holds", "table5_transformer_below_2b": "holds"}
-    assert run.claims[0].ours.method.startswith("paired t over 3 seeds")
+                                                     "linear_attention": [120, 133, 146], "no_mixer": _CONTROL_WORSE}),
+                                      "tiny")
+    assert _verdicts(run) == {"control_every_mixer_beats_no_mixer": "holds", "table5_retnet_beats_linear": "holds",
+                              "table5_transformer_below_2b": "holds"}
+    assert run.claims[1].ours.method.startswith("paired t over 3 seeds")
 
     run = _run()  # the opposite on every seed
     sections.claim_language_modelling(run, _lm_runs({"transformer": [120, 133, 146], "retnet": [100, 111, 121],
-                                                     "linear_attention": [90, 100, 110]}), "tiny")
-    assert set(_verdicts(run).values()) == {"contradicted"}
+                                                     "linear_attention": [90, 100, 110], "no_mixer": _CONTROL_WORSE}),
+                                      "tiny")
+    assert set(_verdicts(run).values()) - {"holds"} == {"contradicted"}
+    assert _verdicts(run)["control_every_mixer_beats_no_mixer"] == "holds"
 
     run = _run()  # seed 0 one way, seed 1 the other: the seed means would say "better"; pairing says "cannot tell"
-    sections.claim_language_modelling(run, _lm_runs({"retnet": [100, 150], "linear_attention": [110, 140]}), "tiny")
-    assert _verdicts(run) == {"table5_retnet_beats_linear": "inconclusive"}
+    sections.claim_language_modelling(run, _lm_runs({"retnet": [100, 150], "linear_attention": [110, 140],
+                                                     "no_mixer": [300, 450]}), "tiny")
+    assert _verdicts(run)["table5_retnet_beats_linear"] == "inconclusive"
 
-    run = _run()  # one seed: no interval
-    sections.claim_language_modelling(run, _lm_runs({"retnet": [100], "linear_attention": [200]}), "tiny")
-    assert _verdicts(run) == {"table5_retnet_beats_linear": "inconclusive"}
+
+def test_orderings_are_not_testable_unless_every_mixer_row_beats_the_control():
+    from reproduce.retnet import sections
+
+    rows = {"transformer": [90, 100, 110], "retnet": [100, 111, 121], "linear_attention": [120, 133, 146],
+            "no_gate": [105, 116, 126]}
+    run = _run()  # the control beats linear attention on every seed: the control claim is contradicted
+    sections.claim_language_modelling(run, _lm_runs({**rows, "no_mixer": [115, 125, 140]}), "tiny")
+    sections.claim_ablations(run, _lm_runs({**rows, "no_mixer": [115, 125, 140]}), "tiny")
+    verdicts = _verdicts(run)
+    assert verdicts.pop("control_every_mixer_beats_no_mixer") == "contradicted"
+    assert set(verdicts.values()) == {"not testable"} and len(verdicts) == 3
+    control = run.claims[0]
+    assert "Linear attention" in control.text and control.ours.low > 1.0  # the deciding row
+    pre = run.claims[1].precondition
+    assert not pre.holds and pre.value > 1.0 and pre.source.startswith("ours:")
+
+    run = _run()  # one row straddles the control: the control claim is inconclusive, the orderings not testable
+    straddle = {**rows, "linear_attention": [130, 118, 160], "no_mixer": [125, 125, 150]}
+    sections.claim_language_modelling(run, _lm_runs(straddle), "tiny")
+    assert _verdicts(run)["control_every_mixer_beats_no_mixer"] == "inconclusive"
+    assert _verdicts(run)["table5_retnet_beats_linear"] == "not testable"
+
+    run = _run()  # no control trained: the precondition cannot be measured
+    sections.claim_language_modelling(run, _lm_runs(rows), "tiny")
+    assert _verdicts(run) == {"table5_retnet_beats_linear": "not testable", "table5_transformer_below_2b": "not testable"}
+    assert run.claims[0].precondition.value is None
+
+    run = _run()  # one seed: no interval anywhere, so nothing is testable
+    sections.claim_language_modelling(run, _lm_runs({"retnet": [100], "linear_attention": [200], "no_mixer": [300]}), "tiny")
+    assert _verdicts(run) == {"control_every_mixer_beats_no_mixer": "inconclusive",
+                              "table5_retnet_beats_linear": "not testable"}
 
 
 def test_ablation_claims_hold_are_contradicted_or_inconclusive():
     from reproduce.retnet import sections
 
     runs = _lm_runs({"retnet": [100, 110, 120], "no_gate": [105, 116, 126], "no_groupnorm": [95, 104, 114],
-                     "no_decay": [101, 108, 123], "transformer": [1, 1, 1]})
+                     "no_decay": [101, 108, 123], "transformer": [1, 1, 1], "no_mixer": _CONTROL_WORSE})
     run = _run()
     sections.claim_ablations(run, runs, "tiny")
     assert _verdicts(run) == {"table6_no_gate": "holds", "table6_no_groupnorm": "contradicted",
@@ -416,6 +654,15 @@ def test_ablation_claims_hold_are_contradicted_or_inconclusive():
     assert run.claims == [] and sections.ablation_rows(_lm_runs({"no_gate": [1, 2]})) == []
 
 
+def test_lm_table_gives_each_row_its_mean_interval_and_lr():
+    from reproduce.retnet import sections
+
+    table = sections.lm_table(_lm_runs({"retnet": [100.0, 110.0, 120.0], "no_mixer": [200.0, 200.0, 200.0]}))
+    retnet, control = table
+    assert retnet["ppl_mean"] == pytest.approx(110.0) and retnet["ppl_low"] < 100 < 120 < retnet["ppl_high"]
+    assert retnet["lr"] == 3e-3 and retnet["paper_ppl"] == 26.05 and control["paper_ppl"] is None
+
+
 def test_stable_values_hold_no_timing():
     from reproduce import results
     from reproduce.retnet import sections
@@ -423,10 +670,12 @@ def test_stable_values_hold_no_timing():
     run = _run()
     run.record("forms.max_abs_diff", [{"compared": "parallel vs recurrent", "chunk": None, "max_abs_diff": 1e-15}])
     run.record("fig6.decode", _decode_rows([1.0, 2.0], [3.0, 4.0], [5.0, 6.0]))
+    run.record("lm.sweep", _lm_runs({"retnet": [100.0]}))
     run.record("lm.runs", _lm_runs({"retnet": [100.0, 110.0]}))
     values = sections.stable_values(run)
     assert values["forms_equal_below_1e-10"] is True
-    assert values["fig6"]["state_bytes_ratio"] == 1.0 and values["fig6"]["kv_bytes_ratio"] == 4.0
+    assert values["fig6"]["state_bytes_ratio"] == 1.0 and values["fig6"]["transformer_dynamic_bytes"] == [4096, 16384]
+    assert values["lm_swept_lrs"] == [3e-3] and "lm_chosen_lr" not in values
     text = results.stable_text(values)
     assert "paper.ppl_200m.retnet: 26.05" in text and "latency_ms" not in text and "step_ms" not in text and "valid_ppl" not in text
 

@@ -6,14 +6,17 @@ plots or writes files.
 
 Sections (notebook section -> paper artifact):
 1. :func:`forms_agree` — §2.1 eqs. (5)-(7): parallel == recurrent == chunkwise.
-2. :func:`decode_cost` — Figure 6: per-token latency and memory of decoding vs length.
-3. :func:`training_cost` — Table 4: training throughput and peak memory vs length.
-4./5. :func:`train_language_models` — Tables 5 and 6: validation perplexity of small LMs.
+2. :func:`decode_cost` — Figure 6: per-token latency and memory of decoding vs length (RetNet's
+   state vs transformers' StaticCache and DynamicCache).
+3. :func:`training_cost` — Table 4: training throughput and peak memory vs length (parallel and
+   chunkwise retention, fused and unfused softmax attention).
+4./5. :func:`train_language_models` — Tables 5 and 6: validation perplexity of small LMs, after a
+   learning-rate sweep per model family, beside a no-mixer control.
 
-Deviations from the paper (scale): models of a few hundred thousand parameters trained for a few
-hundred steps on seven public-domain novels instead of 200M-6.7B models on 100B tokens; CPU
-instead of A100 GPUs; training cost is measured on one block of equal weights (RetNet block vs
-Transformer block) rather than whole models, with peak memory read from a fresh process per point.
+Deviations from the paper (scale): models of a few hundred thousand parameters trained for 1000
+steps on seven public-domain novels instead of 200M-6.7B models on 100B tokens; CPU instead of
+A100 GPUs; training cost is measured on one block of equal weights (RetNet block vs Transformer
+block) rather than whole models, with peak memory read from a fresh process per point.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from reproduce.configs.retnet import VARIANTS as _ROWS
@@ -39,10 +43,13 @@ from .retention import MSR_FIELDS, MultiScaleRetention, RetentionState, RetNetBl
 # The compared models
 # --------------------------------------------------------------------------------------------------
 # Table 5/6 rows, from their one declaration (reproduce.configs.retnet.VARIANTS).
-VARIANTS: dict[str, dict | None] = {name: overrides for name, (_, _, overrides) in _ROWS.items()}
-LABELS: dict[str, str] = {name: label for name, (_, label, _) in _ROWS.items()}
-TABLE5 = tuple(name for name, (table, _, _) in _ROWS.items() if table == "Table 5")
-ABLATIONS = tuple(name for name, (table, _, _) in _ROWS.items() if table == "Table 6")
+VARIANTS: dict[str, dict | None] = {name: overrides for name, (_, _, _, overrides) in _ROWS.items()}
+LABELS: dict[str, str] = {name: label for name, (_, label, _, _) in _ROWS.items()}
+FAMILY: dict[str, str] = {name: family for name, (_, _, family, _) in _ROWS.items()}  # whose swept lr a row uses
+TABLE5 = tuple(name for name, (table, _, _, _) in _ROWS.items() if table == "Table 5")
+ABLATIONS = tuple(name for name, (table, _, _, _) in _ROWS.items() if table == "Table 6")
+CONTROL = "no_mixer"  # embeddings + FFN only: what a model learns without mixing tokens
+MIXERS = tuple(name for name in _ROWS if name != CONTROL)
 
 
 @dataclass(frozen=True)
@@ -154,49 +161,71 @@ def _retnet_cache_at(model, batch: int, length: int, device: torch.device):
     return cache
 
 
-def _kv_cache_at(model, batch: int, length: int, device: torch.device):
-    """A transformers DynamicCache holding ``length`` random keys/values per layer."""
-    from transformers import DynamicCache
+def _kv_cache_at(model, batch: int, length: int, device: torch.device, cache: str = "dynamic", room: int = 0):
+    """A transformers KV cache holding ``length`` random keys/values per layer.
+
+    ``dynamic``: ``DynamicCache``, which concatenates each step's key/value onto its tensors (a copy
+    of the whole cache per step); ``static``: ``StaticCache``, preallocated for ``length + room``
+    tokens and written in place (attention then reads all ``length + room`` slots under a mask, so
+    ``room`` is kept to the decode steps that follow).
+    """
+    from transformers import DynamicCache, StaticCache
 
     c = model.config
-    cache = DynamicCache(config=c)
+    kv = DynamicCache(config=c) if cache == "dynamic" else StaticCache(config=c, max_cache_len=length + room)
     head_dim = c.hidden_size // c.num_attention_heads
     for i in range(c.num_hidden_layers):
         shape = (batch, c.num_key_value_heads, length, head_dim)  # (B, H, S, K)
-        cache.update(torch.randn(shape, device=device), torch.randn(shape, device=device), i)
-    return cache
+        kv.update(torch.randn(shape, device=device), torch.randn(shape, device=device), i)
+    return kv
 
 
 def _kv_bytes(cache) -> int:
+    """Bytes the cache holds (a StaticCache: its whole preallocated buffer)."""
     return sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
 
 
+DECODERS = {  # name -> (model row, cache); the Transformer decodes with transformers' own caches, SDPA
+    "retnet": ("retnet", "recurrent state"),
+    "transformer_static": ("transformer", "StaticCache"),
+    "transformer_dynamic": ("transformer", "DynamicCache"),
+}
+BASELINES = ("transformer_static", "transformer_dynamic")
+
+
 def decode_cost(shape: LMShape, lengths: Sequence[int], batch: int, steps: int, warmup: int = 2,
-                device: torch.device | str = "cpu") -> list[dict]:
+                device: torch.device | str = "cpu", decoders: Sequence[str] = tuple(DECODERS)) -> list[dict]:
     """Per-token decode latency (median of ``steps``; every step's time in ``step_ms``, in round order)
     and state/cache bytes after ``length`` tokens.
 
-    RetNet decodes with its recurrent state (eq. 6); the Transformer with transformers' KV cache
-    (SDPA). Both are untrained (cost does not depend on the weights) and see random context.
-    The steps are interleaved: each round times one step of every (model, length) point, so a busy
-    neighbour on a shared machine slows all points alike instead of whichever was running.
+    RetNet decodes with its recurrent state (eq. 6); the Transformer (SDPA attention) with
+    transformers' ``StaticCache`` (preallocated, updated in place: its fastest cache on CPU, see
+    ``benchmarks/retnet_decode.py``) and with ``DynamicCache`` (its default). All are untrained
+    (cost does not depend on the weights) and see random context. The steps are interleaved: each
+    round times one step of every (decoder, length) point, so a busy neighbour on a shared machine
+    slows all points alike instead of whichever was running.
     """
+    unknown = [d for d in decoders if d not in DECODERS]
+    if unknown:
+        raise ValueError(f"unknown decoder(s) {unknown}; known: {', '.join(DECODERS)}")
     device = torch.device(device)
-    models = {"retnet": (build_model(shape, "retnet", seed=0).to(device).eval(), _retnet_cache_at),
-              "transformer": (build_model(shape, "transformer", seed=0).to(device).eval(), _kv_cache_at)}
-    points = [(name, length) for length in lengths for name in models]
+    models = {row: build_model(shape, row, seed=0).to(device).eval() for row in dict.fromkeys(DECODERS[d][0] for d in decoders)}
+    points = [(name, length) for length in lengths for name in decoders]
     caches, tokens, memory = {}, {}, {}
     for name, length in points:
-        model, make = models[name]
-        caches[name, length] = make(model, batch, length, device)
-        cache = caches[name, length]
-        memory[name, length] = cache.nbytes if name == "retnet" else _kv_bytes(cache)  # before decoding
+        model = models[DECODERS[name][0]]
+        if name == "retnet":
+            caches[name, length] = _retnet_cache_at(model, batch, length, device)
+            memory[name, length] = caches[name, length].nbytes
+        else:
+            caches[name, length] = _kv_cache_at(model, batch, length, device, name.split("_")[1], room=warmup + steps)
+            memory[name, length] = _kv_bytes(caches[name, length])  # before decoding
         tokens[name, length] = torch.randint(0, shape.vocab_size, (batch, 1), device=device)
     times = {point: [] for point in points}
     with torch.inference_mode():
         for step in range(warmup + steps):
             for name, length in points:
-                model, cache, token = models[name][0], caches[name, length], tokens[name, length]
+                model, cache, token = models[DECODERS[name][0]], caches[name, length], tokens[name, length]
                 _sync(device)
                 begin = time.perf_counter()
                 if name == "retnet":
@@ -207,26 +236,40 @@ def decode_cost(shape: LMShape, lengths: Sequence[int], batch: int, steps: int, 
                 _sync(device)
                 if step >= warmup:
                     times[name, length].append(time.perf_counter() - begin)
-    return [{"model": name, "length": length, "batch": batch, "latency_ms": 1000 * statistics.median(times[name, length]),
+    return [{"model": name, "cache": DECODERS[name][1], "length": length, "batch": batch,
+             "latency_ms": 1000 * statistics.median(times[name, length]),
              "step_ms": [1000 * t for t in times[name, length]], "memory_bytes": memory[name, length]}
             for name, length in points]
 
 
+def strongest_baseline(rows: list[dict]) -> str:
+    """The Transformer decoder with the lowest median latency at the longest length (the claims' baseline)."""
+    long = max(r["length"] for r in rows)
+    lat = {r["model"]: r["latency_ms"] for r in rows if r["length"] == long and r["model"] in BASELINES}
+    return min(lat, key=lat.get)
+
+
 def decode_summary(rows: list[dict]) -> dict:
-    """Ratios the Figure 6 claims read: RetNet flatness, Transformer/RetNet at the longest length."""
+    """Ratios the Figure 6 claims read: RetNet flatness, baseline / RetNet at the longest length."""
     by = {(r["model"], r["length"]): r for r in rows}
     lengths = sorted({r["length"] for r in rows})
     short, long = lengths[0], lengths[-1]
-    return {
+    baselines = [b for b in BASELINES if (b, long) in by]
+    out = {
         "shortest": short,
         "longest": long,
         "retnet_latency_growth": by["retnet", long]["latency_ms"] / by["retnet", short]["latency_ms"],
-        "transformer_latency_growth": by["transformer", long]["latency_ms"] / by["transformer", short]["latency_ms"],
-        "speedup_at_longest": by["transformer", long]["latency_ms"] / by["retnet", long]["latency_ms"],
         "retnet_memory_growth": by["retnet", long]["memory_bytes"] / by["retnet", short]["memory_bytes"],
-        "transformer_memory_growth": by["transformer", long]["memory_bytes"] / by["transformer", short]["memory_bytes"],
-        "memory_saving_at_longest": 1 - by["retnet", long]["memory_bytes"] / by["transformer", long]["memory_bytes"],
+        "strongest_baseline": strongest_baseline(rows) if baselines else None,
     }
+    for b in baselines:
+        out[b] = {
+            "latency_growth": by[b, long]["latency_ms"] / by[b, short]["latency_ms"],
+            "speedup_by_length": {n: by[b, n]["latency_ms"] / by["retnet", n]["latency_ms"] for n in lengths},
+            "memory_growth": by[b, long]["memory_bytes"] / by[b, short]["memory_bytes"],
+            "memory_saving_at_longest": 1 - by["retnet", long]["memory_bytes"] / by[b, long]["memory_bytes"],
+        }
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -245,11 +288,17 @@ def block_fields(hidden: int, heads: int, chunk: int) -> dict:
 
 
 class SoftmaxAttention(nn.Module):
-    """Causal multi-head softmax attention with rotation, via ``scaled_dot_product_attention`` (4 d^2)."""
+    """Causal multi-head softmax attention with rotation (4 d^2 weights).
 
-    def __init__(self, hidden_size: int, num_heads: int):
+    ``fused=True``: ``scaled_dot_product_attention`` (on CPU a fused kernel that never holds the
+    T x T probabilities for the backward pass; FlashAttention's role on a GPU). ``fused=False``: the
+    unfused (math) form softmax(Q K^T / sqrt(d_k) + causal mask) V, which keeps the T x T scores
+    and probabilities for the backward pass: the paper's "Transformer" column of Table 4.
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, fused: bool = True):
         super().__init__()
-        self.num_heads = num_heads
+        self.num_heads, self.fused = num_heads, fused
         self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=False)
         self.out = nn.Linear(hidden_size, hidden_size, bias=False)
 
@@ -258,17 +307,22 @@ class SoftmaxAttention(nn.Module):
         q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, K)
         positions = torch.arange(t, device=x.device)
         q, k = rotate(q, positions), rotate(k, positions)
-        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, K)
+        if self.fused:
+            y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, H, T, K)
+        else:
+            scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, H, T, T)
+            causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()  # (T, T)
+            y = scores.masked_fill(~causal, float("-inf")).softmax(-1) @ v  # (B, H, T, K)
         return self.out(y.transpose(1, 2).reshape(b, t, d))  # (B, T, D)
 
 
 class TransformerBlock(nn.Module):
     """Pre-LN Transformer block of 12 d^2 weights (attention 4 d^2 + GELU FFN of 4d): RetNet's budget (§2.3)."""
 
-    def __init__(self, hidden_size: int, num_heads: int):
+    def __init__(self, hidden_size: int, num_heads: int, fused: bool = True):
         super().__init__()
         self.attention_norm = nn.LayerNorm(hidden_size)
-        self.attention = SoftmaxAttention(hidden_size, num_heads)
+        self.attention = SoftmaxAttention(hidden_size, num_heads, fused)
         self.ffn_norm = nn.LayerNorm(hidden_size)
         self.ffn = nn.Sequential(nn.Linear(hidden_size, 4 * hidden_size, bias=False), nn.GELU(),
                                  nn.Linear(4 * hidden_size, hidden_size, bias=False))
@@ -276,6 +330,11 @@ class TransformerBlock(nn.Module):
     def forward(self, x):
         y = self.attention(self.attention_norm(x)) + x
         return self.ffn(self.ffn_norm(y)) + y
+
+
+# Table 4's columns: a RetNet block with parallel / chunkwise retention, a Transformer block with
+# fused (SDPA) or unfused (math) softmax attention.
+TRAINING_KINDS = ("parallel", "chunkwise", "attention", "attention_unfused")
 
 
 def _rss_kib(field: str) -> int:
@@ -300,8 +359,10 @@ def _training_point(kind: str, length: int, block: dict, batch: int, reps: int, 
     torch.manual_seed(seed)
     device = torch.device(device)
     hidden = block["hidden_size"]
-    if kind == "attention":
-        layer = TransformerBlock(hidden, block["num_heads"])
+    if kind not in TRAINING_KINDS:
+        raise ValueError(f"unknown training-cost kind {kind!r}; known: {', '.join(TRAINING_KINDS)}")
+    if kind in ("attention", "attention_unfused"):
+        layer = TransformerBlock(hidden, block["num_heads"], fused=kind == "attention")
         run = layer
     else:
         layer = RetNetBlock(types.SimpleNamespace(**block))
@@ -347,15 +408,19 @@ def _timed_steps(step, reps: int, device: torch.device) -> list[float]:
 
 
 def training_cost(lengths: Sequence[int], hidden: int, heads: int, batch: int, chunk: int, reps: int,
-                  threads: int, kinds: Sequence[str] = ("parallel", "chunkwise", "attention"), seed: int = 0,
+                  threads: int, kinds: Sequence[str] = TRAINING_KINDS, seed: int = 0,
                   device: torch.device | str = "cpu") -> list[dict]:
     """Throughput and peak memory of one training step of one block (12 d^2 weights) vs sequence length.
 
     On CPU each point runs in a fresh process (spawned), so one point's allocations cannot hide
     another's peak; on GPU ``torch.cuda.max_memory_allocated`` measures it in this process.
     ``kinds``: a RetNet block with ``parallel`` / ``chunkwise`` retention (eqs. 5 and 7), and a
-    Transformer block with softmax ``attention`` (SDPA); both blocks have 12 d^2 weights.
+    Transformer block with softmax ``attention`` (fused SDPA) or ``attention_unfused`` (math); all
+    blocks have 12 d^2 weights.
     """
+    unknown = [k for k in kinds if k not in TRAINING_KINDS]
+    if unknown:
+        raise ValueError(f"unknown training-cost kind(s) {unknown}; known: {', '.join(TRAINING_KINDS)}")
     rows = []
     device = torch.device(device)
     block = block_fields(hidden, heads, chunk)
@@ -370,18 +435,28 @@ def training_cost(lengths: Sequence[int], hidden: int, heads: int, batch: int, c
     return rows
 
 
+def log_slope(x0: float, y0: float, x1: float, y1: float) -> float:
+    """d log y / d log x between two points: 1 for linear growth, 2 for quadratic."""
+    return math.log(y1 / y0) / math.log(x1 / x0)
+
+
 def training_summary(rows: list[dict]) -> dict:
-    """Ratios the Table 4 claims read, at the longest length and between the shortest and longest."""
+    """What the Table 4 claims read: memory and throughput at the longest length, memory ratios,
+    and each kind's log-log memory slope between the two longest lengths."""
     by = {(r["kind"], r["length"]): r for r in rows}
     lengths = sorted({r["length"] for r in rows})
+    kinds = list(dict.fromkeys(r["kind"] for r in rows))
     short, long = lengths[0], lengths[-1]
-    growth = {k: by[k, long]["peak_mib"] / max(by[k, short]["peak_mib"], 1e-9) for k in ("parallel", "chunkwise", "attention")}
+    prev = lengths[-2] if len(lengths) > 1 else short
+    peak = {k: {n: max(by[k, n]["peak_mib"], 1e-9) for n in lengths} for k in kinds}
     return {
         "shortest": short,
         "longest": long,
-        "memory_growth": growth,
-        "memory_at_longest": {k: by[k, long]["peak_mib"] for k in ("parallel", "chunkwise", "attention")},
-        "throughput_at_longest": {k: by[k, long]["tokens_per_s"] for k in ("parallel", "chunkwise", "attention")},
+        "memory_growth": {k: peak[k][long] / peak[k][short] for k in kinds},
+        "memory_at_longest": {k: by[k, long]["peak_mib"] for k in kinds},
+        "memory_slope": {k: log_slope(prev, peak[k][prev], long, peak[k][long]) if prev != long else None
+                                       for k in kinds},
+        "throughput_at_longest": {k: by[k, long]["tokens_per_s"] for k in kinds},
     }
 
 
@@ -459,63 +534,211 @@ def lm_loss(model, batch: dict) -> torch.Tensor:
     return model(input_ids=batch["input_ids"], labels=batch["input_ids"]).loss
 
 
-def perplexity(model, ids: np.ndarray, length: int, windows: int, batch: int = 8) -> float:
-    """exp(mean next-token loss) over the first ``windows`` non-overlapping windows of ``ids``."""
-    n = min(windows, (ids.size - 1) // length)
-    if n < 1:
-        raise ValueError(f"validation text has {ids.size} tokens, fewer than one window of {length}")
-    rows = torch.from_numpy(ids[: n * length].reshape(n, length)).long()  # (N, T)
-    total, count = 0.0, 0
+@dataclass(frozen=True)
+class LMBudget:
+    """What every LM run gets: steps x batch x length tokens, warm-up, and the validation windows.
+
+    Validation windows are the non-overlapping ``length``-token windows of the validation text:
+    the first ``eval_windows`` give the reported perplexity, the next ``select_windows`` (disjoint)
+    choose the learning rate, so the reported number is not the one the choice was made on.
+    """
+
+    steps: int
+    batch: int
+    length: int
+    warmup: int
+    eval_windows: int
+    select_windows: int
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch", "length", "eval_windows", "select_windows"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"LMBudget.{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup <= self.steps:
+            raise ValueError(f"LMBudget.warmup must be in [0, steps={self.steps}], got {self.warmup}")
+
+    def windows_needed(self) -> int:
+        return self.eval_windows + self.select_windows
+
+
+def window_nll(model, ids: np.ndarray, length: int, first: int, count: int, batch: int = 16) -> list[float]:
+    """Mean next-token NLL (nats) of each of ``count`` non-overlapping windows, from window ``first``.
+
+    Window w covers ``ids[w * length:(w + 1) * length]`` and scores its ``length - 1`` next tokens.
+    """
+    if first < 0 or count < 1:
+        raise ValueError(f"need first >= 0 and count >= 1, got first={first}, count={count}")
+    available = (ids.size - 1) // length
+    if first + count > available:
+        raise ValueError(f"validation text has {ids.size} tokens: {available} windows of {length}, "
+                         f"fewer than the {first + count} asked for (lower lm_eval_windows/lm_select_windows)")
+    rows = torch.from_numpy(ids[first * length:(first + count) * length].reshape(count, length)).long()  # (N, T)
+    out: list[float] = []
     model.eval()
     with torch.no_grad():
-        for i in range(0, n, batch):
-            chunk = rows[i:i + batch]
-            loss = lm_loss(model, {"input_ids": chunk})
-            total += loss.item() * chunk.shape[0] * (length - 1)
-            count += chunk.shape[0] * (length - 1)
-    return math.exp(total / count)
+        for i in range(0, count, batch):
+            chunk = rows[i:i + batch]  # (b, T)
+            logits = model(input_ids=chunk).logits[:, :-1].float()  # (b, T-1, vocab)
+            nll = F.cross_entropy(logits.transpose(1, 2), chunk[:, 1:], reduction="none")  # (b, T-1)
+            out += nll.mean(-1).tolist()
+    return out
 
 
-def train_language_model(corpus: Corpus, shape: LMShape, variant: str, seed: int, steps: int, batch: int,
-                         length: int, lr: float, eval_windows: int, device: str = "auto", warmup: float = 0.1) -> dict:
-    """Train one Table 5/6 row with the shared accelerate loop; returns its curve and validation PPL.
+def perplexity(model, ids: np.ndarray, length: int, windows: int, batch: int = 8) -> float:
+    """exp(mean next-token loss) over the first ``windows`` non-overlapping windows of ``ids``."""
+    return math.exp(statistics.fmean(window_nll(model, ids, length, 0, windows, batch)))
+
+
+def train_language_model(train_ids: np.ndarray, valid_ids: np.ndarray, shape: LMShape, variant: str, seed: int,
+                         lr: float, budget: LMBudget, device: str = "auto") -> dict:
+    """Train one Table 5/6 row (or the control) with the shared accelerate loop.
 
     Same budget for every row: ``steps`` x ``batch`` x ``length`` tokens, AdamW (beta2 0.98, weight
-    decay 0.01, as in §3.1's setup), linear warm-up then linear decay to 0.
+    decay 0.01, as in §3.1's setup), linear warm-up over ``budget.warmup`` steps, then linear decay
+    to 0. Returns the curve, the per-window validation NLLs and perplexity, and the selection
+    windows' perplexity.
     """
     from reproduce import train as trainer
 
     from .model import count_parameters
 
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
     model = build_model(shape, variant, seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
-    warm = max(1, int(warmup * steps))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    warm, steps = budget.warmup, budget.steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min((s + 1) / warm, max(0.0, (steps - s) / max(1, steps - warm))))
-    cfg = trainer.TrainConfig(steps=steps, log_every=max(1, steps // 20), desc=f"{variant} seed {seed}")
-    result = trainer.train(model, optimizer, batches(corpus.train_ids, batch, length, seed), lm_loss, cfg,
+        optimizer, lambda s: min((s + 1) / max(1, warm), max(0.0, (steps - s) / max(1, steps - warm))))
+    cfg = trainer.TrainConfig(steps=steps, log_every=max(1, steps // 50), desc=f"{variant} seed {seed} lr {lr:g}")
+    result = trainer.train(model, optimizer, batches(train_ids, budget.batch, budget.length, seed), lm_loss, cfg,
                            scheduler=scheduler, accelerator=trainer.make_accelerator(device), tokens_in="input_ids")
     model = model.cpu().float()
-    ppl = perplexity(model, corpus.valid_ids, length, eval_windows)
-    return {"variant": variant, "seed": seed, "params": count_parameters(model), "valid_ppl": ppl,
-            "final_train_loss": result.final_loss, "tokens": steps * batch * length,
+    nll = window_nll(model, valid_ids, budget.length, 0, budget.eval_windows)
+    select = window_nll(model, valid_ids, budget.length, budget.eval_windows, budget.select_windows)
+    return {"variant": variant, "family": FAMILY[variant], "seed": seed, "lr": lr, "params": count_parameters(model),
+            "trainable_params": count_parameters_trainable(model),
+            "valid_ppl": math.exp(statistics.fmean(nll)), "select_ppl": math.exp(statistics.fmean(select)),
+            "window_nll": [round(x, 5) for x in nll], "final_train_loss": result.final_loss,
+            "tokens": steps * budget.batch * budget.length,
             "curve": [{"step": h["step"], "loss": h["loss"]} for h in result.history]}
 
 
-def train_language_models(corpus: Corpus, shape: LMShape, variants: Sequence[str], seeds: Sequence[int], **kwargs) -> list[dict]:
-    """Every (variant, seed) run, same data order per seed, same budget."""
+def count_parameters_trainable(model: nn.Module) -> int:
+    """Unique parameters that the optimizer updates (the control's frozen zero projections left out)."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
+
+
+# Worker processes (spawned): each trains one run at a time on one thread, with the token arrays
+# handed over once when the worker starts.
+_WORKER: dict = {}
+
+
+def _worker_start(train_ids: np.ndarray, valid_ids: np.ndarray, threads: int) -> None:
+    torch.set_num_threads(threads)
+    _WORKER.update(train_ids=train_ids, valid_ids=valid_ids)
+
+
+def _worker_run(shape: LMShape, variant: str, seed: int, lr: float, budget: LMBudget) -> dict:
+    return train_language_model(_WORKER["train_ids"], _WORKER["valid_ids"], shape, variant, seed, lr, budget, "cpu")
+
+
+def choose_lr(sweep: Sequence[dict]) -> dict[str, float]:
+    """Per family: the swept lr whose run has the lowest perplexity on the selection windows (a run
+    that diverged, with a non-finite perplexity, never wins)."""
+    def score(r: dict) -> float:
+        return r["select_ppl"] if math.isfinite(r["select_ppl"]) else math.inf
+
+    best: dict[str, dict] = {}
+    for r in sweep:
+        if r["family"] not in best or score(r) < score(best[r["family"]]):
+            best[r["family"]] = r
+    return {family: r["lr"] for family, r in best.items()}
+
+
+def train_language_models(corpus: Corpus, shape: LMShape, variants: Sequence[str], seeds: Sequence[int],
+                          lrs: dict[str, Sequence[float]], budget: LMBudget, workers: int = 1,
+                          device: str = "auto") -> dict:
+    """Sweep the lr per family, then train every (variant, seed) at its family's chosen lr.
+
+    The sweep trains each family's own row (Transformer, RetNet, linear attention) on the first seed
+    at every lr of ``lrs[family]``; the lowest selection-window perplexity chooses (:func:`choose_lr`). The
+    sweep's run at the chosen lr is that row's first-seed run (same seed, same lr: the same run).
+    Every row sees the same windows in the same order for a given seed. ``workers`` > 1 trains in
+    that many spawned single-threaded processes (CPU); a family's remaining runs start as soon as
+    its sweep is done. Returns ``{"sweep", "chosen_lr", "runs"}``; runs in (variant, seed) order.
+    """
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
-    return [train_language_model(corpus, shape, v, s, **kwargs) for v in variants for s in seeds]
+    families = list(dict.fromkeys(FAMILY[v] for v in variants))  # each family's own row is its namesake
+    if not seeds or any(not lrs.get(f) for f in families):
+        raise ValueError(f"train_language_models needs at least one seed and one learning rate per family "
+                         f"({', '.join(families)}); got seeds {list(seeds)}, lrs {dict(lrs)}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    available = (corpus.valid_ids.size - 1) // budget.length
+    if budget.windows_needed() > available:
+        raise ValueError(f"validation text has {available} windows of {budget.length} tokens, fewer than "
+                         f"lm_eval_windows + lm_select_windows = {budget.windows_needed()}")
+    first = seeds[0]
+    sweep_jobs = [(family, first, lr) for family in families for lr in lrs[family]]
+    rest_jobs = {family: [(v, s) for v in variants if FAMILY[v] == family for s in seeds
+                          if not (v == family and s == first)] for family in families}
+    done: dict[tuple[str, int, float], dict] = {}
+    chosen: dict[str, float] = {}
+    from tqdm.auto import tqdm
+
+    total = len(sweep_jobs) + sum(len(j) for j in rest_jobs.values())
+    progress = tqdm(total=total, desc="language models")
+    if workers == 1:
+        for job in sweep_jobs:
+            done[job] = train_language_model(corpus.train_ids, corpus.valid_ids, shape, *job, budget, device)
+            progress.update(1)
+        chosen = choose_lr([done[j] for j in sweep_jobs])
+        for family in families:
+            for v, s in rest_jobs[family]:
+                done[v, s, chosen[family]] = train_language_model(corpus.train_ids, corpus.valid_ids, shape, v, s,
+                                                                  chosen[family], budget, device)
+                progress.update(1)
+    else:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start,
+                                                    initargs=(corpus.train_ids, corpus.valid_ids, 1)) as pool:
+            # the family with the most runs waiting on its sweep goes first, so the short ones fill the tail
+            order = sorted(sweep_jobs, key=lambda job: -len(rest_jobs[job[0]]))
+            pending = {pool.submit(_worker_run, shape, *job, budget): job for job in order}
+            left = {family: len(lrs[family]) for family in families}
+            while pending:
+                finished, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in finished:
+                    job = pending.pop(future)
+                    done[job] = future.result()
+                    progress.update(1)
+                    if job in sweep_jobs:  # (family's own row, first seed, lr)
+                        family = job[0]
+                        left[family] -= 1
+                        if not left[family]:  # this family's sweep is complete: choose, start its runs
+                            chosen[family] = choose_lr([done[j] for j in sweep_jobs if j[0] == family])[family]
+                            for v, s in rest_jobs[family]:
+                                pending[pool.submit(_worker_run, shape, v, s, chosen[family], budget)] = (v, s, chosen[family])
+    progress.close()
+    sweep = [done[j] for j in sweep_jobs]
+    runs = [done[v, s, chosen[FAMILY[v]]] for v in variants for s in seeds]
+    return {"sweep": sweep, "chosen_lr": chosen, "runs": runs}
 
 
 def lm_table(runs: list[dict]) -> list[dict]:
-    """One row per variant: mean and spread of validation PPL over seeds (the paper's: ``sections.PAPER``)."""
+    """One row per variant: mean validation PPL over seeds with its t interval (unpaired: a row on
+    its own), min and max, the lr it trained at (the paper's numbers: ``sections.PAPER``)."""
+    from reproduce import claims
+
     rows = []
     for variant in dict.fromkeys(r["variant"] for r in runs):
-        ppl = [r["valid_ppl"] for r in runs if r["variant"] == variant]
-        rows.append({"variant": variant, "label": LABELS[variant],
-                     "ppl_mean": statistics.fmean(ppl), "ppl_min": min(ppl), "ppl_max": max(ppl), "seeds": len(ppl),
-                     "params": next(r["params"] for r in runs if r["variant"] == variant)})
+        mine = [r for r in runs if r["variant"] == variant]
+        ppl = [r["valid_ppl"] for r in mine]
+        mean = claims.t_interval(ppl)
+        rows.append({"variant": variant, "label": LABELS[variant], "lr": mine[0]["lr"],
+                     "ppl_mean": mean.value, "ppl_low": mean.low, "ppl_high": mean.high,
+                     "ppl_min": min(ppl), "ppl_max": max(ppl), "seeds": len(ppl), "params": mine[0]["params"]})
     return rows

@@ -12,7 +12,8 @@ Deviations from the paper (each also marked ``Deviation:`` where it is implement
 - "one gamma for all heads" (Table 6) does not say which gamma; we use 1 - 1/128, the geometric
   midpoint of §3.1's range [1 - 1/32, 1 - 1/512];
 - linear layers have no bias (as in torchscale); the paper does not say;
-- the vocabulary size of the paper's models is not given; the default (50,257) is GPT-2's.
+- the vocabulary size of the paper's models is not given; the default (50,257) is GPT-2's;
+- initialisation (the paper gives none) follows torchscale 0.3.0 (see ``_init_weights``).
 
 Reference code read for facts (not copied): torchscale 0.3.0 ``component/multiscale_retention.py``.
 """
@@ -20,6 +21,7 @@ Reference code read for facts (not copied): torchscale 0.3.0 ``component/multisc
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -73,7 +75,8 @@ class RetNetConfig(PreTrainedConfig):
     norm_eps: float = 1e-6
     forward_mode: str = "parallel"  # form used by forward() when no state is asked for
     chunk_size: int = 512
-    initializer_range: float = 0.02
+    initializer_range: float = 0.02  # unused by our init (torchscale's, see _init_weights); kept for HF tools
+    zero_mixer: bool = False  # the no-mixer control: retention's out_proj zeroed and frozen (embeddings + FFN only)
     tie_word_embeddings: bool = True
     use_cache: bool = True
     pad_token_id: int | None = None
@@ -165,9 +168,48 @@ class RetNetPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["RetNetBlock"]
 
     def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, MultiScaleRetention):  # gamma is a non-persistent buffer: rebuild it from the config
+        """torchscale 0.3.0's initialisation (the paper states none); wheel ``torchscale-0.3.0``, files:
+
+        - ``component/multiscale_retention.py`` l. 69-74 (``reset_parameters``): q/k/v/g projections
+          ``xavier_uniform_(gain=2 ** -2.5)``, ``out_proj`` ``xavier_uniform_`` (gain 1; GitHub HEAD,
+          ff7c1f2 of 2023-11-24, later changed it to gain 2 ** -1: not the version we follow);
+        - ``architecture/retnet.py`` l. 214 ``embed_scale = 1.0 if args.no_scale_embedding else sqrt(d)``
+          with ``architecture/config.py`` l. 224 ``no_scale_embedding`` default True: no scaling;
+          the token embedding is built by the caller; torchscale's own example
+          (``examples/fairseq/models/retnet.py`` ``build_embedding``) uses fairseq's ``Embedding``,
+          normal with std d^-1/2 (Deviation: that example's architecture turns the sqrt(d) scale
+          on; we keep the library default, no scale); the output projection is tied to it (ours);
+        - the FFN (``component/gate_linear_unit.py`` ``reset_parameters``) keeps ``nn.Linear``'s own
+          init, U(-1/sqrt(fan_in), 1/sqrt(fan_in)); norms start at weight 1, bias 0.
+
+        With the per-head GroupNorm output at unit scale, this keeps the retention branch's output
+        (xavier out_proj) on the scale of the residual stream (embeddings of std d^-1/2), so no Table 6
+        row wins by initial scale alone. ``zero_mixer`` zeroes ``out_proj`` (the no-mixer control).
+        """
+        if isinstance(module, MultiScaleRetention):  # visited after its Linear children: overrides their init
+            for proj in (module.q_proj, module.k_proj, module.v_proj, module.g_proj):
+                if proj is not None:
+                    hf_init.xavier_uniform_(proj.weight, gain=2**-2.5)
+            if self.config.zero_mixer:
+                hf_init.zeros_(module.out_proj.weight)
+            else:
+                hf_init.xavier_uniform_(module.out_proj.weight)
+            # gamma is a non-persistent buffer: rebuild it from the config
             hf_init.copy_(module.gamma, decay_rates(self.config.num_heads, self.config.decay, torch.float64))
+        elif isinstance(module, nn.Embedding):
+            hf_init.normal_(module.weight, mean=0.0, std=module.embedding_dim**-0.5)
+        elif isinstance(module, nn.Linear):
+            if module is getattr(self, "lm_head", None) and self.config.tie_word_embeddings:
+                return  # tied to the embedding, initialised there
+            hf_init.kaiming_uniform_(module.weight, a=math.sqrt(5))  # nn.Linear's default: U(+-1/sqrt(fan_in))
+            if module.bias is not None:
+                bound = 1 / math.sqrt(module.in_features)
+                hf_init.uniform_(module.bias, -bound, bound)
+        elif isinstance(module, (nn.LayerNorm, nn.GroupNorm)):
+            if module.weight is not None:
+                hf_init.ones_(module.weight)
+            if module.bias is not None:
+                hf_init.zeros_(module.bias)
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:

@@ -1,7 +1,7 @@
 """Figures of the RetNet notebook, drawn only from recorded values (``run.measured``).
 
 Each function takes ``(measured, lang)`` and returns a Figure; text goes through ``KO``.
-Keys read: ``fig6.decode`` (rows of :func:`experiments.decode_cost`), ``table4.training`` (rows of
+Keys read: ``lm.sweep`` and ``lm.chosen_lr`` (the lr sweep), ``fig6.decode`` (rows of :func:`experiments.decode_cost`), ``table4.training`` (rows of
 :func:`experiments.training_cost`), ``lm.table`` and ``lm.runs`` (:func:`sections.lm_table`, with the
 paper's perplexity as ``paper_ppl``, and :func:`experiments.train_language_models`).
 """
@@ -17,7 +17,14 @@ KO = {
     "Latency per token (ms)": "토큰당 지연 시간 (ms)",
     "State / KV cache (MiB)": "상태 / KV 캐시 (MiB)",
     "RetNet (recurrent)": "RetNet (순환)",
-    "Transformer (KV cache)": "트랜스포머 (KV 캐시)",
+    "Transformer (StaticCache)": "트랜스포머 (StaticCache)",
+    "Transformer (DynamicCache)": "트랜스포머 (DynamicCache)",
+    "Softmax attention, unfused (math)": "소프트맥스 어텐션, 비융합 (math)",
+    "no mixer (embeddings + FFN)": "믹서 없음 (임베딩 + FFN)",
+    "Peak learning rate": "최대 학습률",
+    "Perplexity on the selection windows": "선택용 구간의 퍼플렉서티",
+    "Learning-rate sweep (first seed)": "학습률 탐색 (첫 번째 시드)",
+    "dashed: no-mixer control": "점선: 믹서 없는 대조군",
     "Decoding cost vs length (Figure 6 shape)": "길이에 따른 디코딩 비용 (그림 6 형태)",
     "Training throughput (tokens/s)": "학습 처리량 (토큰/초)",
     "Peak memory of one step (MiB)": "한 스텝의 최대 메모리 (MiB)",
@@ -45,8 +52,10 @@ KO = {
     "reduce head dimension": "헤드 차원 축소",
 }
 
-_DECODE = {"retnet": "RetNet (recurrent)", "transformer": "Transformer (KV cache)"}
-_TRAIN = {"parallel": "Retention, parallel", "chunkwise": "Retention, chunkwise", "attention": "Softmax attention (SDPA)"}
+_DECODE = {"retnet": "RetNet (recurrent)", "transformer_static": "Transformer (StaticCache)",
+           "transformer_dynamic": "Transformer (DynamicCache)"}
+_TRAIN = {"parallel": "Retention, parallel", "chunkwise": "Retention, chunkwise", "attention": "Softmax attention (SDPA)",
+          "attention_unfused": "Softmax attention, unfused (math)"}
 
 
 def _series(rows, key, value):
@@ -62,6 +71,8 @@ def plot_decode_cost(measured, lang="en"):
     rows = measured["fig6.decode"]
     fig, (ax_lat, ax_mem) = figures.subplots(1, 2)
     for name, label in _DECODE.items():
+        if name not in _series(rows, "model", "latency_ms"):
+            continue
         x, y = _series(rows, "model", "latency_ms")[name]
         ax_lat.plot(x, y, marker="o", label=_(label))
         x, y = _series(rows, "model", "memory_bytes")[name]
@@ -99,16 +110,18 @@ def plot_training_cost(measured, lang="en"):
 
 
 def plot_lm_perplexity(measured, lang="en"):
-    """Table 5 shape: validation perplexity of the Transformer, RetNet and linear attention."""
+    """Table 5 shape: validation perplexity of the Transformer, RetNet and linear attention, and the
+    no-mixer control (grey)."""
     _ = figures.translator(KO, lang)
-    from .experiments import TABLE5
+    from .experiments import CONTROL, TABLE5
 
-    rows = [r for r in measured["lm.table"] if r["variant"] in TABLE5]
+    rows = [r for r in measured["lm.table"] if r["variant"] in TABLE5 + (CONTROL,)]
     fig, ax = figures.subplots()
     x = range(len(rows))
     means = [r["ppl_mean"] for r in rows]
     err = [[r["ppl_mean"] - r["ppl_min"] for r in rows], [r["ppl_max"] - r["ppl_mean"] for r in rows]]
-    ax.bar(x, means, yerr=err, capsize=6, color=[figures.PALETTE[i] for i in range(len(rows))])
+    colors = ["0.6" if r["variant"] == CONTROL else figures.PALETTE[i] for i, r in enumerate(rows)]
+    ax.bar(x, means, yerr=err, capsize=6, color=colors)
     ax.set_xticks(list(x), [_(r["label"]) for r in rows])
     ax.set_ylabel(_("Validation perplexity"))
     ax.set_title(_("Small language models (Table 5 shape)"))
@@ -143,7 +156,7 @@ def plot_ablations(measured, lang="en"):
 def plot_lm_curves(measured, lang="en"):
     """Training loss of every model (mean over seeds at each logged step)."""
     _ = figures.translator(KO, lang)
-    from .experiments import LABELS, TABLE5
+    from .experiments import CONTROL, LABELS, TABLE5
 
     runs = measured["lm.runs"]
     fig, ax = figures.subplots()
@@ -151,12 +164,33 @@ def plot_lm_curves(measured, lang="en"):
         curves = [r["curve"] for r in runs if r["variant"] == variant]
         steps = [p["step"] for p in curves[0]]
         loss = [statistics.fmean(c[i]["loss"] for c in curves) for i in range(len(steps))]
-        style = "-" if variant in TABLE5 else ":"
+        style = "-" if variant in TABLE5 else "--" if variant == CONTROL else ":"
         ax.plot(steps, loss, style, label=_(LABELS[variant]))
     ax.set_xlabel(_("Training step"))
     ax.set_ylabel(_("Training loss"))
     ax.set_title(_("Training curves (mean over seeds)"))
     ax.legend(ncols=2, fontsize=8)
+    return fig
+
+
+def plot_lr_sweep(measured, lang="en"):
+    """The learning-rate sweep: selection-window perplexity vs peak lr per family (first seed)."""
+    _ = figures.translator(KO, lang)
+    from .experiments import LABELS
+
+    sweep = measured["lm.sweep"]
+    fig, ax = figures.subplots()
+    for family in dict.fromkeys(r["family"] for r in sweep):
+        rows = sorted((r for r in sweep if r["family"] == family), key=lambda r: r["lr"])
+        ax.plot([r["lr"] for r in rows], [r["select_ppl"] for r in rows], marker="o", label=_(LABELS[family]))
+        chosen = measured["lm.chosen_lr"][family]
+        ax.plot([chosen], [next(r["select_ppl"] for r in rows if r["lr"] == chosen)], marker="*", markersize=14,
+                color=ax.lines[-1].get_color())
+    ax.set_xscale("log")
+    ax.set_xlabel(_("Peak learning rate"))
+    ax.set_ylabel(_("Perplexity on the selection windows"))
+    ax.set_title(_("Learning-rate sweep (first seed)"))
+    ax.legend()
     return fig
 
 
@@ -166,4 +200,5 @@ FIGURES = {
     "retnet_table5_perplexity": plot_lm_perplexity,
     "retnet_table6_ablations": plot_ablations,
     "retnet_lm_curves": plot_lm_curves,
+    "retnet_lm_lr_sweep": plot_lr_sweep,
 }

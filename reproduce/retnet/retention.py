@@ -38,7 +38,7 @@ HeadNorm = Literal["groupnorm", "rmsnorm", "none"]
 Mode = Literal["parallel", "chunkwise", "recurrent"]
 MODES: tuple[str, ...] = ("parallel", "chunkwise", "recurrent")
 MSR_FIELDS = ("hidden_size", "num_heads", "key_dim", "value_dim", "decay", "use_gate", "head_norm",
-              "normalize_retention", "use_rotation", "rotation_base", "norm_eps", "chunk_size", "ffn_factor")
+              "normalize_retention", "use_rotation", "rotation_base", "norm_eps", "chunk_size", "ffn_factor", "zero_mixer")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,6 +263,9 @@ class MultiScaleRetention(nn.Module):
         self.v_proj = nn.Linear(d, h * v, bias=False)
         self.g_proj = nn.Linear(d, h * v, bias=False) if config.use_gate else None
         self.out_proj = nn.Linear(h * v, d, bias=False)
+        if config.zero_mixer:  # the no-mixer control: out_proj stays zero (set by the model's init), frozen
+            nn.init.zeros_(self.out_proj.weight)
+            self.out_proj.weight.requires_grad_(False)
         if config.head_norm == "groupnorm":
             self.head_norm = nn.GroupNorm(h, h * v, eps=config.norm_eps)
         elif config.head_norm == "rmsnorm":
