@@ -663,6 +663,19 @@ def test_lm_table_gives_each_row_its_mean_interval_and_lr():
     assert retnet["lr"] == 3e-3 and retnet["paper_ppl"] == 26.05 and control["paper_ppl"] is None
 
 
+def test_lr_sweep_figure_draws_a_rate_that_diverged():
+    """A swept rate whose run diverged is recorded with a null perplexity; the figure still draws."""
+    from reproduce.retnet import plots
+
+    measured = {"lm.sweep": [{"family": "retnet", "lr": 1e-2, "select_ppl": 40.0},
+                             {"family": "retnet", "lr": 1e-1, "select_ppl": None},
+                             {"family": "transformer", "lr": 3e-3, "select_ppl": 36.0}],
+                "lm.chosen_lr": {"retnet": 1e-2, "transformer": 3e-3}}
+    fig = plots.plot_lr_sweep(measured)
+    fig.canvas.draw()
+    assert len(fig.axes[0].lines) == 4  # a curve and its chosen rate per family
+
+
 def test_stable_values_hold_no_timing():
     from reproduce import results
     from reproduce.retnet import sections

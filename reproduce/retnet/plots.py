@@ -182,10 +182,10 @@ def plot_lr_sweep(measured, lang="en"):
     fig, ax = figures.subplots()
     for family in dict.fromkeys(r["family"] for r in sweep):
         rows = sorted((r for r in sweep if r["family"] == family), key=lambda r: r["lr"])
-        ax.plot([r["lr"] for r in rows], [r["select_ppl"] for r in rows], marker="o", label=_(LABELS[family]))
+        ppl = {r["lr"]: float("nan") if r["select_ppl"] is None else r["select_ppl"] for r in rows}  # None: diverged
+        ax.plot(list(ppl), list(ppl.values()), marker="o", label=_(LABELS[family]))
         chosen = measured["lm.chosen_lr"][family]
-        ax.plot([chosen], [next(r["select_ppl"] for r in rows if r["lr"] == chosen)], marker="*", markersize=14,
-                color=ax.lines[-1].get_color())
+        ax.plot([chosen], [ppl[chosen]], marker="*", markersize=14, color=ax.lines[-1].get_color())
     ax.set_xscale("log")
     ax.set_xlabel(_("Peak learning rate"))
     ax.set_ylabel(_("Perplexity on the selection windows"))
