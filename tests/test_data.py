@@ -234,6 +234,28 @@ def test_passages_have_exact_length_from_different_books(small_tokenizer):
         novels.passages(small_tokenizer, length=16, n=2, split="test")
 
 
+def test_chunks_are_non_overlapping_and_spread_over_books(small_tokenizer):
+    """TOVA's passages: consecutive L-token chunks of each book (as the paper cuts PG-19), several per book."""
+    two = novels.splits(valid_books=[], test_books=["sensesensibility", "persuasion"])
+    got = novels.chunks(small_tokenizer, length=512, n=5, split="test", seed=0, data_splits=two)
+    assert tuple(got.ids.shape) == (5, 512)
+    assert sorted(got.books.count(k) for k in set(got.books)) == [2, 3]  # round-robin over the two books
+    assert all(start % 512 == 0 for start in got.starts)  # chunk boundaries at 0, L, 2L, ...
+    assert len(set(zip(got.books, got.starts))) == 5  # no chunk twice, hence no overlap
+    for row, key, start in zip(got.ids, got.books, got.starts):
+        ids = text.encode_cached(small_tokenizer, next(b for b in novels.load_books() if b.key == key).text,
+                                 cache_key=f"novels-{key}")
+        assert row.tolist() == ids[start : start + 512].tolist()
+    again = novels.chunks(small_tokenizer, length=512, n=5, split="test", seed=0, data_splits=two)
+    assert (again.books, again.starts) == (got.books, got.starts)
+    other = novels.chunks(small_tokenizer, length=512, n=5, split="test", seed=1, data_splits=two)
+    assert (other.books, other.starts) != (got.books, got.starts)
+    with pytest.raises(ValueError, match="fewer than n"):
+        novels.chunks(small_tokenizer, length=200_000, n=3, split="test", data_splits=two)
+    with pytest.raises(ValueError, match="positive"):
+        novels.chunks(small_tokenizer, length=0, n=3, split="test", data_splits=two)
+
+
 def test_token_stream_concatenates_books_of_a_split(small_tokenizer):
     held_out = novels.splits(valid_books=["northangerabbey", "persuasion"], test_books=[])
     eot = small_tokenizer.token_to_id(text.END_OF_TEXT)

@@ -427,7 +427,9 @@ def test_perplexity_claims(verdict):
     got = verdicts(run)
     budgets = sections.sweep_budgets(params)
     expected = {f"fig3_tova_le_{p}_C{c}" for p in ("h2o", "window_sink") for c in budgets}
-    assert set(got) == expected | {"fig3_window_explodes", "fig3_tova_near_full"}  # each comparison once
+    assert set(got) == expected | {"fig3_window_explodes", "fig3_sinks_remove_window_failure"}  # each comparison once
+    sinks = got.pop("fig3_sinks_remove_window_failure")  # its own cases below
+    assert sinks in ("holds", "contradicted", "inconclusive")
     assert set(got.values()) == {verdict}, got
     for c in run.claims:
         assert c.ours.noisy and c.ours.n == 40 and "bootstrap" in c.ours.method
@@ -435,13 +437,56 @@ def test_perplexity_claims(verdict):
 
 
 def test_perplexity_claims_render_the_paper_table():
-    params, run = smoke_run(budgets=[64], window_budgets=[64], length=1024, nll_block=128)
+    params, run = smoke_run(budgets=[64], window_budgets=[64], length=1024, nll_block=128, headline_length=1024)
     sections.claim_perplexity(params, run, fake_block_nll(params, 0.0, 0.1, 0.1, 3.0))
     paper = {c.id: c.paper for c in run.claims}
     assert paper["fig3_tova_le_window_sink_C64"] == "9.53 vs 10.28 at C=64 (L=4096)"
     assert paper["fig3_window_explodes"] == "4812 vs 7.16 at C=64 (672x)"
-    assert "7.41 vs 7.16" in paper["fig3_tova_near_full"]
+    assert paper["fig3_sinks_remove_window_failure"] == "Window+4 10.28, Window 4812, full 7.16 at C=64 (share 0.056)"
     assert "at every C" in paper["fig3_tova_le_h2o_C64"]  # Table 3 has no H2O at C=64
+
+
+SINK_CASES = {  # verdict -> (excess NLL of Window+4 over full, of the Window, wobble of Window+4's blocks)
+    "holds": (0.1, 1.0, 0.05),  # Window+4 keeps 10 % of the Window's excess
+    "contradicted": (0.9, 1.0, 0.05),  # 90 %: keeping the first tokens barely helps
+    "inconclusive": (0.5, 1.0, 1.0),  # centred on the bar, widely spread
+}
+
+
+@pytest.mark.parametrize("verdict", SINK_CASES)
+def test_sinks_claim_is_the_share_of_the_window_excess(verdict):
+    params, run = smoke_run()
+    sink, window, wobble = SINK_CASES[verdict]
+    data = fake_block_nll(params, 0.0, 0.1, 0.1, window)
+    c0 = min(params.window_budgets)
+    data["window_sink"][c0] = blocks(data["full"], sink, wobble)
+    sections.claim_perplexity(params, run, data)
+    claim = next(c for c in run.claims if c.id == "fig3_sinks_remove_window_failure")
+    assert claim.verdict == verdict
+    assert claim.ours.value == pytest.approx(sink / window) and claim.ours.n == 40
+    assert claim.threshold == sections.SINKS_REMOVE and claim.source.startswith("ours:")
+
+
+@pytest.mark.parametrize("verdict, shift, wobble", [("holds", 0.01, 0.0), ("contradicted", 0.2, 0.0),
+                                                    ("inconclusive", math.log(1.05), 0.3)])
+def test_headline_claim_at_the_papers_point(verdict, shift, wobble):
+    params, run = smoke_run()
+    base = [3.0 + 0.3 * math.sin(i) for i in range(32)]
+    sections.claim_headline(params, run, {"full": base, "tova": blocks(base, shift, wobble)})
+    (claim,) = run.claims
+    assert claim.id == "fig3_tova_near_full" and claim.verdict == verdict
+    assert claim.threshold == 1.0 + params.full_margin_rel and claim.ours.n == 32
+    assert f"C={params.headline_budget} of L={params.headline_length}" in claim.text
+    assert "7.41 vs 7.16" in claim.paper and claim.source.startswith("ours:")
+
+
+def test_window_by_position_is_the_mean_over_passages():
+    from reproduce.tova import plots
+
+    full = [1.0, 2.0, 1.0, 2.0, 1.5, 1.5]  # 2 passages x 3 blocks
+    window = [1.5, 3.0, 2.0, 2.5, 1.5, 2.5]
+    ratio = plots.by_position(window, full, per_passage=3)
+    assert ratio == pytest.approx([math.exp(0.5), math.exp(0.5), math.exp(1.0)])  # differences 0.5,1,1 and 0.5,0,1
 
 
 @pytest.mark.parametrize("verdict, streamed", [("holds", 10.001), ("contradicted", 10.5), ("inconclusive", float("nan"))])
@@ -511,3 +556,14 @@ def test_stable_values_hold_only_machine_independent_values():
     text = results.stable_text(values)
     assert "tokens_per_s" not in text and "99" not in text.replace("paper.", "")
     assert "paper.table3.tova.512: 7.41" in text
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"budgets": [8, 96]}, "below length"), ({"window_budgets": [200]}, "below length"),
+    ({"headline_budget": 128}, "headline_budget"), ({"throughput_budgets": [8, 96]}, "passages \\* length"),
+    ({"analysis_budget": 96}, "analysis_budget"), ({"nll_block": 150, "length": 200}, "headline_length"),
+])
+def test_budgets_that_would_crash_late_are_refused_before_the_run(overrides, match):
+    """A C >= L (or a Table 1 C beyond the passages' tokens) fails at resolve time, not after the sweep."""
+    with pytest.raises(config.ParamError, match=match):
+        config.resolve("tova", "smoke", overrides)  # smoke: passages=1, length=96, headline_length=128

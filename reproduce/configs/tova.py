@@ -6,9 +6,29 @@ POLICIES = ("window", "window_sink", "h2o", "tova")  # the full cache is always 
 
 
 def _blocks_fit(values) -> str | None:
-    if values["nll_block"] > values["length"] - 1:
-        return (f"nll_block={values['nll_block']} exceeds the {values['length'] - 1} predicted tokens of a passage "
-                f"(length={values['length']}): choose nll_block <= length - 1")
+    for name in ("length", "headline_length"):
+        if values["nll_block"] > values[name] - 1:
+            return (f"nll_block={values['nll_block']} exceeds the {values[name] - 1} predicted tokens of a passage "
+                    f"({name}={values[name]}): choose nll_block <= {name} - 1")
+    return None
+
+
+def _budgets_below_length(values) -> str | None:
+    """Every C must leave tokens to evict (or, for Table 1, a token to decode): checked before any pass."""
+    L = values["length"]
+    for name in ("budgets", "window_budgets"):
+        if max(values[name]) >= L:
+            return f"{name}={values[name]} must stay below length={L} (a C >= L never evicts)"
+    if values["headline_budget"] >= values["headline_length"]:
+        return (f"headline_budget={values['headline_budget']} must stay below headline_length="
+                f"{values['headline_length']}")
+    tokens = values["passages"] * L
+    if max(values["throughput_budgets"]) >= tokens:
+        return (f"throughput_budgets={values['throughput_budgets']}: Table 1 prefills C tokens of the passages and "
+                f"decodes the next one, so every C must be below passages * length = {tokens}")
+    for name in ("stream_budget", "analysis_budget", "gen_budget"):
+        if values[name] >= L:
+            return f"{name}={values[name]} must stay below length={L}"
     return None
 
 SPEC = PaperSpec(
@@ -20,8 +40,9 @@ SPEC = PaperSpec(
         "model": Param("str", "smollm2", "'smollm2' (packaged SmolLM2-135M-Instruct, GGUF) or a Hugging Face hub id"),
         "corpus": Param("str", "novels", "long texts: packaged English novels, or PG-19 from the hub (gpu)",
                         choices=("novels", "pg19")),
-        "passages": Param("int", 4, "passages (each from a different book) for Figure 3", min=1, max=64),
-        "length": Param("int", 2048, "chunk length L in tokens (the paper: 4096)", min=16),
+        "passages": Param("int", 6, "chunks of L tokens for Figure 3 (non-overlapping, spread over the books, several "
+                          "per book when more than the books)", min=1, max=256),
+        "length": Param("int", 2048, "chunk length L in tokens of the budget sweep (the paper: 4096)", min=16),
         "budgets": Param("list[int]", [64, 128, 256, 512, 1024], "multi-state sizes C for Figure 3", min=2, min_len=1),
         "window_budgets": Param("list[int]", [64, 128, 256], "C values of the plain Window, which explodes once the "
                                 "first tokens leave (the paper's Table 3 reports it at C=64 only)", min=2, min_len=1),
@@ -31,8 +52,12 @@ SPEC = PaperSpec(
         "batch_size": Param("int", 4, "passages per masked parallel pass (App. E)", min=1),
         "nll_block": Param("int", 128, "tokens per block of the paired intervals: blocks of consecutive predicted "
                            "tokens within a passage, the same tokens for every policy", min=1),
-        "full_margin_rel": Param("float", 0.05, "TOVA at C = L/8 within this relative PPL margin of the full cache "
-                                 "(the paper: 7.41 vs 7.16, +3.5%)", min=0.0, max=1.0),
+        "headline_length": Param("int", 4096, "L of the paper's headline point (its chunk length; SmolLM2 reads 8k)",
+                                 min=16),
+        "headline_budget": Param("int", 512, "C of the headline point (the paper: 512 = L/8)", min=2),
+        "headline_passages": Param("int", 3, "chunks of headline_length tokens for the headline point", min=1, max=256),
+        "full_margin_rel": Param("float", 0.05, "TOVA at the headline point within this relative PPL margin of the "
+                                 "full cache (the paper: 7.41 vs 7.16, +3.5%)", min=0.0, max=1.0),
         "stream_tokens": Param("int", 512, "tokens streamed through the Cache objects (speed + equality check)", min=16),
         "stream_budget": Param("int", 64, "C of the streaming check", min=2),
         "analysis_budget": Param("int", 256, "C of the 'what TOVA keeps' analysis (paper: L/8)", min=2),
@@ -47,7 +72,7 @@ SPEC = PaperSpec(
     profiles={
         "smoke": {
             "threads": 1, "passages": 1, "length": 96, "budgets": [8, 16, 32], "window_budgets": [8, 16],
-            "batch_size": 1, "nll_block": 16,
+            "batch_size": 1, "nll_block": 16, "headline_length": 128, "headline_budget": 16, "headline_passages": 1,
             "stream_tokens": 40, "stream_budget": 8, "analysis_budget": 12,
             "throughput_budgets": [8, 32], "throughput_batch": 2, "throughput_steps": 2,
             "gen_budget": 8, "gen_prompt_tokens": 32, "gen_new_tokens": 4,
@@ -55,7 +80,8 @@ SPEC = PaperSpec(
         "cpu": {"threads": 1},  # a shared 2-core machine: a second thread mostly waits (see appendix_e.one_thread)
         "gpu": {
             "model": "meta-llama/Llama-2-7b-hf", "corpus": "pg19", "passages": 32, "length": 4096,
-            "budgets": [64, 128, 256, 512, 1024, 2048], "window_budgets": [64, 128, 256, 512, 1024, 2048], "batch_size": 1, "threads": 0, "stream_tokens": 2048, "stream_budget": 512,
+            "budgets": [64, 128, 256, 512, 1024, 2048], "window_budgets": [64, 128, 256, 512, 1024, 2048], "batch_size": 1,
+            "headline_passages": 32, "threads": 0, "stream_tokens": 2048, "stream_budget": 512,
             "analysis_budget": 512, "throughput_budgets": [256, 512, 1024, 2048, 4096], "throughput_batch": 8,
             "throughput_steps": 64, "kv_budget_mb": 16384.0, "gen_budget": 512, "gen_prompt_tokens": 2048,
             "gen_new_tokens": 128,
@@ -63,11 +89,12 @@ SPEC = PaperSpec(
     },
     artifacts={
         "Figure 3": "1. Perplexity vs C",
+        "Headline": "1a. The paper's point: L = 4096, C = 512",
         "App. E": "1b. App. E == streaming",
         "Table 1": "2. Resources",
         "§6 / Figure 8": "3. What TOVA keeps",
     },
-    checks=(_blocks_fit,),
+    checks=(_blocks_fit, _budgets_below_length),
     plots="reproduce.tova.plots",
     sections="reproduce.tova.sections",
 )

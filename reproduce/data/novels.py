@@ -273,6 +273,51 @@ def passages(
     return Passages(ids=torch.stack(rows), books=[b.key for b in chosen], starts=starts)  # [n, length]
 
 
+def chunks(
+    tokenizer: Any,
+    length: int,
+    n: int,
+    split: SplitName = "all",
+    seed: int = 0,
+    *,
+    data_splits: Splits | None = None,
+) -> Passages:
+    """``n`` non-overlapping chunks of exactly ``length`` tokens, several per book where ``n`` asks for it.
+
+    As the paper scores PG-19 (every book cut into consecutive chunks of ``L`` tokens), each book of
+    ``split`` is cut into chunks at offsets ``0, L, 2L, ...``; the chunks are then taken book after
+    book in a random order, one random chunk of each book per round, so that the ``n`` chunks spread
+    over as many books as possible (``numpy.random.default_rng(seed)``: the same seed gives the same
+    chunks). Raises if the books hold fewer than ``n`` chunks.
+    """
+    import torch
+
+    from reproduce.data.text import encode_cached
+
+    if not isinstance(length, int) or length < 1:
+        raise ValueError(f"length must be a positive int, got {length!r}")
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    books = (data_splits or splits())[split]
+    rng = np.random.default_rng(seed)
+    order = [books[i] for i in rng.permutation(len(books))]
+    encoded = {b.key: encode_cached(tokenizer, b.text, cache_key=f"novels-{b.key}") for b in order}
+    queues = {key: list(rng.permutation(len(ids) // length)) for key, ids in encoded.items()}  # chunk indices
+    available = sum(len(q) for q in queues.values())
+    if available < n:
+        raise ValueError(f"split {split!r} holds {available} chunks of {length:,} tokens, fewer than n={n}: "
+                         f"choose a smaller n or length")
+    rows, keys, starts = [], [], []
+    while len(rows) < n:
+        for book in order:
+            if queues[book.key] and len(rows) < n:
+                start = int(queues[book.key].pop(0)) * length
+                rows.append(torch.from_numpy(encoded[book.key][start : start + length].copy()))
+                keys.append(book.key)
+                starts.append(start)
+    return Passages(ids=torch.stack(rows), books=keys, starts=starts)  # [n, length]
+
+
 def token_stream(
     tokenizer: Any,
     split: SplitName = "train",

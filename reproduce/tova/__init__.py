@@ -19,8 +19,11 @@ a ``DynamicCache`` subclass); transformers' ``DynamicSlidingWindowLayer``.
 
 Deviations from the paper:
 
-- Scale: a 135M model (not LLaMA-2-7B), chunks of L = 2,048 tokens (not 4,096) from Austen/Melville
-  novels (not PG-19), C from 64 to L/2; the paper's claims are checked as relations.
+- Scale: a 135M model (not LLaMA-2-7B); consecutive chunks of Austen/Melville novels (not PG-19),
+  L = 2,048 tokens for the budget sweep (C from 64 to L/2) and the paper's L = 4,096, C = 512 for
+  the headline point; the paper's claims are checked as relations.
+- The App. E decisions of TOVA/H2O run by blocks of steps with a compiled replay
+  (``appendix_e.evictions``), beside the step-by-step definition they are tested against.
 - H2O with grouped-query attention (absent from LLaMA-2-7B): a KV head's accumulated score sums
   the attention of the query heads that share it.
 """

@@ -60,11 +60,17 @@ def load_model(name: str, device: torch.device | str = "cpu") -> Loaded:
 
 
 def load_passages(corpus: str, tokenizer, length: int, n: int, seed: int = 0):
-    """``(ids [n, length], sources)``: chunks of ``length`` tokens from ``n`` different books."""
+    """``(ids [n, length], sources)``: ``n`` non-overlapping chunks of ``length`` tokens.
+
+    As the paper cuts PG-19: every book into consecutive chunks of ``length`` tokens. The packaged
+    novels give chunks spread over the seven books (several per book when ``n`` > 7, see
+    :func:`reproduce.data.novels.chunks`); PG-19 (test split, from the hub) gives the chunks of its
+    books in order.
+    """
     if corpus == "novels":
         from reproduce.data import novels
 
-        p = novels.passages(tokenizer, length, n, split="all", seed=seed)
+        p = novels.chunks(tokenizer, length, n, split="all", seed=seed)
         return p.ids, [f"{book} @ token {start}" for book, start in zip(p.books, p.starts)]
     if corpus == "pg19":
         from reproduce.data import text
@@ -72,12 +78,12 @@ def load_passages(corpus: str, tokenizer, length: int, n: int, seed: int = 0):
         rows, sources = [], []
         for i, book in enumerate(text.hub_dataset("deepmind/pg19", split="test")):
             ids = tokenizer(book, return_tensors="pt").input_ids[0]
-            if len(ids) >= length:
-                rows.append(ids[:length])
-                sources.append(f"pg19 test book {i}")
-            if len(rows) == n:
-                return torch.stack(rows), sources
-        raise ValueError(f"PG-19 test has fewer than {n} books of >= {length} tokens")
+            for start in range(0, len(ids) - length + 1, length):
+                rows.append(ids[start : start + length])
+                sources.append(f"pg19 test book {i} @ token {start}")
+                if len(rows) == n:
+                    return torch.stack(rows), sources
+        raise ValueError(f"PG-19 test holds fewer than {n} chunks of {length} tokens")
     raise ValueError(f"unknown corpus {corpus!r}; expected 'novels' or 'pg19'")
 
 
@@ -201,18 +207,22 @@ def resources(model, ids: torch.Tensor, budgets: Sequence[int], batch: int, step
 
     ``ms_per_step[C]`` is the median of the timed steps, ``step_ms[C]`` all of them.
 
-    For each C: a TOVA state of C tokens (a C-token prefill of ``ids[0]``) is copied to ``batch``
-    rows, then ``steps`` decode steps are timed (each evicts one token, so the state stays at C).
+    For each C: a TOVA state of C tokens (a C-token prefill of the passages' tokens, one after the
+    other, so C may exceed one passage) is copied to ``batch`` rows, then ``steps`` decode steps are
+    timed (each evicts one token, so the state stays at C).
     ``max_batch`` is the number of sequences whose KV cache fits ``kv_budget_mb`` (weights excluded).
     """
     kw = _cache_kw(model)
     out = {"budgets": list(budgets), "batch": batch, "kv_mb_per_seq": {}, "kv_bytes_per_seq": {}, "ms_per_step": {},
            "step_ms": {}, "tokens_per_s": {}, "max_batch": {}, "kv_budget_mb": kv_budget_mb}
+    stream = ids.reshape(1, -1)  # 1, passages * length
+    if max(budgets) >= stream.shape[1]:
+        raise ValueError(f"Table 1 needs more than C={max(budgets)} tokens; the passages hold {stream.shape[1]}")
     for C in tqdm(budgets, desc="Table 1: decode throughput", unit="C"):
         cache = make_cache(EvictionSpec("tova", C))
-        model(ids[:1, :C], use_cache=True, **{kw: cache})
+        model(stream[:, :C], use_cache=True, **{kw: cache})
         cache.batch_repeat_interleave(batch)
-        token = ids[:1, C : C + 1].expand(batch, 1)
+        token = stream[:, C : C + 1].expand(batch, 1)
         model(token, use_cache=True, **{kw: cache})  # warm-up step
         times = []
         for _ in range(steps):

@@ -32,6 +32,10 @@ KO = {
     "Layer {layer}": "레이어 {layer}",
     "Token position": "토큰 위치",
     "Decoding step": "디코딩 단계",
+    "Position in the chunk (tokens)": "청크 내 위치 (토큰)",
+    "PPL / PPL(full cache), per block": "PPL / PPL(전체 캐시), 블록별",
+    "{policy}, C = {C}": "{policy}, C = {C}",
+    "Window vs full cache by position": "위치별 윈도우 대 전체 캐시",
 }
 
 POLICY_ORDER = ("window", "window_sink", "h2o", "tova")
@@ -54,6 +58,36 @@ def plot_ppl_vs_budget(measured: dict, lang: str = "en"):
     ax.set_ylabel(_("Perplexity"))
     ax.set_title(_("Perplexity vs multi-state size"))
     ax.legend()
+    return fig
+
+
+def by_position(blocks: list[float], full: list[float], per_passage: int) -> np.ndarray:
+    """PPL ratio to the full cache at each block position: exp of the mean NLL difference over passages."""
+    diff = (np.asarray(blocks) - np.asarray(full)).reshape(-1, per_passage)  # passages, blocks
+    return np.exp(diff.mean(axis=0))
+
+
+def plot_window_by_position(measured: dict, lang: str = "en"):
+    """The Window (solid) and Window+i (dashed) at each plain-Window C: PPL / full by position in the chunk."""
+    _ = figures.translator(KO, lang)
+    blocks, per, size, sinks = (measured["fig3.block_nll"], measured["fig3.blocks_per_passage"], measured["fig3.block"],
+                                measured["fig3.sinks"])
+    full = blocks["full"]
+    x = (np.arange(per) + 0.5) * size  # block centres
+    fig, ax = figures.subplots()
+    for i, C in enumerate(sorted(int(c) for c in blocks.get("window", {}))):
+        color = figures.PALETTE[i % len(figures.PALETTE)]
+        ax.plot(x, by_position(blocks["window"][str(C)], full, per), marker=MARKERS["window"], color=color,
+                label=_("{policy}, C = {C}").format(policy=_("Window"), C=C))
+        if str(C) in blocks.get("window_sink", {}):
+            ax.plot(x, by_position(blocks["window_sink"][str(C)], full, per), linestyle="--", color=color,
+                    label=_("{policy}, C = {C}").format(policy=_("Window+{sinks}").format(sinks=sinks), C=C))
+    ax.axhline(1.0, color="black", linewidth=1)
+    ax.set_yscale("log")
+    ax.set_xlabel(_("Position in the chunk (tokens)"))
+    ax.set_ylabel(_("PPL / PPL(full cache), per block"))
+    ax.set_title(_("Window vs full cache by position"))
+    ax.legend(fontsize="small")
     return fig
 
 
@@ -116,6 +150,7 @@ def plot_occupancy(measured: dict, lang: str = "en"):
 
 FIGURES = {
     "tova_fig3_ppl_vs_budget": plot_ppl_vs_budget,
+    "tova_window_by_position": plot_window_by_position,
     "tova_table1_resources": plot_resources,
     "tova_fig8_kept_tokens": plot_kept_tokens,
     "tova_fig12_occupancy": plot_occupancy,
