@@ -217,23 +217,6 @@ def test_splits_are_disjoint_by_book(books):
         novels.splits(valid_books=list(novels.BOOKS)[:4], test_books=list(novels.BOOKS)[4:])
 
 
-def test_passages_have_exact_length_from_different_books(small_tokenizer):
-    """TOVA's need: 4 passages of 2048 tokens from 4 different books (the 4 shortest, to tokenise less)."""
-    shortest = novels.splits(valid_books=[], test_books=["sensesensibility", "prideprejudice", "northangerabbey",
-                                                          "persuasion"])
-    got = novels.passages(small_tokenizer, length=2048, n=4, split="test", seed=0, data_splits=shortest)
-    assert tuple(got.ids.shape) == (4, 2048) and len(set(got.books)) == 4
-    again = novels.passages(small_tokenizer, length=2048, n=4, split="test", seed=0, data_splits=shortest)
-    assert again.books == got.books and again.starts == got.starts and bool((again.ids == got.ids).all())
-    other = novels.passages(small_tokenizer, length=2048, n=4, split="test", seed=1, data_splits=shortest)
-    assert (other.books, other.starts) != (got.books, got.starts)
-    row = got.ids[0].tolist()
-    book = next(b for b in novels.load_books() if b.key == got.books[0])
-    assert small_tokenizer.decode(row) in book.text  # a contiguous stretch of that book
-    with pytest.raises(ValueError, match="different books"):
-        novels.passages(small_tokenizer, length=16, n=2, split="test")
-
-
 def test_chunks_are_non_overlapping_and_spread_over_books(small_tokenizer):
     """TOVA's passages: consecutive L-token chunks of each book (as the paper cuts PG-19), several per book."""
     two = novels.splits(valid_books=[], test_books=["sensesensibility", "persuasion"])

@@ -18,8 +18,8 @@ volume) heading. The parsed books are cached as ``.txt`` files, so a second load
 Splits are document-level: a book belongs to exactly one of train/valid/test.
 
 API: ``load_books()`` -> 7 ``Book``; ``splits(valid_books, test_books)`` -> ``Splits``;
-``passages(tokenizer, length, n, split, seed)`` -> ``Passages`` (TOVA: fixed-length passages from
-different books); ``token_stream(tokenizer, split)`` -> one id array (RetNet: LM training data).
+``chunks(tokenizer, length, n, split, seed)`` -> ``Passages`` (TOVA: consecutive fixed-length chunks,
+spread over the books); ``token_stream(tokenizer, split)`` -> one id array (RetNet: LM training data).
 """
 
 from __future__ import annotations
@@ -231,46 +231,6 @@ def splits(valid_books: Sequence[str] = DEFAULT_VALID, test_books: Sequence[str]
     return Splits(train=train,
                   valid=[b for b in books if b.key in set(valid_books)],
                   test=[b for b in books if b.key in set(test_books)])
-
-
-def passages(
-    tokenizer: Any,
-    length: int,
-    n: int,
-    split: SplitName = "all",
-    seed: int = 0,
-    *,
-    data_splits: Splits | None = None,
-) -> Passages:
-    """``n`` passages of exactly ``length`` tokens, each from a different book of ``split``.
-
-    Books are drawn without replacement and a start token uniformly within each book, both from
-    ``numpy.random.default_rng(seed)``: the same seed gives the same passages. Token ids are cached
-    per (tokenizer, book) by ``reproduce.data.text.encode_cached``.
-    """
-    import torch
-
-    from reproduce.data.text import encode_cached
-
-    if not isinstance(length, int) or length < 1:
-        raise ValueError(f"length must be a positive int, got {length!r}")
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    books = (data_splits or splits())[split]
-    if n > len(books):
-        raise ValueError(f"asked for {n} passages from different books, but split {split!r} has {len(books)} "
-                         f"book(s) ({', '.join(b.key for b in books)}); use split='all' or a smaller n")
-    rng = np.random.default_rng(seed)
-    chosen = [books[i] for i in rng.choice(len(books), size=n, replace=False)]
-    rows, starts = [], []
-    for book in chosen:
-        ids = encode_cached(tokenizer, book.text, cache_key=f"novels-{book.key}")
-        if len(ids) < length:
-            raise ValueError(f"{book.title} has {len(ids):,} tokens, fewer than length={length:,}")
-        start = int(rng.integers(0, len(ids) - length + 1))
-        rows.append(torch.from_numpy(ids[start:start + length].copy()))
-        starts.append(start)
-    return Passages(ids=torch.stack(rows), books=[b.key for b in chosen], starts=starts)  # [n, length]
 
 
 def chunks(
