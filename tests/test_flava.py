@@ -17,7 +17,9 @@ import torch.nn.functional as F
 
 from reproduce.data import scenes
 from reproduce.flava import data as D
+from reproduce.flava import evaluation as V
 from reproduce.flava import experiments as E
+from reproduce.flava import pretraining as P
 from reproduce.flava import sections as S
 from reproduce.flava import model as M
 
@@ -276,7 +278,7 @@ def test_row6_is_row5_with_init_from_the_mim_and_mlm_rows():
 def test_row6_init_copies_the_trained_image_and_text_encoders_before_training():
     mim, mlm = _trained_like(0, 0.5), _trained_like(0, -0.25)
     trained = {("MIM", "image", 0): M.encoder_state(mim, "image"), ("MLM", "text", 0): M.encoder_state(mlm, "text")}
-    model = E.build_row_model(TINY, M.table3_rows()[M.INIT_ROW], 0, trained)
+    model = P.build_row_model(TINY, M.table3_rows()[M.INIT_ROW], 0, trained)
     fresh = M.build_model(TINY, 0)
     image, text = M.INIT_PARTS["image"], M.INIT_PARTS["text"]
     _assert_same_state(_state(model, image), _state(mim, image))  # image encoder + MIM head from the MIM row
@@ -316,7 +318,7 @@ def test_the_ablation_trains_row6_from_the_same_seeds_trained_mim_and_mlm_rows(m
     monkeypatch.setattr(E, "evaluate", lambda model, row, ev, seed: {d: {"average": 50.0} for d in row.domains})
     monkeypatch.setattr(E, "similarity_matrix", lambda model, ev: [[0.0]])
     monkeypatch.setattr(E, "retrieval_examples", lambda model, ev, seed: [])
-    monkeypatch.setattr(E, "_windows", lambda values: values)
+    monkeypatch.setattr(E, "loss_windows", lambda values: values)
     runs, _ = E.run_ablation(params, data=None, ev=type("Ev", (), {"retrieval_captions": ["c"]})(), device="cpu")
 
     assert [(r.row, r.seed) for r in runs] == [(n, s) for n in params.rows for s in (3, 4)]  # reported in the asked order
@@ -340,9 +342,9 @@ def test_row6_without_its_source_rows_is_refused_before_any_work():
             config.resolve("flava", "cpu", {"rows": rows})
     assert config.resolve("flava", "smoke", {"rows": ["MLM", "MIM", M.INIT_ROW]}).rows == ["MLM", "MIM", M.INIT_ROW]
     with pytest.raises(ValueError, match="needs the trained parts"):
-        E.build_row_model(TINY, M.table3_rows()[M.INIT_ROW], 0, trained={})
+        P.build_row_model(TINY, M.table3_rows()[M.INIT_ROW], 0, trained={})
     with pytest.raises(ValueError, match="missing or form a cycle"):
-        E.training_order({M.INIT_ROW: M.table3_rows()[M.INIT_ROW]})
+        P.training_order({M.INIT_ROW: M.table3_rows()[M.INIT_ROW]})
     with pytest.raises(ValueError, match="unknown init parts"):
         M.AblationRow("x", M.Objectives(gc=True), {"paired": 1.0}, (), init={"vision": "MIM"})
     with pytest.raises(ValueError, match="must hold exactly"):
@@ -359,8 +361,8 @@ def _run(**overrides):
 def _table3_claims(per_seed: dict[str, list[float]]) -> dict:
     """``table3_claims`` on rows whose every domain and macro take the given per-seed values (seeds 0, 1, ...)."""
     run = _run()
-    seeds = [{"row": n, "seed": i, **{d: m for d in E.DOMAINS}, "macro": m} for n, v in per_seed.items() for i, m in enumerate(v)]
-    tasks = {n: {f"{d}/task": statistics.fmean(v) for d in E.DOMAINS} for n, v in per_seed.items()}
+    seeds = [{"row": n, "seed": i, **{d: m for d in V.DOMAINS}, "macro": m} for n, v in per_seed.items() for i, m in enumerate(v)]
+    tasks = {n: {f"{d}/task": statistics.fmean(v) for d in V.DOMAINS} for n, v in per_seed.items()}
     S.table3_claims(run, seeds, tasks)
     return {c.id: c for c in run.claims}
 
@@ -414,8 +416,8 @@ def test_table3_each_comparison_is_claimed_once():
 
 
 def test_table3_claims_refuse_rows_that_do_not_share_seeds():
-    seeds = [{"row": "FLAVA_C", "seed": 0, **dict.fromkeys(E.DOMAINS, 1.0), "macro": 1.0},
-             {"row": "FLAVA_MM", "seed": 1, **dict.fromkeys(E.DOMAINS, 1.0), "macro": 1.0}]
+    seeds = [{"row": "FLAVA_C", "seed": 0, **dict.fromkeys(V.DOMAINS, 1.0), "macro": 1.0},
+             {"row": "FLAVA_MM", "seed": 1, **dict.fromkeys(V.DOMAINS, 1.0), "macro": 1.0}]
     with pytest.raises(ValueError, match="share their seeds"):
         S.table3_claims(_run(), seeds, {})
 
@@ -434,7 +436,7 @@ def test_stable_values_hold_the_paper_table_and_no_measured_value():
     run = _run()
     run.record("hf_path", {"max_abs_gap": 1e-7, "losses": dict.fromkeys(S.HF_LOSS_NAMES, 1.234567), "parameters": 123})
     S.hf_path_claims(run, run.measured["hf_path"])
-    S.table3_claims(run, [{"row": n, "seed": 0, **dict.fromkeys(E.DOMAINS, m), "macro": m}
+    S.table3_claims(run, [{"row": n, "seed": 0, **dict.fromkeys(V.DOMAINS, m), "macro": m}
                           for n, m in (("FLAVA_C", 40.1234), ("FLAVA_MM", 45.0), ("FLAVA", 44.0), (M.INIT_ROW, 50.0))], {})
     text = results.stable_text(S.stable_values(run))
     assert "paper.table3.FLAVA_MM.macro: 74.23" in text and "hf_losses_agree: True" in text and "parameters: 123" in text
@@ -462,14 +464,14 @@ def test_notebook_makes_no_claim_and_checks_its_stable_values():
 def test_retrieval_recalls_perfect_and_reversed_embeddings():
     emb = torch.eye(6)
     captions = [f"c{i}" for i in range(6)]
-    assert E.retrieval_recalls(emb, emb, captions) == {"TR R@1": 100.0, "IR R@1": 100.0, "TR R@5": 100.0, "IR R@5": 100.0}
+    assert V.retrieval_recalls(emb, emb, captions) == {"TR R@1": 100.0, "IR R@1": 100.0, "TR R@5": 100.0, "IR R@5": 100.0}
     shifted = emb.roll(1, 0)
-    assert E.retrieval_recalls(emb, shifted, captions)["TR R@1"] == 0.0
-    assert E.retrieval_recalls(emb, shifted, ["same"] * 6)["TR R@1"] == 100.0  # equal captions count as hits
+    assert V.retrieval_recalls(emb, shifted, captions)["TR R@1"] == 0.0
+    assert V.retrieval_recalls(emb, shifted, ["same"] * 6)["TR R@1"] == 100.0  # equal captions count as hits
 
 
 def test_macro_average_counts_a_missing_domain_as_zero():
-    assert E.macro_average({"vision": {"average": 57.46}}) == pytest.approx(19.1533, abs=1e-3)  # Table 3 row 1
+    assert V.macro_average({"vision": {"average": 57.46}}) == pytest.approx(19.1533, abs=1e-3)  # Table 3 row 1
 
 
 def test_linear_probe_separates_separable_classes():
@@ -477,7 +479,7 @@ def test_linear_probe_separates_separable_classes():
     x = rng.normal(size=(200, 5)) + np.repeat(np.eye(5)[:2] * 6, 100, axis=0)
     y = np.repeat([0, 1], 100)
     perm = rng.permutation(200)
-    assert E.linear_probe(x[perm[:100]], y[perm[:100]], x[perm[100:]], y[perm[100:]]) > 95
+    assert V.linear_probe(x[perm[:100]], y[perm[:100]], x[perm[100:]], y[perm[100:]]) > 95
 
 
 # ----------------------------------------------------------------------------------------- scenes
@@ -779,7 +781,7 @@ def test_released_model_zero_shot_uses_its_own_processor_and_tokenizer(data):
     heldout = scenes.make_scenes(40, TINY.image_size, 7, scenes.SceneSampler("test"))
     ids, mask = M.tokenize(data.tokenizer, heldout.captions, TINY.max_text_len)
     ev = D.EvalData({}, {}, None, heldout.images, ids, mask, heldout.captions)
-    ours = E.retrieval_recalls(*E.contrastive_embeddings(model, heldout.images, ids, mask), heldout.captions)
+    ours = V.retrieval_recalls(*V.contrastive_embeddings(model, heldout.images, ids, mask), heldout.captions)
     as_ours = FlavaImageProcessor(do_resize=False, do_center_crop=False, rescale_factor=1 / 127.5,
                                   image_mean=[1.0, 1.0, 1.0], image_std=[1.0, 1.0, 1.0])
     from PIL import Image

@@ -2,8 +2,9 @@
 
 ``model``: sizes, objectives and Table 3 rows, masking, tokenisers, the five losses (on Hugging Face's
 ``FlavaForPreTraining`` modules). ``data``: the pretraining sources, the batch sampler and the
-evaluation sets. ``experiments``: round-robin training, evaluation, the ablation, the HF path
-(measurements only). ``sections``: one function per notebook section (record, claim) and the paper's
+evaluation sets. ``pretraining``: round-robin training of one row (``FlavaTrainConfig`` extends
+``reproduce.train.TrainConfig``). ``evaluation``: the three domains' tasks. ``experiments``: the
+ablation (every row and seed) and the HF path (measurements only). ``sections``: one function per notebook section (record, claim) and the paper's
 numbers (``PAPER``). ``plots``: the figures (``FIGURES``) with their Korean table ``KO``.
 """
 

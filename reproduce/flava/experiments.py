@@ -1,24 +1,9 @@
-"""FLAVA measurements: round-robin pretraining, evaluation, the Table 3 ablation, the HF path.
+"""FLAVA measurements: the Table 3 ablation (train and evaluate every row and seed) and the HF path.
 
 Table 3 of the paper (objective ablation, same budget: rows MIM, MLM, FLAVA_C, FLAVA_MM, FLAVA, and
 FLAVA+init = row 6, full FLAVA started from the MIM and MLM rows' trained encoders) is reproduced as
-real runs on the offline data of ``reproduce.flava.data``, and evaluated per domain as in Table 4,
-with small tasks standing in for the paper's 35:
-
-* vision (paper: 22 linear probes): logistic-regression probes on frozen h_CLS,I, for the shape of a
-  scene object (6 classes, held-out images) and MNIST 5k (10 classes);
-* language (paper: 8 GLUE tasks, fine-tuned): probes on frozen h_CLS,T for word order (CoLA-like: a
-  text vs. the same words shuffled) on held-out captions and on held-out novel sentences, and
-  authorship (Austen vs. Melville, held-out text);
-* multimodal (paper: VQAv2, SNLI-VE, Hateful Memes, Flickr30K/COCO zero-shot retrieval): zero-shot
-  image<->text retrieval R@1/R@5 on scenes with held-out attribute combinations, and a visual
-  entailment probe on frozen h_CLS,M (true caption vs. a one-attribute swap).
-
-Domain average = mean of its tasks in %, macro average = mean of the three domains, a domain a row
-does not report counting 0 (as the paper's MIM and MLM rows).
-
-Deviations: probes instead of fine-tuning (the paper fine-tunes GLUE and the VQA-style tasks); the
-probe's regularisation is swept on a validation split as in CLIP's protocol but over 5 values.
+real runs on the offline data of ``reproduce.flava.data``, trained by ``reproduce.flava.pretraining``
+and scored per domain by ``reproduce.flava.evaluation`` (Table 4's layout).
 
 Everything here returns plain data; the claims are made in ``reproduce.flava.sections``.
 """
@@ -30,256 +15,14 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
-from torch import Tensor
 
 from reproduce import runtime
 from reproduce.data import pmd
 from reproduce.flava import model as M
-from reproduce.flava.data import (BatchSampler, EvalData, PretrainData, TextSources, build_eval_data,
-                                  build_pretrain_data, text_sources, to_pixels)
-
-# ---------------------------------------------------------------------------------------------------
-# Pretraining
-# ---------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TrainConfig:
-    """Optimisation (§A, Table A.2: AdamW 0.9/0.999, weight decay 0.1, warmup then cosine)."""
-
-    steps: int
-    batch_size: int
-    lr: float = 1e-3
-    warmup: int = 10_000
-    weight_decay: float = 0.1
-
-    def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 2:
-            raise ValueError(f"steps >= 1 and batch_size >= 2 required, got {self.steps}, {self.batch_size}")
-        if not 0 <= self.warmup <= self.steps * 10 or self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError(f"bad optimisation settings: lr={self.lr}, warmup={self.warmup}, wd={self.weight_decay}")
-
-
-class FlavaPretrainer(torch.nn.Module):
-    """The model plus a row's objectives as one module whose forward is the loss of one batch.
-
-    ``reproduce.train`` hands it the batch dict (a process's shard); going through ``forward`` keeps
-    data-parallel wrappers in the path. ``last`` keeps the latest value of each loss for the history.
-    """
-
-    BATCHES = {"paired": M.PairedBatch, "images": M.ImageBatch, "text": M.TextBatch}
-
-    def __init__(self, model, objectives: M.Objectives):
-        super().__init__()
-        self.model, self.objectives = model, objectives
-        self.last: dict[str, float] = {}
-
-    def forward(self, source: str, **tensors: Tensor) -> Tensor:
-        terms = M.losses(self.model, self.BATCHES[source](**tensors), self.objectives)
-        self.last = {name: float(value.detach()) for name, value in terms.items()}
-        return terms.total()
-
-
-def batch_stream(sampler: BatchSampler, row: M.AblationRow):
-    """Endless global batches for ``reproduce.train``: dicts of tensors plus the source's name."""
-    while True:
-        source, batch = sampler.draw(row)
-        yield {"source": source, **{f.name: getattr(batch, f.name) for f in fields(batch)}}
-
-
-LOSS_NAMES = ("mim", "mlm", "global_contrastive", "itm", "mmm_image", "mmm_text")
-
-
-def pretrain(model, row: M.AblationRow, sampler: BatchSampler, cfg: TrainConfig, device: str = "auto"
-             ) -> dict[str, list[float]]:
-    """Round-robin pretraining of one Table 3 row through the shared accelerate loop (``reproduce.train``).
-
-    Returns each loss per step (NaN where the step's source does not carry it) and ``total``.
-    """
-    from transformers import get_cosine_schedule_with_warmup
-
-    from reproduce import train
-
-    wd = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
-    no_wd = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
-    opt = torch.optim.AdamW([{"params": wd, "weight_decay": cfg.weight_decay}, {"params": no_wd, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.999))
-    sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup, cfg.steps // 2), cfg.steps)
-    trainer = FlavaPretrainer(model, row.objectives)
-    history: dict[str, list[float]] = {n: [] for n in (*LOSS_NAMES, "total")}
-
-    def loss_fn(module, batch):
-        loss = module(**batch)
-        inner = getattr(module, "module", module)  # unwrapped under data parallel
-        for n in LOSS_NAMES:
-            history[n].append(inner.last.get(n, math.nan))
-        history["total"].append(float(loss.detach()))
-        return loss
-
-    train.train(trainer, opt, batch_stream(sampler, row), loss_fn,
-                train.TrainConfig(steps=cfg.steps, log_every=max(1, cfg.steps // 10), desc=f"pretrain {row.name}"),
-                scheduler=sched, accelerator=train.make_accelerator(device))
-    model.eval()
-    return history
-
-
-
-# ---------------------------------------------------------------------------------------------------
-# Evaluation (Table 4's three domains, small stand-ins)
-# ---------------------------------------------------------------------------------------------------
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
-
-
-@torch.no_grad()
-def image_features(model, images: np.ndarray, chunk: int = 256) -> np.ndarray:
-    """h_CLS,I: token 0 of the image encoder's final layer, ``(N, D)``."""
-    dev = _device(model)
-    return torch.cat([model.flava(pixel_values=to_pixels(images[i : i + chunk]).to(dev)).image_embeddings[:, 0].cpu()
-                      for i in range(0, len(images), chunk)]).numpy()
-
-
-@torch.no_grad()
-def text_features(model, ids: Tensor, mask: Tensor, chunk: int = 512) -> np.ndarray:
-    """h_CLS,T, ``(N, D)``."""
-    dev = _device(model)
-    return torch.cat([model.flava(input_ids=ids[i : i + chunk].to(dev), attention_mask=mask[i : i + chunk].to(dev)
-                                  ).text_embeddings[:, 0].cpu() for i in range(0, len(ids), chunk)]).numpy()
-
-
-@torch.no_grad()
-def multimodal_features(model, images: np.ndarray, ids: Tensor, mask: Tensor, chunk: int = 256) -> np.ndarray:
-    """h_CLS,M of the unmasked pair, ``(N, D)``."""
-    dev, out = _device(model), []
-    for i in range(0, len(ids), chunk):
-        o = model.flava(pixel_values=to_pixels(images[i : i + chunk]).to(dev), input_ids=ids[i : i + chunk].to(dev),
-                        attention_mask=mask[i : i + chunk].to(dev))
-        out.append(o.multimodal_embeddings[:, 0].cpu())
-    return torch.cat(out).numpy()
-
-
-@torch.no_grad()
-def contrastive_embeddings(model, images: np.ndarray | Tensor, ids: Tensor, mask: Tensor, chunk: int = 256
-                           ) -> tuple[Tensor, Tensor]:
-    """The GC embeddings (projected, L2-normalised h_CLS), ``(N, E)`` each: what zero-shot retrieval uses.
-
-    ``images``: uint8 ``(N, S, S, 3)`` (our models), or pixel values ``(N, 3, S, S)`` already
-    prepared by an image processor (the released model).
-    """
-    dev, img, txt = _device(model), [], []
-    pixels = images if isinstance(images, Tensor) else None
-    for i in range(0, len(ids), chunk):
-        px = pixels[i : i + chunk] if pixels is not None else to_pixels(images[i : i + chunk])
-        o = model.flava(pixel_values=px.to(dev), input_ids=ids[i : i + chunk].to(dev),
-                        attention_mask=mask[i : i + chunk].to(dev), skip_multimodal_encoder=True)
-        a, b = M.contrastive_embeddings(model, o.image_embeddings, o.text_embeddings)
-        img.append(a.cpu())
-        txt.append(b.cpu())
-    return torch.cat(img), torch.cat(txt)
-
-
-def png_base64(image: np.ndarray) -> str:
-    """An ``(S, S, 3)`` uint8 image as base64 PNG text: figures read it back from the results file."""
-    import base64
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(np.asarray(image, dtype=np.uint8)).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, seed: int = 0,
-                 cs: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)) -> float:
-    """CLIP-protocol linear probe: L-BFGS logistic regression, C swept on a validation split; accuracy in %."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.preprocessing import StandardScaler
-    from threadpoolctl import threadpool_limits
-
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-
-    with threadpool_limits(1), warnings.catch_warnings():  # one thread: OpenMP spinning on shared cores is far slower
-        warnings.simplefilter("ignore", ConvergenceWarning)  # a weak C that stops at max_iter loses the sweep anyway
-        return _linear_probe(LogisticRegression, StandardScaler, train_x, train_y, test_x, test_y, seed, cs)
-
-
-def _linear_probe(LogisticRegression, StandardScaler, train_x, train_y, test_x, test_y, seed, cs) -> float:
-    scaler = StandardScaler().fit(train_x)
-    xtr, xte = scaler.transform(train_x), scaler.transform(test_x)
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(xtr))
-    val, fit = perm[: len(perm) // 5], perm[len(perm) // 5 :]
-    best = max(cs, key=lambda c: LogisticRegression(C=c, max_iter=1000).fit(xtr[fit], train_y[fit]).score(xtr[val], train_y[val]))
-    return 100.0 * LogisticRegression(C=best, max_iter=1000).fit(xtr, train_y).score(xte, test_y)
-
-
-def retrieval_recalls(image_emb: Tensor, text_emb: Tensor, captions: list[str], ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
-    """Zero-shot TR/IR R@k (%). A hit is any retrieved item whose caption equals the query's (captions repeat)."""
-    sim = image_emb @ text_emb.T  # (R, R)
-    _, cap_id = np.unique(np.asarray(captions), return_inverse=True)
-    cap_id = torch.from_numpy(cap_id)
-    out = {}
-    for k in ks:
-        top_text = sim.topk(k, dim=1).indices  # (R, k) texts per image
-        top_image = sim.topk(k, dim=0).indices.T  # (R, k) images per text
-        out[f"TR R@{k}"] = 100.0 * (cap_id[top_text] == cap_id[:, None]).any(1).float().mean().item()
-        out[f"IR R@{k}"] = 100.0 * (cap_id[top_image] == cap_id[:, None]).any(1).float().mean().item()
-    return out
-
-
-def evaluate(model, row: M.AblationRow, ev: EvalData, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Scores (%) per domain and task for the domains the row reports; ``"average"`` per domain."""
-    model.eval()
-    scores: dict[str, dict[str, float]] = {}
-    if "vision" in row.domains:
-        scores["vision"] = {name: linear_probe(image_features(model, t.train[0]), t.train_y,
-                                               image_features(model, t.test[0]), t.test_y, seed) for name, t in ev.vision.items()}
-    if "language" in row.domains:
-        scores["language"] = {name: linear_probe(text_features(model, *t.train), t.train_y,
-                                                 text_features(model, *t.test), t.test_y, seed) for name, t in ev.language.items()}
-    if "multimodal" in row.domains:
-        img, txt = contrastive_embeddings(model, ev.retrieval_images, ev.retrieval_ids, ev.retrieval_mask)
-        mm = retrieval_recalls(img, txt, ev.retrieval_captions)
-        t = ev.entailment
-        mm["entailment"] = linear_probe(multimodal_features(model, *t.train), t.train_y, multimodal_features(model, *t.test), t.test_y, seed)
-        scores["multimodal"] = mm
-    for domain in scores.values():
-        domain["average"] = float(np.mean(list(domain.values())))
-    return scores
-
-
-def macro_average(scores: dict[str, dict[str, float]]) -> float:
-    """Mean of the three domain averages, a missing domain counting 0 (Table 3)."""
-    return sum(scores.get(d, {}).get("average", 0.0) for d in ("vision", "language", "multimodal")) / 3
-
-
-@torch.no_grad()
-def similarity_matrix(model, ev: EvalData, n: int = 8) -> list[list[float]]:
-    """Cosine similarities of the first ``n`` held-out pairs' GC embeddings, ``(n, n)``."""
-    img, txt = contrastive_embeddings(model, ev.retrieval_images[:n], ev.retrieval_ids[:n], ev.retrieval_mask[:n])
-    return (img @ txt.T).tolist()
-
-
-@torch.no_grad()
-def retrieval_examples(model, ev: EvalData, queries: int = 4, top: int = 3, seed: int = 0) -> list[dict]:
-    """A few query captions with their top retrieved held-out images (zero-shot, GC embeddings)."""
-    img, txt = contrastive_embeddings(model, ev.retrieval_images, ev.retrieval_ids, ev.retrieval_mask)
-    rng = np.random.default_rng(seed)
-    out = []
-    for q in rng.choice(len(ev.retrieval_captions), queries, replace=False):
-        sims = img @ txt[q]  # (R,)
-        best = sims.topk(top).indices.tolist()
-        out.append({"caption": ev.retrieval_captions[q], "images": [png_base64(ev.retrieval_images[i]) for i in best],
-                    "captions": [ev.retrieval_captions[i] for i in best],
-                    "hits": [ev.retrieval_captions[i] == ev.retrieval_captions[q] for i in best]})
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------
-# The notebook's experiments
-# ---------------------------------------------------------------------------------------------------
-DOMAINS = ("vision", "language", "multimodal")
+from reproduce.flava.data import BatchSampler, EvalData, PretrainData, TextSources, build_eval_data, build_pretrain_data, text_sources
+from reproduce.flava.evaluation import (DOMAINS, contrastive_embeddings, evaluate, macro_average,  # noqa: F401
+                                        png_base64, retrieval_examples, retrieval_recalls, similarity_matrix)
+from reproduce.flava.pretraining import FlavaTrainConfig, build_row_model, loss_windows, pretrain, row_steps, training_order  # noqa: F401
 
 
 def sizes_from(params) -> M.FlavaSizes:
@@ -347,49 +90,6 @@ class RowRun:
     train_s: float
 
 
-def _windows(values: list[float], n: int = 20) -> list[float]:
-    """Mean of each of ``n`` equal windows, skipping NaN (steps whose source lacks the loss)."""
-    arr = np.asarray(values, dtype=np.float64)
-    out = []
-    for chunk in np.array_split(arr, min(n, len(arr))):
-        ok = chunk[~np.isnan(chunk)]
-        out.append(float(ok.mean()) if len(ok) else math.nan)
-    return out
-
-
-def row_steps(row: M.AblationRow, steps: int) -> int:
-    """Updates of a row: ``steps`` draws of its main source (§4: "PMD sampled for 150K iterations in
-    total (all ablations)"), so full FLAVA adds its unimodal batches on top: steps / p_paired."""
-    p = row.sources.get("paired", 0.0)
-    return steps if p in (0.0, 1.0) else round(steps / p)
-
-
-def training_order(rows: dict[str, M.AblationRow]) -> list[str]:
-    """Row names in the order they must train: a row after every row it initialises from."""
-    order: list[str] = []
-    pending = dict(rows)
-    while pending:
-        ready = [n for n, r in pending.items() if set(r.init.values()) <= set(order)]
-        if not ready:
-            raise ValueError(f"rows {sorted(pending)} initialise from rows that are missing or form a cycle")
-        order += ready
-        for n in ready:
-            del pending[n]
-    return order
-
-
-def build_row_model(sizes: M.FlavaSizes, row: M.AblationRow, seed: int, trained: dict[tuple[str, str, int], dict]):
-    """A fresh model for ``row`` and ``seed``; for row 6 its image and text parts are loaded from the
-    trained rows named in ``row.init`` (``trained``: (row, part, seed) -> ``M.encoder_state``)."""
-    model = M.build_model(sizes, seed)
-    if row.init:
-        missing = [(src, part) for part, src in row.init.items() if (src, part, seed) not in trained]
-        if missing:
-            raise ValueError(f"row {row.name!r} (seed {seed}) needs the trained parts {missing}; train those rows first")
-        M.initialise_from(model, {part: trained[(src, part, seed)] for part, src in row.init.items()})
-    return model
-
-
 def run_ablation(params, data: PretrainData, ev: EvalData, device: str = "auto") -> tuple[list[RowRun], dict]:
     """Train and evaluate every requested row for every seed (the same budget: ``steps`` draws of the
     row's main source, see ``row_steps``). Rows that initialise from others (row 6) train after them,
@@ -412,7 +112,8 @@ def run_ablation(params, data: PretrainData, ev: EvalData, device: str = "auto")
             if name == shown and seed == params.seeds[0]:
                 extras["similarity_before"] = similarity_matrix(model, ev)
             sampler = BatchSampler(data, sizes, params.batch_size, seed, params.itm_negative_prob, params.itm_hard_fraction)
-            cfg = TrainConfig(row_steps(row, params.steps), params.batch_size, params.lr, params.warmup, params.weight_decay)
+            cfg = FlavaTrainConfig(steps=row_steps(row, params.steps), batch_size=params.batch_size, lr=params.lr,
+                                   warmup=params.warmup, weight_decay=params.weight_decay)
             t0 = time.perf_counter()
             history = pretrain(model, row, sampler, cfg, device)
             train_s = time.perf_counter() - t0
@@ -420,7 +121,7 @@ def run_ablation(params, data: PretrainData, ev: EvalData, device: str = "auto")
                 if src == name:
                     trained[(name, part, seed)] = M.encoder_state(model, part)
             scores = evaluate(model, row, ev, seed)
-            losses = {k: _windows(v) for k, v in history.items() if not all(math.isnan(x) for x in v)}
+            losses = {k: loss_windows(v) for k, v in history.items() if not all(math.isnan(x) for x in v)}
             runs.append(RowRun(name, seed, scores, macro_average(scores), losses, train_s))
             if name == shown and seed == params.seeds[0]:
                 extras.update(row=name, similarity_after=similarity_matrix(model, ev),

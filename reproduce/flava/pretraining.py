@@ -1,0 +1,153 @@
+"""FLAVA pretraining (§3.2, Table A.2): round-robin updates of one Table 3 row through the shared loop.
+
+* ``FlavaTrainConfig``: ``reproduce.train.TrainConfig`` plus the paper's optimisation (AdamW
+  0.9/0.999, weight decay 0.1, warmup then cosine) and the batch size.
+* ``pretrain``: one row's objectives on batches of ``data.BatchSampler`` (one source per update),
+  through ``reproduce.train.train`` (accelerate: one code path for CPU, one or several GPUs).
+* The ablation's bookkeeping: how many updates a row gets (``row_steps``), the order rows train in
+  (``training_order``: row 6 after its source rows) and row 6's start from their trained encoders
+  (``build_row_model``).
+
+Everything here returns plain data; nothing is plotted or claimed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from reproduce import train
+from reproduce.flava import model as M
+from reproduce.flava.data import BatchSampler
+
+LOSS_NAMES = ("mim", "mlm", "global_contrastive", "itm", "mmm_image", "mmm_text")
+
+
+@dataclass
+class FlavaTrainConfig(train.TrainConfig):
+    """The shared loop's settings plus FLAVA's optimisation (§A, Table A.2)."""
+
+    batch_size: int = 8192  # paper: 8,192
+    lr: float = 1e-3
+    warmup: int = 10_000
+    weight_decay: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size >= 2 required (in-batch negatives), got {self.batch_size}")
+        if not 0 <= self.warmup <= self.steps * 10 or self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"bad optimisation settings: lr={self.lr}, warmup={self.warmup}, wd={self.weight_decay}")
+
+
+class FlavaPretrainer(torch.nn.Module):
+    """The model plus a row's objectives as one module whose forward is the loss of one batch.
+
+    ``reproduce.train`` hands it the batch dict (a process's shard); going through ``forward`` keeps
+    data-parallel wrappers in the path. ``last`` keeps the latest value of each loss for the history.
+    """
+
+    BATCHES = {"paired": M.PairedBatch, "images": M.ImageBatch, "text": M.TextBatch}
+
+    def __init__(self, model, objectives: M.Objectives):
+        super().__init__()
+        self.model, self.objectives = model, objectives
+        self.last: dict[str, float] = {}
+
+    def forward(self, source: str, **tensors: Tensor) -> Tensor:
+        terms = M.losses(self.model, self.BATCHES[source](**tensors), self.objectives)
+        self.last = {name: float(value.detach()) for name, value in terms.items()}
+        return terms.total()
+
+
+def batch_stream(sampler: BatchSampler, row: M.AblationRow):
+    """Endless global batches for ``reproduce.train``: dicts of tensors plus the source's name."""
+    while True:
+        source, batch = sampler.draw(row)
+        yield {"source": source, **{f.name: getattr(batch, f.name) for f in fields(batch)}}
+
+
+def optimizer(model, cfg: FlavaTrainConfig) -> torch.optim.AdamW:
+    """AdamW (Table A.2), no weight decay on biases, norms and embeddings."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(0.9, 0.999))
+
+
+def pretrain(model, row: M.AblationRow, sampler: BatchSampler, cfg: FlavaTrainConfig, device: str = "auto"
+             ) -> dict[str, list[float]]:
+    """Round-robin pretraining of one Table 3 row through the shared accelerate loop (``reproduce.train``).
+
+    Returns each loss per step (NaN where the step's source does not carry it) and ``total``.
+    """
+    from transformers import get_cosine_schedule_with_warmup
+
+    opt = optimizer(model, cfg)
+    sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup, cfg.steps // 2), cfg.steps)
+    trainer = FlavaPretrainer(model, row.objectives)
+    history: dict[str, list[float]] = {n: [] for n in (*LOSS_NAMES, "total")}
+
+    def loss_fn(module, batch):
+        loss = module(**batch)
+        inner = getattr(module, "module", module)  # unwrapped under data parallel
+        for n in LOSS_NAMES:
+            history[n].append(inner.last.get(n, math.nan))
+        history["total"].append(float(loss.detach()))
+        return loss
+
+    loop = replace(cfg, log_every=max(1, cfg.steps // 10), desc=f"pretrain {row.name}")
+    train.train(trainer, opt, batch_stream(sampler, row), loss_fn, loop, scheduler=sched,
+                accelerator=train.make_accelerator(device))
+    model.eval()
+    return history
+
+
+def loss_windows(values: list[float], n: int = 20) -> list[float]:
+    """Mean of each of ``n`` equal windows, skipping NaN (steps whose source lacks the loss)."""
+    arr = np.asarray(values, dtype=np.float64)
+    out = []
+    for chunk in np.array_split(arr, min(n, len(arr))):
+        ok = chunk[~np.isnan(chunk)]
+        out.append(float(ok.mean()) if len(ok) else math.nan)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# The ablation's rows: budget, order, row 6's initialisation
+# ---------------------------------------------------------------------------------------------------
+def row_steps(row: M.AblationRow, steps: int) -> int:
+    """Updates of a row: ``steps`` draws of its main source (§4: "PMD sampled for 150K iterations in
+    total (all ablations)"), so full FLAVA adds its unimodal batches on top: steps / p_paired."""
+    p = row.sources.get("paired", 0.0)
+    return steps if p in (0.0, 1.0) else round(steps / p)
+
+
+def training_order(rows: dict[str, M.AblationRow]) -> list[str]:
+    """Row names in the order they must train: a row after every row it initialises from."""
+    order: list[str] = []
+    pending = dict(rows)
+    while pending:
+        ready = [n for n, r in pending.items() if set(r.init.values()) <= set(order)]
+        if not ready:
+            raise ValueError(f"rows {sorted(pending)} initialise from rows that are missing or form a cycle")
+        order += ready
+        for n in ready:
+            del pending[n]
+    return order
+
+
+def build_row_model(sizes: M.FlavaSizes, row: M.AblationRow, seed: int, trained: dict[tuple[str, str, int], dict]):
+    """A fresh model for ``row`` and ``seed``; for row 6 its image and text parts are loaded from the
+    trained rows named in ``row.init`` (``trained``: (row, part, seed) -> ``M.encoder_state``)."""
+    model = M.build_model(sizes, seed)
+    if row.init:
+        missing = [(src, part) for part, src in row.init.items() if (src, part, seed) not in trained]
+        if missing:
+            raise ValueError(f"row {row.name!r} (seed {seed}) needs the trained parts {missing}; train those rows first")
+        M.initialise_from(model, {part: trained[(src, part, seed)] for part, src in row.init.items()})
+    return model
