@@ -315,13 +315,14 @@ def test_the_ablation_trains_row6_from_the_same_seeds_trained_mim_and_mlm_rows(m
 
     monkeypatch.setattr(E, "pretrain", fake_pretrain)
     monkeypatch.setattr(E, "BatchSampler", FakeSampler)
-    monkeypatch.setattr(E, "evaluate", lambda model, row, ev, seed: {d: {"average": 50.0} for d in row.domains})
+    monkeypatch.setattr(E, "evaluate", lambda model, row, ev, seed, finetune: {d: {"average": 50.0} for d in (row or M.table3_rows()["FLAVA"]).domains})
+    monkeypatch.setattr(E, "itm_accuracy", lambda model, ev: {"accuracy": 50.0, "low": 45.0, "high": 55.0, "n": 10})
     monkeypatch.setattr(E, "similarity_matrix", lambda model, ev: [[0.0]])
     monkeypatch.setattr(E, "retrieval_examples", lambda model, ev, seed: [])
     monkeypatch.setattr(E, "loss_windows", lambda values: values)
     runs, _ = E.run_ablation(params, data=None, ev=type("Ev", (), {"retrieval_captions": ["c"]})(), device="cpu")
 
-    assert [(r.row, r.seed) for r in runs] == [(n, s) for n in params.rows for s in (3, 4)]  # reported in the asked order
+    assert [(r.row, r.seed) for r in runs] == [(n, s) for n in [E.UNTRAINED, *params.rows] for s in (3, 4)]  # asked order
     for seed in (3, 4):
         start = before[(M.INIT_ROW, seed)]
         for part, source in (("image", "MIM"), ("text", "MLM")):
@@ -813,3 +814,169 @@ def test_wordpiece_vocabulary_is_the_same_in_every_process():
     vocab = dict(runs[0])
     assert [vocab[t] for t in M.SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
     assert all(f"##{t}" in vocab for t in vocab if t not in M.SPECIAL_TOKENS and not t.startswith("##"))
+
+
+# ----------------------------------------------------------------- #15: evaluation that measures pretraining
+def test_learned_tokens_start_non_zero_and_no_gradient_explodes_at_init(sampler):
+    """HF starts the image [CLS]/[MASK]/positions and [CLS_M] at zero; through LayerNorm (eps 1e-12)
+    that gave gradient norms ~1e3 which the global clip turned into ~1000x smaller steps elsewhere."""
+    model = M.build_model(TINY, 0).train()
+    emb = model.flava.image_model.embeddings
+    for t in (emb.cls_token, emb.mask_token, emb.position_embeddings, model.flava.multimodal_model.cls_token):
+        assert t.abs().max() > 0 and t.std().item() == pytest.approx(0.02, rel=0.5)
+    rows = M.table3_rows()
+    M.losses(model, sampler.paired(), rows["FLAVA_MM"].objectives).total().backward()
+    norms = {n: p.grad.norm().item() for n, p in model.named_parameters() if p.grad is not None}
+    tokens = ("embeddings.cls_token", "embeddings.mask_token", "embeddings.position_embeddings", "multimodal_model.cls_token")
+    token_max = max(v for n, v in norms.items() if n.endswith(tokens))
+    assert token_max < max(v for n, v in norms.items() if not n.endswith(tokens)), sorted(norms.items(), key=lambda kv: -kv[1])[:3]
+    M.init_learned_tokens(model, std=0.0)  # HF's zeros: the tokens' gradients dwarf every other weight's
+    model.zero_grad()
+    M.losses(model, sampler.paired(), rows["FLAVA_MM"].objectives).total().backward()
+    zeros = {n: p.grad.norm().item() for n, p in model.named_parameters() if p.grad is not None}
+    assert max(v for n, v in zeros.items() if n.endswith(tokens)) > 10 * max(v for n, v in zeros.items() if not n.endswith(tokens))
+
+
+def test_hard_negatives_follow_the_similarities_and_never_pick_an_equal_caption():
+    g = torch.Generator().manual_seed(0)
+    sim = torch.full((4, 4), -5.0)
+    sim[0, 2] = sim[1, 3] = sim[2, 0] = sim[3, 1] = 5.0  # one clearly hardest text per image
+    sim.fill_diagonal_(10.0)  # the positives: never drawn
+    same = torch.eye(4, dtype=torch.bool)
+    text_of_image, image_of_text = M.mine_hard_negatives(sim, same, g)
+    assert text_of_image.tolist() == [2, 3, 0, 1] and image_of_text.tolist() == [2, 3, 0, 1]
+    same = torch.ones(4, 4, dtype=torch.bool)
+    same[0, 1] = same[1, 0] = False  # only texts 0 and 1 differ
+    picks = [M.mine_hard_negatives(torch.zeros(4, 4), same, g) for _ in range(50)]
+    assert all(t[0].item() == 1 and t[1].item() == 0 for t, _ in picks)
+    assert all(t[i].item() != i for t, _ in picks for i in (2, 3))  # no other text: any j != i
+    with pytest.raises(ValueError, match=r"\(B, B\)"):
+        M.mine_hard_negatives(torch.zeros(3, 4), torch.zeros(3, 4, dtype=torch.bool))
+
+
+def test_mined_itm_pairs_are_b_matched_and_b_unmatched(data):
+    sampler = D.BatchSampler(data, TINY, batch_size=8, seed=0, itm_negative_prob=0.0)
+    batch = sampler.paired()
+    model = M.build_model(TINY, 0)
+    with torch.no_grad():
+        out = model.flava(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                          pixel_values=batch.pixel_values, skip_multimodal_encoder=True)
+        image, text = M.contrastive_embeddings(model, out.image_embeddings, out.text_embeddings)
+        px, pos, ids, att = M._mined_itm_pairs(batch, image, text, torch.Generator().manual_seed(0))
+    same_image = (px == batch.pixel_values).flatten(1).all(1)
+    same_text = (ids == batch.itm_ids_masked).all(1)
+    assert same_image[:4].all() and not same_text[:4].any()  # first half: own image, a mined other text
+    assert same_text[4:].all() and not same_image[4:].any()  # second half: own text, a mined other image
+    objectives = M.table3_rows()["FLAVA_MM"].objectives
+    terms = M.losses(model, batch, objectives, itm_negatives="mined", generator=torch.Generator().manual_seed(0))
+    assert terms.itm is not None and terms.mmm_text is not None
+    with pytest.raises(ValueError, match="matched pairs only"):
+        M.losses(model, D.BatchSampler(data, TINY, 8, 0).paired(), objectives, itm_negatives="mined")
+    with pytest.raises(ValueError, match="turn GC on"):
+        M.losses(model, batch, M.Objectives(itm=True), itm_negatives="mined")
+
+
+def test_replaced_token_task_changes_one_token_from_its_pool(data):
+    pools = D.replaced_token_pools(data.tokenizer)
+    assert not set(pools[0]) & set(pools[1]) and not set(data.tokenizer.all_special_ids) & (set(pools[0]) | set(pools[1]))
+    ids, mask = M.tokenize(data.tokenizer, data.captions[:20], TINY.max_text_len)
+    out, labels = D.with_replaced_token(ids, mask, pools[1], np.random.default_rng(0))
+    changed = (out != ids).sum(1)
+    assert labels.tolist() == [1, 0] * 10 and changed[labels == 1].eq(0).all() and changed[labels == 0].eq(1).all()
+    assert set(out[ids != out].tolist()) <= set(pools[1].tolist())
+
+
+def test_chance_scores_and_wilson_interval():
+    y = np.array([0, 0, 0, 1])
+    task = D.ProbeTask((), y, (), y)
+    ev = D.EvalData({"v": task}, {"l": task}, task, None, None, None, [f"c{i}" for i in range(10)])
+    c = V.chance_scores(ev)
+    assert c["vision"]["v"] == 75.0 and c["language"]["average"] == 75.0
+    assert c["multimodal"]["TR R@1"] == pytest.approx(10.0) and c["multimodal"]["IR R@5"] == pytest.approx(50.0)
+    ev.retrieval_captions = ["a", "a", "b", "b"]  # 2 matches among 4: R@1 = 1 - C(2,1)/C(4,1)
+    assert V.chance_scores(ev)["multimodal"]["TR R@1"] == pytest.approx(50.0)
+    low, high = V.wilson_interval(50, 100)
+    assert low == pytest.approx(40.38, abs=0.01) and high == pytest.approx(59.62, abs=0.01)
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: more threads only spin on a shared machine
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_trained_toy_encoder_beats_a_random_one_on_replaced_word_detection(one_thread):
+    """MLM on captions and a second 'language' of pseudo-words; fine-tuned (GLUE-style, embeddings frozen)
+    to detect a replaced token in held-out captions whose test replacements were never seen in fine-tuning."""
+    sizes = M.FlavaSizes(**{**TINY.__dict__, "vocab_size": 300})
+    rng = np.random.default_rng(0)
+    lexicon = sorted({"".join(rng.choice(list("bcdfghklmnprstvwz"))) + rng.choice(list("aeiou")) +
+                      rng.choice(list("bcdfghklmnprstvwz")) + "o" for _ in range(150)})
+    other = [" ".join(rng.choice(lexicon, rng.integers(6, 12))) for _ in range(400)]
+    texts = D.TextSources(pretrain=scenes.make_scenes(400, 32, 5).captions + other, austen_heldout=[], melville_heldout=[])
+    data = D.build_pretrain_data(sizes, n_pairs=96, n_images=64, n_text=800, emoji_prob=0.0, seed=0, texts=texts)
+    trained = M.build_model(sizes, 0)
+    P.pretrain(trained, M.table3_rows()["MLM"], D.BatchSampler(data, sizes, 32, 0),
+               P.FlavaTrainConfig(steps=150, batch_size=32, lr=2e-3, warmup=10), device="cpu")
+    ids, mask = M.tokenize(data.tokenizer, scenes.make_scenes(400, 32, 9, scenes.SceneSampler("test")).captions,
+                           sizes.max_text_len)
+    pools = D.replaced_token_pools(data.tokenizer)
+    tr_ids, tr_y = D.with_replaced_token(ids[:200], mask[:200], pools[0], rng)
+    te_ids, te_y = D.with_replaced_token(ids[200:], mask[200:], pools[1], rng)
+    task = D.ProbeTask((tr_ids, mask[:200]), tr_y, (te_ids, mask[200:]), te_y)
+    cfg = V.FinetuneConfig(steps=100, warmup=10, lr=1e-3)
+    ours = statistics.fmean(V.finetune_text(trained, task, cfg, seed=s) for s in range(3))
+    random_ = statistics.fmean(V.finetune_text(M.build_model(sizes, 0), task, cfg, seed=s) for s in range(3))
+    assert ours > random_ + 5, (ours, random_)
+
+
+def _seeds_with_untrained(per_seed: dict[str, dict[str, list[float]]]) -> list[dict]:
+    """per_seed: row -> domain (or "macro") -> per-seed values; missing domains are 0."""
+    out = []
+    for row, v in per_seed.items():
+        for i in range(len(next(iter(v.values())))):
+            out.append({"row": row, "seed": i, **{d: v.get(d, [0.0] * 9)[i] for d in (*V.DOMAINS, "macro")}})
+    return out
+
+
+def test_controls_hold_and_gate_the_table3_claims_on_rows_that_learnt():
+    lang_low = {"vision": [30.0, 31.0, 30.5], "language": [60.0, 61.0, 60.0], "multimodal": [5.0, 6.0, 5.5], "macro": [30.0] * 3}
+    up = {"vision": [40.0, 41.5, 40.0], "language": [70.0, 71.0, 70.5], "multimodal": [40.0, 42.0, 41.0], "macro": [50.0] * 3}
+    flat = {**up, "language": [60.0, 61.0, 60.0]}  # the language of rows 3-4 never leaves the untrained level
+    seeds = _seeds_with_untrained({E.UNTRAINED: lang_low, "MIM": {"vision": up["vision"], "macro": [13.0] * 3},
+                                   "MLM": {"language": up["language"], "macro": [23.0] * 3},
+                                   "FLAVA_C": flat, "FLAVA_MM": {**flat, "multimodal": [50.0, 51.0, 52.0]},
+                                   "FLAVA": up, M.INIT_ROW: {**up, "macro": [52.0, 53.0, 52.5]}})
+    run = _run()
+    S.control_claims(run, seeds)
+    S.table3_claims(run, seeds, {})
+    c = {x.id: x for x in run.claims}
+    assert {k: c[k].verdict for k in c if k.startswith("control_")} == {
+        "control_mim_vision": "holds", "control_mlm_language": "holds", "control_flava_vision": "holds",
+        "control_flava_language": "holds", "control_flava_multimodal": "holds"}
+    assert all(c[k].source.startswith("ours: control") for k in c if k.startswith("control_"))
+    assert c["table3_mm_beats_c_multimodal"].verdict == "holds"
+    assert c["table3_mm_beats_c_language"].verdict == "not testable"  # neither row beat the untrained one
+    assert c["table3_init_improves_full"].verdict == "holds" and c["table3_init_improves_full"].precondition.holds
+    assert "untrained" not in c["table3_full_best_macro"].text
+    gains = S.gain_table(seeds, {d: {"average": 10.0} for d in V.DOMAINS})
+    assert gains["MIM"]["vision"]["over_untrained"]["value"] == pytest.approx(10.0) and set(gains["MIM"]) == {"vision"}
+    assert gains["FLAVA"]["language"]["over_chance"] == pytest.approx(statistics.fmean(up["language"]) - 10.0)
+    assert "over untrained" in S.gains_markdown(gains)
+
+
+@pytest.mark.parametrize("accuracies, verdict", [([61.0, 63.0, 62.0], "holds"), ([45.0, 46.0, 45.5], "contradicted"),
+                                                 ([48.0, 53.0, 50.0], "inconclusive")])
+def test_itm_claim_reads_held_out_accuracy_and_marks_flava_mm_when_inactive(accuracies, verdict):
+    run = _run()
+    itm = {S.ITM_ROW: [{"seed": i, "accuracy": a, "low": a - 4, "high": a + 4, "n": 600} for i, a in enumerate(accuracies)],
+           E.UNTRAINED: [{"seed": i, "accuracy": 50.0, "low": 46.0, "high": 54.0, "n": 600} for i in range(3)]}
+    S.itm_claims(run, itm)
+    (claim,) = run.claims
+    assert claim.verdict == verdict and claim.threshold == S.ITM_CHANCE and "untrained: 50.0" in claim.note
+    S.table3_claims(run, _seeds_with_untrained({"FLAVA_C": {d: [1.0, 2.0, 3.0] for d in (*V.DOMAINS, "macro")},
+                                                "FLAVA_MM": {d: [2.0, 3.0, 4.0] for d in (*V.DOMAINS, "macro")}}), {})
+    inactive = "ITM inactive" in next(c for c in run.claims if c.id == "table3_mm_beats_c_multimodal").note
+    assert inactive == (verdict != "holds")

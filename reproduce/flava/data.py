@@ -5,8 +5,9 @@
   and every emoji alone); unimodal text (sentences of the novels of ``reproduce.data.novels``). The
   WordPiece vocabulary and the VQ image codebook are fitted here once and stay frozen.
 * ``BatchSampler``: round-robin draws, one full batch of one source per update, with the ITM negatives.
-* Evaluation (Table 4's three domains, small stand-ins): probe tasks on held-out scenes, MNIST and
-  novels never pretrained on; retrieval pairs with held-out attribute combinations.
+* Evaluation (Table 4's three domains, small stand-ins): vision probe sets (held-out scenes, MNIST),
+  language fine-tuning sets (replaced-token detection on held-out captions and novel sentences,
+  authorship), held-out ITM pairs and retrieval pairs with held-out attribute combinations.
 """
 
 from __future__ import annotations
@@ -226,29 +227,37 @@ class ProbeTask:
 
 @dataclass
 class EvalData:
-    vision: dict[str, ProbeTask]
-    language: dict[str, ProbeTask]
-    entailment: ProbeTask  # inputs are (uint8 images, ids, mask)
+    vision: dict[str, ProbeTask]  # linear probes on frozen h_CLS,I
+    language: dict[str, ProbeTask]  # fine-tuned text encoder (inputs: ids, mask)
+    itm: ProbeTask  # held-out ITM pairs (uint8 images, ids, mask): true caption or a one-attribute swap (test only)
     retrieval_images: np.ndarray  # (R, S, S, 3) held-out combinations
     retrieval_ids: Tensor  # (R, L)
     retrieval_mask: Tensor
     retrieval_captions: list[str]
 
 
-def _shuffled(sentence: str, rng: np.random.Generator, tries: int = 100) -> str:
-    """The sentence's words in a random order that reads differently from the original."""
-    words = sentence.split()
-    for _ in range(tries):
-        text = " ".join(words[i] for i in rng.permutation(len(words)))
-        if text != sentence:
-            return text
-    raise ValueError(f"cannot shuffle {sentence!r} into a different text")
+def replaced_token_pools(tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """The non-special token ids split in two (even / odd id): replacements of the task's train split
+    come from the first, of its test split from the second, so no replacement is seen before the test."""
+    special = set(tokenizer.all_special_ids)
+    ids = np.array([i for i in range(len(tokenizer)) if i not in special])
+    return ids[ids % 2 == 0], ids[ids % 2 == 1]
 
 
-def _with_shuffled(texts: list[str], rng: np.random.Generator) -> tuple[list[str], np.ndarray]:
-    """Every other text with its words shuffled; label 1 = the original word order."""
-    out = [t if i % 2 == 0 else _shuffled(t, rng) for i, t in enumerate(texts)]
-    return out, np.array([1 - i % 2 for i in range(len(texts))])
+def with_replaced_token(ids: Tensor, mask: Tensor, pool: np.ndarray, rng: np.random.Generator) -> tuple[Tensor, np.ndarray]:
+    """Replaced-token detection (ELECTRA's task, CoLA-like acceptability): every other text gets one
+    token, at a random position between [CLS] and [SEP], replaced by a random token of ``pool``
+    different from it. Label 1 = the original text. ``ids``, ``mask``: ``(N, L)``."""
+    out = ids.clone()
+    labels = np.array([1 - i % 2 for i in range(len(ids))])
+    for i in np.flatnonzero(labels == 0):
+        n = int(mask[i].sum())  # [CLS] w_1 .. w_{n-2} [SEP]
+        if n < 3:
+            raise ValueError(f"text {i} has no token between [CLS] and [SEP] to replace")
+        pos = int(rng.integers(1, n - 1))
+        choices = pool[pool != int(out[i, pos])]
+        out[i, pos] = int(rng.choice(choices))
+    return out, labels
 
 
 def _split(n: int, n_train: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -271,32 +280,32 @@ def build_eval_data(data: PretrainData, sizes: M.FlavaSizes, n_probe: int, n_ret
     tr, te = _split(len(digits), min(n_probe, len(digits) // 2), rng)
     te = te[: min(n_probe, len(te))]
     vision["MNIST"] = ProbeTask((digits[tr],), digit_y[tr], (digits[te],), digit_y[te])
-    # language: word order (CoLA-like) on held-out captions and on held-out novel sentences; authorship
+    # language (fine-tuned, as GLUE): replaced-token detection on held-out captions and held-out novel
+    # sentences (replacements of train and test from disjoint token pools); authorship (Austen vs.
+    # Melville, held-out text)
     texts = texts or text_sources()
     heldout_captions = scenes.make_scenes(n_probe, s, seed + 105, scenes.SceneSampler("test")).captions
     austen = [texts.austen_heldout[i] for i in rng.permutation(len(texts.austen_heldout))]
     melville = [texts.melville_heldout[i] for i in rng.permutation(len(texts.melville_heldout))]
     k = min(n_probe // 2, len(melville))
-    author = austen[n_probe : n_probe + k] + melville[:k]
+    pools = replaced_token_pools(tok)
     language = {}
-    for name, txt, lab in (("caption word order", *_with_shuffled(heldout_captions, rng)),
-                           ("sentence word order", *_with_shuffled(austen[:n_probe], rng)),
-                           ("authorship", author, np.array([0] * k + [1] * k))):
+    for name, txt in (("caption replaced word", heldout_captions), ("sentence replaced word", austen[:n_probe])):
         ids, mask = M.tokenize(tok, txt, L)
         tr, te = _split(len(txt), len(txt) // 2, rng)
-        language[name] = ProbeTask((ids[tr], mask[tr]), lab[tr], (ids[te], mask[te]), lab[te])
-    # multimodal: entailment probe (train distribution -> held-out combinations) and retrieval
-    def pairs(split: str, n: int, sd: int):
-        sampler = scenes.SceneSampler(split, emoji_prob=0.0)
-        sc = scenes.make_scenes(n, s, sd, sampler)
-        flip = np.arange(n) % 2 == 1
-        txt = [neg if f else cap for cap, neg, f in zip(sc.captions, sc.negatives, flip)]
-        ids, mask = M.tokenize(tok, txt, L)
-        return (sc.images, ids, mask), (~flip).astype(np.int64)
-    ent_train, ent_train_y = pairs("train", n_probe, seed + 102)
-    ent_test, ent_test_y = pairs("test", n_probe, seed + 103)
+        tr_ids, tr_y = with_replaced_token(ids[tr], mask[tr], pools[0], rng)
+        te_ids, te_y = with_replaced_token(ids[te], mask[te], pools[1], rng)
+        language[name] = ProbeTask((tr_ids, mask[tr]), tr_y, (te_ids, mask[te]), te_y)
+    author = austen[n_probe : n_probe + k] + melville[:k]
+    ids, mask = M.tokenize(tok, author, L)
+    lab = np.array([0] * k + [1] * k)
+    tr, te = _split(len(author), len(author) // 2, rng)
+    language["authorship"] = ProbeTask((ids[tr], mask[tr]), lab[tr], (ids[te], mask[te]), lab[te])
+    # multimodal: held-out ITM pairs (held-out combinations; half one-attribute swaps) and retrieval
+    itm_scenes = scenes.make_scenes(n_probe, s, seed + 103, scenes.SceneSampler("test", emoji_prob=0.0))
+    swapped = np.arange(n_probe) % 2 == 1
+    itm_ids, itm_mask = M.tokenize(tok, [n if f else c for c, n, f in zip(itm_scenes.captions, itm_scenes.negatives, swapped)], L)
+    itm = ProbeTask((), np.zeros(0), (itm_scenes.images, itm_ids, itm_mask), (~swapped).astype(np.int64))
     retrieval = scenes.make_scenes(n_retrieval, s, seed + 104, scenes.SceneSampler("test"))
     r_ids, r_mask = M.tokenize(tok, retrieval.captions, L)
-    return EvalData(vision, language, ProbeTask(ent_train, ent_train_y, ent_test, ent_test_y),
-                    retrieval.images, r_ids, r_mask, retrieval.captions)
-
+    return EvalData(vision, language, itm, retrieval.images, r_ids, r_mask, retrieval.captions)

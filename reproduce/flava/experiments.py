@@ -20,8 +20,9 @@ from reproduce import runtime
 from reproduce.data import pmd
 from reproduce.flava import model as M
 from reproduce.flava.data import BatchSampler, EvalData, PretrainData, TextSources, build_eval_data, build_pretrain_data, text_sources
-from reproduce.flava.evaluation import (DOMAINS, contrastive_embeddings, evaluate, macro_average,  # noqa: F401
-                                        png_base64, retrieval_examples, retrieval_recalls, similarity_matrix)
+from reproduce.flava.evaluation import (DOMAINS, FinetuneConfig, contrastive_embeddings, evaluate, itm_accuracy,  # noqa: F401
+                                        macro_average, png_base64, retrieval_examples, retrieval_recalls,
+                                        similarity_matrix)
 from reproduce.flava.pretraining import FlavaTrainConfig, build_row_model, loss_windows, pretrain, row_steps, training_order  # noqa: F401
 
 
@@ -80,6 +81,9 @@ def illustration(data: PretrainData, sizes: M.FlavaSizes, seed: int, n: int = 4)
     }
 
 
+UNTRAINED = "untrained"  # the reference row: every row's own random initialisation, evaluated as the rows are
+
+
 @dataclass
 class RowRun:
     row: str
@@ -88,46 +92,60 @@ class RowRun:
     macro: float
     losses: dict[str, list[float]]  # per objective, mean over windows of the run (NaN-free)
     train_s: float
+    itm: dict[str, float] | None = None  # held-out ITM accuracy with its Wilson interval (rows with pairs)
+
+
+def finetune_from(params) -> FinetuneConfig:
+    return FinetuneConfig(steps=params.finetune_steps, lr=params.finetune_lr, warmup=params.finetune_steps // 10)
 
 
 def run_ablation(params, data: PretrainData, ev: EvalData, device: str = "auto") -> tuple[list[RowRun], dict]:
     """Train and evaluate every requested row for every seed (the same budget: ``steps`` draws of the
     row's main source, see ``row_steps``). Rows that initialise from others (row 6) train after them,
-    from their trained encoders of the same seed.
+    from their trained encoders of the same seed. The untrained reference (``UNTRAINED``: the seed's
+    random initialisation, every domain, the same tasks) comes first.
 
     Returns the runs and, from full FLAVA (or the last paired row) of the first seed, the similarity
     matrix of held-out pairs before and after pretraining and a few zero-shot retrieval examples.
     """
     import time
 
-    sizes, rows = sizes_from(params), rows_from(params)
+    sizes, rows, finetune = sizes_from(params), rows_from(params), finetune_from(params)
     shown = next((n for n in ("FLAVA", "FLAVA_MM", "FLAVA_C", M.INIT_ROW) if n in rows), None)
     wanted = {(src, part) for row in rows.values() for part, src in row.init.items()}  # parts later rows copy
     trained: dict[tuple[str, str, int], dict] = {}
     runs, extras = [], {}
+    for seed in params.seeds:
+        model = M.build_model(sizes, seed).eval()
+        scores = evaluate(model, None, ev, seed, finetune=finetune)
+        runs.append(RowRun(UNTRAINED, seed, scores, macro_average(scores), {}, 0.0, itm_accuracy(model, ev)))
+    mined = params.itm_negatives == "mined"
     for name in training_order(rows):
         row = rows[name]
         for seed in params.seeds:
             model = build_row_model(sizes, row, seed, trained)
             if name == shown and seed == params.seeds[0]:
                 extras["similarity_before"] = similarity_matrix(model, ev)
-            sampler = BatchSampler(data, sizes, params.batch_size, seed, params.itm_negative_prob, params.itm_hard_fraction)
+            sampler = BatchSampler(data, sizes, params.batch_size, seed, 0.0 if mined else params.itm_negative_prob,
+                                   params.itm_hard_fraction)
             cfg = FlavaTrainConfig(steps=row_steps(row, params.steps), batch_size=params.batch_size, lr=params.lr,
-                                   warmup=params.warmup, weight_decay=params.weight_decay)
+                                   warmup=params.warmup, weight_decay=params.weight_decay,
+                                   itm_negatives=params.itm_negatives, seed=seed)
             t0 = time.perf_counter()
             history = pretrain(model, row, sampler, cfg, device)
             train_s = time.perf_counter() - t0
             for src, part in wanted:
                 if src == name:
                     trained[(name, part, seed)] = M.encoder_state(model, part)
-            scores = evaluate(model, row, ev, seed)
+            scores = evaluate(model, row, ev, seed, finetune=finetune)
             losses = {k: loss_windows(v) for k, v in history.items() if not all(math.isnan(x) for x in v)}
-            runs.append(RowRun(name, seed, scores, macro_average(scores), losses, train_s))
+            itm = itm_accuracy(model, ev) if row.objectives.paired else None
+            runs.append(RowRun(name, seed, scores, macro_average(scores), losses, train_s, itm))
             if name == shown and seed == params.seeds[0]:
                 extras.update(row=name, similarity_after=similarity_matrix(model, ev),
                               similarity_captions=ev.retrieval_captions[: len(extras["similarity_before"])],
                               retrieval_examples=retrieval_examples(model, ev, seed=params.seed))
-    order = list(rows)
+    order = [UNTRAINED, *rows]
     runs.sort(key=lambda r: order.index(r.row))  # the table in the requested order, seeds in order within a row
     return runs, extras
 
@@ -219,5 +237,11 @@ def try_flava_full(ev: EvalData | None = None) -> dict:
 
 def per_seed(runs: list[RowRun]) -> list[dict]:
     """Each run's domain averages and macro average (the spread over seeds behind ``table3``)."""
-    return [{"row": r.row, "seed": r.seed, **{d: r.scores.get(d, {}).get("average", 0.0) for d in DOMAINS}, "macro": r.macro}
-            for r in runs]
+    return [{"row": r.row, "seed": r.seed, **{d: r.scores.get(d, {}).get("average", 0.0) for d in DOMAINS}, "macro": r.macro,
+             **({"itm": r.itm["accuracy"]} if r.itm else {})} for r in runs]
+
+
+def itm_table(runs: list[RowRun]) -> dict[str, list[dict[str, float]]]:
+    """Held-out ITM accuracy per row and seed, each with its Wilson 95 % interval over the pairs."""
+    return {name: [{"seed": r.seed, **r.itm} for r in runs if r.row == name and r.itm]
+            for name in dict.fromkeys(r.row for r in runs if r.itm)}

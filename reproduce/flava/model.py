@@ -13,7 +13,8 @@ on or off for the Table 3 ablation and the paper's batch composition holds:
 * **MMM** (§3.1): on the masked multimodal pass, an MLP on {h_M} predicts the image tokens of masked
   patches and the masked words.
 * **ITM** (§3.1): a classifier on h_CLS,M; the batch mixes matched and unmatched pairs; MMM uses the
-  matched ones only.
+  matched ones only. The unmatched pairs are the sampler's (random in-batch or one-attribute swaps),
+  or hard negatives mined from the GC similarities as in ALBEF (``itm_negatives="mined"``).
 
 Shape notation: B batch, P image patches (a ``G x G`` grid), L text tokens, D hidden width,
 E projection width, K image-codebook size, V text vocabulary, N gathered batch (world x B).
@@ -28,6 +29,8 @@ Deviations from the paper:
 * Image tokens come from a k-means VQ over patch pixels fitted once on the training images (K=256 by
   default) instead of the DALL-E dVAE (8192 codes), which is not downloadable offline. At 32-48 px a
   patch is a few flat colours; k-means codes keep exactly that (colour/edge content per patch).
+* The image [CLS], [MASK], position embeddings and [CLS_M] start truncated-normal (std 0.02, BEiT),
+  not at HF's zeros: a zero token through LayerNorm (eps 1e-12) has exploding gradients (``init_learned_tokens``).
 * The block-mask budget scales BEiT's 75 of 196 patches (38%) and 16-patch minimum group to our grid.
 * Table 3, row 6's unimodal initialisation (§3.2: DINO ViT-B/16 on ImageNet, text encoder pretrained
   with MLM on CCNews + BookCorpus) comes from our own MIM and MLM rows (same data, seed and budget),
@@ -235,7 +238,32 @@ def build_model(sizes: FlavaSizes, seed: int):
     from transformers import FlavaForPreTraining
 
     torch.manual_seed(seed)
-    return FlavaForPreTraining(build_config(sizes))
+    model = FlavaForPreTraining(build_config(sizes))
+    init_learned_tokens(model)
+    return model
+
+
+def init_learned_tokens(model, std: float = 0.02) -> None:
+    """Truncated-normal init (std 0.02, as BEiT and timm's ViT) of the learned tokens HF starts at zero:
+    the image [CLS], [MASK] and position embeddings, and the multimodal [CLS_M].
+
+    Deviation from HF's ``_init_weights`` (zeros): a zero token (cls + zero position) enters the first
+    pre-norm LayerNorm as the zero vector, whose gradient scales as 1/sqrt(eps) with eps = 1e-12.
+    Measured at our cpu sizes, one paired batch: gradient norm 1174 on the image [MASK] token,
+    510 on the position embeddings, 112 on [CLS_M], 0.16 on the next largest weight. The global clip
+    (1.0) then shrinks every other gradient ~1000x, into the range of AdamW's eps (1e-8), so the text
+    and multimodal weights barely move (issue #15: ITM at ln 2 for 1500 updates).
+    """
+    image = model.flava.image_model.embeddings
+    tokens = [image.cls_token, image.position_embeddings, model.flava.multimodal_model.cls_token]
+    if image.mask_token is not None:
+        tokens.append(image.mask_token)
+    with torch.no_grad():
+        for t in tokens:
+            if std == 0:  # HF's zeros (tests compare with them)
+                t.zero_()
+            else:
+                torch.nn.init.trunc_normal_(t, std=std, a=-2 * std, b=2 * std)
 
 
 FLAVA_FULL = "facebook/flava-full"  # the released checkpoint (gpu profile, where the hub answers)
@@ -508,8 +536,62 @@ def text_losses(model, batch: TextBatch, objectives: Objectives) -> FlavaLossTer
     return FlavaLossTerms(mlm=_masked_prediction(model.mlm_head, out.text_embeddings, batch.mlm_labels))
 
 
-def paired_losses(model, batch: PairedBatch, objectives: Objectives, gather: bool = True) -> FlavaLossTerms:
-    """GC on the unmasked pair; ITM on the masked multimodal pass; MMM on its matched pairs (§3.1)."""
+ITM_NEGATIVES = ("sampled", "mined")
+
+
+def mine_hard_negatives(similarity: Tensor, same: Tensor, generator: torch.Generator | None = None
+                        ) -> tuple[Tensor, Tensor]:
+    """ALBEF's hard negatives (Li et al., NeurIPS 2021, §3.2): for each image a text of the batch drawn
+    with probability softmax(s(I_i, T_j)) over the texts that are not its caption, and for each text
+    an image likewise, from the contrastive similarities (no gradient flows through the choice).
+
+    ``similarity``: ``(B, B)`` image-text similarities; ``same``: ``(B, B)`` True where text j equals
+    text i (the diagonal included): those are no negatives. Returns ``(text_of_image, image_of_text)``,
+    ``(B,)`` indices each. A row with no other text (every caption equal) draws uniformly among j != i.
+    """
+    b = similarity.shape[0]
+    if similarity.shape != (b, b) or same.shape != (b, b) or b < 2:
+        raise ValueError(f"similarity and same must both be (B, B) with B >= 2, got {tuple(similarity.shape)}, {tuple(same.shape)}")
+    eye = torch.eye(b, dtype=torch.bool, device=similarity.device)
+    picks = []
+    for sim, excluded in ((similarity, same), (similarity.T, same.T)):
+        weights = sim.detach().float().softmax(dim=1).masked_fill(excluded | eye, 0.0)  # (B, B)
+        empty = weights.sum(1) == 0
+        weights[empty] = (~eye[empty]).float()  # no text differs: any other one
+        picks.append(torch.multinomial(weights, 1, generator=generator).squeeze(1))  # (B,)
+    return picks[0], picks[1]
+
+
+def _mined_itm_pairs(batch: PairedBatch, image: Tensor, text: Tensor, generator: torch.Generator | None):
+    """The masked multimodal inputs of B mined negatives: the first half of the batch's images with a
+    hard-negative text, the second half of its texts with a hard-negative image (ALBEF draws both for
+    every pair; half of each keeps the multimodal pass at 2B pairs). Returns pixels, mask, ids, attention."""
+    b = batch.input_ids.shape[0]
+    same = (batch.input_ids[:, None, :] == batch.input_ids[None, :, :]).all(-1)  # (B, B) equal captions
+    text_of_image, image_of_text = mine_hard_negatives(image @ text.T, same, generator)
+    half = torch.arange(b, device=batch.input_ids.device) < b // 2
+    image_idx = torch.where(half, torch.arange(b, device=half.device), image_of_text)  # (B,)
+    text_idx = torch.where(half, text_of_image, torch.arange(b, device=half.device))  # (B,)
+    return (batch.pixel_values[image_idx], batch.bool_masked_pos[image_idx], batch.itm_ids_masked[text_idx],
+            batch.itm_attention_mask[text_idx])
+
+
+def paired_losses(model, batch: PairedBatch, objectives: Objectives, gather: bool = True,
+                  itm_negatives: str = "sampled", generator: torch.Generator | None = None) -> FlavaLossTerms:
+    """GC on the unmasked pair; ITM on the masked multimodal pass; MMM on its matched pairs (§3.1).
+
+    ``itm_negatives``: "sampled" reads the ITM pairs of the batch as they are (``itm_labels``: the
+    sampler's matched and unmatched pairs, as FLAVA); "mined" expects matched pairs only and adds B
+    hard negatives mined from this batch's GC similarities (``mine_hard_negatives``, ALBEF), so ITM
+    sees B matched and B unmatched pairs. Mining is local to a process (ALBEF gathers first).
+    """
+    if itm_negatives not in ITM_NEGATIVES:
+        raise ValueError(f"itm_negatives must be one of {ITM_NEGATIVES}, got {itm_negatives!r}")
+    mined = objectives.itm and itm_negatives == "mined"
+    if mined and not objectives.gc:
+        raise ValueError("itm_negatives='mined' draws negatives from the GC similarities: turn GC on")
+    if mined and not batch.itm_labels.bool().all():
+        raise ValueError("itm_negatives='mined' expects matched pairs only (sample with itm_negative_prob=0)")
     terms = FlavaLossTerms()
     if objectives.gc:
         out = model.flava(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
@@ -522,7 +604,13 @@ def paired_losses(model, batch: PairedBatch, objectives: Objectives, gather: boo
         out = model.flava(input_ids=batch.itm_ids_masked, attention_mask=batch.itm_attention_mask,
                           pixel_values=batch.pixel_values, bool_masked_pos=batch.bool_masked_pos)
         mm = out.multimodal_embeddings  # (B, 1 + 1 + P + L, D): [CLS_M], image CLS, patches, text
-        if objectives.itm:
+        if mined:
+            px, pos_mask, ids, att = _mined_itm_pairs(batch, image, text, generator)
+            neg = model.flava(input_ids=ids, attention_mask=att, pixel_values=px, bool_masked_pos=pos_mask)
+            logits = torch.cat([model.itm_head(mm), model.itm_head(neg.multimodal_embeddings)])  # (2B, 2)
+            labels = torch.cat([batch.itm_labels, torch.zeros_like(batch.itm_labels)])  # (2B,)
+            terms.itm = F.cross_entropy(logits, labels)
+        elif objectives.itm:
             terms.itm = F.cross_entropy(model.itm_head(mm), batch.itm_labels)
         if objectives.mmm:
             pos = batch.itm_labels.bool() | ~batch.itm_labels.bool().any()  # matched pairs (all if none)
@@ -534,10 +622,11 @@ def paired_losses(model, batch: PairedBatch, objectives: Objectives, gather: boo
     return terms
 
 
-def losses(model, batch: PairedBatch | ImageBatch | TextBatch, objectives: Objectives, gather: bool = True) -> FlavaLossTerms:
-    """The losses ``objectives`` asks for on one batch of one source."""
+def losses(model, batch: PairedBatch | ImageBatch | TextBatch, objectives: Objectives, gather: bool = True,
+           itm_negatives: str = "sampled", generator: torch.Generator | None = None) -> FlavaLossTerms:
+    """The losses ``objectives`` asks for on one batch of one source (``paired_losses`` for ``itm_negatives``)."""
     if isinstance(batch, PairedBatch):
-        return paired_losses(model, batch, objectives, gather)
+        return paired_losses(model, batch, objectives, gather, itm_negatives, generator)
     if isinstance(batch, ImageBatch):
         return image_losses(model, batch, objectives)
     if isinstance(batch, TextBatch):

@@ -35,6 +35,8 @@ class FlavaTrainConfig(train.TrainConfig):
     lr: float = 1e-3
     warmup: int = 10_000
     weight_decay: float = 0.1
+    itm_negatives: str = "sampled"  # "mined": ALBEF's hard negatives from the GC similarities (model.paired_losses)
+    seed: int = 0  # the mined negatives' draws
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -42,6 +44,8 @@ class FlavaTrainConfig(train.TrainConfig):
             raise ValueError(f"batch_size >= 2 required (in-batch negatives), got {self.batch_size}")
         if not 0 <= self.warmup <= self.steps * 10 or self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"bad optimisation settings: lr={self.lr}, warmup={self.warmup}, wd={self.weight_decay}")
+        if self.itm_negatives not in M.ITM_NEGATIVES:
+            raise ValueError(f"itm_negatives must be one of {M.ITM_NEGATIVES}, got {self.itm_negatives!r}")
 
 
 class FlavaPretrainer(torch.nn.Module):
@@ -53,13 +57,15 @@ class FlavaPretrainer(torch.nn.Module):
 
     BATCHES = {"paired": M.PairedBatch, "images": M.ImageBatch, "text": M.TextBatch}
 
-    def __init__(self, model, objectives: M.Objectives):
+    def __init__(self, model, objectives: M.Objectives, itm_negatives: str = "sampled", seed: int = 0):
         super().__init__()
-        self.model, self.objectives = model, objectives
+        self.model, self.objectives, self.itm_negatives = model, objectives, itm_negatives
+        self.generator = torch.Generator().manual_seed(seed)  # the mined negatives' draws (CPU)
         self.last: dict[str, float] = {}
 
     def forward(self, source: str, **tensors: Tensor) -> Tensor:
-        terms = M.losses(self.model, self.BATCHES[source](**tensors), self.objectives)
+        terms = M.losses(self.model, self.BATCHES[source](**tensors), self.objectives,
+                         itm_negatives=self.itm_negatives, generator=self.generator)
         self.last = {name: float(value.detach()) for name, value in terms.items()}
         return terms.total()
 
@@ -89,7 +95,7 @@ def pretrain(model, row: M.AblationRow, sampler: BatchSampler, cfg: FlavaTrainCo
 
     opt = optimizer(model, cfg)
     sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup, cfg.steps // 2), cfg.steps)
-    trainer = FlavaPretrainer(model, row.objectives)
+    trainer = FlavaPretrainer(model, row.objectives, cfg.itm_negatives, cfg.seed)
     history: dict[str, list[float]] = {n: [] for n in (*LOSS_NAMES, "total")}
 
     def loss_fn(module, batch):
