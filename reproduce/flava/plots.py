@@ -1,7 +1,7 @@
 """FLAVA figures, drawn only from recorded values (``run.measured`` or results/flava/<profile>.json).
 
-Keys read: ``objectives.illustration``, ``table3.ours``, ``table3.paper``, ``pretraining.losses``,
-``retrieval.similarity``, ``retrieval.examples``.
+Keys read: ``objectives.illustration``, ``table3.ours``, ``table3.paper``, ``table3.gains``, ``itm.heldout``,
+``pretraining.losses``, ``retrieval.similarity``, ``retrieval.examples``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from reproduce import figures
+from reproduce import claims, figures
 
 KO = {
     "Image": "이미지",
@@ -42,6 +42,10 @@ KO = {
     "mmm_image": "MMM 이미지",
     "mmm_text": "MMM 텍스트",
     "total": "합계",
+    "Gain over the untrained model (points)": "학습하지 않은 모델 대비 향상 (포인트)",
+    "Held-out ITM accuracy (%)": "보류 쌍 ITM 정확도 (%)",
+    "chance": "우연 수준",
+    "seed": "시드",
 }
 LOSS_ORDER = ("mim", "mlm", "global_contrastive", "itm", "mmm_image", "mmm_text")
 DOMAIN_LABELS = {"vision": "Vision", "language": "Language", "multimodal": "Multimodal", "macro": "Macro"}
@@ -189,9 +193,42 @@ def plot_retrieval(measured: dict, lang: str = "en"):
     return fig
 
 
+def plot_gains(measured: dict, lang: str = "en"):
+    """Each row's gain per domain over the untrained model (mean over seeds, t 95 % interval), and the
+    held-out ITM accuracy per row and seed with its Wilson interval."""
+    _ = figures.translator(KO, lang)
+    gains, itm = measured.get("table3.gains") or {}, measured.get("itm.heldout") or {}
+    fig, axes = figures.subplots(1, 2, height=4.0, width_ratios=(3, 2))
+    rows, domains = list(gains), ("vision", "language", "multimodal")
+    width = 0.8 / len(domains)
+    for k, d in enumerate(domains):
+        x = [i for i, r in enumerate(rows) if d in gains[r]]
+        est = [claims.Estimate.from_dict(gains[rows[i]][d]["over_untrained"]) for i in x]
+        mean = np.array([e.value for e in est])
+        low = np.array([e.low if e.low is not None and math.isfinite(e.low) else e.value for e in est])  # one seed: no bar
+        high = np.array([e.high if e.high is not None and math.isfinite(e.high) else e.value for e in est])
+        pos = np.array(x) + (k - 1) * width
+        axes[0].bar(pos, mean, width, color=figures.PALETTE[k], label=_(DOMAIN_LABELS[d]))
+        axes[0].errorbar(pos, mean, yerr=[mean - low, high - mean], fmt="none", ecolor="black", capsize=2)
+    axes[0].axhline(0, color="black", linewidth=0.8)
+    axes[0].set_xticks(np.arange(len(rows)), rows, rotation=30, ha="right")
+    axes[0].set_ylabel(_("Gain over the untrained model (points)"))
+    axes[0].legend(fontsize=8)
+    for i, (row, per) in enumerate(itm.items()):
+        for j, x in enumerate(per):
+            axes[1].errorbar(i + (j - (len(per) - 1) / 2) * 0.15, x["accuracy"], yerr=[[x["accuracy"] - x["low"]], [x["high"] - x["accuracy"]]],
+                             fmt="o", color=figures.PALETTE[j % len(figures.PALETTE)], capsize=2)
+    axes[1].axhline(50, color="gray", linestyle="--", linewidth=1, label=_("chance"))
+    axes[1].set_xticks(np.arange(len(itm)), list(itm), rotation=30, ha="right")
+    axes[1].set_ylabel(_("Held-out ITM accuracy (%)"))
+    axes[1].legend(fontsize=8)
+    return fig
+
+
 FIGURES = {
     "flava_objectives_batch": plot_objectives,
     "flava_table3_ablation": plot_table3,
+    "flava_gains_over_untrained": plot_gains,
     "flava_pretraining_losses": plot_losses,
     "flava_similarity_before_after": plot_similarity,
     "flava_zero_shot_retrieval": plot_retrieval,
