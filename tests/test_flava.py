@@ -862,11 +862,19 @@ def test_mined_itm_pairs_are_b_matched_and_b_unmatched(data):
         out = model.flava(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                           pixel_values=batch.pixel_values, skip_multimodal_encoder=True)
         image, text = M.contrastive_embeddings(model, out.image_embeddings, out.text_embeddings)
-        px, pos, ids, att = M._mined_itm_pairs(batch, image, text, torch.Generator().manual_seed(0))
-    same_image = (px == batch.pixel_values).flatten(1).all(1)
-    same_text = (ids == batch.itm_ids_masked).all(1)
-    assert same_image[:4].all() and not same_text[:4].any()  # first half: own image, a mined other text
-    assert same_text[4:].all() and not same_image[4:].any()  # second half: own text, a mined other image
+        i, t = M.mined_itm_pairs(batch, image, text, torch.Generator().manual_seed(0))
+        assert i[:4].tolist() == [0, 1, 2, 3] and (t[:4] != torch.arange(4)).all()  # own image, a mined other text
+        assert t[4:].tolist() == [4, 5, 6, 7] and (i[4:] != torch.arange(4, 8)).all()  # own text, a mined other image
+        # re-pairing one pass's encoder states == encoding the re-paired inputs
+        masked = model.flava(input_ids=batch.itm_ids_masked, attention_mask=batch.itm_attention_mask,
+                             pixel_values=batch.pixel_values, bool_masked_pos=batch.bool_masked_pos)
+        states = masked.image_output.hidden_states[-1], masked.text_output.hidden_states[-1]
+        same = M.multimodal_encode(model, *states, batch.itm_attention_mask)
+        torch.testing.assert_close(same, masked.multimodal_embeddings, rtol=0, atol=0)
+        repaired = model.flava(input_ids=batch.itm_ids_masked[t], attention_mask=batch.itm_attention_mask[t],
+                               pixel_values=batch.pixel_values[i], bool_masked_pos=batch.bool_masked_pos[i])
+        torch.testing.assert_close(M.multimodal_encode(model, states[0][i], states[1][t], batch.itm_attention_mask[t]),
+                                   repaired.multimodal_embeddings, rtol=1e-5, atol=1e-5)
     objectives = M.table3_rows()["FLAVA_MM"].objectives
     terms = M.losses(model, batch, objectives, itm_negatives="mined", generator=torch.Generator().manual_seed(0))
     assert terms.itm is not None and terms.mmm_text is not None

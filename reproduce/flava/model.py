@@ -562,18 +562,32 @@ def mine_hard_negatives(similarity: Tensor, same: Tensor, generator: torch.Gener
     return picks[0], picks[1]
 
 
-def _mined_itm_pairs(batch: PairedBatch, image: Tensor, text: Tensor, generator: torch.Generator | None):
-    """The masked multimodal inputs of B mined negatives: the first half of the batch's images with a
-    hard-negative text, the second half of its texts with a hard-negative image (ALBEF draws both for
-    every pair; half of each keeps the multimodal pass at 2B pairs). Returns pixels, mask, ids, attention."""
+def mined_itm_pairs(batch: PairedBatch, image: Tensor, text: Tensor, generator: torch.Generator | None = None
+                    ) -> tuple[Tensor, Tensor]:
+    """The B mined negatives as (image index, text index) into the batch: the first half of the images
+    with a hard-negative text, the second half of the texts with a hard-negative image (ALBEF draws
+    both for every pair; half of each keeps ITM at B matched + B unmatched pairs). ``image``, ``text``:
+    the batch's ``(B, E)`` GC embeddings."""
     b = batch.input_ids.shape[0]
     same = (batch.input_ids[:, None, :] == batch.input_ids[None, :, :]).all(-1)  # (B, B) equal captions
     text_of_image, image_of_text = mine_hard_negatives(image @ text.T, same, generator)
-    half = torch.arange(b, device=batch.input_ids.device) < b // 2
-    image_idx = torch.where(half, torch.arange(b, device=half.device), image_of_text)  # (B,)
-    text_idx = torch.where(half, text_of_image, torch.arange(b, device=half.device))  # (B,)
-    return (batch.pixel_values[image_idx], batch.bool_masked_pos[image_idx], batch.itm_ids_masked[text_idx],
-            batch.itm_attention_mask[text_idx])
+    own = torch.arange(b, device=batch.input_ids.device)
+    half = own < b // 2
+    return torch.where(half, own, image_of_text), torch.where(half, text_of_image, own)  # (B,), (B,)
+
+
+def multimodal_encode(model, image_states: Tensor, text_states: Tensor, attention_mask: Tensor) -> Tensor:
+    """FlavaModel's multimodal step on encoder states already computed (``FlavaModel.forward``: the
+    last hidden states *before* the encoders' final LayerNorm, projected, concatenated, [CLS_M] first).
+
+    ``image_states``: ``(B, 1 + P, D)``; ``text_states``: ``(B, L, D)``; returns ``(B, 1 + 1 + P + L, D)``.
+    Per pair, so re-pairing the states of one pass equals encoding the re-paired inputs (tested).
+    """
+    image = model.flava.image_to_mm_projection(image_states)  # (B, 1 + P, D)
+    text = model.flava.text_to_mm_projection(text_states)  # (B, L, D)
+    ones = torch.ones(image.shape[0], image.shape[1] + 1, device=image.device, dtype=attention_mask.dtype)  # + [CLS_M]
+    return model.flava.multimodal_model(torch.cat([image, text], dim=1), attention_mask=torch.cat([ones, attention_mask], dim=1),
+                                        return_dict=True).last_hidden_state
 
 
 def paired_losses(model, batch: PairedBatch, objectives: Objectives, gather: bool = True,
@@ -604,10 +618,11 @@ def paired_losses(model, batch: PairedBatch, objectives: Objectives, gather: boo
         out = model.flava(input_ids=batch.itm_ids_masked, attention_mask=batch.itm_attention_mask,
                           pixel_values=batch.pixel_values, bool_masked_pos=batch.bool_masked_pos)
         mm = out.multimodal_embeddings  # (B, 1 + 1 + P + L, D): [CLS_M], image CLS, patches, text
-        if mined:
-            px, pos_mask, ids, att = _mined_itm_pairs(batch, image, text, generator)
-            neg = model.flava(input_ids=ids, attention_mask=att, pixel_values=px, bool_masked_pos=pos_mask)
-            logits = torch.cat([model.itm_head(mm), model.itm_head(neg.multimodal_embeddings)])  # (2B, 2)
+        if mined:  # the negatives re-pair this pass's encoder states: only the multimodal encoder runs again
+            i, t = mined_itm_pairs(batch, image.detach(), text.detach(), generator)
+            neg = multimodal_encode(model, out.image_output.hidden_states[-1][i], out.text_output.hidden_states[-1][t],
+                                    batch.itm_attention_mask[t])
+            logits = torch.cat([model.itm_head(mm), model.itm_head(neg)])  # (2B, 2)
             labels = torch.cat([batch.itm_labels, torch.zeros_like(batch.itm_labels)])  # (2B,)
             terms.itm = F.cross_entropy(logits, labels)
         elif objectives.itm:
