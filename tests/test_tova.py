@@ -343,6 +343,19 @@ def test_fast_decisions_equal_the_step_by_step_definition(policy, dtype, case):
         assert torch.equal(appendix_e.mask_from_last(last).expand_as(reference), reference), block
 
 
+def test_a_collecting_sweep_keeps_every_batch(tiny):
+    """Survival and last rows cover all passages, whatever the batch size (not only the last batch)."""
+    ids = torch.randint(0, 99, (3, 30), generator=torch.Generator().manual_seed(8))
+    spec = EvictionSpec("tova", 6)
+    whole = experiments.budget_sweep(tiny, ids, [6], ["tova"], batch_size=3, collect=spec, picture_layers=(0,), block=8)
+    batched = experiments.budget_sweep(tiny, ids, [6], ["tova"], batch_size=2, collect=spec, picture_layers=(0,), block=8)
+    for layer in whole.collected.survival:
+        assert batched.collected.survival[layer].shape == (3, 30)
+        assert torch.allclose(batched.collected.survival[layer], whole.collected.survival[layer], atol=1e-6)
+        assert torch.equal(batched.collected.last_row[layer], whole.collected.last_row[layer])
+    assert torch.equal(batched.collected.occupancy[0], whole.collected.occupancy[0])  # passage 0 in both
+
+
 @pytest.mark.parametrize("spec", all_specs(7)[:3], ids=str)
 def test_band_last_is_the_band_mask(spec):
     for T in (5, 8, 40):

@@ -285,8 +285,8 @@ def policy_mask(logits: torch.Tensor, spec: EvictionSpec, kv_heads: int) -> torc
 class MaskedPass:
     """The policy of one App. E forward pass, and what it collects per layer.
 
-    ``survival[l]`` (``B, T``): for each token, the fraction of later steps at which it was in layer
-    l's state (heads averaged for H2O). ``last_row[l]`` (``B, Hm, T``): the state before the last
+    ``survival[l]`` (``B, T``, every batch of the pass in order): for each token, the fraction of later
+    steps at which it was in layer l's state (heads averaged for H2O). ``last_row[l]`` (``B, Hm, T``): the state before the last
     step plus the last token. ``occupancy[l]``: the layer's mask of batch element 0,
     average-pooled to ``picture_size`` squared, for the layers in ``picture_layers``.
     """
@@ -300,15 +300,22 @@ class MaskedPass:
     last_row: dict[int, torch.Tensor] = field(default_factory=dict)  # B, Hm, T: visible to the last query
 
     def observe(self, layer_idx: int, last: torch.Tensor) -> None:
-        """Collect from one layer's ``last`` (``B, Hm, T``; see the module docstring)."""
+        """Collect from one layer's ``last`` (``B, Hm, T``; see the module docstring).
+
+        A pass over several batches appends each batch's rows in order (survival, last row); the
+        occupancy picture is the first batch's element 0.
+        """
         if not self.collect:
             return
         T = last.shape[-1]
-        self.last_row[layer_idx] = (last == T - 1).cpu()  # B, Hm, T: still in the state at the last step
         j = torch.arange(T, device=last.device)
         later = (T - 1 - j).clamp(min=1)  # steps after token j
-        self.survival[layer_idx] = ((last - j).float() / later).mean(dim=1).cpu()  # B, T: j is kept at steps j+1..last
-        if layer_idx in self.picture_layers:
+        rows = {"last_row": (last == T - 1).cpu(),  # B, Hm, T: still in the state at the last step
+                "survival": ((last - j).float() / later).mean(dim=1).cpu()}  # B, T: j is kept at steps j+1..last
+        for name, value in rows.items():
+            store = getattr(self, name)
+            store[layer_idx] = torch.cat([store[layer_idx], value]) if layer_idx in store else value
+        if layer_idx in self.picture_layers and layer_idx not in self.occupancy:
             size = min(self.picture_size, T)
             self.occupancy[layer_idx] = F.adaptive_avg_pool2d(mask_from_last(last[:1, :1])[0].float(), size)[0].cpu()
 
