@@ -163,8 +163,8 @@ INIT_ROW = "FLAVA+init"  # Table 3, row 6
 def table3_rows(paired: float = 0.70, images: float = 0.15, text: float = 0.15) -> dict[str, AblationRow]:
     """Table 3's six rows.
 
-    Rows 1-4 train on PMD only (here: the scenes' images for MIM, their captions for MLM, pairs for
-    the rest); full FLAVA (row 5) adds unimodal images and text with Table A.2's sampling
+    Rows 1-4 train on PMD only (here: the unimodal images, scenes and emoji, for MIM; the unimodal
+    text, novel sentences, for MLM; pairs for the rest); full FLAVA (row 5) adds unimodal images and text with Table A.2's sampling
     probabilities. Row 6 (``FLAVA+init``) is row 5 started from unimodally pretrained encoders: the
     paper takes a DINO ViT-B/16 and an MLM-pretrained text encoder; we take the image encoder of our
     MIM row and the text encoder of our MLM row, trained on the same data with the same seed.
