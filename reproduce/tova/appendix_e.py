@@ -221,10 +221,17 @@ def evictions(query: torch.Tensor, key: torch.Tensor, spec: EvictionSpec, scalin
     k = key.to(dtype)
     ids = np.broadcast_to(np.arange(C), (B, Hm, C)).copy()  # the state after step C - 1
     scores = np.zeros((B, Hm, T), dtype=np.float64)
-    if h2o:  # steps 0..C-1 keep everything: scores are column sums of causal attention
-        head = torch.matmul(q[:, :, :C].transpose(2, 3), k[:, :, None, :C].transpose(-1, -2)).double()  # B, Hk, G, C, C
-        head = head.masked_fill(~torch.ones(C, C, dtype=torch.bool, device=head.device).tril(), float("-inf"))
-        scores[..., :C] = torch.softmax(head, dim=-1).sum(dim=(2, 3)).cpu().numpy()
+    if h2o:  # steps 0..C-1 keep everything: scores are column sums of causal attention, K rows at a time
+        causal = torch.zeros(block, G, C, dtype=dtype, device=key.device)  # row r0 + i sees keys <= r0 + i
+        received = torch.zeros(B, Hk, C, dtype=dtype, device=key.device)
+        for r0 in range(0, C, block):
+            K = min(block, C - r0)
+            bias = causal[:K, :, : r0 + K].masked_fill(
+                torch.arange(r0 + K, device=key.device) > r0 + torch.arange(K, device=key.device)[:, None, None], float("-inf"))
+            logits = torch.baddbmm(bias.reshape(K * G, r0 + K), q[:, :, r0 : r0 + K].reshape(B * Hk, K * G, D),
+                                   k[:, :, : r0 + K].reshape(B * Hk, r0 + K, D).transpose(1, 2))  # B*Hk, K*G, r0+K
+            received[..., : r0 + K] += torch.softmax(logits, dim=-1).view(B, Hk, K * G, r0 + K).sum(dim=2)
+        scores[..., :C] = received.cpu().numpy()  # summed in the model's dtype, as the step-by-step form
     future = torch.zeros(block, G, C + block, dtype=dtype, device=key.device)  # query i may not see U column C+i' > C+i
     future.masked_fill_(torch.arange(C + block, device=key.device) > C + torch.arange(block, device=key.device)[:, None, None],
                         float("-inf"))
