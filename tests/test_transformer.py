@@ -386,7 +386,7 @@ def test_table3_rows_scale_with_the_small_base():
 def test_parameter_schema_refuses_bad_values():
     from reproduce.config import ParamError, resolve
 
-    assert resolve("transformer", "smoke").t3_rows == ["base", "A: h=1", "E: learned"]
+    assert resolve("transformer", "smoke").t3_rows == ["base", "A: h=1", "D: P_drop=0.0", "E: learned"]
     with pytest.raises(ParamError, match="t3_rows"):
         resolve("transformer", "cpu", {"t3_rows": ["A: h=3"]})
     with pytest.raises(ParamError, match="corpus"):
@@ -419,7 +419,8 @@ def _tiny_translation_data():
 
 
 def test_table3_runs_do_not_depend_on_the_number_of_workers(tmp_path, monkeypatch):
-    """Each (row, seed) run seeds itself: two worker processes give the same numbers as one process."""
+    """Each (row, seed) run seeds itself: in this process, in one worker (with this process taking jobs
+    from the back of the queue) or in two, the numbers are the same."""
     from reproduce.transformer import experiments as ex
 
     monkeypatch.setenv("REPRODUCE_CACHE", str(tmp_path))
@@ -430,21 +431,60 @@ def test_table3_runs_do_not_depend_on_the_number_of_workers(tmp_path, monkeypatc
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the workers (and the cpu profile, threads 1): float sums in the same order
     try:
-        one = ex.run_table3_rows(rows, seeds, base, data, recipe, beam=2, alpha=0.6, device="cpu", workers=1)
+        here = ex.run_table3_rows(rows, seeds, base, data, recipe, beam=2, alpha=0.6, device="cpu", workers=0, eval_every=1)
+        shared = ex.run_table3_rows(rows, seeds, base, data, recipe, beam=2, alpha=0.6, device="cpu", workers=1, eval_every=1)
     finally:
         torch.set_num_threads(threads)
-    two = ex.run_table3_rows(rows, seeds, base, data, recipe, beam=2, alpha=0.6, device="cpu", workers=2)
-    assert [(r.row, r.seed) for r in one] == [("base", 0), ("base", 1), ("A: h=1", 0), ("A: h=1", 1)]
-    key = lambda r: (r.row, r.seed, r.params, r.dev_ppl, r.dev_bleu, r.train_loss)  # noqa: E731
-    assert [key(r) for r in two] == [key(r) for r in one]
-    assert one[0].dev_ppl != one[1].dev_ppl  # the seed really changes the run
+    two = ex.start_table3_rows(rows, seeds, base, data, recipe, beam=2, alpha=0.6, device="cpu", workers=2,
+                               eval_every=1).result(help=False)
+    assert [(r.row, r.seed) for r in here] == [("base", 0), ("base", 1), ("A: h=1", 0), ("A: h=1", 1)]
+    key = lambda r: (r.row, r.seed, r.params, r.dev_ppl, r.best_dev_ppl, r.best_step, r.dev_bleu, r.train_loss,  # noqa: E731
+                     [c["dev_ppl"] for c in r.curve])
+    assert [key(r) for r in shared] == [key(r) for r in here]
+    assert [key(r) for r in two] == [key(r) for r in here]
+    assert here[0].dev_ppl != here[1].dev_ppl  # the seed really changes the run
+    assert [c["step"] for c in here[0].curve] == [1, 2, 3]  # dev PPL after every step asked for
+    assert here[0].best_dev_ppl == min(c["dev_ppl"] for c in here[0].curve) and here[0].dev_ppl == here[0].curve[-1]["dev_ppl"]
 
 
-def _t3_row(ppl: list[float], bleu: list[float], **extra) -> dict:
+def test_table3_subset_has_its_own_vocabulary_in_hash_order():
+    from reproduce.data import de_en
+    from reproduce.transformer import experiments as ex
+
+    data = _tiny_translation_data()
+    sub = ex.subset_data(data.corpus, 20, 70, 5)
+    assert len(sub.train) == 20 and len(sub.dev) == 5 and len(sub.test) == len(data.corpus.test)
+    keys = [de_en.split_key(p) for p in sub.train.pairs]
+    assert keys == sorted(keys) and keys == sorted(de_en.split_key(p) for p in data.corpus.train)[:20]
+    assert {p.en for p in sub.train.pairs}.isdisjoint({p.en for p in sub.dev.pairs})
+    assert sub.tokenizer is not data.tokenizer and sub.vocab_size <= 70
+    again = ex.subset_data(data.corpus, 20, 70, 5)  # deterministic
+    assert again.train.src == sub.train.src and again.dev.tgt == sub.dev.tgt
+    for bad, match in (({"train_pairs": 0}, "train_pairs"), ({"train_pairs": 10**6}, "train_pairs"),
+                       ({"dev_size": 0}, "dev_size")):
+        with pytest.raises(ValueError, match=match):
+            ex.subset_data(data.corpus, **({"train_pairs": 20, "vocab_size": 70, "dev_size": 5} | bad))
+
+
+def test_batches_per_epoch_counts_the_first_epoch():
+    from reproduce.transformer import experiments as ex
+
+    data = _tiny_translation_data()
+    n = ex.batches_per_epoch(data.train, 60, seed=3)
+    batches = ex.token_batches(data.train, 60, seed=3)
+    seen = 0
+    for k in range(n):
+        seen += len(next(batches)["src"])
+    assert seen == len(data.train) and n > 1  # exactly one pass over the pairs
+
+
+def _t3_row(ppl: list[float], bleu: list[float], best: list[float] | None = None, **extra) -> dict:
     import statistics
 
-    return {"N": 2, "d_model": 64, "steps": 900, "batch_tokens": 1000, "seeds": list(range(len(ppl))),
-            "dev_ppl": statistics.fmean(ppl), "dev_ppl_per_seed": ppl, "dev_bleu": statistics.fmean(bleu),
+    best = ppl if best is None else best
+    return {"N": 2, "d_model": 64, "steps": 900, "epochs": 20, "batch_tokens": 1000, "seeds": list(range(len(ppl))),
+            "dev_ppl": statistics.fmean(ppl), "dev_ppl_per_seed": ppl, "best_dev_ppl": statistics.fmean(best),
+            "best_dev_ppl_per_seed": best, "best_epoch_per_seed": [20.0] * len(ppl), "dev_bleu": statistics.fmean(bleu),
             "dev_bleu_per_seed": bleu, "train_loss": 5.0, **extra}
 
 
@@ -465,9 +505,9 @@ def test_table3_claims_are_paired_by_seed():
         "D: ls=0.0": _t3_row([104.0, 105.0, 108.0], [0.6, 0.6, 0.6]),  # base below ls=0 on every seed: contradicted
     })
     assert {k: c.verdict for k, c in got.items()} == {
-        "t3_one_head_worse": "holds",
-        "t3_small_dk_hurts": "inconclusive",
-        "t3_ls_hurts_ppl": "contradicted",
+        "t3_one_head_worse": "holds", "t3_one_head_worse_best": "holds",  # best = last here
+        "t3_small_dk_hurts": "inconclusive", "t3_small_dk_hurts_best": "inconclusive",
+        "t3_ls_hurts_ppl": "contradicted", "t3_ls_hurts_ppl_best": "contradicted",
         "t3_ls_helps_bleu": "not testable",  # dev BLEU < 5: the precondition fails
     }
     one_head = got["t3_one_head_worse"]
@@ -484,6 +524,35 @@ def test_table3_bleu_claim_is_judged_when_bleu_carries_a_signal():
     got = _t3_claims({"base": _t3_row([99.0, 100.0, 101.0], [20.0, 21.0, 22.0]),
                       "D: ls=0.0": _t3_row([95.0, 96.0, 97.0], [18.0, 19.1, 19.9])})
     assert got["t3_ls_helps_bleu"].verdict == "holds" and got["t3_ls_hurts_ppl"].verdict == "holds"
+
+
+def test_best_and_last_epoch_are_judged_apart():
+    got = _t3_claims({"base": _t3_row([60.0, 61.0, 62.0], [0.5] * 3, best=[58.0, 59.0, 60.0]),
+                      "B: d_k/4": _t3_row([60.5, 60.0, 63.0], [0.5] * 3, best=[61.0, 62.0, 62.5])})
+    assert got["t3_small_dk_hurts"].verdict == "inconclusive"  # +0.5, -1, +1 at the last epoch
+    assert got["t3_small_dk_hurts_best"].verdict == "holds"  # +3, +3, +2.5 at the best epoch
+    assert got["t3_small_dk_hurts_best"].ours.units == pytest.approx((3.0, 3.0, 2.5))
+
+
+def test_dropout_claim_needs_overfitting_in_the_same_run():
+    """The last-epoch dropout claim is judged only when the no-dropout row has overfitted on every seed."""
+    from reproduce.transformer import sections
+
+    base = _t3_row([63.0, 64.0, 62.0], [0.5] * 3, best=[61.5, 62.0, 61.0])
+    overfit = _t3_row([146.0, 150.0, 139.0], [0.4] * 3, best=[77.5, 78.0, 76.0])
+    got = _t3_claims({"base": base, "D: P_drop=0.0": overfit})
+    assert got["t3_no_dropout_overfits"].verdict == "holds"
+    assert got["t3_no_dropout_overfits"].ours.value == pytest.approx(min(146 / 77.5, 150 / 78, 139 / 76))
+    assert got["t3_dropout_helps"].verdict == "holds" and got["t3_dropout_helps_best"].verdict == "holds"
+    # Not yet overfitted on one seed (still improving: last == best): the last-epoch claim is not testable,
+    # the best-epoch one is still judged.
+    early = _t3_row([50.0, 52.0, 49.0], [0.4] * 3, best=[48.0, 52.0, 47.0])
+    got = _t3_claims({"base": base, "D: P_drop=0.0": early})
+    assert got["t3_no_dropout_overfits"].verdict == "contradicted"
+    assert got["t3_dropout_helps"].verdict == "not testable"
+    assert got["t3_dropout_helps"].precondition.value == pytest.approx(1.0)
+    assert got["t3_dropout_helps_best"].verdict == "contradicted"  # 48-61.5, 52-62, 47-61: below 0 on every seed
+    assert sections.OVERFIT_RISE == 1.05  # pre-registered; changing it is a visible decision
 
 
 def test_one_seed_is_inconclusive():

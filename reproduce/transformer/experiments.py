@@ -12,7 +12,9 @@ Training runs through the shared accelerate loop, :func:`reproduce.train.train`.
 from __future__ import annotations
 
 import math
+import os
 import random
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -102,11 +104,53 @@ def prepare_data(
     )
 
 
+def hash_order(pairs: Sequence[de_en.Pair]) -> list[de_en.Pair]:
+    """``pairs`` sorted by the hash of their English side: a fixed, uniform order (the dictionary's own
+    order is alphabetical by headword, so its prefixes are not samples of it)."""
+    return sorted(pairs, key=lambda p: (de_en.split_key(p), p.de))
+
+
+def subset_data(corpus: de_en.Corpus, train_pairs: int, vocab_size: int, dev_size: int,
+                max_tokens: int = 100) -> TranslationData:
+    """A small training set with its own BPE vocabulary, for runs that must converge (Table 3).
+
+    The first ``train_pairs`` training pairs and ``dev_size`` dev pairs in hash order
+    (:func:`hash_order`); the joint vocabulary is trained on that subset alone, so its size fits the
+    subset. Test pairs are encoded too, with the subset's tokenizer.
+    """
+    if not 1 <= train_pairs <= len(corpus.train):
+        raise ValueError(f"train_pairs must be in 1..{len(corpus.train)} (the training split), got {train_pairs}")
+    if not 1 <= dev_size <= len(corpus.dev):
+        raise ValueError(f"dev_size must be in 1..{len(corpus.dev)} (the dev split), got {dev_size}")
+    train_split, dev_split = hash_order(corpus.train)[:train_pairs], hash_order(corpus.dev)[:dev_size]
+    tok = de_en.train_tokenizer(de_en.corpus_texts(train_split), vocab_size)
+    sub = de_en.Corpus(train_split, dev_split, corpus.test, {"subset of": dict(corpus.sources), "pairs": train_pairs})
+    big = 10**6
+    return TranslationData(tok, encode_pairs(tok, train_split, max_tokens), encode_pairs(tok, dev_split, big),
+                           encode_pairs(tok, corpus.test, big), sub)
+
+
 def _pad(rows: Sequence[Sequence[int]]) -> Tensor:
     out = torch.full((len(rows), max(map(len, rows))), PAD_ID, dtype=torch.long)
     for i, r in enumerate(rows):
         out[i, : len(r)] = torch.tensor(r)
     return out  # (B, T)
+
+
+def _epoch_batches(data: EncodedPairs, batch_tokens: int, rng: random.Random) -> list[list[int]]:
+    """One epoch's batches (pair indices) in length order: pairs sorted by (jittered) length, cut into
+    batches whose padded size fits ``batch_tokens``."""
+    order = sorted(range(len(data)), key=lambda i: (len(data.src[i]) + rng.random() * 2, len(data.tgt[i])))
+    batches, current, longest = [], [], 0
+    for i in order:
+        longest_next = max(longest, len(data.src[i]), len(data.tgt[i]))
+        if current and longest_next * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current, longest_next = [], max(len(data.src[i]), len(data.tgt[i]))
+        current.append(i)
+        longest = longest_next
+    batches.append(current)
+    return batches
 
 
 def token_batches(data: EncodedPairs, batch_tokens: int, seed: int) -> Iterator[dict[str, Tensor]]:
@@ -117,21 +161,17 @@ def token_batches(data: EncodedPairs, batch_tokens: int, seed: int) -> Iterator[
     the batches are shuffled; the order depends only on ``seed``.
     """
     rng = random.Random(seed)
-    n = len(data)
     while True:
-        order = sorted(range(n), key=lambda i: (len(data.src[i]) + rng.random() * 2, len(data.tgt[i])))
-        batches, current, longest = [], [], 0
-        for i in order:
-            longest_next = max(longest, len(data.src[i]), len(data.tgt[i]))
-            if current and longest_next * (len(current) + 1) > batch_tokens:
-                batches.append(current)
-                current, longest_next = [], max(len(data.src[i]), len(data.tgt[i]))
-            current.append(i)
-            longest = longest_next
-        batches.append(current)
+        batches = _epoch_batches(data, batch_tokens, rng)
         rng.shuffle(batches)
         for b in batches:
             yield {"src": _pad([data.src[i] for i in b]), "tgt": _pad([data.tgt[i] for i in b])}
+
+
+def batches_per_epoch(data: EncodedPairs, batch_tokens: int, seed: int = 0) -> int:
+    """How many batches :func:`token_batches` cuts the first epoch into (later epochs differ by a few
+    batches at most, from the length jitter)."""
+    return len(_epoch_batches(data, batch_tokens, random.Random(seed)))
 
 
 def fixed_batches(data: EncodedPairs, batch_size: int) -> Iterator[tuple[list[int], dict[str, Tensor]]]:
@@ -177,10 +217,11 @@ class TrainedModel:
     wall_time_s: float
     tokens_per_s: float
     lr: list[float] = field(default_factory=list)
+    curve: list[dict[str, float]] = field(default_factory=list)  # {"step", "dev_ppl"} every eval_every steps
 
     def averaged(self) -> Transformer:
         """A copy of the model with the mean of the kept checkpoints' weights (§6.1)."""
-        model = Transformer(self.cfg)
+        model = Transformer(self.cfg).to(next(self.model.parameters()).device)
         model.load_state_dict(average_checkpoints(self.checkpoints))
         return model.eval()
 
@@ -195,9 +236,14 @@ def _loss_fn(epsilon: float):
 
 
 def train_translation(
-    cfg: TransformerConfig, data: TranslationData, recipe: Recipe, device: str = "auto", desc: str = "train"
+    cfg: TransformerConfig, data: TranslationData, recipe: Recipe, device: str = "auto", desc: str = "train",
+    eval_every: int = 0,
 ) -> TrainedModel:
-    """Train ``cfg`` on the training split with the paper's optimiser and schedule (§5.3)."""
+    """Train ``cfg`` on the training split with the paper's optimiser and schedule (§5.3).
+
+    ``eval_every`` > 0: the dev perplexity every that many steps (and after the last), kept as the
+    learning curve ``TrainedModel.curve``. The model comes back on the device it trained on.
+    """
     torch.manual_seed(recipe.seed)
     model = Transformer(cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr_scale, betas=(0.9, 0.98), eps=1e-9)  # §5.3
@@ -205,11 +251,13 @@ def train_translation(
         optimizer, lambda i: noam_lr(i + 1, cfg.d_model, recipe.warmup)
     )  # eq. (3); LambdaLR counts from 0, the paper's step_num from 1
     every = recipe.checkpoint_every or recipe.steps
+    eval_fn = (lambda m: {"dev_ppl": perplexity(m, data.dev)}) if eval_every else None
     with tempfile.TemporaryDirectory(dir=paths.cache_dir(), prefix="transformer-ckpt-") as ckpt_dir:
         tc = train.TrainConfig(
             steps=recipe.steps,
             max_grad_norm=None,  # the paper clips nothing
             log_every=max(1, recipe.steps // 20),
+            eval_every=eval_every,
             checkpoint_every=every,
             checkpoint_dir=ckpt_dir,
             keep_checkpoints=recipe.average_last,
@@ -220,13 +268,15 @@ def train_translation(
         count = lambda b: int((b["tgt"][:, 1:] != PAD_ID).sum())  # noqa: E731 — target tokens per batch
         accel = train.make_accelerator(device)
         result = train.train(model, optimizer, batches, _loss_fn(cfg.label_smoothing), tc, scheduler=scheduler,
-                             accelerator=accel, tokens_in=count)
+                             accelerator=accel, tokens_in=count, eval_fn=eval_fn)
         dirs = sorted(p for p in Path(ckpt_dir).glob("step_*") if (p / train.STATE_FILE).is_file())
-        checkpoints = [load_file(str(d / "model.safetensors")) for d in dirs[-recipe.average_last :]]
-    model = accel.unwrap_model(model).cpu().eval()
+        checkpoints = [load_file(str(d / "model.safetensors"), device=str(accel.device))
+                       for d in dirs[-recipe.average_last :]]
+    model = accel.unwrap_model(model).eval()
+    curve = [{"step": h["step"], "dev_ppl": h["dev_ppl"]} for h in result.history if "dev_ppl" in h]
     return TrainedModel(
         cfg, recipe, model, checkpoints, result.losses, result.wall_time_s, result.tokens_per_s,
-        lr=[h["lr"] for h in result.history],
+        lr=[h["lr"] for h in result.history], curve=curve,
     )
 
 
@@ -239,10 +289,11 @@ def train_translation(
 def perplexity(model: Transformer, data: EncodedPairs, batch_size: int = 128) -> float:
     """Per-wordpiece perplexity of the references (teacher forcing, no label smoothing) — Table 3's PPL."""
     model.eval()
+    device = next(model.parameters()).device  # evaluated where the model is
     nll, count = 0.0, 0
     for _, batch in fixed_batches(data, batch_size):
-        tgt = batch["tgt"]
-        logits = model(batch["src"], tgt[:, :-1])  # (B, T, V)
+        src, tgt = batch["src"].to(device), batch["tgt"].to(device)
+        logits = model(src, tgt[:, :-1])  # (B, T, V)
         n = int((tgt[:, 1:] != PAD_ID).sum())
         nll += float(label_smoothed_loss(logits, tgt[:, 1:], 0.0, PAD_ID)) * n
         count += n
@@ -255,13 +306,15 @@ def translate(
 ) -> list[str]:
     """Detokenised translations of ``data``'s sources, in the original order (beam 1 = greedy)."""
     model.eval()
+    device = next(model.parameters()).device  # decoded where the model is
     out: list[str] = [""] * len(data)
     batches = list(fixed_batches(data, batch_size))
     for idx, batch in tqdm(batches, desc=desc, leave=False):
+        src = batch["src"].to(device)
         if beam == 1:
-            ids = greedy_decode(model, batch["src"], BOS_ID, EOS_ID)
+            ids = greedy_decode(model, src, BOS_ID, EOS_ID)
         else:
-            ids = beam_search(model, batch["src"], BOS_ID, EOS_ID, beam=beam, alpha=alpha)
+            ids = beam_search(model, src, BOS_ID, EOS_ID, beam=beam, alpha=alpha)
         for i, row in zip(idx, ids):
             out[i] = detok(row)
     return out
@@ -360,52 +413,115 @@ class RowResult:
     row: str
     seed: int
     params: int
-    dev_ppl: float
-    dev_bleu: float
+    dev_ppl: float  # after the last step
+    best_dev_ppl: float  # the lowest along the curve
+    best_step: int
+    dev_bleu: float  # after the last step
     train_loss: float
     wall_time_s: float
+    curve: list[dict[str, float]] = field(default_factory=list)  # {"step", "dev_ppl"}
 
 
 def run_table3_row(
-    row: str, base: TransformerConfig, data: TranslationData, recipe: Recipe, beam: int, alpha: float, device: str
+    row: str, base: TransformerConfig, data: TranslationData, recipe: Recipe, beam: int, alpha: float, device: str,
+    eval_every: int = 0,
 ) -> RowResult:
-    """Train one Table 3 variation with ``recipe`` and score it on dev (beam search, no averaging, as Table 3)."""
+    """Train one Table 3 variation with ``recipe`` and score it on dev (beam search, no averaging, as Table 3).
+
+    ``eval_every`` > 0: dev perplexity every that many steps, so the best point of the curve is known
+    as well as the last (a run that overfits has its best before its end).
+    """
     cfg = table3_config(base, row)
-    trained = train_translation(cfg, data, recipe, device=device, desc=f"Table 3 {row} seed {recipe.seed}")
+    trained = train_translation(cfg, data, recipe, device=device, desc=f"Table 3 {row} seed {recipe.seed}",
+                                eval_every=eval_every)
     dev_bleu = evaluate_bleu(trained.model, data, "dev", beam, alpha)["bleu"]
+    curve = trained.curve or [{"step": recipe.steps, "dev_ppl": perplexity(trained.model, data.dev)}]
+    best = min(curve, key=lambda c: c["dev_ppl"])
     return RowResult(
-        row, recipe.seed, sum(p.numel() for p in trained.model.parameters()), perplexity(trained.model, data.dev),
-        dev_bleu, sum(trained.losses[-10:]) / len(trained.losses[-10:]), trained.wall_time_s,
+        row, recipe.seed, sum(p.numel() for p in trained.model.parameters()), curve[-1]["dev_ppl"], best["dev_ppl"],
+        int(best["step"]), dev_bleu, sum(trained.losses[-10:]) / len(trained.losses[-10:]), trained.wall_time_s, curve,
     )
 
 
 def _row_worker_init(threads: int) -> None:
     torch.set_num_threads(threads)  # one process per core: intra-op threads would fight over the cores
+    # A worker shares the notebook kernel's stderr, which the kernel copies into the running cell:
+    # its progress bars would fill the executed notebook. Errors still reach the caller (as exceptions).
+    sys.stderr = open(os.devnull, "w")  # noqa: SIM115 — lives as long as the worker
 
 
 def _run_row_job(job: tuple) -> RowResult:
     return run_table3_row(*job)
 
 
+class PendingRows:
+    """Table 3 runs queued on worker processes; :meth:`result` waits for them (in job order).
+
+    While it waits, this process takes part: it runs the not-yet-started jobs itself, from the back
+    of the queue, as the workers take them from the front, so no core idles once this process has
+    nothing else to do. Each job seeds itself, so where it runs changes no number when this process
+    also computes single-threaded (tested).
+    """
+
+    def __init__(self, jobs: list[tuple], workers: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        ctx = multiprocessing.get_context("spawn")  # a fork of a process with live torch threads can deadlock
+        self.workers = min(workers, len(jobs))
+        self._jobs = jobs
+        self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_row_worker_init, initargs=(1,))
+        self._futures = [self._pool.submit(_run_row_job, job) for job in jobs]
+
+    def result(self, help: bool = True) -> list[RowResult]:
+        here: dict[int, RowResult] = {}
+        try:
+            progress = tqdm(total=len(self._jobs), desc=f"Table 3 ({self.workers} workers + this process)", leave=False)
+            while help:
+                waiting = [i for i, f in enumerate(self._futures) if not (f.running() or f.done())]
+                if not waiting:
+                    break
+                if self._futures[waiting[-1]].cancel():  # False when a worker took it meanwhile
+                    here[waiting[-1]] = _run_row_job(self._jobs[waiting[-1]])
+                    progress.update(1)
+            out = []
+            for i, f in enumerate(self._futures):
+                out.append(here[i] if i in here else f.result())
+                progress.update(0 if i in here else 1)
+            progress.close()
+            return out
+        finally:
+            self._pool.shutdown(cancel_futures=True)
+
+
+def table3_jobs(rows: Sequence[str], seeds: Sequence[int], base: TransformerConfig, data: TranslationData,
+                recipe: Recipe, beam: int, alpha: float, device: str, eval_every: int = 0) -> list[tuple]:
+    for row in rows:
+        table3_config(base, row)  # an unknown row fails here, before any process starts
+    return [(row, base, data, replace(recipe, seed=seed), beam, alpha, device, eval_every) for row in rows for seed in seeds]
+
+
+def start_table3_rows(
+    rows: Sequence[str], seeds: Sequence[int], base: TransformerConfig, data: TranslationData, recipe: Recipe,
+    beam: int, alpha: float, device: str, workers: int = 1, eval_every: int = 0,
+) -> PendingRows:
+    """Start every (row, seed) run of Table 3 in ``workers`` single-threaded processes and return at
+    once, so that this process can train something else meanwhile (the cpu profile trains Table 2)."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    return PendingRows(table3_jobs(rows, seeds, base, data, recipe, beam, alpha, device, eval_every), workers)
+
+
 def run_table3_rows(
     rows: Sequence[str], seeds: Sequence[int], base: TransformerConfig, data: TranslationData, recipe: Recipe,
-    beam: int, alpha: float, device: str, workers: int = 1,
+    beam: int, alpha: float, device: str, workers: int = 0, eval_every: int = 0,
 ) -> list[RowResult]:
-    """Every (row, seed) run of Table 3, in that order; ``workers > 1`` trains them in that many processes.
+    """Every (row, seed) run of Table 3, in that order: in this process (``workers`` 0) or in that many.
 
     Each run seeds itself from ``seed`` alone and runs single-threaded in its worker, so a run's
     numbers do not depend on ``workers`` when this process also computes with one thread, as the
     cpu profile does (tested) — only the wall time does.
     """
-    jobs = [(row, base, data, replace(recipe, seed=seed), beam, alpha, device) for row in rows for seed in seeds]
-    if workers <= 1 or len(jobs) <= 1:
-        return [_run_row_job(job) for job in jobs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    ctx = multiprocessing.get_context("spawn")  # a fork of a process with live torch threads can deadlock
-    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_row_worker_init,
-                             initargs=(1,)) as pool:
-        futures = [pool.submit(_run_row_job, job) for job in jobs]
-        done = tqdm(futures, desc=f"Table 3 ({workers} workers)", leave=False)
-        return [f.result() for f in done]
+    if workers == 0:
+        return [_run_row_job(job) for job in table3_jobs(rows, seeds, base, data, recipe, beam, alpha, device, eval_every)]
+    return start_table3_rows(rows, seeds, base, data, recipe, beam, alpha, device, workers, eval_every).result()

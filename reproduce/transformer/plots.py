@@ -46,6 +46,13 @@ KO = {
     "Dev BLEU (paper)": "개발셋 BLEU (논문)",
     "Table 3 variations": "표 3 변형",
     "Decoder-encoder attention, last layer": "디코더-인코더 어텐션, 마지막 층",
+    "Dev perplexity": "개발셋 퍼플렉서티",
+    "Epoch": "에포크",
+    "Table 3 learning curves: dev perplexity after every epoch": "표 3 학습 곡선: 에포크마다 잰 개발셋 퍼플렉서티",
+    "other rows": "다른 행",
+    "best epoch": "최적 에포크",
+    "no dropout (P_drop = 0)": "드롭아웃 없음 (P_drop = 0)",
+    "base (P_drop = 0.1)": "기본 (P_drop = 0.1)",
 }
 
 
@@ -149,21 +156,56 @@ def plot_table2(measured, lang="en"):
     _ = figures.translator(KO, lang)
     losses = np.array(measured["t2.train_loss"])
     bleu = measured["t2.bleu"]
-    fig, axes = figures.subplots(1, 2)
+    curve = measured.get("t2.dev_curve") or {"steps": [], "dev_ppl": []}
+    fig, axes = figures.subplots(1, 3, height=3.8)
     window = max(1, len(losses) // 50)
     smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
     axes[0].plot(np.arange(1, len(losses) + 1), losses, alpha=0.3)
     axes[0].plot(np.arange(window, len(losses) + 1), smooth)
     axes[0].set_xlabel(_("Training step"))
     axes[0].set_ylabel(_("Training loss (label-smoothed)"))
+    axes[1].plot(curve["steps"], curve["dev_ppl"], "o-", ms=3)
+    axes[1].set_yscale("log")
+    axes[1].set_xlabel(_("Training step"))
+    axes[1].set_ylabel(_("Dev perplexity"))
     names = ("last_greedy", "last_beam", "averaged_greedy", "averaged_beam")
     labels = [_(n.replace("_", ", ")) for n in names]
     values = [bleu[n] for n in names]
-    bars = axes[1].bar(range(4), values, color=figures.PALETTE[:4])
-    axes[1].bar_label(bars, fmt="%.1f")
-    axes[1].set_xticks(range(4), labels, rotation=20)
-    axes[1].set_ylabel(_("Test BLEU"))
+    bars = axes[2].bar(range(4), values, color=figures.PALETTE[:4])
+    axes[2].bar_label(bars, fmt="%.1f")
+    axes[2].set_xticks(range(4), labels, rotation=20)
+    axes[2].set_ylabel(_("Test BLEU"))
     fig.suptitle(_("Table 2 recipe at small scale"))
+    return fig
+
+
+def plot_table3_curves(measured, lang="en"):
+    """Dev PPL after every epoch of every Table 3 run: base and no-dropout drawn out, the other rows faint."""
+    _ = figures.translator(KO, lang)
+    curves = measured["t3.curves"]
+    fig, ax = figures.subplots(height=4.8)
+    marked = {"base": ("base (P_drop = 0.1)", figures.PALETTE[0]), "D: P_drop=0.0": ("no dropout (P_drop = 0)", figures.PALETTE[1])}
+    first_other = True
+    for row, c in curves.items():
+        if row in marked:
+            continue
+        for ppl in c["dev_ppl_per_seed"]:
+            ax.plot(c["epochs"], ppl, color="0.75", lw=0.8, label=_("other rows") if first_other else None)
+            first_other = False
+    for row, (label, color) in marked.items():
+        if row not in curves:
+            continue
+        c = curves[row]
+        for k, ppl in enumerate(c["dev_ppl_per_seed"]):
+            ax.plot(c["epochs"], ppl, color=color, lw=1.8, label=_(label) if k == 0 else None)
+            best = int(np.argmin(ppl))
+            ax.plot([c["epochs"][best]], [ppl[best]], "v", color=color, ms=8,
+                    label=_("best epoch") if (k == 0 and row == "D: P_drop=0.0") else None)
+    ax.set_yscale("log")
+    ax.set_xlabel(_("Epoch"))
+    ax.set_ylabel(_("Dev perplexity"))
+    ax.set_title(_("Table 3 learning curves: dev perplexity after every epoch"))
+    ax.legend(fontsize=8)
     return fig
 
 
@@ -201,4 +243,5 @@ FIGURES = {
     "transformer_table1_path": plot_table1_path,
     "transformer_table2_bleu": plot_table2,
     "transformer_table3_variations": plot_table3,
+    "transformer_table3_curves": plot_table3_curves,
 }
