@@ -590,3 +590,19 @@ def test_wall_time_crossover_has_a_bootstrap_interval():
     assert e.noisy and e.low <= e.value <= e.high and abs(e.value) < 0.1
     flat = [[1e-3] * 5 for _ in lengths]  # never crosses: nothing measured
     assert sections.crossover_time_estimate(lengths, d, flat, [[2e-3] * 5 for _ in lengths]).value is None
+
+
+def test_table3_data_without_a_subset_is_table2s_data_with_a_hash_ordered_dev():
+    """t3_train_pairs 0 (the gpu profile, as the paper): Table 2's pairs and vocabulary, dev in hash order."""
+    from types import SimpleNamespace
+
+    from reproduce.data import de_en
+    from reproduce.transformer import sections
+
+    data = _tiny_translation_data()
+    same = sections.table3_data(SimpleNamespace(t3_train_pairs=0, t3_vocab_size=1000, t3_dev_size=3), data)
+    assert same.tokenizer is data.tokenizer and same.train is data.train and len(same.dev) == 3
+    keys = [de_en.split_key(p) for p in same.dev.pairs]
+    assert keys == sorted(de_en.split_key(p) for p in data.corpus.dev)[:3]
+    sub = sections.table3_data(SimpleNamespace(t3_train_pairs=20, t3_vocab_size=70, t3_dev_size=3), data)
+    assert len(sub.train) == 20 and sub.tokenizer is not data.tokenizer
