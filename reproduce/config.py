@@ -134,6 +134,10 @@ COMMON_PARAMS: dict[str, Param] = {
     "device": Param("str", "auto", "where to compute: 'auto' picks CUDA when present", choices=("auto", "cpu", "cuda")),
     "threads": Param("int", 0, "CPU threads for torch (0 = all cores)", min=0, max=256),
     "output_dir": Param("str", "", "folder for results/, figures/ and runs/ ('' = the repository, or $REPRODUCE_OUTPUT_DIR)"),
+    "precision": Param("str", "auto", "training/inference precision: 'auto' = bf16 autocast on a GPU (fp32 weights), "
+                       "fp32 on the CPU", choices=("auto", "fp32", "bf16", "fp16")),
+    "resume": Param("bool", True, "continue an interrupted run: finished rows and training checkpoints are kept "
+                    "under runs/<paper>/<profile>/ until the run ends (False: start afresh)"),
 }
 
 

@@ -131,14 +131,18 @@ def translator(table: Mapping[str, str], lang: str) -> Callable[[str], str]:
 def save(fig, paper: str, name: str, profile: str | None = None, lang: str = "en",
          root: str | Path | None = None) -> dict[str, Path]:
     """Save ``fig`` as ``figures/<paper>/[ko/]<name>.png`` (``DPI`` dpi) and ``.svg`` (under ``root``, if given)."""
+    from . import distributed
+
     folder = figures_dir(profile, root) / paper
     if lang != "en":
         folder = folder / lang
+    paths = {ext: folder / f"{name}.{ext}" for ext in ("png", "svg")}
+    if not distributed.is_main():  # one writer under many processes
+        return paths
     folder.mkdir(parents=True, exist_ok=True)
-    paths = {}
     for ext in ("png", "svg"):
-        path = folder / f"{name}.{ext}"
-        tmp = path.with_name(f".{path.name}.tmp")
+        path = paths[ext]
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         # SVG: no date and fixed element ids, so that re-rendering the same results changes no byte
         with plt.rc_context({"svg.hashsalt": f"{paper}/{name}"}):
             fig.savefig(tmp, format=ext, dpi=DPI, metadata={"Date": None} if ext == "svg" else None)

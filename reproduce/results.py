@@ -113,6 +113,17 @@ class Run:
         self._t0 = time.perf_counter()
         # Taken when the run starts: the code that ran is the commit checked out then, not at save time.
         self.provenance = provenance(params)
+        self._state = None
+
+    @property
+    def state(self):
+        """The run's :class:`reproduce.rundir.RunDir` (``runs/<paper>/<profile>/``): finished rows and
+        checkpoints of an interrupted run, read back when the same command runs again."""
+        if self._state is None:
+            from .rundir import RunDir
+
+            self._state = RunDir(self.params)
+        return self._state
 
     # -- values ---------------------------------------------------------------------------------
     def record(self, key: str, value: Any) -> Any:
@@ -132,6 +143,7 @@ class Run:
                   threshold=threshold, source=source, tol=tol, rel=rel, paper=_jsonable(paper), note=note,
                   precondition=precondition)
         self.claims.append(c)
+        self.save_partial()  # each section's claims are on disk as soon as they are judged
         return c
 
     def claims_table(self) -> list[dict[str, Any]]:
@@ -146,10 +158,11 @@ class Run:
         return rows
 
     # -- output ---------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, complete: bool = True) -> dict[str, Any]:
         ended = datetime.now(timezone.utc)
         return {
             "schema": SCHEMA_VERSION,
+            "complete": complete,  # False: a run still going, or one that stopped before its last section
             "paper": self.paper,
             "profile": self.profile,
             "command": self.command,
@@ -166,9 +179,45 @@ class Run:
         return results_dir(self.params.get("output_dir")) / self.paper / f"{self.profile}.json"
 
     def save(self, path: str | Path | None = None) -> Path:
-        """Write the record atomically and return its path."""
+        """Write the finished record atomically (main process only) and return its path.
+
+        The run's kept state (``runs/<paper>/<profile>/``: rows, checkpoints) is dropped afterwards.
+        """
+        from . import distributed
+
         target = Path(path) if path is not None else self.path()
-        write_json_atomic(target, self.to_dict())
+        if self._state is not None and self._state.reused:
+            self.provenance["resumed_rows"] = list(self._state.reused)
+        if distributed.is_main():
+            write_json_atomic(target, self.to_dict(complete=True))
+        if self._state is not None:
+            self._state.finish()
+        distributed.barrier()
+        return target
+
+    def partial_path(self) -> Path:
+        """Where :meth:`save_partial` writes: the results file, unless it holds a finished record
+        (which a partial one never replaces); then ``runs/<paper>/<profile>/partial.json``."""
+        target = self.path()
+        if target.is_file():
+            try:
+                finished = json.loads(target.read_text(encoding="utf-8")).get("complete", True)
+            except (json.JSONDecodeError, OSError, AttributeError):
+                finished = False
+            if finished:
+                from .paths import runs_dir
+
+                return runs_dir(self.params.get("output_dir") or None) / self.paper / self.profile / "partial.json"
+        return target
+
+    def save_partial(self) -> Path | None:
+        """Write what the run has so far, marked ``"complete": false`` (main process only)."""
+        from . import distributed
+
+        if not distributed.is_main():
+            return None
+        target = self.partial_path()
+        write_json_atomic(target, self.to_dict(complete=False))
         return target
 
     def summary(self) -> str:
@@ -340,12 +389,14 @@ def compare(new: Mapping[str, Any], old: Mapping[str, Any]) -> tuple[list[dict[s
 
 
 def load_all(root: Path | None = None) -> list[dict[str, Any]]:
-    """Every saved record under the results folder, sorted by paper and profile."""
+    """Every finished record under the results folder, sorted by paper and profile."""
     root = root or results_dir()
     records = []
     for path in sorted(root.glob("*/*.json")):
         try:
-            records.append(json.loads(path.read_text(encoding="utf-8")))
+            record = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON ({e}); delete it or re-run its notebook") from e
+        if record.get("complete", True):  # a run still going (or stopped) is not reported
+            records.append(record)
     return records

@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from . import claims, config
+from . import claims, config, distributed
 from .paths import NOTEBOOKS_DIR, results_dir, runs_dir
 
 KERNEL = "python3"
@@ -58,6 +58,11 @@ def execute(params: config.Params, progress: bool = True, notebook: Path | None 
     source = notebook or notebook_path(params.paper)
     root = params.get("output_dir") or None  # passed to the notebook as a parameter too (an override)
     out = executed_path(params.paper, params.profile, root)
+    if not distributed.is_main():  # one writer: the other processes' executed copies are thrown away
+        import tempfile
+
+        out = Path(tempfile.mkdtemp(prefix=f"reproduce-rank{distributed.rank()}-")) / out.name
+        progress = False
     out.parent.mkdir(parents=True, exist_ok=True)
     result_file = results_dir(root) / params.paper / f"{params.profile}.json"
     before = result_file.stat().st_mtime if result_file.exists() else None
@@ -81,10 +86,19 @@ def execute(params: config.Params, progress: bool = True, notebook: Path | None 
         outcome.status = "failed"
         outcome.error = f"{type(e).__name__}: {e}"
     outcome.wall_time_s = round(time.perf_counter() - t0, 1)
+    if not distributed.is_main():
+        import shutil
+
+        shutil.rmtree(out.parent, ignore_errors=True)
+        return outcome
     if result_file.exists() and result_file.stat().st_mtime != before:
         outcome.results = result_file
         record = json.loads(result_file.read_text(encoding="utf-8"))
         outcome.verdicts = claims.counts(record["claims"])
+        if not record.get("complete", True) and outcome.status == "ok":
+            outcome.status = "failed"
+            outcome.error = "the notebook finished without saving its record (run.save() in its last cell); " \
+                            f"{result_file.name} holds a partial one"
     elif outcome.status == "ok":
         outcome.status = "failed"
         outcome.error = f"the notebook finished but wrote no {result_file.relative_to(results_dir(root).parent)}"

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import distributed
+
 if TYPE_CHECKING:
     import torch
 
@@ -55,6 +57,36 @@ def pick_device(preference: str = "auto") -> torch.device:
     if preference == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' was asked for, but torch sees no GPU; use device='auto' or 'cpu'")
     return torch.device(preference)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The dtype that ``torch.autocast`` computes in for the ``precision`` parameter (None: fp32).
+
+    ``auto``: bf16 on a CUDA GPU that supports it (fp32 master weights, fp32 reductions), fp32 on
+    the CPU, where bf16 matmuls are slower and the cpu records were measured in fp32.
+    """
+    import torch
+
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision in ("auto", "bf16"):
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            if precision == "bf16":
+                raise RuntimeError(f"precision='bf16' was asked for, but {torch.cuda.get_device_name(device)} has no bf16; "
+                                   "use precision='fp16' or 'fp32'")
+            return torch.float16
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    raise ValueError(f"precision must be 'auto', 'fp32', 'bf16' or 'fp16', got {precision!r}")
+
+
+def mixed_precision(precision: str, device: torch.device) -> str:
+    """The ``accelerate`` mixed-precision name ("no", "bf16", "fp16") of the ``precision`` parameter."""
+    import torch
+
+    dtype = autocast_dtype(precision, device)
+    return {None: "no", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 def device_name(device: torch.device) -> str:
@@ -104,6 +136,13 @@ def setup(params, deterministic: bool = True) -> Runtime:
 
     seed_everything(params["seed"])
     device = pick_device(params["device"])
+    if distributed.world_size() > 1:  # torchrun / accelerate launch: join the group, take this process's GPU
+        device = distributed.init(device.type)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # so that "cuda" means this process's GPU everywhere below
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls and convolutions in what stays fp32
+        torch.backends.cudnn.allow_tf32 = True
     if deterministic and device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     threads = set_threads(params["threads"])

@@ -25,7 +25,8 @@ Batches and losses (what makes N processes equal one):
 - ``loss_fn(model, batch)`` returns the mean loss over the batch's items/tokens. Gradients are
   averaged over micro-batches and processes, so a step's gradient is that of the global batch's
   mean loss whenever every shard and micro-batch holds the same number of loss terms (fixed-length
-  sequences). Deviation: with varying counts per shard (padding, random masks) it is the mean of
+  sequences; each share's loss is weighted by its rows, so shares may differ by a row).
+  Deviation: with varying counts per row (padding, random masks) it is the mean of
   the shard means, as in most data-parallel trainers.
 
 Checkpoints: ``accelerator.save_state`` into ``checkpoint_dir/step_000100/`` (model weights in
@@ -50,7 +51,10 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.tracking import GeneralTracker
 from tqdm.auto import tqdm
+
+from . import distributed
 
 Batch = Mapping[str, Any]
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -72,6 +76,7 @@ class TrainConfig:
     resume: bool = True  # continue from the newest complete checkpoint in checkpoint_dir (False: it must have none)
     mixed_precision: str = "no"
     desc: str = "train"
+    log_dir: str | Path | None = None  # training curves through accelerate's tracker API (JSON lines; TensorBoard if installed)
 
     def __post_init__(self) -> None:
         for name in ("steps", "grad_accum", "log_every", "keep_checkpoints"):
@@ -113,16 +118,71 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no", grad_acc
     return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum)
 
 
+def shard_bounds(rows: int, index: int, count: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of process ``index`` of ``count``: contiguous, sizes differ by at most one."""
+    base, extra = divmod(rows, count)
+    start = index * base + min(index, extra)
+    return start, start + base + (index < extra)
+
+
 def shard(batch: Batch, index: int, count: int, device: torch.device | None = None) -> dict[str, Any]:
-    """Process ``index``'s contiguous share (of ``count``) of a global batch's tensors, on ``device``."""
+    """Process ``index``'s contiguous share (of ``count``) of a global batch's tensors, on ``device``.
+
+    Any batch size of at least ``count`` rows splits: the first ``rows % count`` processes take one
+    row more (length-bucketed batches have every size). :func:`train` weights each share's loss by
+    its rows, so the gradient is that of the global batch.
+    """
     sizes = {v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor)}
     if len(sizes) != 1:
         raise ValueError(f"batch tensors disagree on the batch size (dim 0): {sorted(sizes)}")
     (rows,) = sizes
-    if rows % count:
-        raise ValueError(f"a global batch of {rows} rows does not split evenly over {count} processes")
-    per = rows // count
-    return {k: v[index * per:(index + 1) * per].to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    if rows < count:
+        raise ValueError(f"a global batch of {rows} rows cannot feed {count} processes (each needs a row); "
+                         "raise the batch size or use fewer processes")
+    start, stop = shard_bounds(rows, index, count)
+    return {k: v[start:stop].to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _rows(batch: Batch) -> int:
+    return next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor))
+
+
+class JSONLinesTracker(GeneralTracker):
+    """An accelerate tracker that appends every logged entry to ``<logging_dir>/<run_name>.jsonl``
+    (always available; TensorBoard is added when installed)."""
+
+    name = "jsonl"
+    requires_logging_directory = True
+
+    def __init__(self, run_name: str, logging_dir: str | Path):
+        super().__init__()
+        self.path = Path(logging_dir) / f"{run_name}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def tracker(self):
+        return self.path
+
+    def store_init_configuration(self, values: dict) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"config": values}, default=str) + "\n")
+
+    def log(self, values: dict, step: int | None = None, **kwargs) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, **values}, default=str) + "\n")
+
+
+def make_trackers(log_dir: str | Path, run_name: str) -> list[GeneralTracker]:
+    """Training-curve trackers under ``log_dir``: JSON lines, and TensorBoard when it is installed."""
+    trackers: list[GeneralTracker] = [JSONLinesTracker(run_name, log_dir)]
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return trackers
+    from accelerate.tracking import TensorBoardTracker
+
+    trackers.append(TensorBoardTracker(run_name, str(log_dir)))
+    return trackers
 
 
 def _token_counter(tokens_in: str | Callable[[Batch], int] | None) -> Callable[[Batch], int]:
@@ -195,6 +255,8 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
             pass  # skip consumed batches first; then load_state restores the RNG to where the run stopped
         accelerator.load_state(str(checkpoint))
 
+    trackers = make_trackers(cfg.log_dir, cfg.desc.replace(" ", "_").replace("/", "_")) \
+        if cfg.log_dir is not None and accelerator.is_main_process else []
     model.train()
     tokens, logged_tokens, window = 0, 0, []
     begin = last_log = time.perf_counter()
@@ -208,8 +270,10 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
                 raise ValueError(f"batches ran out at step {step} of {cfg.steps} (micro-batch {micro + 1} of {cfg.grad_accum})") from None
             tokens += count_tokens(batch)
             local = shard(batch, accelerator.process_index, accelerator.num_processes, accelerator.device)
+            # a share's mean loss, weighted by its rows: the processes' average is the global batch's mean
+            weight = _rows(local) * accelerator.num_processes / _rows(batch) if accelerator.num_processes > 1 else 1.0
             with accelerator.accumulate(model):  # no gradient all-reduce until the last micro-batch
-                loss = loss_fn(model, local)
+                loss = loss_fn(model, local) * weight
                 accelerator.backward(loss)  # scales by 1/grad_accum
                 if accelerator.sync_gradients and cfg.max_grad_norm is not None:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -227,10 +291,11 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
 
         is_last = step == cfg.steps
         evaluate = eval_fn is not None and (is_last or (cfg.eval_every and step % cfg.eval_every == 0))
-        if evaluate:
+        if evaluate:  # once, on the main process; every process gets its numbers
             model.eval()
             with torch.no_grad():
-                last_eval = {k: float(v) for k, v in eval_fn(accelerator.unwrap_model(model)).items()}
+                last_eval = distributed.on_main(
+                    lambda: {k: float(v) for k, v in eval_fn(accelerator.unwrap_model(model)).items()})
             model.train()
         if evaluate or is_last or step % cfg.log_every == 0:
             now = time.perf_counter()
@@ -238,11 +303,15 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
             entry = {"step": step, "loss": sum(window) / len(window), "lr": optimizer.param_groups[0]["lr"], "tokens_per_s": rate}
             metrics = {(f"eval_{k}" if k in entry else k): v for k, v in last_eval.items()} if evaluate else {}
             history.append({**entry, **metrics})  # an eval metric named like a training entry gets an eval_ prefix
+            for tracker in trackers:
+                tracker.log({**entry, **metrics}, step=step)
             progress.set_postfix({"loss": f"{entry['loss']:.4f}", "tok/s": f"{rate:,.0f}", **{k: f"{v:.4g}" for k, v in metrics.items()}})
             window, logged_tokens, last_log = [], tokens, now
         if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or is_last):
             _save_checkpoint(accelerator, cfg, {"step": step, "history": history, "losses": losses, "eval": last_eval})
     progress.close()
+    for tracker in trackers:
+        tracker.finish()
 
     wall = time.perf_counter() - begin
     return TrainResult(history=history, losses=losses, final_loss=losses[-1] if losses else float("nan"),

@@ -1,7 +1,7 @@
 """Train the tiny test model with reproduce.train in 1 or N processes and save what came out.
 
     python tests/_train_worker.py OUT_DIR                          # one process
-    torchrun --nproc_per_node 2 tests/_train_worker.py OUT_DIR     # two CPU processes (gloo)
+    torchrun --nproc_per_node 2 tests/_train_worker.py OUT_DIR [B]  # two CPU processes (gloo); B rows per global batch
 
 Both see the same global batches; the main process writes ``OUT_DIR/weights.safetensors`` and
 ``OUT_DIR/result.json`` (per-step losses, number of processes). The tiny model, its batches and
@@ -55,7 +55,7 @@ def lm_loss(model: torch.nn.Module, batch) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["targets"].flatten())  # (B*T) x V
 
 
-def main(out: Path) -> None:
+def main(out: Path, global_batch: int = GLOBAL_BATCH) -> None:
     torch.set_num_threads(1)
     accelerator = make_accelerator("cpu", grad_accum=2)
     model = make_model(dropout=0.0)  # dropout draws differ between 1 and N processes: off for the equality
@@ -67,7 +67,7 @@ def main(out: Path) -> None:
         rows_seen.add_(batch["tokens"].shape[0])
         return lm_loss(model, batch)
 
-    result = train(model, optimizer, make_batches(GLOBAL_BATCH), counting_loss, cfg, accelerator=accelerator, tokens_in="tokens")
+    result = train(model, optimizer, make_batches(global_batch), counting_loss, cfg, accelerator=accelerator, tokens_in="tokens")
     rows_per_process = accelerator.gather(rows_seen).tolist()
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -78,4 +78,4 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else GLOBAL_BATCH)

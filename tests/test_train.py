@@ -150,8 +150,8 @@ def test_bad_configs_and_batches_are_refused():
         TrainConfig(steps=3, max_grad_norm=0.0)
     with pytest.raises(ValueError, match="device must be"):
         make_accelerator("tpu")
-    with pytest.raises(ValueError, match="does not split evenly over 3 processes"):
-        tr.shard({"tokens": torch.zeros(8, 2)}, 0, 3)
+    with pytest.raises(ValueError, match="a global batch of 2 rows cannot feed 3 processes"):
+        tr.shard({"tokens": torch.zeros(2, 2)}, 0, 3)
     with pytest.raises(ValueError, match="disagree on the batch size"):
         tr.shard({"tokens": torch.zeros(8, 2), "targets": torch.zeros(4, 2)}, 0, 2)
     model = make_model()
@@ -196,20 +196,31 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_cpu_processes_equal_one_process(tmp_path):
-    """Data parallel (gloo, 2 processes, each half of every global batch) == 1 process on the whole batch."""
+def test_shards_cover_any_batch_size_once():
+    for rows in range(3, 12):
+        parts = [tr.shard({"tokens": torch.arange(rows)}, i, 3)["tokens"] for i in range(3)]
+        assert torch.equal(torch.cat(parts), torch.arange(rows))
+        assert max(len(p) for p in parts) - min(len(p) for p in parts) <= 1
+
+
+@pytest.mark.parametrize("global_batch", [GLOBAL_BATCH, GLOBAL_BATCH + 1], ids=["even", "odd"])
+def test_two_cpu_processes_equal_one_process(tmp_path, global_batch):
+    """Data parallel (gloo, 2 processes, each its share of every global batch, 5 + 4 rows when odd) ==
+    1 process on the whole batch."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(WORKER.parent)}
     double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                              "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
-                             str(WORKER), str(tmp_path / "two")], env=env, capture_output=True, text=True, timeout=120)
+                             str(WORKER), str(tmp_path / "two"), str(global_batch)], env=env, capture_output=True,
+                            text=True, timeout=120)
     assert double.returncode == 0, double.stderr[-3000:]
-    worker_main(tmp_path / "one")  # one process: here
+    worker_main(tmp_path / "one", global_batch)  # one process: here
 
     one = json.loads((tmp_path / "one" / "result.json").read_text())
     two = json.loads((tmp_path / "two" / "result.json").read_text())
     steps, micro = 5, 2
-    assert one["rows_per_process"] == [steps * micro * GLOBAL_BATCH]
-    assert two["rows_per_process"] == [steps * micro * GLOBAL_BATCH // 2] * 2  # each process: half of every batch
+    assert one["rows_per_process"] == [steps * micro * global_batch]
+    first, second = (global_batch + 1) // 2, global_batch // 2
+    assert two["rows_per_process"] == [steps * micro * first, steps * micro * second]
     torch.testing.assert_close(torch.tensor(two["losses"]), torch.tensor(one["losses"]), rtol=1e-5, atol=1e-6)
     assert one["losses"][-1] < one["losses"][0]
     weights_one = load_file(tmp_path / "one" / "weights.safetensors")

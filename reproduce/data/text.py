@@ -154,29 +154,25 @@ def hub_dataset(
     *,
     text_field: str = "text",
     streaming: bool = True,
+    param: str = "",
 ) -> Iterator[str]:
-    """Texts of a Hugging Face dataset (e.g. ``"deepmind/pg19"``), streamed, for the gpu profile.
+    """Texts of a Hugging Face dataset (e.g. ``"emozilla/pg19"``) or a local parquet folder, streamed.
 
-    Offline (``HF_HUB_OFFLINE=1``, or the hub does not answer within ~1.5 s) this raises
-    ``HubDatasetOffline`` at once, naming the packaged alternative. ``datasets`` comes with the
-    optional extra ``gpu`` (``pip install -e ".[gpu]"``) and is imported only here.
+    Fails in one line (:class:`reproduce.hub.HubError`: offline, gated, script-based, no such split,
+    config or column), offline at once, naming the packaged alternative. ``param``: the notebook
+    parameter holding ``dataset_id``. ``datasets`` comes with the extras ``gpu`` and ``test``.
     """
-    from reproduce.runtime import hub_offline
+    from reproduce import hub
 
-    if hub_offline():
-        raise HubDatasetOffline(
-            f"dataset {dataset_id!r} needs the Hugging Face hub, which is offline; use profile=cpu, "
-            "which reads the packaged novels (reproduce.data.novels)")
-    try:
-        import datasets
-    except ImportError as err:
-        raise ImportError(f"dataset {dataset_id!r} needs the `datasets` library: pip install -e \".[gpu]\" (or pip install datasets)") from err
-    data = datasets.load_dataset(dataset_id, config, split=split, streaming=streaming)
+    data = hub.load_dataset(dataset_id, config, split, streaming=streaming, param=param,
+                            alternative="use profile=cpu, which reads the packaged novels (reproduce.data.novels)")
     return _texts(data, text_field, dataset_id)
 
 
 def _texts(rows: Iterable[dict], text_field: str, dataset_id: str) -> Iterator[str]:
-    for row in rows:
-        if text_field not in row:
-            raise KeyError(f"dataset {dataset_id!r} has no field {text_field!r}; its fields: {sorted(row)}")
+    from reproduce import hub
+
+    for i, row in enumerate(rows):
+        if i == 0:
+            hub.require_columns(row, [text_field], dataset_id)
         yield row[text_field]

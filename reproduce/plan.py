@@ -1,0 +1,187 @@
+"""``python -m reproduce plan <paper> --profile gpu [--gpu h100-80gb]``: what a run costs before it starts.
+
+Per notebook section: the largest model's parameters, the peak GPU memory of its largest step, the
+FLOPs of the whole section, the estimated GPU-hours on the named GPU and the download size. A
+profile whose section does not fit the GPU's memory is refused (exit 1) with the parameter to change.
+
+How the numbers are made (each paper's ``reproduce.<paper>.plan`` builds its sections):
+
+- **FLOPs** are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one real-shape step run on
+  the *meta* device (shapes only: no memory, no time), forward and backward, then multiplied by the
+  number of steps. Work that is not matmuls (decoding launches, k-means) is given by the paper module.
+- **Peak memory** = weights + gradients + AdamW state (fp32 master weights: 4 + 4 + 8 bytes per
+  trained parameter) + the activations one micro-batch keeps for backward, measured as the bytes of
+  every tensor autograd saves during the meta forward (:func:`step_cost`), in the dtype the run
+  computes in (fp32 here: an upper bound for bf16 autocast, which keeps some tensors in fp32 and
+  others in bf16) + the largest transient (:attr:`SectionPlan.transient_bytes`, e.g. the logits).
+  ``tests/test_plan.py`` checks this model against a CPU measurement at small size.
+- **GPU-hours** = FLOPs / (``MFU`` x the GPU's dense bf16 peak) + time that is not FLOP-bound.
+  ``MFU`` = 0.4 is our assumption (well-tuned dense training reaches 0.35-0.55 on A100/H100).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+MFU = 0.4  # ours: model FLOP utilisation assumed for every section (see the module docstring)
+ADAMW_BYTES_PER_PARAM = 16  # fp32 weights + fp32 gradients + AdamW's two fp32 moments
+
+
+@dataclass(frozen=True)
+class GPU:
+    name: str
+    memory_gb: float  # usable memory, GB (1e9 bytes)
+    bf16_tflops: float  # dense bf16 tensor-core peak (vendor data sheet, no sparsity)
+
+
+GPUS = {g.name: g for g in (
+    GPU("a100-40gb", 40, 312), GPU("a100-80gb", 80, 312), GPU("h100-80gb", 80, 989),
+    GPU("h200-141gb", 141, 989), GPU("l40s-48gb", 48, 362), GPU("rtx4090-24gb", 24, 165),
+)}
+DEFAULT_GPU = "a100-80gb"
+
+
+@dataclass
+class SectionPlan:
+    """The cost of one notebook section on the gpu profile."""
+
+    section: str
+    what: str  # what runs, e.g. "3 LMs x 1 seed x 20,000 steps of 8 x 2048 tokens"
+    parameters: int  # the largest model's parameters
+    peak_bytes: float  # peak GPU memory of the section's largest step (one process)
+    flops: float  # all the section's FLOPs (every process together)
+    download_bytes: float = 0.0
+    other_hours: float = 0.0  # GPU time that FLOPs do not measure (launch-bound decoding, ...)
+    fix: str = ""  # the parameter that lowers peak memory, named when it does not fit
+    notes: str = ""
+
+    def gpu_hours(self, gpu: GPU, mfu: float = MFU) -> float:
+        return self.flops / (mfu * gpu.bf16_tflops * 1e12) / 3600 + self.other_hours
+
+
+@dataclass
+class StepCost:
+    """One step measured on the meta device."""
+
+    flops: float  # forward (+ backward when trained)
+    saved_bytes: float  # bytes of the tensors autograd saves for backward (the activations held at the loss)
+    parameters: int
+    trained_parameters: int
+    output_bytes: float = 0.0
+
+    def train_peak(self, extra_bytes: float = 0.0) -> float:
+        """Weights, gradients and AdamW state of the trained parameters, frozen weights, activations."""
+        frozen = self.parameters - self.trained_parameters
+        return self.trained_parameters * ADAMW_BYTES_PER_PARAM + frozen * 4 + self.saved_bytes + extra_bytes
+
+
+def step_cost(build: Callable[[], Any], run: Callable[[Any], Any], *, train: bool = True) -> StepCost:
+    """Build a model on the meta device and run one step of ``run(model) -> loss`` (backward when ``train``).
+
+    ``build`` is called under ``torch.device("meta")``: parameters have shapes, no storage. ``run``
+    makes its inputs on the meta device too (``torch.zeros(..., device="meta")``).
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        model = build()
+    params = sum(p.numel() for p in model.parameters())
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad) if train else 0
+    saved = [0]
+    seen: set[int] = set()
+
+    def pack(t):  # weights are counted apart; a tensor saved by several nodes counts once
+        base = t if t._base is None else t._base
+        if not isinstance(base, torch.nn.Parameter) and id(base) not in seen:
+            seen.add(id(base))
+            saved[0] += base.numel() * base.element_size()
+        return t
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = run(model)
+        if train:
+            out.backward()
+    out_bytes = out.numel() * out.element_size() if isinstance(out, torch.Tensor) else 0.0
+    return StepCost(float(counter.get_total_flops()), float(saved[0]), params, trained, float(out_bytes))
+
+
+def paper_plan(paper: str, params) -> list[SectionPlan]:
+    """The sections of ``paper`` under ``params`` (``reproduce.<paper>.plan.sections(params)``)."""
+    module = importlib.import_module(f"reproduce.{paper}.plan")
+    return module.sections(params)
+
+
+@dataclass
+class Verdict:
+    paper: str
+    gpu: GPU
+    sections: list[SectionPlan] = field(default_factory=list)
+
+    @property
+    def too_big(self) -> list[SectionPlan]:
+        return [s for s in self.sections if s.peak_bytes > self.gpu.memory_gb * 1e9]
+
+    @property
+    def gpu_hours(self) -> float:
+        return sum(s.gpu_hours(self.gpu) for s in self.sections)
+
+    @property
+    def peak_bytes(self) -> float:
+        return max((s.peak_bytes for s in self.sections), default=0.0)
+
+
+def make(paper: str, params, gpu: str = DEFAULT_GPU) -> Verdict:
+    if gpu not in GPUS:
+        from .config import ParamError
+
+        raise ParamError(f"unknown GPU {gpu!r}; one of {', '.join(GPUS)}")
+    return Verdict(paper, GPUS[gpu], paper_plan(paper, params))
+
+
+def human_bytes(n: float) -> str:
+    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n:.0f} B"
+
+
+def human_count(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.2f}{unit}" if n < 10 * size else f"{n / size:.0f}{unit}"
+    return f"{n:.0f}"
+
+
+def human_flops(n: float) -> str:
+    if n <= 0:
+        return "0"
+    exp = int(math.floor(math.log10(n)))
+    return f"{n / 10 ** exp:.1f}e{exp}"
+
+
+def table_rows(verdict: Verdict) -> list[dict[str, str]]:
+    rows = []
+    for s in verdict.sections:
+        rows.append({"section": s.section, "what": s.what, "parameters": human_count(s.parameters),
+                     "peak memory": human_bytes(s.peak_bytes), "FLOPs": human_flops(s.flops),
+                     "GPU-hours": f"{s.gpu_hours(verdict.gpu):.2f}", "download": human_bytes(s.download_bytes) if s.download_bytes else "–",
+                     "fits": "yes" if s.peak_bytes <= verdict.gpu.memory_gb * 1e9 else f"NO: {s.fix}"})
+    return rows
+
+
+def markdown(verdicts: list[Verdict]) -> str:
+    """The README table: one row per paper (peak memory, GPU-hours) on each verdict's GPU."""
+    lines = ["| notebook | GPU | peak memory (largest section) | GPU-hours (all sections) | download |",
+             "|---|---|---|---|---|"]
+    for v in verdicts:
+        download = sum(s.download_bytes for s in v.sections)
+        lines.append(f"| {v.paper} | 1 x {v.gpu.name} | {human_bytes(v.peak_bytes)} | {v.gpu_hours:.1f} | "
+                     f"{human_bytes(download) if download else '–'} |")
+    return "\n".join(lines)
