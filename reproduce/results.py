@@ -190,6 +190,7 @@ class Run:
             self.provenance["resumed_rows"] = list(self._state.reused)
         if distributed.is_main():
             write_json_atomic(target, self.to_dict(complete=True))
+            self._partial_beside().unlink(missing_ok=True)
         if self._state is not None:
             self._state.finish()
         distributed.barrier()
@@ -205,10 +206,13 @@ class Run:
             except (json.JSONDecodeError, OSError, AttributeError):
                 finished = False
             if finished:
-                from .paths import runs_dir
-
-                return runs_dir(self.params.get("output_dir") or None) / self.paper / self.profile / "partial.json"
+                return self._partial_beside()
         return target
+
+    def _partial_beside(self) -> Path:
+        from .paths import runs_dir
+
+        return runs_dir(self.params.get("output_dir") or None) / self.paper / self.profile / "partial.json"
 
     def save_partial(self) -> Path | None:
         """Write what the run has so far, marked ``"complete": false`` (main process only)."""

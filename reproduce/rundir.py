@@ -72,6 +72,9 @@ class RunDir:
             if not resume or kept != self._fingerprint:
                 stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
                 aside = self.root.with_name(f"{self.root.name}.old-{stamp}")
+                n = 1
+                while aside.exists():
+                    aside, n = self.root.with_name(f"{self.root.name}.old-{stamp}-{n}"), n + 1
                 self.root.rename(aside)
                 why = "resume=False" if not resume else "its parameters differ from this run's"
                 print(f"runs: the state of an earlier run was moved to {aside} ({why}); starting afresh")
