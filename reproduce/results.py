@@ -66,6 +66,7 @@ def provenance(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "platform": platform.platform(),
         "host": socket.gethostname(),
         "cpu_count": os.cpu_count(),
+        "processes": int(os.environ.get("WORLD_SIZE", "1") or 1),  # > 1: torchrun / accelerate launch
         "packages": versions,
     }
     if "torch" in sys.modules:  # never import torch just for provenance
