@@ -15,7 +15,11 @@ SPEC = register(
             "n": Param("int", 64, "number of samples", min=2),
             "lr": Param("float", 0.1, "learning rate", min=0.0, max=10.0),
             "fail": Param("bool", False, "raise in the fit cell (tests the runner's error report)"),
+            "hub_dataset": Param("str", "", "a hub dataset the run declares (checked before the kernel starts; "
+                                 "the notebook does not read it): tests the preflight"),
         },
+        hub_datasets=lambda v: [{"param": "hub_dataset", "id": v["hub_dataset"], "split": "train",
+                                 "columns": ["text"]}] if v["hub_dataset"] else [],
         profiles={"smoke": {"steps": 50}, "cpu": {}, "gpu": {"steps": 1000}},
         artifacts={"Eq. (1)": "1. Fit", "Figure 1": "1. Fit"},
     )

@@ -128,3 +128,29 @@ def test_gated(tmp_path):
     assert kind == "gated", message
     assert "hf auth login" in message and "facebook/pmd" in message and "pmd_dataset" in message
     assert float(elapsed) < 5
+
+
+@pytest.mark.parametrize("kind", ["offline", "script", "column"])
+def test_run_fails_before_the_kernel_starts(kind, tmp_path, parquet_dataset):
+    """``python -m reproduce run`` opens the run's hub datasets first: one line on stderr, exit 1, < 5 s."""
+    if kind == "script":
+        (tmp_path / "pg19").mkdir()
+        (tmp_path / "pg19" / "pg19.py").write_text("import datasets\n")
+        dataset = str(tmp_path / "pg19")
+    elif kind == "column":
+        import pandas as pd
+
+        pd.DataFrame({"book": ["x"]}).to_parquet(parquet_dataset / "data" / "train-00000-of-00001.parquet")
+        dataset = str(parquet_dataset)
+    else:
+        dataset = "emozilla/pg19"
+    env = {**os.environ, "REPRODUCE_SPECS": "pipeline_spec", "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "tests"), str(REPO_ROOT)])}
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "reproduce", "run", "pipeline", "-p", f"hub_dataset={json.dumps(dataset)}",
+                          "--output-dir", str(tmp_path / "out")], env=env, capture_output=True, text=True, timeout=60)
+    elapsed = time.perf_counter() - t0
+    assert out.returncode == 1, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: pipeline: dataset") and "hub_dataset" in lines[0], lines
+    assert not (tmp_path / "out").exists()  # nothing started, nothing written
+    assert elapsed < 5, elapsed
