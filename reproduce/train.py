@@ -76,6 +76,7 @@ class TrainConfig:
     resume: bool = True  # continue from the newest complete checkpoint in checkpoint_dir (False: it must have none)
     mixed_precision: str = "no"
     desc: str = "train"
+    find_unused_parameters: bool = False  # several processes: a model whose loss leaves some parameters unused (FLAVA's rows)
     log_dir: str | Path | None = None  # training curves through accelerate's tracker API (JSON lines; TensorBoard if installed)
 
     def __post_init__(self) -> None:
@@ -105,7 +106,8 @@ class TrainResult:
     eval: dict[str, float] = field(default_factory=dict)  # the last evaluation
 
 
-def make_accelerator(device: str = "auto", mixed_precision: str = "no", grad_accum: int = 1) -> Accelerator:
+def make_accelerator(device: str = "auto", mixed_precision: str = "no", grad_accum: int = 1,
+                     find_unused_parameters: bool = False) -> Accelerator:
     """An ``Accelerator`` on ``device`` ("auto": CUDA when present; "cpu"; "cuda").
 
     accelerate keeps one device and mixed-precision setting per process: asking for another one
@@ -115,7 +117,11 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no", grad_acc
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' was asked for, but torch sees no GPU; use device='auto' or 'cpu'")
-    return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum)
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    handlers = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
+    return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
+                       kwargs_handlers=handlers)
 
 
 def shard_bounds(rows: int, index: int, count: int) -> tuple[int, int]:
@@ -227,7 +233,8 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
     process. ``tokens_in`` counts a global batch's tokens for tokens/s: a batch key (its
     ``numel``), a function, or None (the batch size). The model is trained in place.
     """
-    accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision, grad_accum=cfg.grad_accum)
+    accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision, grad_accum=cfg.grad_accum,
+                                                  find_unused_parameters=cfg.find_unused_parameters)
     if accelerator.mixed_precision != cfg.mixed_precision:
         raise ValueError(f"TrainConfig.mixed_precision={cfg.mixed_precision!r} but the accelerator passed in uses "
                          f"{accelerator.mixed_precision!r}; make it with make_accelerator(..., mixed_precision=...)")
