@@ -592,7 +592,7 @@ def test_config_rows_match_the_model_and_bad_parameters_are_refused():
     assert E.sizes_from(params).grid == params.image_size // params.patch_size
     with pytest.raises(config.ParamError, match="rows"):
         config.resolve("flava", "smoke", {"rows": ["FLAVA_X"]})
-    with pytest.raises(ValueError, match="must be 1"):
+    with pytest.raises(ValueError, match="sum to 1"):
         E.rows_from(config.resolve("flava", "smoke", {"p_text": 0.5}))
 
 
@@ -692,14 +692,18 @@ def test_pmd_hub_pairs_streams_each_subset_with_datasets(tmp_path, monkeypatch):
     monkeypatch.setattr(reproduce.runtime, "hub_offline", lambda *a, **k: False)
     monkeypatch.setattr(datasets, "load_dataset", from_disk)
     monkeypatch.setattr(pmd, "fetch_image_bytes", lambda url: _png(_picture(8, 8, [(99, 99, 99)])))
-    out = pmd.hub_pairs("facebook/pmd", ["coco", "sbu"], 5, 16, seed=0)
+    out = pmd.hub_pairs("facebook/pmd", ["coco", "sbu"], 5, 16, split="train", caption_column="text", seed=0)
     assert opened == [("facebook/pmd", "coco", "train", True), ("facebook/pmd", "sbu", "train", True)]
     assert out.images.shape == (5, 16, 16, 3) and out.sources == ["coco"] * 3 + ["sbu"] * 2  # 5 shared 3 + 2
     shade = {c: int(img[0, 0, 0]) for c, img in zip(out.captions, out.images)}
     assert {shade[c] for c in ("c one", "c two", "c three")} == {10, 20, 30}
     assert all(shade[c] == {"s linked": 99, "s two": 50, "s three": 60}[c] for c in out.captions if c.startswith("s "))
     with pytest.raises(ValueError, match="gave 3 usable pairs, fewer than the 4"):
-        pmd.hub_pairs("facebook/pmd", ["coco", "sbu"], 8, 16)
+        pmd.hub_pairs("facebook/pmd", ["coco", "sbu"], 8, 16, split="train", caption_column="text")
+    from reproduce import hub
+
+    with pytest.raises(hub.HubError, match=r"no column\(s\) \['caption'\].*pairs_caption_column"):
+        pmd.hub_pairs("facebook/pmd", ["coco"], 2, 16, split="train")  # PMD's captions are in `text`
 
 
 def test_pmd_offline_fails_at_once_naming_the_offline_alternative(monkeypatch, no_network):
@@ -708,8 +712,8 @@ def test_pmd_offline_fails_at_once_naming_the_offline_alternative(monkeypatch, n
     from reproduce.data.text import HubDatasetOffline
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(HubDatasetOffline, match="facebook/pmd.*offline.*pairs_source='scenes' \\(profile=cpu\\)"):
-        pmd.hub_pairs("facebook/pmd", ["coco"], 10, 32)
+    with pytest.raises(HubDatasetOffline, match="flickr30k.*offline.*pairs_source='scenes' \\(profile=cpu\\).*pairs_dataset"):
+        pmd.hub_pairs(pmd.DEFAULT_DATASET, [], 10, 32)
 
 
 def test_pmd_without_datasets_says_how_to_install(monkeypatch):
@@ -729,30 +733,85 @@ def test_pmd_that_cannot_be_opened_says_what_to_check(monkeypatch):
     import types
 
     import reproduce.runtime
+    from reproduce import hub
     from reproduce.data import pmd
 
+    class GatedRepoError(Exception):
+        pass
+
     def refuse(*args, **kwargs):
-        raise FileNotFoundError("Dataset 'facebook/pmd' is a gated dataset on the Hub")
+        raise GatedRepoError("Access to dataset facebook/pmd is restricted")
 
     monkeypatch.setattr(reproduce.runtime, "hub_offline", lambda *a, **k: False)
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=refuse))
-    with pytest.raises(RuntimeError, match=r"cannot stream facebook/pmd \(coco\).*gated.*hf auth login.*pairs_source='scenes'"):
-        pmd.hub_pairs("facebook/pmd", ["coco"], 10, 32)
+    with pytest.raises(hub.HubError, match=r"facebook/pmd.*gated.*hf auth login.*pairs_dataset") as err:
+        pmd.hub_pairs("facebook/pmd", ["coco"], 10, 32, split="train")
+    assert err.value.kind == "gated" and "\n" not in str(err.value)
 
 
 def test_pairs_source_parameters_and_profiles():
     from reproduce import config
-
-    assert config.resolve("flava", "gpu").pairs_source == "pmd"
-    assert config.resolve("flava", "cpu").pairs_source == config.resolve("flava", "smoke").pairs_source == "scenes"
-    from reproduce.configs.flava import PMD_DATASET
+    from reproduce.configs.flava import PAIRS_DATASET, PMD_DATASET, hub_datasets
     from reproduce.data import pmd
 
-    assert config.resolve("flava", "gpu").pmd_dataset == PMD_DATASET == pmd.PMD_DATASET
-    with pytest.raises(config.ParamError, match="pairs_source.*'scenes', 'pmd'"):
+    gpu = config.resolve("flava", "gpu")
+    assert gpu.pairs_source == "hub" and gpu.pairs_dataset == PAIRS_DATASET == pmd.DEFAULT_DATASET
+    assert PMD_DATASET == pmd.PMD_DATASET
+    assert (gpu.pairs_split, gpu.pairs_image_column, gpu.pairs_caption_column) == ("test", "image", "caption")
+    assert config.resolve("flava", "cpu").pairs_source == config.resolve("flava", "smoke").pairs_source == "scenes"
+    assert hub_datasets(gpu) == [{"param": "pairs_dataset", "id": PAIRS_DATASET, "config": None, "split": "test",
+                                  "columns": ["image", "caption"], "alternative": pmd.OFFLINE_ALTERNATIVE}]
+    assert hub_datasets(config.resolve("flava", "cpu")) == []
+    with pytest.raises(config.ParamError, match="pairs_source.*'scenes', 'hub'"):
         config.resolve("flava", "cpu", {"pairs_source": "web"})
-    with pytest.raises(config.ParamError, match="pmd_subsets"):
-        config.resolve("flava", "cpu", {"pmd_subsets": "coco"})
+    with pytest.raises(config.ParamError, match="pairs_configs"):
+        config.resolve("flava", "cpu", {"pairs_configs": "coco"})
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"micro_batch": 12}, "micro_batch.*must divide batch_size 16.*micro_batch=8"),
+    ({"micro_batch": 32}, "micro_batch.*must divide"),
+    ({"micro_batch": 1, "batch_size": 16}, "micro_batch.*in-batch negative"),
+    ({"batch_size": 200}, "n_images.*smaller than batch_size 200"),
+    ({"n_text": 16, "batch_size": 32}, "n_text.*smaller than batch_size 32"),
+    ({"vq_fit_images": 300}, "vq_fit_images.*n_pairs 256"),
+    ({"warmup": 100}, "warmup.*10 x steps"),
+    ({"p_text": 0.5}, "p_paired.*sum to 1"),
+])
+def test_spec_checks_refuse_combinations_that_would_crash_late(overrides, match):
+    from reproduce import config
+
+    with pytest.raises(config.ParamError, match=match):
+        config.resolve("flava", "smoke", overrides)
+
+
+def test_vq_fit_subsample_draws_distinct_images_or_keeps_all():
+    from reproduce.flava.data import vq_fit_subsample
+
+    images = np.arange(10)[:, None, None, None] * np.ones((10, 2, 2, 3), dtype=np.uint8)
+    assert vq_fit_subsample(images, 0, 0) is images and vq_fit_subsample(images, 10, 0) is images
+    sub = vq_fit_subsample(images, 4, 0)
+    assert sub.shape == (4, 2, 2, 3) and len(set(sub[:, 0, 0, 0].tolist())) == 4
+    assert (sub == vq_fit_subsample(images, 4, 0)).all()
+
+
+def test_micro_batches_split_each_drawn_batch_and_accumulate_to_it(data):
+    from reproduce.flava.pretraining import FlavaTrainConfig, batch_stream
+
+    row = M.table3_rows()["FLAVA"]
+    a = batch_stream(D.BatchSampler(data, TINY, 8, seed=3), row)
+    fulls = [next(a) for _ in range(3)]  # the block masks draw from Python's global random: one sampler at a time
+    b = batch_stream(D.BatchSampler(data, TINY, 8, seed=3), row, micro_batch=4)
+    for full in fulls:
+        first, second = next(b), next(b)
+        assert first["source"] == second["source"] == full["source"]
+        for k, v in full.items():
+            if k != "source":
+                assert torch.equal(torch.cat([first[k], second[k]]), v)
+    assert FlavaTrainConfig(steps=2, batch_size=8, micro_batch=4, warmup=1).grad_accum == 2
+    assert FlavaTrainConfig(steps=2, batch_size=8, warmup=1).grad_accum == 1
+    with pytest.raises(ValueError, match="micro_batch"):
+        FlavaTrainConfig(steps=2, batch_size=8, micro_batch=3, warmup=1)
 
 
 def test_pretraining_data_from_hub_pairs_keeps_them_and_draws_other_captions_as_itm_negatives():

@@ -1,19 +1,23 @@
-"""Image-caption pairs from the Hugging Face hub: PMD subsets (FLAVA §4, Table 1) for the gpu profile.
+"""Image-caption pairs from the Hugging Face hub for the gpu profile: Flickr30K by default, PMD (FLAVA §4, Table 1) as an option.
 
-PMD (``facebook/pmd``, 70M pairs) gathers COCO, SBU Captions, Localized Narratives, Conceptual
+The default, ``lmms-lab/flickr30k`` (``DEFAULT_DATASET``), is not gated and stores its images in
+parquet: columns ``image`` and ``caption`` (five captions per image; the first is taken), one split
+``test`` of 31,783 images. PMD (``facebook/pmd``, 70M pairs) gathers COCO, SBU Captions, Localized Narratives, Conceptual
 Captions (3M and 12M), Visual Genome, WIT, RedCaps and a filtered YFCC100M; each subset is a config
 of the dataset. Its dataset card documents the rows as ``image`` (the image, or None where only a
 link is stored), ``image_url``, ``text``, ``source`` and ``meta``; rows without a stored image are
-fetched from ``image_url`` here. Any other hub dataset with an image column and a caption column
+fetched from ``image_url`` here. PMD is gated (accept its terms on the hub, then ``hf auth login``)
+and ships a loading script, which ``datasets`` >= 4 does not run. Any other hub dataset with an image column and a caption column
 reads the same way (e.g. a Flickr30K copy whose ``caption`` holds five captions: the first is taken).
 
 * ``pairs_from_rows(rows, n, image_size)``: the conversion, a pure function over an iterable of row
   dicts (``{"image": PIL.Image, "text": str}`` and the variants above): the first ``n`` rows with an
   image and a caption, each image resized (shorter side to ``image_size``, bicubic, as CLIP and
   FLAVA's processor) and centre-cropped to a square ``uint8`` array.
-* ``hub_pairs(dataset_id, subsets, n, image_size)``: streams the subsets (``n`` shared equally,
-  shuffled in a buffer) and converts them. Offline (``HF_HUB_OFFLINE=1``, or no answer from the hub
-  within ~1.5 s) it raises ``HubDatasetOffline`` at once, naming the offline alternative.
+* ``hub_pairs(dataset_id, configs, n, image_size, split=, image_column=, caption_column=)``: streams
+  the configs (``n`` shared equally, shuffled in a buffer) through ``reproduce.hub`` and converts them.
+  Offline, gated, script-based, a wrong split or a missing column: one-line ``reproduce.hub.HubError``
+  at once (offline: ``HF_HUB_OFFLINE=1``, or no answer from the hub within ~1.5 s), naming the fix.
 
 The result, ``ImageCaptionPairs``, holds what the generated scenes give the pretraining code:
 ``(N, S, S, 3)`` uint8 images and their captions. ``datasets`` is needed only here (extra ``gpu``).
@@ -30,6 +34,7 @@ import numpy as np
 from PIL import Image
 
 PMD_DATASET = "facebook/pmd"
+DEFAULT_DATASET = "lmms-lab/flickr30k"  # = reproduce.configs.flava.PAIRS_DATASET (tested)
 IMAGE_FIELDS = ("image", "img", "jpg")  # first present column holds the image
 TEXT_FIELDS = ("text", "caption", "captions", "sentences", "caption_0")  # first present column holds the caption
 URL_FIELDS = ("image_url", "url")  # where an image that is not stored can be fetched (PMD)
@@ -171,51 +176,45 @@ def _fill(batch: list[dict], url_field: str, pool: ThreadPoolExecutor) -> list[d
     return batch
 
 
-def hub_pairs(dataset_id: str, subsets: list[str], n: int, image_size: int, *, split: str = "train", seed: int = 0,
-              shuffle_buffer: int = 10_000, fetch_threads: int = 16) -> ImageCaptionPairs:
-    """``n`` image-caption pairs streamed from ``subsets`` (configs) of a hub dataset, ``n`` shared equally.
+def hub_pairs(dataset_id: str, configs: list[str], n: int, image_size: int, *, split: str = "test",
+              image_column: str | None = "image", caption_column: str | None = "caption", seed: int = 0,
+              shuffle_buffer: int = 10_000, fetch_threads: int = 16, param: str = "pairs_dataset") -> ImageCaptionPairs:
+    """``n`` image-caption pairs streamed from ``configs`` of a hub dataset (or a local parquet folder),
+    ``n`` shared equally, shuffled in a buffer of ``shuffle_buffer`` rows, each converted as it arrives
+    (only the ``(n, S, S, 3)`` uint8 result is kept: 30k pairs at 224 px = 4.5 GB).
 
-    For PMD (``facebook/pmd``: gated, accept its terms on the hub and log in first) the subsets are
-    its sources, e.g. ``["coco", "localized_narratives"]``; ``[]`` reads the dataset's default config.
-    Offline this raises ``HubDatasetOffline`` at once; without ``datasets``, an ImportError.
+    Read through ``reproduce.hub.load_dataset``: offline, gated (PMD: accept its terms on the hub and
+    ``hf auth login``), script-based, a wrong split or config, or a missing column each fail at once
+    with one line naming ``param`` and the fix (``reproduce.hub.HubError``). ``[]`` reads the default config.
+    A caption column holding a list (Flickr30K's five captions) gives its first caption: one pair per image.
     """
-    from reproduce.data.text import HubDatasetOffline
-    from reproduce.runtime import hub_offline
-
-    if hub_offline():
-        raise HubDatasetOffline(f"image-caption pairs from {dataset_id!r} need the Hugging Face hub, which is offline; "
-                                f"{OFFLINE_ALTERNATIVE}")
-    try:
-        import datasets
-    except ImportError as err:
-        raise ImportError(f"image-caption pairs from {dataset_id!r} need the `datasets` library: pip install datasets "
-                          "(or pip install -e .[gpu])") from err
     from tqdm.auto import tqdm
 
-    configs: list[str | None] = list(subsets) or [None]
-    shares = [n // len(configs) + (i < n % len(configs)) for i in range(len(configs))]
+    from reproduce import hub
+
+    names: list[str | None] = list(configs) or [None]
+    shares = [n // len(names) + (i < n % len(names)) for i in range(len(names))]
     parts = []
-    for config, share in zip(configs, shares):
+    for config, share in zip(names, shares):
         if share == 0:
             continue
         name = f"{dataset_id}" + (f" ({config})" if config else "")
-        try:
-            stream = datasets.load_dataset(dataset_id, config, split=split, streaming=True)
-        except Exception as err:  # noqa: BLE001 - re-raised with what to check, the cause attached
-            raise RuntimeError(
-                f"cannot stream {name}, split {split!r}: {err}. A gated dataset (PMD is) needs its terms accepted "
-                "on the hub and a login (`hf auth login`); a dataset that still ships a loading script is not read "
-                "by datasets >= 4: set pmd_dataset to a Parquet image-caption dataset, or "
-                f"{OFFLINE_ALTERNATIVE}") from err
+        stream = hub.load_dataset(dataset_id, config, split, streaming=True, param=param, alternative=OFFLINE_ALTERNATIVE)
+        first = next(iter(stream), None)
+        if first is None:
+            raise hub.HubError(f"dataset {name!r}, split {split!r} is empty; set {param}", "missing")
+        hub.require_columns(first, [c for c in (image_column, caption_column) if c], dataset_id,
+                            "pairs_image_column / pairs_caption_column")
         stream = stream.shuffle(seed=seed, buffer_size=shuffle_buffer)
-        columns = set(getattr(stream, "column_names", None) or [])
+        columns = set(getattr(stream, "column_names", None) or first)
         url_field = next((c for c in URL_FIELDS if c in columns), None)
         rows = _prefetched(stream, url_field, fetch_threads) if url_field else stream
-        rows = tqdm(rows, desc=f"pairs from {name}", unit=" rows")
-        part = pairs_from_rows(rows, share, image_size, source=config or dataset_id)
+        rows = tqdm(rows, desc=f"pairs from {name}", unit=" rows", total=share)
+        part = pairs_from_rows(rows, share, image_size, source=config or dataset_id, image_field=image_column,
+                               text_field=caption_column)
         if len(part) < share:
             raise ValueError(f"{name} gave {len(part)} usable pairs, fewer than the {share} asked for; lower n_pairs "
-                             "or add subsets")
+                             "or add configs (pairs_configs)")
         parts.append(part)
     return ImageCaptionPairs(np.concatenate([p.images for p in parts]), [c for p in parts for c in p.captions],
                              [s for p in parts for s in p.sources])

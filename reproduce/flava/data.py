@@ -109,14 +109,15 @@ def other_captions(captions: list[str], rng: np.random.Generator, tries: int = 2
 
 
 def build_pretrain_data(sizes: M.FlavaSizes, n_pairs: int, n_images: int, n_text: int, emoji_prob: float,
-                        seed: int, texts: TextSources | None = None, pairs: pmd.ImageCaptionPairs | None = None
-                        ) -> PretrainData:
+                        seed: int, texts: TextSources | None = None, pairs: pmd.ImageCaptionPairs | None = None,
+                        vq_fit_images: int = 0) -> PretrainData:
     """Paired data, unimodal scene/emoji images and novel sentences; tokenizers fitted here.
 
     The pairs are ``n_pairs`` generated scenes (+ emoji), with one-attribute swaps as hard ITM
     negatives, unless ``pairs`` (e.g. PMD from ``reproduce.data.pmd.hub_pairs``) are given; those have
     the captions of other pairs as their ITM negatives. The WordPiece vocabulary is learnt on the
-    pretraining captions and text; the VQ codebook on the paired images. Both stay frozen afterwards.
+    pretraining captions and text; the VQ codebook on the paired images (``vq_fit_images`` of them drawn
+    at random, 0 = all: only those are converted to float). Both stay frozen afterwards.
     """
     s = sizes.image_size
     emojis = scenes.emoji_bank(s) if emoji_prob > 0 else None
@@ -137,12 +138,23 @@ def build_pretrain_data(sizes: M.FlavaSizes, n_pairs: int, n_images: int, n_text
     rng = np.random.default_rng(seed)
     text = [texts.pretrain[i] for i in rng.choice(len(texts.pretrain), min(n_text, len(texts.pretrain)), replace=False)]
     tokenizer = M.build_wordpiece(captions + negatives + text, sizes.vocab_size, sizes.max_text_len)
-    vq = M.PatchVQ.fit(to_pixels(images), sizes.patch_size, sizes.codebook_size, seed)
+    vq = M.PatchVQ.fit(to_pixels(vq_fit_subsample(images, vq_fit_images, seed)), sizes.patch_size, sizes.codebook_size, seed)
     cap_ids, cap_mask = M.tokenize(tokenizer, captions, sizes.max_text_len)
     neg_ids, neg_mask = M.tokenize(tokenizer, negatives, sizes.max_text_len)
     text_ids, text_mask = M.tokenize(tokenizer, text, sizes.max_text_len)
     return PretrainData(tokenizer, vq, images, _encode(vq, images), cap_ids, cap_mask, neg_ids, neg_mask,
                         captions, pool, _encode(vq, pool), text_ids, text_mask, emojis)
+
+
+def vq_fit_subsample(images: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """``n`` of ``images`` drawn without replacement (sorted), or all of them when ``n`` is 0 or >= their number.
+
+    The k-means sees at most ``PatchVQ.fit``'s ``max_patches`` patches anyway; converting every paired
+    image to float first would take 30k x 3 x 224 x 224 x 4 B = 18 GB of host memory (the gpu profile).
+    """
+    if n <= 0 or n >= len(images):
+        return images
+    return images[np.sort(np.random.default_rng(seed + 7).choice(len(images), n, replace=False))]
 
 
 def _encode(vq: M.PatchVQ, images: np.ndarray, chunk: int = 2048) -> Tensor:

@@ -48,16 +48,19 @@ def rows_from(params) -> dict[str, M.AblationRow]:
 def prepare(params, texts: TextSources | None = None) -> tuple[PretrainData, EvalData]:
     """Pretraining sources and held-out evaluation sets, built once for all rows and seeds.
 
-    With ``pairs_source='pmd'`` the pairs are streamed from the hub (``reproduce.data.pmd``); the
-    evaluation stays on held-out scenes, MNIST and novels either way.
+    With ``pairs_source='hub'`` the pairs are streamed from the hub or a local parquet folder
+    (``reproduce.data.pmd``: ``pairs_dataset``, Flickr30K by default); the evaluation stays on held-out
+    scenes, MNIST and novels either way.
     """
     sizes = sizes_from(params)
     pairs = None
-    if params.pairs_source == "pmd":  # first: offline, this fails at once, before any other work
-        pairs = pmd.hub_pairs(params.pmd_dataset, params.pmd_subsets, params.n_pairs, sizes.image_size, seed=params.seed)
+    if params.pairs_source == "hub":  # first: offline, this fails at once, before any other work
+        pairs = pmd.hub_pairs(params.pairs_dataset, params.pairs_configs, params.n_pairs, sizes.image_size,
+                              split=params.pairs_split, image_column=params.pairs_image_column,
+                              caption_column=params.pairs_caption_column, seed=params.seed)
     texts = texts or text_sources()
     data = build_pretrain_data(sizes, params.n_pairs, params.n_images, params.n_text, params.emoji_prob, params.seed,
-                               texts, pairs)
+                               texts, pairs, vq_fit_images=params.vq_fit_images)
     return data, build_eval_data(data, sizes, params.n_probe, params.n_retrieval, params.seed, texts)
 
 
@@ -99,52 +102,79 @@ def finetune_from(params) -> FinetuneConfig:
     return FinetuneConfig(steps=params.finetune_steps, lr=params.finetune_lr, warmup=params.finetune_steps // 10)
 
 
-def run_ablation(params, data: PretrainData, ev: EvalData, device: str = "auto") -> tuple[list[RowRun], dict]:
+def run_ablation(params, data: PretrainData, ev: EvalData, device: str = "auto", state=None) -> tuple[list[RowRun], dict]:
     """Train and evaluate every requested row for every seed (the same budget: ``steps`` draws of the
     row's main source, see ``row_steps``). Rows that initialise from others (row 6) train after them,
     from their trained encoders of the same seed. The untrained reference (``UNTRAINED``: the seed's
     random initialisation, every domain, the same tasks) comes first.
 
+    ``state`` (a ``reproduce.rundir.RunDir``, e.g. ``run.state``): each (row, seed) is one of its rows,
+    computed once and read back by a rerun; a pretraining checkpoints every ``params.checkpoint_every``
+    updates into the row's ``checkpoint_dir`` and continues from there. A stored row keeps what later
+    rows need: its run, the encoders row 6 starts from (``M.encoder_state``, on the CPU) and the figures'
+    extras, so a rerun after row 5 trains row 6 from the same MIM and MLM encoders.
+
     Returns the runs and, from full FLAVA (or the last paired row) of the first seed, the similarity
     matrix of held-out pairs before and after pretraining and a few zero-shot retrieval examples.
     """
-    import time
+    from tqdm.auto import tqdm
 
     sizes, rows, finetune = sizes_from(params), rows_from(params), finetune_from(params)
+    dev = runtime.pick_device(device)
     shown = next((n for n in ("FLAVA", "FLAVA_MM", "FLAVA_C", M.INIT_ROW) if n in rows), None)
     wanted = {(src, part) for row in rows.values() for part, src in row.init.items()}  # parts later rows copy
     trained: dict[tuple[str, str, int], dict] = {}
     runs, extras = [], {}
-    for seed in params.seeds:
-        model = M.build_model(sizes, seed).eval()
+    units = [(UNTRAINED, seed) for seed in params.seeds] + [(n, seed) for n in training_order(rows) for seed in params.seeds]
+    precision = runtime.mixed_precision(params.get("precision", "auto"), dev)
+
+    def untrained(seed: int) -> dict:
+        model = M.build_model(sizes, seed).to(dev).eval()
         scores = evaluate(model, None, ev, seed, finetune=finetune)
-        runs.append(RowRun(UNTRAINED, seed, scores, macro_average(scores), {}, 0.0, itm_accuracy(model, ev)))
+        return {"run": RowRun(UNTRAINED, seed, scores, macro_average(scores), {}, 0.0, itm_accuracy(model, ev))}
+
+    def trained_row(name: str, seed: int, key: str) -> dict:
+        import time
+
+        row, out = rows[name], {"extras": {}, "parts": {}}
+        model = build_row_model(sizes, row, seed, trained).to(dev)
+        if name == shown and seed == params.seeds[0]:
+            out["extras"]["similarity_before"] = similarity_matrix(model, ev)
+        sampler = BatchSampler(data, sizes, params.batch_size, seed, 0.0 if mined else params.itm_negative_prob,
+                               params.itm_hard_fraction)
+        every = params.get("checkpoint_every", 0)
+        cfg = FlavaTrainConfig(steps=row_steps(row, params.steps), batch_size=params.batch_size,
+                               micro_batch=params.get("micro_batch", 0), lr=params.lr, warmup=params.warmup,
+                               weight_decay=params.weight_decay, itm_negatives=params.itm_negatives, seed=seed,
+                               mixed_precision=precision, checkpoint_every=every if state is not None else 0,
+                               checkpoint_dir=state.checkpoint_dir(key) if state is not None and every else None,
+                               log_dir=state.root / "logs" if state is not None else None)
+        t0 = time.perf_counter()
+        history = pretrain(model, row, sampler, cfg, device)
+        train_s = time.perf_counter() - t0
+        out["parts"] = {part: M.encoder_state(model, part) for src, part in wanted if src == name}
+        scores = evaluate(model, row, ev, seed, finetune=finetune)
+        losses = {k: loss_windows(v) for k, v in history.items() if not all(math.isnan(x) for x in v)}
+        itm = itm_accuracy(model, ev) if row.objectives.paired else None
+        out["run"] = RowRun(name, seed, scores, macro_average(scores), losses, train_s, itm)
+        if name == shown and seed == params.seeds[0]:
+            out["extras"].update(row=name, similarity_after=similarity_matrix(model, ev),
+                                 similarity_captions=ev.retrieval_captions[: len(out["extras"]["similarity_before"])],
+                                 retrieval_examples=retrieval_examples(model, ev, seed=params.seed))
+        return out
+
     mined = params.itm_negatives == "mined"
-    for name in training_order(rows):
-        row = rows[name]
-        for seed in params.seeds:
-            model = build_row_model(sizes, row, seed, trained)
-            if name == shown and seed == params.seeds[0]:
-                extras["similarity_before"] = similarity_matrix(model, ev)
-            sampler = BatchSampler(data, sizes, params.batch_size, seed, 0.0 if mined else params.itm_negative_prob,
-                                   params.itm_hard_fraction)
-            cfg = FlavaTrainConfig(steps=row_steps(row, params.steps), batch_size=params.batch_size, lr=params.lr,
-                                   warmup=params.warmup, weight_decay=params.weight_decay,
-                                   itm_negatives=params.itm_negatives, seed=seed)
-            t0 = time.perf_counter()
-            history = pretrain(model, row, sampler, cfg, device)
-            train_s = time.perf_counter() - t0
-            for src, part in wanted:
-                if src == name:
-                    trained[(name, part, seed)] = M.encoder_state(model, part)
-            scores = evaluate(model, row, ev, seed, finetune=finetune)
-            losses = {k: loss_windows(v) for k, v in history.items() if not all(math.isnan(x) for x in v)}
-            itm = itm_accuracy(model, ev) if row.objectives.paired else None
-            runs.append(RowRun(name, seed, scores, macro_average(scores), losses, train_s, itm))
-            if name == shown and seed == params.seeds[0]:
-                extras.update(row=name, similarity_after=similarity_matrix(model, ev),
-                              similarity_captions=ev.retrieval_captions[: len(extras["similarity_before"])],
-                              retrieval_examples=retrieval_examples(model, ev, seed=params.seed))
+    for name, seed in tqdm(units, desc="Table 3 rows x seeds", unit=" row"):
+        compute = (lambda s=seed: untrained(s)) if name == UNTRAINED else None
+        if state is not None:
+            key = state.key("table3", name, seed)
+            got = state.row(key, compute or (lambda n=name, s=seed, k=key: trained_row(n, s, k)), fmt="pickle")
+        else:
+            got = compute() if compute else trained_row(name, seed, "")
+        runs.append(got["run"])
+        extras.update(got.get("extras", {}))
+        for part, value in got.get("parts", {}).items():
+            trained[(name, part, seed)] = value
     order = [UNTRAINED, *rows]
     runs.sort(key=lambda r: order.index(r.row))  # the table in the requested order, seeds in order within a row
     return runs, extras
@@ -173,12 +203,30 @@ def tasks_table(runs: list[RowRun]) -> dict[str, dict[str, float]]:
     return out
 
 
-def hf_path_check(data: PretrainData, sizes: M.FlavaSizes, seed: int) -> dict:
+def _on(batch, dev: torch.device):
+    return type(batch)(**{f.name: getattr(batch, f.name).to(dev) for f in fields(batch)})
+
+
+def hf_path_check(data: PretrainData, sizes: M.FlavaSizes, seed: int, device: str = "auto") -> dict:
     """Hugging Face's ``FlavaForPreTraining`` (our sizes, via config overrides): one AdamW step on one
-    batch of each source, and the gap between its losses and ours on the same batches without negatives."""
-    model = M.build_model(sizes, seed).train()
+    batch of each source, and the gap between its losses and ours on the same batches without negatives.
+
+    On ``device`` (the gpu profile's ViT-B/16 on the GPU), in float32 with TF32 off: the gap is a
+    float32 round-off check (``sections.HF_GAP_TOL``), which TF32's 10-bit mantissa would exceed."""
+    dev = runtime.pick_device(device)
+    model = M.build_model(sizes, seed).to(dev).train()
     sampler = BatchSampler(data, sizes, batch_size=8, seed=seed)
     batches = {"paired": sampler.paired(), "images": sampler.images(), "text": sampler.text()}
+    batches = {k: _on(v, dev) for k, v in batches.items()}
+    tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        return _hf_path_check(model, batches)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+def _hf_path_check(model, batches) -> dict:
     everything = M.Objectives(mim=True, mlm=True, gc=True, mmm=True, itm=True)
     gap = 0.0
     for name, batch in batches.items():
@@ -215,22 +263,24 @@ def released_zero_shot(model, image_processor, tokenizer, ev: EvalData, max_leng
     return retrieval_recalls(img, txt, ev.retrieval_captions)
 
 
-def try_flava_full(ev: EvalData | None = None) -> dict:
-    """Start from ``facebook/flava-full`` (gpu profile): load it and, with ``ev``, score its zero-shot
-    retrieval on our held-out scenes. Offline, record the error the loader gives (within ~2 s)."""
+def try_flava_full(ev: EvalData | None = None, model_id: str = M.FLAVA_FULL, device: str = "auto") -> dict:
+    """Start from ``facebook/flava-full`` (gpu profile; ``model_id``: it or a local ``save_pretrained``
+    folder): load it and, with ``ev``, score its zero-shot retrieval on our held-out scenes on ``device``.
+    Offline, record the error the loader gives (within ~2 s)."""
     from reproduce import hf
 
     try:
-        model, report = M.load_flava_full()
+        model, report = M.load_flava_full(model_id=model_id)
     except hf.HubOfflineError as error:
         return {"loaded": False, "error": str(error)}
     out = {"loaded": True, "report": str(report), "parameters": sum(p.numel() for p in model.parameters())}
     if ev is not None:
         from transformers import FlavaProcessor
 
-        processor = FlavaProcessor.from_pretrained(M.FLAVA_FULL)  # the hub answered the model: it has the processor
-        model.to(runtime.pick_device("auto"))
-        out["zero_shot_heldout_scenes"] = released_zero_shot(model, processor.image_processor, processor.tokenizer, ev)
+        processor = FlavaProcessor.from_pretrained(model_id)  # the hub answered the model: it has the processor
+        model.to(runtime.pick_device(device))
+        with torch.no_grad():
+            out["zero_shot_heldout_scenes"] = released_zero_shot(model, processor.image_processor, processor.tokenizer, ev)
     return out
 
 

@@ -269,14 +269,15 @@ def init_learned_tokens(model, std: float = 0.02) -> None:
 FLAVA_FULL = "facebook/flava-full"  # the released checkpoint (gpu profile, where the hub answers)
 
 
-def load_flava_full(overrides: dict[str, object] | None = None):
-    """``FlavaForPreTraining`` from ``facebook/flava-full`` through ``reproduce.hf.load_pretrained``.
+def load_flava_full(overrides: dict[str, object] | None = None, model_id: str = FLAVA_FULL):
+    """``FlavaForPreTraining`` from ``model_id`` (``facebook/flava-full``, or a local folder) through
+    ``reproduce.hf.load_pretrained``.
 
     Offline this raises ``reproduce.hf.HubOfflineError`` within ~2 s (tested). Returns ``(model, report)``.
     """
     from reproduce import hf
 
-    return hf.load_pretrained(FLAVA_FULL, "FlavaForPreTraining", overrides={"init_codebook": False, **(overrides or {})})
+    return hf.load_pretrained(model_id, "FlavaForPreTraining", overrides={"init_codebook": False, **(overrides or {})})
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -31,7 +31,8 @@ LOSS_NAMES = ("mim", "mlm", "global_contrastive", "itm", "mmm_image", "mmm_text"
 class FlavaTrainConfig(train.TrainConfig):
     """The shared loop's settings plus FLAVA's optimisation (§A, Table A.2)."""
 
-    batch_size: int = 8192  # paper: 8,192
+    batch_size: int = 8192  # paper: 8,192 (one optimizer update)
+    micro_batch: int = 0  # rows per forward/backward (0 = batch_size): grad_accum = batch_size / micro_batch
     lr: float = 1e-3
     warmup: int = 10_000
     weight_decay: float = 0.1
@@ -39,6 +40,10 @@ class FlavaTrainConfig(train.TrainConfig):
     seed: int = 0  # the mined negatives' draws
 
     def __post_init__(self) -> None:
+        if self.micro_batch:
+            if self.micro_batch < 2 or self.batch_size % self.micro_batch:
+                raise ValueError(f"micro_batch must be >= 2 and divide batch_size {self.batch_size}, got {self.micro_batch}")
+            self.grad_accum = self.batch_size // self.micro_batch
         super().__post_init__()
         if self.batch_size < 2:
             raise ValueError(f"batch_size >= 2 required (in-batch negatives), got {self.batch_size}")
@@ -70,11 +75,21 @@ class FlavaPretrainer(torch.nn.Module):
         return terms.total()
 
 
-def batch_stream(sampler: BatchSampler, row: M.AblationRow):
-    """Endless global batches for ``reproduce.train``: dicts of tensors plus the source's name."""
+def batch_stream(sampler: BatchSampler, row: M.AblationRow, micro_batch: int = 0):
+    """Endless batches for ``reproduce.train``: dicts of tensors plus the source's name.
+
+    Each update draws one full batch of one source (§3.2); with ``micro_batch`` it is yielded as
+    ``batch_size / micro_batch`` consecutive micro-batches, which ``train`` accumulates into one update
+    (``TrainConfig.grad_accum``). Deviation: GC's in-batch negatives and the mined ITM negatives then
+    come from the micro-batch, not the whole batch (gradient accumulation does not enlarge them).
+    """
     while True:
         source, batch = sampler.draw(row)
-        yield {"source": source, **{f.name: getattr(batch, f.name) for f in fields(batch)}}
+        tensors = {f.name: getattr(batch, f.name) for f in fields(batch)}
+        rows = next(iter(tensors.values())).shape[0]
+        step = micro_batch or rows
+        for start in range(0, rows, step):
+            yield {"source": source, **{k: v[start : start + step] for k, v in tensors.items()}}
 
 
 def optimizer(model, cfg: FlavaTrainConfig) -> torch.optim.AdamW:
@@ -85,30 +100,60 @@ def optimizer(model, cfg: FlavaTrainConfig) -> torch.optim.AdamW:
                              lr=cfg.lr, betas=(0.9, 0.999))
 
 
+HISTORY_FILE = "flava_history_{step:06d}.json"  # per-loss history and the mined negatives' RNG at a checkpoint
+
+
 def pretrain(model, row: M.AblationRow, sampler: BatchSampler, cfg: FlavaTrainConfig, device: str = "auto"
              ) -> dict[str, list[float]]:
     """Round-robin pretraining of one Table 3 row through the shared accelerate loop (``reproduce.train``).
 
-    Returns each loss per step (NaN where the step's source does not carry it) and ``total``.
+    Returns each loss per update (mean over its micro-batches; NaN where the update's source does not
+    carry it) and ``total``. With ``cfg.checkpoint_every`` and ``cfg.checkpoint_dir`` a rerun continues
+    from the newest checkpoint there: the weights, optimizer and RNGs come back through
+    ``reproduce.train``; the per-loss history and the mined negatives' generator from ``HISTORY_FILE``
+    written beside it, so an interrupted run returns what an uninterrupted one does.
     """
+    import json
+    from pathlib import Path
+
     from transformers import get_cosine_schedule_with_warmup
+
+    from reproduce import distributed
 
     opt = optimizer(model, cfg)
     sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup, cfg.steps // 2), cfg.steps)
     trainer = FlavaPretrainer(model, row.objectives, cfg.itm_negatives, cfg.seed)
     history: dict[str, list[float]] = {n: [] for n in (*LOSS_NAMES, "total")}
+    checkpoint = train.latest_checkpoint(cfg.checkpoint_dir) if cfg.resume else None
+    if checkpoint is not None:  # resume: the history up to the checkpoint and the generator's state there
+        step = json.loads((checkpoint / train.STATE_FILE).read_text())["step"]
+        saved = json.loads((Path(cfg.checkpoint_dir) / HISTORY_FILE.format(step=step)).read_text())
+        history = saved["history"]
+        trainer.generator.set_state(torch.tensor(saved["generator"], dtype=torch.uint8))
+    micro: list[tuple[dict[str, float], float]] = []
 
     def loss_fn(module, batch):
         loss = module(**batch)
         inner = getattr(module, "module", module)  # unwrapped under data parallel
-        for n in LOSS_NAMES:
-            history[n].append(inner.last.get(n, math.nan))
-        history["total"].append(float(loss.detach()))
+        micro.append((dict(inner.last), float(loss.detach())))
+        if len(micro) == cfg.grad_accum:  # the update's last micro-batch: one history entry per update
+            for n in LOSS_NAMES:
+                got = [m[n] for m, _ in micro if n in m]
+                history[n].append(sum(got) / len(got) if got else math.nan)
+            history["total"].append(sum(t for _, t in micro) / len(micro))
+            micro.clear()
+            step = len(history["total"])
+            if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0 or step == cfg.steps) and distributed.is_main():
+                path = Path(cfg.checkpoint_dir) / HISTORY_FILE.format(step=step)  # before train saves the checkpoint
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"history": history, "generator": inner.generator.get_state().tolist()}))
+                tmp.replace(path)
         return loss
 
     loop = replace(cfg, log_every=max(1, cfg.steps // 10), desc=f"pretrain {row.name}")
-    train.train(trainer, opt, batch_stream(sampler, row), loss_fn, loop, scheduler=sched,
-                accelerator=train.make_accelerator(device))
+    train.train(trainer, opt, batch_stream(sampler, row, cfg.micro_batch), loss_fn, loop, scheduler=sched,
+                accelerator=train.make_accelerator(device, cfg.mixed_precision, cfg.grad_accum))
     model.eval()
     return history
 

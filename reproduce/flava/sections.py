@@ -62,12 +62,12 @@ def data_and_objectives(params, run):
 def hf_path(params, run, data, sizes, ev) -> dict:
     """Our losses against HF ``FlavaForPreTraining``'s on the same batches, one AdamW step through
     HF's forward; with ``try_flava_full`` the released checkpoint, zero-shot on our held-out scenes."""
-    check = run.record("hf_path", E.hf_path_check(data, sizes, params.seed))
+    check = run.record("hf_path", E.hf_path_check(data, sizes, params.seed, device=params.device))
     if set(check["losses"]) != set(HF_LOSS_NAMES):
         raise RuntimeError(f"HF's forward gave the losses {sorted(check['losses'])}, not {sorted(HF_LOSS_NAMES)}")
     hf_path_claims(run, check)
     if params.try_flava_full:  # gpu profile: the released checkpoint, zero-shot on our held-out scenes
-        run.record("hf_path.flava_full", E.try_flava_full(ev))
+        run.record("hf_path.flava_full", E.try_flava_full(ev, model_id=params.flava_model, device=params.device))
     return check
 
 
@@ -89,7 +89,7 @@ def objective_ablation(params, run, data, ev) -> tuple[str, dict]:
     Table 3/4, the gains over the untrained row and over chance, held-out ITM accuracy; claim the
     controls, ITM and the paper's relations (paired by seed). Returns the Markdown table (ours beside
     the paper, both macro orders) and the extras the retrieval section shows."""
-    runs, extras = E.run_ablation(params, data, ev, device=params.device)
+    runs, extras = E.run_ablation(params, data, ev, device=params.device, state=run.state)
     ours = run.record("table3.ours", E.table3(runs))
     run.record("table3.paper", PAPER["table3"])
     tasks = run.record("table4.ours", E.tasks_table(runs))
