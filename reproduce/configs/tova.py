@@ -29,7 +29,21 @@ def _budgets_below_length(values) -> str | None:
     for name in ("stream_budget", "analysis_budget", "gen_budget"):
         if values[name] >= L:
             return f"{name}={values[name]} must stay below length={L}"
+    streamed = min(values["stream_tokens"], L)
+    if values["stream_budget"] >= streamed:
+        return (f"stream_budget={values['stream_budget']} must stay below the {streamed} streamed tokens "
+                f"(min(stream_tokens={values['stream_tokens']}, length={L})): the state never fills otherwise")
     return None
+
+
+def hub_datasets(values) -> list[dict]:
+    """The hub datasets a run reads (``python -m reproduce run`` opens each before the notebook starts)."""
+    if values["corpus"] != "pg19":
+        return []
+    return [{"param": "pg19_dataset", "id": values["pg19_dataset"], "config": values["pg19_config"] or None,
+             "split": values["pg19_split"], "columns": [values["pg19_text_column"]],
+             "alternative": "use corpus='novels' (profile=cpu), which reads the packaged novels"}]
+
 
 SPEC = PaperSpec(
     name="tova",
@@ -37,9 +51,15 @@ SPEC = PaperSpec(
     title="Transformers are Multi-State RNNs (TOVA; Oren et al., 2024)",
     description="Cache-eviction policies (Window, Window+4, H2O, TOVA) as transformers Caches on a pretrained LLaMA-family model",
     params={
-        "model": Param("str", "smollm2", "'smollm2' (packaged SmolLM2-135M-Instruct, GGUF) or a Hugging Face hub id"),
+        "model": Param("str", "smollm2", "'smollm2' (packaged SmolLM2-135M-Instruct, GGUF), a Hugging Face hub id "
+                       "or a local directory saved with save_pretrained (loaded in bf16 on a GPU under precision='auto')"),
         "corpus": Param("str", "novels", "long texts: packaged English novels, or PG-19 from the hub (gpu)",
                         choices=("novels", "pg19")),
+        "pg19_dataset": Param("str", "emozilla/pg19", "PG-19 (corpus='pg19'): a parquet copy on the hub (deepmind/pg19 "
+                              "ships a loading script, which datasets >= 4 refuses) or a local parquet folder"),
+        "pg19_config": Param("str", "", "config of pg19_dataset ('' = its default)"),
+        "pg19_split": Param("str", "test", "split of pg19_dataset (the paper: test)"),
+        "pg19_text_column": Param("str", "text", "column of pg19_dataset holding a book's text"),
         "passages": Param("int", 6, "chunks of L tokens for Figure 3 (non-overlapping, spread over the books, several "
                           "per book when more than the books)", min=1, max=256),
         "length": Param("int", 2048, "chunk length L in tokens of the budget sweep (the paper: 4096)", min=16),
@@ -95,6 +115,7 @@ SPEC = PaperSpec(
         "§6 / Figure 8": "3. What TOVA keeps",
     },
     checks=(_blocks_fit, _budgets_below_length),
+    hub_datasets=hub_datasets,
     plots="reproduce.tova.plots",
     sections="reproduce.tova.sections",
 )

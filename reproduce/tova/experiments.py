@@ -36,36 +36,61 @@ class Loaded:
         return sum(p.numel() for p in self.model.parameters())
 
 
-def load_model(name: str, device: torch.device | str = "cpu") -> Loaded:
-    """The packaged SmolLM2-135M-Instruct (``name="smollm2"``) or a hub id, with eager attention.
+def load_model(name: str, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> Loaded:
+    """The packaged SmolLM2-135M-Instruct (``name="smollm2"``), a hub id or a local directory, with eager attention.
 
-    Eager attention returns the probabilities TOVA and H2O score by. A hub id while the hub is
-    offline fails at once with ``reproduce.hf.HubOfflineError`` naming the packaged alternative.
+    Eager attention returns the probabilities TOVA and H2O score by. ``dtype``: the weights' dtype
+    (None: float32; the paper ran LLaMA-2 in half precision, the gpu profile loads bf16 through
+    ``precision``). A hub id while the hub is offline fails at once with
+    ``reproduce.hf.HubOfflineError`` naming the packaged alternative; a gated or missing hub model
+    fails in one line naming the fix.
     """
     from reproduce import hf
 
     if name == "smollm2":
-        model, tokenizer, report = hf.load_smollm2(attn_implementation="eager")
-        description = ("SmolLM2-135M-Instruct (instruction-tuned; 4-bit Q4_1 GGUF weights dequantised to float32), "
-                       f"{report.model_class}")
+        model, tokenizer, report = hf.load_smollm2(attn_implementation="eager", dtype=dtype or torch.float32)
+        description = ("SmolLM2-135M-Instruct (instruction-tuned; 4-bit Q4_1 GGUF weights dequantised to "
+                       f"{str(dtype or torch.float32).removeprefix('torch.')}), {report.model_class}")
     else:
         from transformers import AutoTokenizer
 
-        model, report = hf.load_pretrained(name, "AutoModelForCausalLM", attn_implementation="eager",
-                                           dtype=torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        description = f"{name}, {report.model_class}"
+        try:
+            model, report = hf.load_pretrained(name, "AutoModelForCausalLM", attn_implementation="eager",
+                                               dtype=dtype or torch.float32)
+            source, extra = hf.hub_or_local(name)  # the tokenizer through the same offline-aware path
+            tokenizer = AutoTokenizer.from_pretrained(source, **extra)
+        except hf.HubOfflineError:
+            raise
+        except OSError as err:  # gated, missing, or no tokenizer files: one line naming the fix
+            raise ModelUnavailable(name, err) from err
+        description = f"{name}, {report.model_class}, {str(dtype or torch.float32).removeprefix('torch.')}"
     model = attach(model.to(device).eval())
     return Loaded(model, tokenizer, description)
 
 
-def load_passages(corpus: str, tokenizer, length: int, n: int, seed: int = 0):
+class ModelUnavailable(OSError):
+    """A hub model that cannot be loaded (gated, missing, incomplete directory); the message is one line."""
+
+    def __init__(self, name: str, err: BaseException):
+        text = " ".join(str(err).split())
+        if "gated" in text.lower() or type(err).__name__ == "GatedRepoError":
+            why = (f"is gated: accept its terms at https://huggingface.co/{name} and log in (`hf auth login` or "
+                   "HF_TOKEN)")
+        else:
+            why = f"cannot be loaded ({type(err).__name__}: {text[:160]})"
+        super().__init__(f"model {name!r} {why}; or set -p model=<local directory saved with save_pretrained>, or "
+                         "use profile=cpu, which loads the packaged SmolLM2-135M")
+
+
+def load_passages(corpus: str, tokenizer, length: int, n: int, seed: int = 0, *, pg19_dataset: str = "emozilla/pg19",
+                  pg19_config: str = "", pg19_split: str = "test", pg19_text_column: str = "text"):
     """``(ids [n, length], sources)``: ``n`` non-overlapping chunks of ``length`` tokens.
 
     As the paper cuts PG-19: every book into consecutive chunks of ``length`` tokens. The packaged
     novels give chunks spread over the seven books (several per book when ``n`` > 7, see
-    :func:`reproduce.data.novels.chunks`); PG-19 (test split, from the hub) gives the chunks of its
-    books in order.
+    :func:`reproduce.data.novels.chunks`); PG-19 (``pg19_dataset``: a parquet copy on the hub, by
+    default emozilla/pg19's test split, or a local parquet folder) gives the chunks of its books in
+    order.
     """
     if corpus == "novels":
         from reproduce.data import novels
@@ -76,14 +101,17 @@ def load_passages(corpus: str, tokenizer, length: int, n: int, seed: int = 0):
         from reproduce.data import text
 
         rows, sources = [], []
-        for i, book in enumerate(text.hub_dataset("deepmind/pg19", split="test")):
-            ids = tokenizer(book, return_tensors="pt").input_ids[0]
+        books = text.hub_dataset(pg19_dataset, pg19_config or None, split=pg19_split, text_field=pg19_text_column,
+                                 param="pg19_dataset")
+        for i, book in enumerate(books):
+            ids = torch.tensor(text.encode(tokenizer, book), dtype=torch.long)  # no BOS: consecutive chunks of the book
             for start in range(0, len(ids) - length + 1, length):
                 rows.append(ids[start : start + length])
-                sources.append(f"pg19 test book {i} @ token {start}")
+                sources.append(f"pg19 {pg19_split} book {i} @ token {start}")
                 if len(rows) == n:
                     return torch.stack(rows), sources
-        raise ValueError(f"PG-19 test holds fewer than {n} chunks of {length} tokens")
+        raise ValueError(f"{pg19_dataset} ({pg19_split}) holds {len(rows)} chunks of {length} tokens, fewer than "
+                         f"{n}: lower passages or length")
     raise ValueError(f"unknown corpus {corpus!r}; expected 'novels' or 'pg19'")
 
 
@@ -122,14 +150,28 @@ def block_nll(nll: torch.Tensor, block: int) -> list[float]:
     return nll[:, : n * block].double().reshape(B, n, block).mean(dim=-1).flatten().tolist()
 
 
+def spec_key(spec: EvictionSpec) -> str:
+    """A file-name-safe name of ``spec`` (``tova_C512``, ``window_sink_C64_i4``, ``full``)."""
+    if spec.policy == "full":
+        return "full"
+    return f"{spec.policy}_C{spec.budget}" + (f"_i{spec.sinks}" if spec.policy == "window_sink" else "")
+
+
+def _compute(compute, key):
+    return compute()
+
+
 def budget_sweep(model, ids: torch.Tensor, budgets: Sequence[int], policies: Sequence[str], sinks: int = 4,
                  batch_size: int = 1, collect: EvictionSpec | None = None, picture_layers: Sequence[int] = (),
-                 window_budgets: Sequence[int] | None = None, block: int = 128) -> Sweep:
+                 window_budgets: Sequence[int] | None = None, block: int = 128, row=None) -> Sweep:
     """Figure 3: perplexity of every (policy, C) by the App. E masked pass, plus the full cache.
 
     The plain Window runs at ``window_budgets`` (default: ``budgets``). The per-token NLLs of each
     pass are also reduced to per-block means (``block`` tokens; see :class:`Sweep`). ``collect``
-    is added to the sweep if absent.
+    is added to the sweep if absent. ``row(compute, key)``: how one configuration's pass is run
+    (default: at once); a section passes ``run.state.row`` so that a rerun skips finished ones.
+    ``key`` is :func:`spec_key` of the configuration; the result is a dict ``ppl``, ``block_nll``,
+    ``keeper`` (the :class:`MaskedPass` of ``collect``, else None).
     """
     def budgets_of(p):
         return window_budgets if p == "window" and window_budgets is not None else budgets
@@ -142,18 +184,32 @@ def budget_sweep(model, ids: torch.Tensor, budgets: Sequence[int], policies: Seq
     ppl: dict = {p: {} for p in policies}
     blocks: dict = {p: {} for p in policies}
     collected = None
-    for spec in tqdm(specs, desc="Figure 3: masked passes", unit="config"):
+
+    def one(spec):
         keeper = MaskedPass(spec, collect=spec == collect, picture_layers=tuple(picture_layers))
         nll = torch.cat([appendix_e.nll(model, ids[i : i + batch_size], spec, keeper)  # B, L-1 per batch
                          for i in range(0, len(ids), batch_size)])
+        return {"ppl": perplexity(nll), "block_nll": block_nll(nll, block), "keeper": keeper if spec == collect else None}
+
+    run_row = row or _compute
+    for spec in tqdm(specs, desc="Figure 3: masked passes", unit="config"):
+        done = run_row(lambda spec=spec: one(spec), spec_key(spec))
         if spec == collect:
-            collected = keeper
+            if done["keeper"] is None:  # a row kept by a sweep that did not collect (same NLLs): collect now
+                done = one(spec)
+            collected = done["keeper"]
         if spec.policy == "full":
-            ppl["full"], blocks["full"] = perplexity(nll), block_nll(nll, block)
+            ppl["full"], blocks["full"] = done["ppl"], done["block_nll"]
         elif spec.policy in policies and spec.budget in budgets_of(spec.policy):
-            ppl[spec.policy][spec.budget] = perplexity(nll)
-            blocks[spec.policy][spec.budget] = block_nll(nll, block)
+            ppl[spec.policy][spec.budget] = done["ppl"]
+            blocks[spec.policy][spec.budget] = done["block_nll"]
     return Sweep(ppl, blocks, block, (ids.shape[1] - 1) // block, collected)
+
+
+def _sync(device: torch.device) -> None:
+    """Wait for the GPU's queued kernels, so that a timer measures them (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # ----------------------------------------------------------------------------- streaming
@@ -183,11 +239,14 @@ def streaming_check(model, ids: torch.Tensor, spec: EvictionSpec) -> dict:
     """Stream ``ids`` through the Cache of ``spec``; compare with the App. E pass; tokens/s of each."""
     cache = make_cache(spec)
     prefill = min(spec.budget or ids.shape[1], ids.shape[1] - 1)
+    _sync(ids.device)
     start = time.perf_counter()
     streamed = streaming_nll(model, ids, cache, prefill=prefill)
+    _sync(ids.device)
     stream_s = time.perf_counter() - start
     start = time.perf_counter()
     masked = appendix_e.nll(model, ids, spec)
+    _sync(ids.device)
     masked_s = time.perf_counter() - start
     steps = ids.shape[1] - prefill
     return {
@@ -226,8 +285,10 @@ def resources(model, ids: torch.Tensor, budgets: Sequence[int], batch: int, step
         model(token, use_cache=True, **{kw: cache})  # warm-up step
         times = []
         for _ in range(steps):
+            _sync(token.device)
             start = time.perf_counter()
             model(token, use_cache=True, **{kw: cache})
+            _sync(token.device)
             times.append(time.perf_counter() - start)
         if max(cache.stored_lengths()) != C:
             raise AssertionError(f"TOVA state holds {max(cache.stored_lengths())} tokens, not C={C}")
