@@ -143,7 +143,7 @@ def perplexity_vs_budget(params, run, text: Text) -> Figure3:
     sweep = ex.budget_sweep(text.model, text.ids, budgets, params.policies, sinks=params.sinks,
                             batch_size=params.batch_size, collect=EvictionSpec("tova", params.analysis_budget),
                             picture_layers=(0, n_layers // 2, n_layers - 1), window_budgets=params.window_budgets,
-                            block=params.nll_block, row=row(run, f"sweep-L{params.length}-n{params.passages}"))
+                            block=params.nll_block, row=row(run, "fig3"))
     ppl = sweep.ppl
     run.record("fig3.ppl", {p: ppl[p] for p in params.policies})
     run.record("fig3.full_ppl", ppl["full"])
@@ -238,14 +238,22 @@ class Headline:
     sources: list[str]
 
 
-def headline(params, run, text: Text) -> Headline:
+def headline(params, run, text: Text, figure3: Figure3 | None = None) -> Headline:
     """TOVA at C = ``headline_budget`` of L = ``headline_length`` against the full cache (the paper's
-    point: 512 of 4096), on chunks of that length from the same books."""
+    point: 512 of 4096), on chunks of that length from the same books.
+
+    When these are Figure 3's own passages and C (the gpu profile: L = 4096, C = 512 = L/8), its
+    passes are taken from ``figure3`` instead of run again.
+    """
     L, C = params.headline_length, params.headline_budget
     ids, sources = passages(params, text.tokenizer, L, params.headline_passages)
-    # The same rows as Figure 3's when L and the passages are its own (the gpu profile): computed once.
-    sweep = ex.budget_sweep(text.model, ids.to(text.ids.device), [C], ["tova"], batch_size=params.batch_size,
-                            block=params.nll_block, row=row(run, f"sweep-L{L}-n{params.headline_passages}"))
+    shared = (figure3 is not None and L == params.length and params.headline_passages == params.passages
+              and "tova" in figure3.sweep.ppl and C in figure3.sweep.ppl["tova"])
+    if shared:
+        sweep = figure3.sweep
+    else:
+        sweep = ex.budget_sweep(text.model, ids.to(text.ids.device), [C], ["tova"], batch_size=params.batch_size,
+                                block=params.nll_block, row=row(run, f"headline-L{L}-n{params.headline_passages}"))
     run.record("headline.sources", sources)
     run.record("headline.length", L)
     run.record("headline.budget", C)
