@@ -100,6 +100,19 @@ def optimizer(model, cfg: FlavaTrainConfig) -> torch.optim.AdamW:
                              lr=cfg.lr, betas=(0.9, 0.999))
 
 
+def make_accelerator(device: str, mixed_precision: str, grad_accum: int):
+    """``reproduce.train.make_accelerator`` whose data-parallel wrapper allows unused parameters: a
+    Table 3 row trains only its objectives' parts (MIM: the image encoder), and an update of one
+    source leaves the other sources' heads without gradients (DDP would refuse the next update)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
+                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+
+
 HISTORY_FILE = "flava_history_{step:06d}.json"  # per-loss history and the mined negatives' RNG at a checkpoint
 
 
@@ -153,7 +166,7 @@ def pretrain(model, row: M.AblationRow, sampler: BatchSampler, cfg: FlavaTrainCo
 
     loop = replace(cfg, log_every=max(1, cfg.steps // 10), desc=f"pretrain {row.name}")
     train.train(trainer, opt, batch_stream(sampler, row, cfg.micro_batch), loss_fn, loop, scheduler=sched,
-                accelerator=train.make_accelerator(device, cfg.mixed_precision, cfg.grad_accum))
+                accelerator=make_accelerator(device, cfg.mixed_precision, cfg.grad_accum))
     model.eval()
     return history
 
