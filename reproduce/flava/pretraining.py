@@ -104,13 +104,7 @@ def make_accelerator(device: str, mixed_precision: str, grad_accum: int):
     """``reproduce.train.make_accelerator`` whose data-parallel wrapper allows unused parameters: a
     Table 3 row trains only its objectives' parts (MIM: the image encoder), and an update of one
     source leaves the other sources' heads without gradients (DDP would refuse the next update)."""
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs
-
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    return Accelerator(cpu=device == "cpu", mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum,
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    return train.make_accelerator(device, mixed_precision, grad_accum, find_unused_parameters=True)
 
 
 HISTORY_FILE = "flava_history_{step:06d}.json"  # per-loss history and the mined negatives' RNG at a checkpoint
