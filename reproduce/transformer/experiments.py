@@ -11,15 +11,18 @@ Training runs through the shared accelerate loop, :func:`reproduce.train.train`.
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 import os
 import random
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 from torch import Tensor
@@ -37,13 +40,52 @@ from .model import Transformer, TransformerConfig, label_smoothed_loss, noam_lr
 # ------------------------------------------------------------------------------------------------
 
 
+class Ragged(Sequence):
+    """Rows of token ids of different lengths in one flat int32 array and its offsets: the training
+    split of WMT14 (4.5M pairs) in ~0.6 GB instead of ~300M Python ints. ``rows[i]`` is a NumPy view."""
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray):
+        self.flat, self.offsets = flat, offsets
+
+    @classmethod
+    def from_rows(cls, rows: Iterable[Sequence[int]]) -> Ragged:
+        lengths, chunks = [0], []
+        for r in rows:
+            chunks.append(np.asarray(r, dtype=np.int32))
+            lengths.append(len(r))
+        flat = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int32)
+        return cls(flat, np.cumsum(np.asarray(lengths, dtype=np.int64)))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i):
+        return self.flat[self.offsets[i]:self.offsets[i + 1]]
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+class _Kept(Sequence):
+    """The pairs at ``keep`` of a lazy sequence (the training split's pairs are not materialised)."""
+
+    def __init__(self, pairs: Sequence, keep: np.ndarray):
+        self.pairs, self.keep = pairs, keep
+
+    def __len__(self) -> int:
+        return len(self.keep)
+
+    def __getitem__(self, i):
+        return self.pairs[int(self.keep[i])]
+
+
 @dataclass
 class EncodedPairs:
     """Token ids of sentence pairs: source = English + </s>, target = <s> + German + </s>."""
 
-    pairs: list[de_en.Pair]
-    src: list[list[int]]
-    tgt: list[list[int]]
+    pairs: Sequence[de_en.Pair]
+    src: Sequence[Sequence[int]]  # lists (dev, test) or a Ragged array (a training split read with compact=True)
+    tgt: Sequence[Sequence[int]]
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -68,8 +110,26 @@ class TranslationData:
 BOS_ID, EOS_ID, PAD_ID = 1, 2, 0  # reproduce.data.de_en.SPECIALS order
 
 
-def encode_pairs(tokenizer, pairs: Sequence[de_en.Pair], max_tokens: int) -> EncodedPairs:
-    """Encode pairs; pairs longer than ``max_tokens`` on either side are left out (training only)."""
+def encode_pairs(tokenizer, pairs: Sequence[de_en.Pair], max_tokens: int, compact: bool = False,
+                 chunk: int = 100_000) -> EncodedPairs:
+    """Encode pairs; pairs longer than ``max_tokens`` on either side are left out (training only).
+
+    ``compact``: encode ``chunk`` pairs at a time into :class:`Ragged` arrays (the same ids), for a
+    training split of millions of pairs; ``pairs`` then stays lazy.
+    """
+    if compact:
+        src_rows, tgt_rows, keep = [], [], []
+        for start in range(0, len(pairs), chunk):
+            part = [pairs[i] for i in range(start, min(start + chunk, len(pairs)))]
+            src = tokenizer.encode_batch([p.en for p in part], add_special_tokens=False)
+            tgt = tokenizer.encode_batch([p.de for p in part], add_special_tokens=False)
+            for j, (a, b) in enumerate(zip(src, tgt)):
+                if len(a.ids) < max_tokens and len(b.ids) < max_tokens - 1:
+                    keep.append(start + j)
+                    src_rows.append([*a.ids, EOS_ID])
+                    tgt_rows.append([BOS_ID, *b.ids, EOS_ID])
+        return EncodedPairs(_Kept(pairs, np.asarray(keep, dtype=np.int64)), Ragged.from_rows(src_rows),
+                            Ragged.from_rows(tgt_rows))
     src_ids = [e.ids for e in tokenizer.encode_batch([p.en for p in pairs], add_special_tokens=False)]
     tgt_ids = [e.ids for e in tokenizer.encode_batch([p.de for p in pairs], add_special_tokens=False)]
     keep = [i for i in range(len(pairs)) if len(src_ids[i]) < max_tokens and len(tgt_ids[i]) < max_tokens - 1]
@@ -80,7 +140,7 @@ def encode_pairs(tokenizer, pairs: Sequence[de_en.Pair], max_tokens: int) -> Enc
 
 def prepare_data(
     vocab_size: int, dev_size: int, test_size: int, with_bible: bool = False, max_tokens: int = 100,
-    corpus: str = "beolingus", max_train: int = 0,
+    corpus: str = "beolingus", max_train: int = 0, wmt: dict | None = None,
 ) -> TranslationData:
     """Sentence-pair splits and a joint BPE vocabulary trained on the training split (§5.1).
 
@@ -90,14 +150,14 @@ def prepare_data(
     if corpus == "beolingus":
         corpus = de_en.load_corpus(dev_size=dev_size, test_size=test_size, with_bible=with_bible, max_train=max_train)
     elif corpus == "wmt14":
-        corpus = de_en.wmt14_corpus()
+        corpus = de_en.wmt14_corpus(**(wmt or {}), max_train=max_train or None)
     else:
         raise ValueError(f"corpus must be 'beolingus' or 'wmt14', got {corpus!r}")
     tok = de_en.train_tokenizer(de_en.corpus_texts(corpus.train), vocab_size)
     big = 10**6  # dev/test keep every pair
     return TranslationData(
         tok,
-        encode_pairs(tok, corpus.train, max_tokens),
+        encode_pairs(tok, corpus.train, max_tokens, compact=not isinstance(corpus.train, list)),
         encode_pairs(tok, corpus.dev, big),
         encode_pairs(tok, corpus.test, big),
         corpus,
@@ -133,7 +193,7 @@ def subset_data(corpus: de_en.Corpus, train_pairs: int, vocab_size: int, dev_siz
 def _pad(rows: Sequence[Sequence[int]]) -> Tensor:
     out = torch.full((len(rows), max(map(len, rows))), PAD_ID, dtype=torch.long)
     for i, r in enumerate(rows):
-        out[i, : len(r)] = torch.tensor(r)
+        out[i, : len(r)] = torch.as_tensor(r)
     return out  # (B, T)
 
 
@@ -198,9 +258,11 @@ class Recipe:
     checkpoint_every: int = 0  # paper: every 10 minutes; 0 = only the last
     average_last: int = 5  # §6.1: base models average the last 5 checkpoints
     seed: int = 0
+    grad_accum: int = 1  # micro-batches of batch_tokens / grad_accum tokens per step (same batch, less memory)
+    mixed_precision: str = "no"  # "bf16" on a GPU (reproduce.runtime.mixed_precision)
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_tokens", "warmup", "average_last"):
+        for name in ("steps", "batch_tokens", "warmup", "average_last", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Recipe.{name} must be >= 1, got {getattr(self, name)}")
         if self.checkpoint_every < 0 or not self.lr_scale > 0:
@@ -218,6 +280,12 @@ class TrainedModel:
     tokens_per_s: float
     lr: list[float] = field(default_factory=list)
     curve: list[dict[str, float]] = field(default_factory=list)  # {"step", "dev_ppl"} every eval_every steps
+
+    def to(self, device) -> TrainedModel:
+        """This run with its model and kept checkpoints on ``device`` (in place)."""
+        self.model.to(device)
+        self.checkpoints = [{k: v.to(device) for k, v in c.items()} for c in self.checkpoints]
+        return self
 
     def averaged(self) -> Transformer:
         """A copy of the model with the mean of the kept checkpoints' weights (§6.1)."""
@@ -237,12 +305,15 @@ def _loss_fn(epsilon: float):
 
 def train_translation(
     cfg: TransformerConfig, data: TranslationData, recipe: Recipe, device: str = "auto", desc: str = "train",
-    eval_every: int = 0,
+    eval_every: int = 0, checkpoint_dir: str | Path | None = None,
 ) -> TrainedModel:
     """Train ``cfg`` on the training split with the paper's optimiser and schedule (§5.3).
 
     ``eval_every`` > 0: the dev perplexity every that many steps (and after the last), kept as the
     learning curve ``TrainedModel.curve``. The model comes back on the device it trained on.
+    ``checkpoint_dir``: where the checkpoints are kept (``run.state.checkpoint_dir(key)``): a rerun
+    continues from the newest one (a finished training trains no further step); None: a temporary
+    folder, deleted at the end.
     """
     torch.manual_seed(recipe.seed)
     model = Transformer(cfg)
@@ -252,26 +323,31 @@ def train_translation(
     )  # eq. (3); LambdaLR counts from 0, the paper's step_num from 1
     every = recipe.checkpoint_every or recipe.steps
     eval_fn = (lambda m: {"dev_ppl": perplexity(m, data.dev)}) if eval_every else None
-    with tempfile.TemporaryDirectory(dir=paths.cache_dir(), prefix="transformer-ckpt-") as ckpt_dir:
+    with contextlib.ExitStack() as stack:
+        ckpt_dir = checkpoint_dir if checkpoint_dir is not None else stack.enter_context(
+            tempfile.TemporaryDirectory(dir=paths.cache_dir(), prefix="transformer-ckpt-"))
         tc = train.TrainConfig(
             steps=recipe.steps,
+            grad_accum=recipe.grad_accum,
             max_grad_norm=None,  # the paper clips nothing
             log_every=max(1, recipe.steps // 20),
             eval_every=eval_every,
             checkpoint_every=every,
             checkpoint_dir=ckpt_dir,
             keep_checkpoints=recipe.average_last,
-            resume=False,
+            resume=checkpoint_dir is not None,
+            mixed_precision=recipe.mixed_precision,
             desc=desc,
+            log_dir=Path(checkpoint_dir).parent.parent / "logs" if checkpoint_dir is not None else None,
         )
-        batches = token_batches(data.train, recipe.batch_tokens, recipe.seed)
+        batches = token_batches(data.train, recipe.batch_tokens // recipe.grad_accum, recipe.seed)
         count = lambda b: int((b["tgt"][:, 1:] != PAD_ID).sum())  # noqa: E731 — target tokens per batch
-        accel = train.make_accelerator(device)
+        accel = train.make_accelerator(device, recipe.mixed_precision, recipe.grad_accum)
         result = train.train(model, optimizer, batches, _loss_fn(cfg.label_smoothing), tc, scheduler=scheduler,
                              accelerator=accel, tokens_in=count, eval_fn=eval_fn)
         dirs = sorted(p for p in Path(ckpt_dir).glob("step_*") if (p / train.STATE_FILE).is_file())
-        checkpoints = [load_file(str(d / "model.safetensors"), device=str(accel.device))
-                       for d in dirs[-recipe.average_last :]]
+        load_on = "cpu" if accel.device.type == "cpu" else str(accel.device)  # safetensors names no "cpu:0"
+        checkpoints = [load_file(str(d / "model.safetensors"), device=load_on) for d in dirs[-recipe.average_last :]]
     model = accel.unwrap_model(model).eval()
     curve = [{"step": h["step"], "dev_ppl": h["dev_ppl"]} for h in result.history if "dev_ppl" in h]
     return TrainedModel(
@@ -424,7 +500,7 @@ class RowResult:
 
 def run_table3_row(
     row: str, base: TransformerConfig, data: TranslationData, recipe: Recipe, beam: int, alpha: float, device: str,
-    eval_every: int = 0,
+    eval_every: int = 0, checkpoint_dir: str | Path | None = None,
 ) -> RowResult:
     """Train one Table 3 variation with ``recipe`` and score it on dev (beam search, no averaging, as Table 3).
 
@@ -433,7 +509,7 @@ def run_table3_row(
     """
     cfg = table3_config(base, row)
     trained = train_translation(cfg, data, recipe, device=device, desc=f"Table 3 {row} seed {recipe.seed}",
-                                eval_every=eval_every)
+                                eval_every=eval_every, checkpoint_dir=checkpoint_dir)
     dev_bleu = evaluate_bleu(trained.model, data, "dev", beam, alpha)["bleu"]
     curve = trained.curve or [{"step": recipe.steps, "dev_ppl": perplexity(trained.model, data.dev)}]
     best = min(curve, key=lambda c: c["dev_ppl"])
@@ -467,26 +543,51 @@ class PendingRows:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        ctx = multiprocessing.get_context("spawn")  # a fork of a process with live torch threads can deadlock
-        self.workers = min(workers, len(jobs))
         self._jobs = jobs
+        self.workers = min(workers, len(jobs))
+        if self.workers == 0:  # several processes (torchrun) or nothing to do: every job runs here, in order
+            self._pool, self._futures = None, []
+            return
+        ctx = multiprocessing.get_context("spawn")  # a fork of a process with live torch threads can deadlock
         self._pool = ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_row_worker_init, initargs=(1,))
         self._futures = [self._pool.submit(_run_row_job, job) for job in jobs]
 
-    def result(self, help: bool = True) -> list[RowResult]:
+    def result(self, help: bool = True, on_result=None) -> list[RowResult]:
+        """Every job's result, in job order; ``on_result(job, result)`` is called as soon as each one is
+        known (the caller stores it: a crash later loses no finished row)."""
+        store = on_result or (lambda job, result: None)
+        if self._pool is None:
+            out = []
+            for job in tqdm(self._jobs, desc="Table 3 (this process)", leave=False):
+                out.append(_run_row_job(job))
+                store(job, out[-1])
+            return out
         here: dict[int, RowResult] = {}
+        stored: set[int] = set()
+
+        def collect() -> None:  # the workers' finished jobs, stored once each
+            for i, f in enumerate(self._futures):
+                if i not in stored and i not in here and f.done() and not f.cancelled():
+                    stored.add(i)
+                    store(self._jobs[i], f.result())
+
         try:
             progress = tqdm(total=len(self._jobs), desc=f"Table 3 ({self.workers} workers + this process)", leave=False)
             while help:
+                collect()
                 waiting = [i for i, f in enumerate(self._futures) if not (f.running() or f.done())]
                 if not waiting:
                     break
                 if self._futures[waiting[-1]].cancel():  # False when a worker took it meanwhile
                     here[waiting[-1]] = _run_row_job(self._jobs[waiting[-1]])
+                    store(self._jobs[waiting[-1]], here[waiting[-1]])
                     progress.update(1)
             out = []
             for i, f in enumerate(self._futures):
                 out.append(here[i] if i in here else f.result())
+                if i not in here and i not in stored:
+                    stored.add(i)
+                    store(self._jobs[i], out[-1])
                 progress.update(0 if i in here else 1)
             progress.close()
             return out
@@ -495,21 +596,29 @@ class PendingRows:
 
 
 def table3_jobs(rows: Sequence[str], seeds: Sequence[int], base: TransformerConfig, data: TranslationData,
-                recipe: Recipe, beam: int, alpha: float, device: str, eval_every: int = 0) -> list[tuple]:
+                recipe: Recipe, beam: int, alpha: float, device: str, eval_every: int = 0,
+                checkpoint_dirs: dict | None = None) -> list[tuple]:
+    """One job per (row, seed); ``checkpoint_dirs[(row, seed)]``: where that training keeps its checkpoints."""
     for row in rows:
         table3_config(base, row)  # an unknown row fails here, before any process starts
-    return [(row, base, data, replace(recipe, seed=seed), beam, alpha, device, eval_every) for row in rows for seed in seeds]
+    dirs = checkpoint_dirs or {}
+    return [(row, base, data, replace(recipe, seed=seed), beam, alpha, device, eval_every, dirs.get((row, seed)))
+            for row in rows for seed in seeds]
 
 
 def start_table3_rows(
     rows: Sequence[str], seeds: Sequence[int], base: TransformerConfig, data: TranslationData, recipe: Recipe,
-    beam: int, alpha: float, device: str, workers: int = 1, eval_every: int = 0,
+    beam: int, alpha: float, device: str, workers: int = 1, eval_every: int = 0, checkpoint_dirs: dict | None = None,
+    jobs: list[tuple] | None = None,
 ) -> PendingRows:
-    """Start every (row, seed) run of Table 3 in ``workers`` single-threaded processes and return at
-    once, so that this process can train something else meanwhile (the cpu profile trains Table 2)."""
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    return PendingRows(table3_jobs(rows, seeds, base, data, recipe, beam, alpha, device, eval_every), workers)
+    """Start every (row, seed) run of Table 3 (or the given ``jobs``) in ``workers`` single-threaded
+    processes and return at once, so that this process can train something else meanwhile (the cpu
+    profile trains Table 2). ``workers`` 0: the jobs run in this process when their result is asked for."""
+    if workers < 0:
+        raise ValueError(f"workers must be >= 0, got {workers}")
+    if jobs is None:
+        jobs = table3_jobs(rows, seeds, base, data, recipe, beam, alpha, device, eval_every, checkpoint_dirs)
+    return PendingRows(jobs, workers)
 
 
 def run_table3_rows(
