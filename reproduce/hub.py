@@ -86,6 +86,9 @@ def classify(err: BaseException, dataset_id: str, config: str | None, split: str
     if m := re.search(r"Bad split: (\S+?)\.? Available splits: (\[.*?\])", text):
         return HubError(f"{what}: the dataset has no split {m.group(1)!r}; its splits are {m.group(2)} "
                         f"(set the split parameter)", "split")
+    if m := re.search(r'Unknown split "(.+?)"\. Should be one of (\[.*?\])', text):
+        return HubError(f"{what}: the dataset has no split {m.group(1)!r}; its splits are {m.group(2)} "
+                        f"(set the split parameter)", "split")
     if m := re.search(r"BuilderConfig '?(.+?)'? not found\.? Available: (\[.*?\])", text):
         return HubError(f"{what}: the dataset has no config {m.group(1)!r}; its configs are {m.group(2)} "
                         f"(set the config parameter)", "config")

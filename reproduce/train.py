@@ -134,18 +134,20 @@ def shard_bounds(rows: int, index: int, count: int) -> tuple[int, int]:
 def shard(batch: Batch, index: int, count: int, device: torch.device | None = None) -> dict[str, Any]:
     """Process ``index``'s contiguous share (of ``count``) of a global batch's tensors, on ``device``.
 
-    Any batch size of at least ``count`` rows splits: the first ``rows % count`` processes take one
-    row more (length-bucketed batches have every size). :func:`train` weights each share's loss by
-    its rows, so the gradient is that of the global batch.
+    Any batch size splits: the first ``rows % count`` processes take one row more (length-bucketed
+    batches have every size). :func:`train` weights each share's loss by its rows, so the gradient
+    is that of the global batch; with fewer rows than processes, a process without a row computes
+    on row 0 with weight 0 (its backward pass still joins the gradient all-reduce).
     """
     sizes = {v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor)}
     if len(sizes) != 1:
         raise ValueError(f"batch tensors disagree on the batch size (dim 0): {sorted(sizes)}")
     (rows,) = sizes
-    if rows < count:
-        raise ValueError(f"a global batch of {rows} rows cannot feed {count} processes (each needs a row); "
-                         "raise the batch size or use fewer processes")
+    if rows < 1:
+        raise ValueError("a global batch of 0 rows cannot be trained on")
     start, stop = shard_bounds(rows, index, count)
+    if start == stop:  # fewer rows than processes: this one computes on row 0 with weight 0 (see train)
+        start, stop = 0, 1
     return {k: v[start:stop].to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
@@ -278,7 +280,8 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
             tokens += count_tokens(batch)
             local = shard(batch, accelerator.process_index, accelerator.num_processes, accelerator.device)
             # a share's mean loss, weighted by its rows: the processes' average is the global batch's mean
-            weight = _rows(local) * accelerator.num_processes / _rows(batch) if accelerator.num_processes > 1 else 1.0
+            first, last = shard_bounds(_rows(batch), accelerator.process_index, accelerator.num_processes)
+            weight = (last - first) * accelerator.num_processes / _rows(batch) if accelerator.num_processes > 1 else 1.0
             with accelerator.accumulate(model):  # no gradient all-reduce until the last micro-batch
                 loss = loss_fn(model, local) * weight
                 accelerator.backward(loss)  # scales by 1/grad_accum

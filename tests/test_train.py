@@ -150,8 +150,9 @@ def test_bad_configs_and_batches_are_refused():
         TrainConfig(steps=3, max_grad_norm=0.0)
     with pytest.raises(ValueError, match="device must be"):
         make_accelerator("tpu")
-    with pytest.raises(ValueError, match="a global batch of 2 rows cannot feed 3 processes"):
-        tr.shard({"tokens": torch.zeros(2, 2)}, 0, 3)
+    with pytest.raises(ValueError, match="a global batch of 0 rows"):
+        tr.shard({"tokens": torch.zeros(0, 2)}, 0, 3)
+    assert tr.shard({"tokens": torch.arange(2)}, 2, 3)["tokens"].tolist() == [0]  # no row of its own: row 0, weight 0
     with pytest.raises(ValueError, match="disagree on the batch size"):
         tr.shard({"tokens": torch.zeros(8, 2), "targets": torch.zeros(4, 2)}, 0, 2)
     model = make_model()
