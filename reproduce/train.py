@@ -11,10 +11,10 @@ One code path runs on CPU, one GPU or several GPUs:
   a script: ``accelerate launch --num_processes 8 script.py`` or ``torchrun --nproc_per_node 8
   script.py``; CPU processes (gloo) start with ``torchrun`` (``accelerate launch --cpu`` runs one
   process unless MPI is set up); tested with 2 CPU processes in ``tests/_train_worker.py``;
-  a notebook: ``accelerate.notebook_launcher(run_training, num_processes=8)``;
   a whole paper run: ``accelerate launch --num_processes 8 -m reproduce run <paper> --profile gpu``
-  starts 8 runs whose notebook kernels inherit RANK/WORLD_SIZE and join one process group
-  (not tested here: this machine has no GPU).
+  (or ``torchrun --nproc_per_node 8 -m reproduce run ...``) starts 8 runs whose notebook kernels
+  inherit RANK/WORLD_SIZE/LOCAL_RANK and join one process group (``reproduce.distributed``); tested
+  with 2 CPU processes on every notebook's smoke profile (tests/test_distributed.py).
 
 Batches and losses (what makes N processes equal one):
 - ``batches`` yields *global* batches: dicts whose tensors hold the batch on dim 0. Every process
