@@ -152,3 +152,45 @@ def test_spec_checks_refuse_combinations_that_would_fail_late(overrides, names):
 
     with pytest.raises(config.ParamError, match=names):
         config.resolve("transformer", "smoke", overrides)
+
+
+# ----------------------------------------------------------------------------------------------- resume
+class Killed(Exception):
+    pass
+
+
+def test_a_killed_training_continues_from_its_last_checkpoint_with_the_same_result(tmp_path, monkeypatch):
+    """train_translation into a checkpoint folder, killed after step 4 of 6 (checkpoints every 2), then
+    run again: it continues from step 4 and ends with the losses, curve and weights of an uninterrupted run."""
+    from test_transformer import _tiny_translation_data
+
+    from reproduce.transformer import experiments as ex
+    from reproduce.transformer.model import TransformerConfig
+
+    monkeypatch.setenv("REPRODUCE_CACHE", str(tmp_path))
+    torch.set_num_threads(1)
+    data = _tiny_translation_data()
+    cfg = TransformerConfig(vocab_size=data.vocab_size, n_layers=1, d_model=16, d_ff=32, n_heads=4, max_len=64)
+    recipe = ex.Recipe(steps=6, batch_tokens=120, warmup=2, checkpoint_every=2, average_last=2, grad_accum=2)
+    fresh = ex.train_translation(cfg, data, recipe, device="cpu", eval_every=2)
+
+    real = ex.token_batches
+
+    def dying(*args, **kwargs):  # the 9th micro-batch (step 5 of 6, 2 per step) kills the run
+        for i, batch in enumerate(real(*args, **kwargs)):
+            if i == 8:
+                raise Killed
+            yield batch
+
+    ckpt = tmp_path / "runs" / "checkpoints" / "table2"
+    monkeypatch.setattr(ex, "token_batches", dying)
+    with pytest.raises(Killed):
+        ex.train_translation(cfg, data, recipe, device="cpu", eval_every=2, checkpoint_dir=ckpt)
+    assert sorted(p.name for p in ckpt.glob("step_*"))[-1].endswith("4")
+    monkeypatch.setattr(ex, "token_batches", real)
+    resumed = ex.train_translation(cfg, data, recipe, device="cpu", eval_every=2, checkpoint_dir=ckpt)
+    assert resumed.losses == pytest.approx(fresh.losses, abs=1e-6)
+    assert [c["dev_ppl"] for c in resumed.curve] == pytest.approx([c["dev_ppl"] for c in fresh.curve], rel=1e-5)
+    for k, v in fresh.model.state_dict().items():
+        torch.testing.assert_close(resumed.model.state_dict()[k], v)
+    assert len(resumed.checkpoints) == 2
