@@ -462,14 +462,10 @@ def test_no_mixer_control_is_embeddings_and_ffn_only_and_stays_so():
 
 
 # --- claim logic of every section, on synthetic measurements ----------------------------------------
-class _Params(dict):
-    __getattr__ = dict.__getitem__
-
-
 def _run():
-    from reproduce import results
+    from reproduce import config, results
 
-    return results.Run(_Params(paper="retnet", profile="smoke", seed=0, overrides={}))
+    return results.Run(config.resolve("retnet", "smoke"))
 
 
 def _verdicts(run) -> dict:

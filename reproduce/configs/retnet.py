@@ -43,6 +43,48 @@ VARIANTS: dict[str, tuple[str, str, str, dict | None]] = {
     "no_mixer": ("Control", "no mixer (embeddings + FFN)", "retnet", {"zero_mixer": True}),
 }
 
+def _micro_batch_divides(v) -> str | None:
+    micro = v["lm_micro_batch"]
+    if micro and (micro > v["lm_batch"] or v["lm_batch"] % micro):
+        return f"lm_micro_batch={micro} must divide lm_batch={v['lm_batch']} (or be 0: the whole batch)"
+    return None
+
+
+def _warmup_within_steps(v) -> str | None:
+    if v["lm_warmup"] > v["lm_steps"]:
+        return f"lm_warmup={v['lm_warmup']} exceeds lm_steps={v['lm_steps']}; lower lm_warmup"
+    return None
+
+
+def _heads_divide(v) -> str | None:
+    """Every head gets an even key dim (the rotation pairs dimensions); "reduce head dimension" doubles the heads."""
+    shapes = [("cost_hidden", "cost_heads", 1), ("train_hidden", "train_heads", 1), ("lm_hidden", "lm_heads", 1)]
+    if "small_heads" in v["variants"]:
+        shapes.append(("lm_hidden", "lm_heads", VARIANTS["small_heads"][3]["num_heads"]))
+    for width, heads, factor in shapes:
+        h = v[heads] * factor
+        if v[width] % h or (v[width] // h) % 2:
+            what = f"{heads}={v[heads]}" + (f" x {factor} (variant small_heads)" if factor != 1 else "")
+            return f"{width}={v[width]} must be a multiple of 2 x {what}: each head needs an even key dim"
+    return None
+
+
+def _fraction_is_for_novels(v) -> str | None:
+    if v["data"] != "novels" and v["corpus_fraction"] != 1.0:
+        return f"corpus_fraction slices the packaged novels only; with data={v['data']!r} leave it at 1.0"
+    return None
+
+
+def hub_datasets(values) -> list[dict]:
+    """The hub datasets a run reads (``python -m reproduce run`` opens each before the notebook starts)."""
+    if values["data"] == "novels":
+        return []
+    return [{"param": "wikitext_dataset", "id": values["wikitext_dataset"], "config": values["wikitext_config"] or None,
+             "split": split, "columns": [values["wikitext_text_column"]],
+             "alternative": "use data='novels' (profile=cpu), which reads the packaged novels"}
+            for split in (values["wikitext_train_split"], values["wikitext_valid_split"])]
+
+
 SPEC = PaperSpec(
     name="retnet",
     plots="reproduce.retnet.plots",
@@ -71,8 +113,16 @@ SPEC = PaperSpec(
         "train_chunk": Param("int", 256, "chunk size of chunkwise retention", min=1),
         "train_reps": Param("int", 2, "timed steps per point", min=1),
         # 4./5. language models (Tables 5 and 6)
-        "data": Param("str", "novels", "training text: the packaged novels, or a hub dataset (gpu)",
+        "data": Param("str", "novels", "training text: the packaged novels, or a hub dataset in WikiText's layout (gpu)",
                       choices=("novels", "wikitext-103")),
+        # data='wikitext-103': where the text comes from (a hub id or a local parquet folder in the hub layout)
+        "wikitext_dataset": Param("str", "Salesforce/wikitext", "hub dataset id (or local folder) of data='wikitext-103'"),
+        "wikitext_config": Param("str", "wikitext-103-raw-v1", "its config ('' for none)"),
+        "wikitext_train_split": Param("str", "train", "its split streamed whole for training"),
+        "wikitext_valid_split": Param("str", "validation", "its split that validates (reported PPL, lr choice)"),
+        "wikitext_text_column": Param("str", "text", "its text column"),
+        "tokenizer_rows": Param("int", 200_000, "non-empty training rows the BPE tokenizer is trained on (hub data)",
+                                min=1),
         "corpus_fraction": Param("float", 1.0, "fraction of each training book used (smoke: a slice)", min=0.001, max=1.0),
         "lm_vocab": Param("int", 1024, "BPE vocabulary trained on the training split", min=258),
         "lm_hidden": Param("int", 128, "model width d", min=8),
@@ -80,6 +130,9 @@ SPEC = PaperSpec(
         "lm_heads": Param("int", 4, "heads (d_k = d / heads)", min=1),
         "lm_seq": Param("int", 128, "training window in tokens", min=4),
         "lm_batch": Param("int", 8, "windows per step", min=1),
+        "lm_micro_batch": Param("int", 0, "windows per forward/backward, accumulated to lm_batch (0: lm_batch)", min=0),
+        "lm_checkpointing": Param("bool", False, "activation checkpointing per block (recompute in backward)"),
+        "lm_checkpoint_every": Param("int", 0, "steps between training checkpoints for resume (0: none)", min=0),
         "lm_steps": Param("int", 1000, "optimizer steps per run (same for every model)", min=1),
         "lm_warmup": Param("int", 100, "linear warm-up steps (then linear decay to 0)", min=0),
         # One short lr sweep per family, each grid centred on that family's best rate in the calibration
@@ -124,12 +177,16 @@ SPEC = PaperSpec(
             "train_lengths": [2048, 4096, 8192], "train_hidden": 2048, "train_heads": 8, "train_batch": 4,
             "train_chunk": 512, "train_reps": 5,
             "data": "wikitext-103", "lm_vocab": 32000, "lm_hidden": 2048, "lm_layers": 24, "lm_heads": 8,
-            "lm_seq": 2048, "lm_batch": 8, "lm_steps": 20000, "lm_warmup": 2000, "lm_lrs_transformer": [6e-4],
+            "lm_seq": 2048, "lm_batch": 8, "lm_micro_batch": 4, "lm_checkpointing": True, "lm_checkpoint_every": 1000,
+            "lm_steps": 20000, "lm_warmup": 2000, "lm_lrs_transformer": [6e-4],
             "lm_lrs_retnet": [6e-4], "lm_lrs_linear_attention": [6e-4],
-            "lm_eval_windows": 256, "lm_select_windows": 64,
+            # WikiText-103's validation split is ~0.25M tokens: 80 + 16 windows of 2048 (0.2M) fit in it
+            "lm_eval_windows": 80, "lm_select_windows": 16,
             "seeds": [0], "variants": ["transformer", "retnet", "no_mixer"],
         },
     },
+    checks=(_micro_batch_divides, _warmup_within_steps, _heads_divide, _fraction_is_for_novels),
+    hub_datasets=hub_datasets,
     artifacts={
         "§2.1 eqs. (5)-(7)": "1. Forms agree",
         "Figure 6": "2. Inference cost",

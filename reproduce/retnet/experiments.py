@@ -22,13 +22,16 @@ block) rather than whole models, with peak memory read from a fresh process per 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import math
 import multiprocessing
+import os
 import statistics
 import time
 import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -148,20 +151,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _retnet_cache_at(model, batch: int, length: int, device: torch.device):
+def _retnet_cache_at(model, batch: int, length: int, device: torch.device, dtype=torch.float32):
     """A RetNetCache as after ``length`` tokens (random state: the cost of a step does not depend on it)."""
     from .model import RetNetCache
 
     c = model.config
     cache = RetNetCache(c.num_hidden_layers)
     for i in range(c.num_hidden_layers):
-        cache.layers[i] = RetentionState(torch.randn(batch, c.num_heads, c.key_dim, c.value_dim, device=device),
-                                         torch.randn(batch, c.num_heads, c.key_dim, device=device))
+        cache.layers[i] = RetentionState(torch.randn(batch, c.num_heads, c.key_dim, c.value_dim, device=device, dtype=dtype),
+                                         torch.randn(batch, c.num_heads, c.key_dim, device=device, dtype=dtype))
     cache.seen_tokens = length
     return cache
 
 
-def _kv_cache_at(model, batch: int, length: int, device: torch.device, cache: str = "dynamic", room: int = 0):
+def _kv_cache_at(model, batch: int, length: int, device: torch.device, cache: str = "dynamic", room: int = 0,
+                 dtype=torch.float32):
     """A transformers KV cache holding ``length`` random keys/values per layer.
 
     ``dynamic``: ``DynamicCache``, which concatenates each step's key/value onto its tensors (a copy
@@ -176,7 +180,7 @@ def _kv_cache_at(model, batch: int, length: int, device: torch.device, cache: st
     head_dim = c.hidden_size // c.num_attention_heads
     for i in range(c.num_hidden_layers):
         shape = (batch, c.num_key_value_heads, length, head_dim)  # (B, H, S, K)
-        kv.update(torch.randn(shape, device=device), torch.randn(shape, device=device), i)
+        kv.update(torch.randn(shape, device=device, dtype=dtype), torch.randn(shape, device=device, dtype=dtype), i)
     return kv
 
 
@@ -194,7 +198,8 @@ BASELINES = ("transformer_static", "transformer_dynamic")
 
 
 def decode_cost(shape: LMShape, lengths: Sequence[int], batch: int, steps: int, warmup: int = 2,
-                device: torch.device | str = "cpu", decoders: Sequence[str] = tuple(DECODERS)) -> list[dict]:
+                device: torch.device | str = "cpu", decoders: Sequence[str] = tuple(DECODERS),
+                dtype: torch.dtype = torch.float32) -> list[dict]:
     """Per-token decode latency (median of ``steps``; every step's time in ``step_ms``, in round order)
     and state/cache bytes after ``length`` tokens.
 
@@ -203,22 +208,24 @@ def decode_cost(shape: LMShape, lengths: Sequence[int], batch: int, steps: int, 
     ``benchmarks/retnet_decode.py``) and with ``DynamicCache`` (its default). All are untrained
     (cost does not depend on the weights) and see random context. The steps are interleaved: each
     round times one step of every (decoder, length) point, so a busy neighbour on a shared machine
-    slows all points alike instead of whichever was running.
+    slows all points alike instead of whichever was running. ``dtype``: of the weights, states and
+    caches (bf16 on a GPU under ``precision='auto'``; the byte counts scale with it).
     """
     unknown = [d for d in decoders if d not in DECODERS]
     if unknown:
         raise ValueError(f"unknown decoder(s) {unknown}; known: {', '.join(DECODERS)}")
     device = torch.device(device)
-    models = {row: build_model(shape, row, seed=0).to(device).eval() for row in dict.fromkeys(DECODERS[d][0] for d in decoders)}
+    models = {row: build_model(shape, row, seed=0, dtype=dtype).to(device).eval() for row in dict.fromkeys(DECODERS[d][0] for d in decoders)}
     points = [(name, length) for length in lengths for name in decoders]
     caches, tokens, memory = {}, {}, {}
     for name, length in points:
         model = models[DECODERS[name][0]]
         if name == "retnet":
-            caches[name, length] = _retnet_cache_at(model, batch, length, device)
+            caches[name, length] = _retnet_cache_at(model, batch, length, device, dtype)
             memory[name, length] = caches[name, length].nbytes
         else:
-            caches[name, length] = _kv_cache_at(model, batch, length, device, name.split("_")[1], room=warmup + steps)
+            caches[name, length] = _kv_cache_at(model, batch, length, device, name.split("_")[1], room=warmup + steps,
+                                                dtype=dtype)
             memory[name, length] = _kv_bytes(caches[name, length])  # before decoding
         tokens[name, length] = torch.randint(0, shape.vocab_size, (batch, 1), device=device)
     times = {point: [] for point in points}
@@ -346,7 +353,7 @@ def _rss_kib(field: str) -> int:
 
 
 def _training_point(kind: str, length: int, block: dict, batch: int, reps: int, threads: int, seed: int,
-                    device: str = "cpu") -> dict:
+                    device: str = "cpu", autocast: torch.dtype | None = None) -> dict:
     """One forward+backward of one block, run in a fresh process: tokens/s and peak extra RSS.
 
     Peak memory: the kernel's resident high-water mark (VmHWM) is reset (``5`` into
@@ -374,6 +381,8 @@ def _training_point(kind: str, length: int, block: dict, batch: int, reps: int, 
     layer.to(device)
     x = torch.randn(batch, length, hidden, device=device, requires_grad=True)
     if device.type == "cuda":  # GPU: the allocator's own peak, in this process
+        if autocast is not None:  # the block's matmuls in bf16 (fp32 weights), as the LMs train
+            plain, run = run, lambda x: torch.autocast("cuda", dtype=autocast)(plain)(x).float()
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
         run(x).square().mean().backward()
@@ -409,7 +418,7 @@ def _timed_steps(step, reps: int, device: torch.device) -> list[float]:
 
 def training_cost(lengths: Sequence[int], hidden: int, heads: int, batch: int, chunk: int, reps: int,
                   threads: int, kinds: Sequence[str] = TRAINING_KINDS, seed: int = 0,
-                  device: torch.device | str = "cpu") -> list[dict]:
+                  device: torch.device | str = "cpu", autocast: torch.dtype | None = None) -> list[dict]:
     """Throughput and peak memory of one training step of one block (12 d^2 weights) vs sequence length.
 
     On CPU each point runs in a fresh process (spawned), so one point's allocations cannot hide
@@ -428,7 +437,7 @@ def training_cost(lengths: Sequence[int], hidden: int, heads: int, batch: int, c
     for length in lengths:
         for kind in kinds:
             if device.type == "cuda":  # max_memory_allocated is per process already
-                rows.append(_training_point(kind, length, block, batch, reps, 0, seed, str(device)))
+                rows.append(_training_point(kind, length, block, batch, reps, 0, seed, str(device), autocast))
                 continue
             with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
                 rows.append(pool.submit(_training_point, kind, length, block, batch, reps, threads, seed).result())
@@ -463,70 +472,8 @@ def training_summary(rows: list[dict]) -> dict:
 # --------------------------------------------------------------------------------------------------
 # 4./5. Small language models (Tables 5 and 6)
 # --------------------------------------------------------------------------------------------------
-@dataclass
-class Corpus:
-    """Token ids of the training text (one stream) and the validation text, with the tokenizer."""
-
-    tokenizer: object
-    train_ids: np.ndarray
-    valid_ids: np.ndarray
-    source: str
-
-    def describe(self) -> dict:
-        return {"source": self.source, "vocab_size": self.tokenizer.get_vocab_size(),
-                "train_tokens": int(self.train_ids.size), "valid_tokens": int(self.valid_ids.size)}
-
-
-HUB_DATASETS = {"wikitext-103": ("Salesforce/wikitext", "wikitext-103-raw-v1")}  # gpu profile (needs the hub)
-
-
-def load_corpus(vocab_size: int, source: str = "novels", fraction: float = 1.0, hub_docs: int = 200_000) -> Corpus:
-    """The packaged novels (document-level split: reproduce.data.novels) or a hub text dataset, with a
-    BPE tokenizer trained on the training split only (``tokenizers`` library).
-
-    ``fraction`` < 1 keeps the first part of each training book (the smoke profile's short cut).
-    """
-    from reproduce.data import text
-
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    if source == "novels":
-        from reproduce.data import novels
-
-        split = novels.splits()
-        train_texts = [b.text[: max(1, int(len(b.text) * fraction))] for b in split.train]
-        valid_texts = [b.text for b in split.valid]
-        keys = [f"novels-{b.key}-{fraction:g}" for b in split.train], [f"novels-{b.key}" for b in split.valid]
-    elif source in HUB_DATASETS:  # the first 1% of the documents validate, the rest train
-        import itertools
-
-        dataset_id, name = HUB_DATASETS[source]
-        docs = [d for d in itertools.islice(text.hub_dataset(dataset_id, name), hub_docs) if d.strip()]
-        docs = docs[: max(2, int(len(docs) * fraction))]
-        cut = max(1, len(docs) // 100)
-        train_texts, valid_texts = ["\n".join(docs[cut:])], ["\n".join(docs[:cut])]
-        keys = [f"{source}-train"], [f"{source}-valid"]
-    else:
-        raise ValueError(f"unknown text source {source!r}; expected 'novels' or one of {sorted(HUB_DATASETS)}")
-    tokenizer = text.train_bpe_tokenizer(train_texts, vocab_size, cache_key=f"retnet-{source}-{fraction:g}")
-    eot = tokenizer.token_to_id(text.END_OF_TEXT)
-
-    def stream(texts, cache_keys):
-        parts = []
-        for t, key in zip(texts, cache_keys):
-            parts += [text.encode_cached(tokenizer, t, cache_key=key), np.array([eot])]
-        return np.concatenate(parts)
-
-    return Corpus(tokenizer, stream(train_texts, keys[0]), stream(valid_texts, keys[1]), source)
-
-
-def batches(ids: np.ndarray, batch: int, length: int, seed: int) -> Iterator[dict]:
-    """Endless global batches of random windows of ``length`` tokens (same seed, same batches)."""
-    rng = np.random.default_rng(seed)
-    while True:
-        starts = rng.integers(0, ids.size - length, size=batch)
-        window = np.stack([ids[s:s + length] for s in starts])  # (B, T)
-        yield {"input_ids": torch.from_numpy(window).long()}
+# The text (Corpus, load_corpus, batches) lives in reproduce.retnet.data; re-exported here.
+from .data import HUB_SOURCES, Corpus, HubText, batches, load_corpus  # noqa: E402,F401
 
 
 def lm_loss(model, batch: dict) -> torch.Tensor:
@@ -561,10 +508,13 @@ class LMBudget:
         return self.eval_windows + self.select_windows
 
 
-def window_nll(model, ids: np.ndarray, length: int, first: int, count: int, batch: int = 16) -> list[float]:
+def window_nll(model, ids: np.ndarray, length: int, first: int, count: int, batch: int = 16,
+               autocast: torch.dtype | None = None) -> list[float]:
     """Mean next-token NLL (nats) of each of ``count`` non-overlapping windows, from window ``first``.
 
     Window w covers ``ids[w * length:(w + 1) * length]`` and scores its ``length - 1`` next tokens.
+    Runs on the model's device (``autocast``: the dtype of ``torch.autocast`` there, None = fp32);
+    the loss is taken in fp32.
     """
     if first < 0 or count < 1:
         raise ValueError(f"need first >= 0 and count >= 1, got first={first}, count={count}")
@@ -572,12 +522,14 @@ def window_nll(model, ids: np.ndarray, length: int, first: int, count: int, batc
     if first + count > available:
         raise ValueError(f"validation text has {ids.size} tokens: {available} windows of {length}, "
                          f"fewer than the {first + count} asked for (lower lm_eval_windows/lm_select_windows)")
+    device = next(model.parameters()).device
     rows = torch.from_numpy(ids[first * length:(first + count) * length].reshape(count, length)).long()  # (N, T)
     out: list[float] = []
     model.eval()
-    with torch.no_grad():
+    amp = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
+    with torch.no_grad(), amp:
         for i in range(0, count, batch):
-            chunk = rows[i:i + batch]  # (b, T)
+            chunk = rows[i:i + batch].to(device)  # (b, T)
             logits = model(input_ids=chunk).logits[:, :-1].float()  # (b, T-1, vocab)
             nll = F.cross_entropy(logits.transpose(1, 2), chunk[:, 1:], reduction="none")  # (b, T-1)
             out += nll.mean(-1).tolist()
@@ -589,33 +541,93 @@ def perplexity(model, ids: np.ndarray, length: int, windows: int, batch: int = 8
     return math.exp(statistics.fmean(window_nll(model, ids, length, 0, windows, batch)))
 
 
+@dataclass(frozen=True)
+class LMRunOptions:
+    """How (not what) an LM run trains: memory, precision, checkpoints. The defaults are the cpu
+    profile's (one batch per step, fp32 on CPU, no checkpoints), which give the same numbers.
+
+    - ``micro_batch``: windows per forward/backward (0: the whole batch); ``batch / micro_batch``
+      micro-batches are accumulated into each optimizer step (the same windows: the same gradient);
+    - ``checkpointing``: activation checkpointing per block (each block's activations are recomputed
+      in the backward pass; only the block inputs are kept);
+    - ``precision``: the ``precision`` parameter (``auto``: bf16 autocast on a GPU, fp32 on the CPU);
+    - ``checkpoint_every``: steps between training checkpoints (0: none) in the row's checkpoint folder;
+    - ``log_dir``: training curves (accelerate trackers); ``eval_batch``: windows per validation forward.
+    """
+
+    micro_batch: int = 0
+    checkpointing: bool = False
+    precision: str = "auto"
+    checkpoint_every: int = 0
+    log_dir: str | None = None
+    eval_batch: int = 16
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def enable_checkpointing(model) -> None:
+    """Activation checkpointing per block, for either family (transformers' own mechanism)."""
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+
+
 def train_language_model(train_ids: np.ndarray, valid_ids: np.ndarray, shape: LMShape, variant: str, seed: int,
-                         lr: float, budget: LMBudget, device: str = "auto") -> dict:
+                         lr: float, budget: LMBudget, device: str = "auto", options: LMRunOptions = LMRunOptions(),
+                         checkpoint_dir: str | None = None) -> dict:
     """Train one Table 5/6 row (or the control) with the shared accelerate loop.
 
     Same budget for every row: ``steps`` x ``batch`` x ``length`` tokens, AdamW (beta2 0.98, weight
     decay 0.01, as in §3.1's setup), linear warm-up over ``budget.warmup`` steps, then linear decay
     to 0. Returns the curve, the per-window validation NLLs and perplexity, and the selection
-    windows' perplexity.
+    windows' perplexity (evaluated once, on the main process, on the model's device).
+    ``checkpoint_dir``: where this run checkpoints (every ``options.checkpoint_every`` steps) and
+    resumes from.
     """
+    from reproduce import distributed, runtime
     from reproduce import train as trainer
 
     from .model import count_parameters
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
+    micro = options.micro_batch or budget.batch
+    if budget.batch % micro:
+        raise ValueError(f"lm_micro_batch={micro} must divide lm_batch={budget.batch}")
+    where = _resolve_device(device)
+    mixed = runtime.mixed_precision(options.precision, where)
     model = build_model(shape, variant, seed)
+    if options.checkpointing:
+        enable_checkpointing(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
     warm, steps = budget.warmup, budget.steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / max(1, warm), max(0.0, (steps - s) / max(1, steps - warm))))
-    cfg = trainer.TrainConfig(steps=steps, log_every=max(1, steps // 50), desc=f"{variant} seed {seed} lr {lr:g}")
-    result = trainer.train(model, optimizer, batches(train_ids, budget.batch, budget.length, seed), lm_loss, cfg,
-                           scheduler=scheduler, accelerator=trainer.make_accelerator(device), tokens_in="input_ids")
-    model = model.cpu().float()
-    nll = window_nll(model, valid_ids, budget.length, 0, budget.eval_windows)
-    select = window_nll(model, valid_ids, budget.length, budget.eval_windows, budget.select_windows)
+    every = options.checkpoint_every if checkpoint_dir else 0
+    cfg = trainer.TrainConfig(steps=steps, grad_accum=budget.batch // micro, log_every=max(1, steps // 50),
+                              desc=f"{variant} seed {seed} lr {lr:g}", mixed_precision=mixed,
+                              checkpoint_every=every, checkpoint_dir=checkpoint_dir if every else None,
+                              keep_checkpoints=1, log_dir=options.log_dir)
+    accelerator = trainer.make_accelerator(device, mixed_precision=mixed, grad_accum=cfg.grad_accum)
+    result = trainer.train(model, optimizer, batches(train_ids, budget.batch, budget.length, seed, micro), lm_loss, cfg,
+                           scheduler=scheduler, accelerator=accelerator, tokens_in="input_ids")
+    accelerator.free_memory()  # drop the optimizer's state (2 x the weights): evaluation does not need it
+    del optimizer
+    amp = runtime.autocast_dtype(options.precision, where)
+
+    def evaluate() -> tuple[list[float], list[float]]:
+        return (window_nll(model, valid_ids, budget.length, 0, budget.eval_windows, options.eval_batch, amp),
+                window_nll(model, valid_ids, budget.length, budget.eval_windows, budget.select_windows,
+                           options.eval_batch, amp))
+
+    nll, select = distributed.on_main(evaluate)
     return {"variant": variant, "family": FAMILY[variant], "seed": seed, "lr": lr, "params": count_parameters(model),
             "trainable_params": count_parameters_trainable(model),
             "valid_ppl": math.exp(statistics.fmean(nll)), "select_ppl": math.exp(statistics.fmean(select)),
@@ -630,17 +642,27 @@ def count_parameters_trainable(model: nn.Module) -> int:
 
 
 # Worker processes (spawned): each trains one run at a time on one thread, with the token arrays
-# handed over once when the worker starts.
+# handed over once when the worker starts. Their progress bars go to a log file (``log_path``), not
+# to the notebook; a failure still reaches the parent through the future.
 _WORKER: dict = {}
 
 
-def _worker_start(train_ids: np.ndarray, valid_ids: np.ndarray, threads: int) -> None:
+def _worker_start(train_ids: np.ndarray, valid_ids: np.ndarray, threads: int, log_path: str | None = None) -> None:
     torch.set_num_threads(threads)
+    if log_path:
+        import sys
+
+        Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+        log = open(log_path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - lives as long as the worker
+        os.dup2(log.fileno(), 2)
+        sys.stderr = log
     _WORKER.update(train_ids=train_ids, valid_ids=valid_ids)
 
 
-def _worker_run(shape: LMShape, variant: str, seed: int, lr: float, budget: LMBudget) -> dict:
-    return train_language_model(_WORKER["train_ids"], _WORKER["valid_ids"], shape, variant, seed, lr, budget, "cpu")
+def _worker_run(shape: LMShape, variant: str, seed: int, lr: float, budget: LMBudget, options: LMRunOptions,
+                checkpoint_dir: str | None) -> dict:
+    return train_language_model(_WORKER["train_ids"], _WORKER["valid_ids"], shape, variant, seed, lr, budget, "cpu",
+                                options, checkpoint_dir)
 
 
 def choose_lr(sweep: Sequence[dict]) -> dict[str, float]:
@@ -656,18 +678,47 @@ def choose_lr(sweep: Sequence[dict]) -> dict[str, float]:
     return {family: r["lr"] for family, r in best.items()}
 
 
+class _NoState:
+    """Rows computed and forgotten (no run folder): what a direct call without ``state`` gets."""
+
+    def has_row(self, key: str) -> bool:
+        return False
+
+    def row(self, key: str, compute):
+        return compute()
+
+    def checkpoint_dir(self, key: str) -> None:
+        return None
+
+    def key(self, *parts) -> str:
+        return "-".join(map(str, parts))
+
+
+def run_key(state, variant: str, seed: int, lr: float) -> str:
+    """The row key of one (variant, seed, lr) training."""
+    return state.key("lm", variant, seed, f"{lr:g}")
+
+
 def train_language_models(corpus: Corpus, shape: LMShape, variants: Sequence[str], seeds: Sequence[int],
                           lrs: dict[str, Sequence[float]], budget: LMBudget, workers: int = 1,
-                          device: str = "auto") -> dict:
+                          device: str = "auto", options: LMRunOptions = LMRunOptions(), state=None) -> dict:
     """Sweep the lr per family, then train every (variant, seed) at its family's chosen lr.
 
     The sweep trains each family's own row (Transformer, RetNet, linear attention) on the first seed
     at every lr of ``lrs[family]``; the lowest selection-window perplexity chooses (:func:`choose_lr`). The
     sweep's run at the chosen lr is that row's first-seed run (same seed, same lr: the same run).
     Every row sees the same windows in the same order for a given seed. ``workers`` > 1 trains in
-    that many spawned single-threaded processes (CPU); a family's remaining runs start as soon as
-    its sweep is done. Returns ``{"sweep", "chosen_lr", "runs"}``; runs in (variant, seed) order.
+    that many spawned single-threaded processes (CPU; never under several processes: then in this
+    one); a family's remaining runs start as soon as its sweep is done. Returns ``{"sweep",
+    "chosen_lr", "runs"}``; runs in (variant, seed) order.
+
+    ``state`` (a :class:`reproduce.rundir.RunDir`): each (variant, seed, lr) training is one of its
+    rows (:func:`run_key`), checkpointing into the row's checkpoint folder; a rerun reads the finished
+    rows back and continues an unfinished one from its last checkpoint. Workers are given the folder's
+    path; their results are stored by this process.
     """
+    from reproduce import distributed
+
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
@@ -681,6 +732,9 @@ def train_language_models(corpus: Corpus, shape: LMShape, variants: Sequence[str
     if budget.windows_needed() > available:
         raise ValueError(f"validation text has {available} windows of {budget.length} tokens, fewer than "
                          f"lm_eval_windows + lm_select_windows = {budget.windows_needed()}")
+    if distributed.world_size() > 1:
+        workers = 1  # every process trains its share of each batch in process
+    state = state if state is not None else _NoState()
     first = seeds[0]
     sweep_jobs = [(family, first, lr) for family in families for lr in lrs[family]]
     rest_jobs = {family: [(v, s) for v in variants if FAMILY[v] == family for s in seeds
@@ -691,37 +745,57 @@ def train_language_models(corpus: Corpus, shape: LMShape, variants: Sequence[str
 
     total = len(sweep_jobs) + sum(len(j) for j in rest_jobs.values())
     progress = tqdm(total=total, desc="language models")
+
+    def in_process(job):
+        key = run_key(state, *job)
+        directory = state.checkpoint_dir(key)
+        return state.row(key, lambda: train_language_model(corpus.train_ids, corpus.valid_ids, shape, *job, budget,
+                                                           device, options, str(directory) if directory else None))
+
     if workers == 1:
         for job in sweep_jobs:
-            done[job] = train_language_model(corpus.train_ids, corpus.valid_ids, shape, *job, budget, device)
+            done[job] = in_process(job)
             progress.update(1)
         chosen = choose_lr([done[j] for j in sweep_jobs])
         for family in families:
             for v, s in rest_jobs[family]:
-                done[v, s, chosen[family]] = train_language_model(corpus.train_ids, corpus.valid_ids, shape, v, s,
-                                                                  chosen[family], budget, device)
+                done[v, s, chosen[family]] = in_process((v, s, chosen[family]))
                 progress.update(1)
     else:
         context = multiprocessing.get_context("spawn")
+        log_path = str(Path(options.log_dir) / "workers.log") if options.log_dir else os.devnull
         with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start,
-                                                    initargs=(corpus.train_ids, corpus.valid_ids, 1)) as pool:
-            # the family with the most runs waiting on its sweep goes first, so the short ones fill the tail
-            order = sorted(sweep_jobs, key=lambda job: -len(rest_jobs[job[0]]))
-            pending = {pool.submit(_worker_run, shape, *job, budget): job for job in order}
+                                                    initargs=(corpus.train_ids, corpus.valid_ids, 1, log_path)) as pool:
+            pending: dict = {}
             left = {family: len(lrs[family]) for family in families}
+
+            def finished(job, result):
+                done[job] = state.row(run_key(state, *job), lambda: result)  # stored by this process
+                progress.update(1)
+                if job in sweep_jobs:  # (family's own row, first seed, lr)
+                    family = job[0]
+                    left[family] -= 1
+                    if not left[family]:  # this family's sweep is complete: choose, start its runs
+                        chosen[family] = choose_lr([done[j] for j in sweep_jobs if j[0] == family])[family]
+                        for v, s in rest_jobs[family]:
+                            start((v, s, chosen[family]))
+
+            def start(job):
+                key = run_key(state, *job)
+                if state.has_row(key):  # finished by an earlier, interrupted run
+                    finished(job, None)
+                    return
+                directory = state.checkpoint_dir(key)
+                pending[pool.submit(_worker_run, shape, *job, budget, options,
+                                    str(directory) if directory else None)] = job
+
+            # the family with the most runs waiting on its sweep goes first, so the short ones fill the tail
+            for job in sorted(sweep_jobs, key=lambda job: -len(rest_jobs[job[0]])):
+                start(job)
             while pending:
-                finished, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
-                for future in finished:
-                    job = pending.pop(future)
-                    done[job] = future.result()
-                    progress.update(1)
-                    if job in sweep_jobs:  # (family's own row, first seed, lr)
-                        family = job[0]
-                        left[family] -= 1
-                        if not left[family]:  # this family's sweep is complete: choose, start its runs
-                            chosen[family] = choose_lr([done[j] for j in sweep_jobs if j[0] == family])[family]
-                            for v, s in rest_jobs[family]:
-                                pending[pool.submit(_worker_run, shape, v, s, chosen[family], budget)] = (v, s, chosen[family])
+                ready, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in ready:
+                    finished(pending.pop(future), future.result())
     progress.close()
     sweep = [done[j] for j in sweep_jobs]
     runs = [done[v, s, chosen[FAMILY[v]]] for v in variants for s in seeds]

@@ -166,6 +166,7 @@ class RetNetPreTrainedModel(PreTrainedModel):
     config: RetNetConfig
     base_model_prefix = "model"
     _no_split_modules = ["RetNetBlock"]
+    supports_gradient_checkpointing = True  # RetNetModel checkpoints block by block (gradient_checkpointing_enable)
 
     def _init_weights(self, module):
         """torchscale 0.3.0's initialisation (the paper states none); wheel ``torchscale-0.3.0``, files:
@@ -224,6 +225,7 @@ class RetNetModel(RetNetPreTrainedModel):
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.layers = nn.ModuleList(RetNetBlock(config) for _ in range(config.num_hidden_layers))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
+        self.gradient_checkpointing = False  # set by gradient_checkpointing_enable(): recompute blocks in backward
         self.post_init()
 
     def get_input_embeddings(self):
@@ -237,7 +239,11 @@ class RetNetModel(RetNetPreTrainedModel):
         offset = cache.seen_tokens if cache is not None else 0
         for i, layer in enumerate(self.layers):
             state = cache.layers[i] if cache is not None else None
-            x, state = layer(x, mode, state, offset)
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                # only the block's input is kept; its activations are recomputed in the backward pass
+                x, state = self._gradient_checkpointing_func(layer.__call__, x, mode, state, offset)
+            else:
+                x, state = layer(x, mode, state, offset)
             if cache is not None:
                 cache.layers[i] = state
         if cache is not None:

@@ -18,7 +18,9 @@ import math
 import statistics
 from collections.abc import Sequence
 
-from reproduce import claims
+import torch
+
+from reproduce import claims, distributed, runtime
 
 from . import experiments as ex
 
@@ -55,6 +57,26 @@ KV_LINEAR_TOL = 0.01  # relative: KV bytes ratio vs length ratio
 CHUNKWISE_SLOPE_MAX = 1.5  # log-log memory slope: linear 1, quadratic 2
 
 
+def _dtype(params, rt):
+    """The dtype the cost sections compute in: bf16 on a GPU under precision='auto' (fp32 on the CPU)."""
+    return runtime.autocast_dtype(params.precision, torch.device(rt.device)) or torch.float32
+
+
+def lm_workers(params) -> int:
+    """Worker processes for the LMs: the parameter on the CPU; one (this process) on a GPU or under
+    several processes, where each process trains its share of every batch."""
+    on_gpu = params.device != "cpu" and torch.cuda.is_available()
+    return 1 if on_gpu or distributed.world_size() > 1 else params.lm_workers
+
+
+def lm_options(params, run) -> ex.LMRunOptions:
+    """How the LMs train: micro-batches, activation checkpointing, precision, checkpoints, curves."""
+    return ex.LMRunOptions(micro_batch=params.lm_micro_batch, checkpointing=params.lm_checkpointing,
+                           precision=params.precision, checkpoint_every=params.lm_checkpoint_every,
+                           log_dir=str(run.state.root / "logs"),
+                           eval_batch=params.lm_micro_batch or 16)
+
+
 def _ppl(key: str) -> str:
     value = PAPER["ppl_200m"][key]
     return "not reported" if value is None else f"{value:g}"
@@ -89,8 +111,9 @@ def inference_cost(params, run, rt):
     """Per-token decode latency and state/KV bytes vs context length; returns the table."""
     shape = ex.LMShape(vocab_size=1024, hidden_size=params.cost_hidden, num_layers=params.cost_layers,
                        num_heads=params.cost_heads, gamma_schedule=params.gamma_schedule, head_norm=params.head_norm)
-    rows = run.record("fig6.decode", ex.decode_cost(shape, params.decode_lengths, params.decode_batch,
-                                                    params.decode_steps, device=rt.device))
+    dtype = _dtype(params, rt)
+    rows = run.record("fig6.decode", run.state.row("fig6.decode", lambda: ex.decode_cost(
+        shape, params.decode_lengths, params.decode_batch, params.decode_steps, device=rt.device, dtype=dtype)))
     run.record("fig6.summary", ex.decode_summary(rows))
     claim_inference_cost(run, rows)
     import pandas as pd
@@ -162,9 +185,10 @@ def training_cost(params, run, rt):
     """Throughput and peak memory of one training step of one block vs length; returns the table."""
     import pandas as pd
 
-    rows = run.record("table4.training", ex.training_cost(
+    autocast = runtime.autocast_dtype(params.precision, torch.device(rt.device))
+    rows = run.record("table4.training", run.state.row("table4.training", lambda: ex.training_cost(
         params.train_lengths, params.train_hidden, params.train_heads, params.train_batch, params.train_chunk,
-        params.train_reps, threads=rt.threads, seed=params.seed, device=rt.device))
+        params.train_reps, threads=rt.threads, seed=params.seed, device=rt.device, autocast=autocast)))
     run.record("table4.summary", ex.training_summary(rows))
     claim_training_cost(run, rows)
     return pd.DataFrame(rows).pivot(index="length", columns="kind", values=["tokens_per_s", "peak_mib"])
@@ -232,7 +256,7 @@ def language_modelling(params, run):
     claim the control and Table 5; returns the table."""
     import pandas as pd
 
-    corpus = ex.load_corpus(params.lm_vocab, params.data, params.corpus_fraction)
+    corpus = ex.load_corpus(params.lm_vocab, params.data, params.corpus_fraction, ex.HubText.from_params(params))
     run.record("lm.corpus", corpus.describe())
     shape = ex.LMShape(vocab_size=corpus.tokenizer.get_vocab_size(), hidden_size=params.lm_hidden,
                        num_layers=params.lm_layers, num_heads=params.lm_heads, gamma_schedule=params.gamma_schedule,
@@ -241,7 +265,8 @@ def language_modelling(params, run):
                          eval_windows=params.lm_eval_windows, select_windows=params.lm_select_windows)
     lrs = {family: params[f"lm_lrs_{family}"] for family in dict.fromkeys(ex.FAMILY.values())}
     out = ex.train_language_models(corpus, shape, params.variants, params.seeds, lrs, budget,
-                                   workers=params.lm_workers, device=params.device)
+                                   workers=lm_workers(params), device=params.device, options=lm_options(params, run),
+                                   state=run.state)
     run.record("lm.sweep", [{k: v for k, v in r.items() if k != "window_nll"} for r in out["sweep"]])
     run.record("lm.chosen_lr", out["chosen_lr"])
     runs = run.record("lm.runs", out["runs"])
