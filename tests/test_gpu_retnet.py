@@ -202,3 +202,39 @@ def test_gpu_profile_runs_on_a_local_wikitext(tmp_path, wikitext_folder):
             "table5_transformer_below_2b"} <= ids
     assert not (out / "runs" / "retnet" / "gpu" / "rows").exists()  # the kept rows are dropped once the record is saved
     print(f"gpu wiring run: {wall:.1f} s")
+
+
+# ----------------------------------------------------------------------------- rows
+class _Rows:
+    """A run.state stand-in: rows kept in a dict, keys as RunDir builds them."""
+
+    def __init__(self):
+        self.kept, self.computed = {}, []
+
+    def has_row(self, key):
+        return key in self.kept
+
+    def row(self, key, compute):
+        if key not in self.kept:
+            self.computed.append(key)
+            self.kept[key] = compute()
+        return self.kept[key]
+
+    def checkpoint_dir(self, key):
+        return None
+
+    def key(self, *parts):
+        return "-".join(map(str, parts))
+
+
+def test_finished_lm_rows_are_read_back_not_retrained():
+    rng = np.random.default_rng(0)
+    corpus = data.Corpus(None, rng.integers(0, 64, size=3000), rng.integers(0, 64, size=200), "synthetic")
+    shape = ex.LMShape(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2)
+    budget = ex.LMBudget(steps=2, batch=2, length=8, warmup=1, eval_windows=2, select_windows=2)
+    state = _Rows()
+    args = (corpus, shape, ["retnet", "no_mixer"], [0], {"retnet": [1e-3, 3e-3]}, budget)
+    first = ex.train_language_models(*args, device="cpu", state=state)
+    assert state.computed == ["lm-retnet-0-0.001", "lm-retnet-0-0.003", "lm-no_mixer-0-" + f"{first['chosen_lr']['retnet']:g}"]
+    again = ex.train_language_models(*args, device="cpu", state=state)
+    assert len(state.computed) == 3 and again == first
