@@ -22,6 +22,7 @@ How the numbers are made (each paper's ``reproduce.<paper>.plan`` builds its sec
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import math
 from collections.abc import Callable
@@ -93,24 +94,40 @@ def step_cost(build: Callable[[], Any], run: Callable[[Any], Any], *, train: boo
         model = build()
     params = sum(p.numel() for p in model.parameters())
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad) if train else 0
-    saved = [0]
-    seen: set[int] = set()
-
-    def pack(t):  # weights are counted apart; a tensor saved by several nodes counts once
-        base = t if t._base is None else t._base
-        if not isinstance(base, torch.nn.Parameter) and id(base) not in seen:
-            seen.add(id(base))
-            saved[0] += base.numel() * base.element_size()
-        return t
-
     counter = FlopCounterMode(display=False)
     with counter:
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with count_saved() as saved:
             out = run(model)
         if train:
             out.backward()
     out_bytes = out.numel() * out.element_size() if isinstance(out, torch.Tensor) else 0.0
-    return StepCost(float(counter.get_total_flops()), float(saved[0]), params, trained, float(out_bytes))
+    return StepCost(float(counter.get_total_flops()), float(saved.bytes), params, trained, float(out_bytes))
+
+
+class SavedBytes:
+    bytes: int = 0
+
+
+@contextlib.contextmanager
+def count_saved():
+    """Count the bytes of the tensors autograd saves for backward inside the block (``.bytes``).
+
+    Weights are left out (they are counted apart), and a tensor saved by several nodes (or views of
+    one tensor) counts once. The same count on meta and on real tensors is what ``step_cost`` relies on.
+    """
+    import torch
+
+    counted, seen = SavedBytes(), set()
+
+    def pack(t):
+        base = t if t._base is None else t._base
+        if not isinstance(base, torch.nn.Parameter) and id(base) not in seen:
+            seen.add(id(base))
+            counted.bytes += base.numel() * base.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield counted
 
 
 def paper_plan(paper: str, params) -> list[SectionPlan]:

@@ -46,3 +46,20 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket.socket, "connect_ex", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def run_profile(paper: str, profile: str, overrides: dict, out, timeout: int = 300):
+    """``python -m reproduce run <paper> --profile <profile> -p k=v ... --output-dir out`` on CPU, hub offline,
+    one thread; returns ``(record, wall seconds)`` and fails the test with the run's output when it fails."""
+    import json
+    import subprocess
+    import time
+
+    args = [a for k, v in overrides.items() for a in ("-p", f"{k}={v if isinstance(v, str) else json.dumps(v)}")]
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "reproduce", "run", paper, "--profile", profile, *args,
+                           "--output-dir", str(out), "--no-progress"], cwd=REPO_ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=subprocess_env(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
+    wall = time.perf_counter() - t0
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return json.loads((out / "results" / paper / f"{profile}.json").read_text()), wall

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import subprocess_env
+from conftest import subprocess_env, run_profile
 from reproduce.data import scenes
 from reproduce.flava import data as D
 from reproduce.flava import model as M
@@ -96,14 +96,7 @@ def test_gpu_profile_runs_end_to_end_on_local_stand_ins(tmp_path):
             "rows": ["MIM", "MLM", "FLAVA_MM", "FLAVA", "FLAVA+init"], "seeds": [0], "steps": 2, "batch_size": 8,
             "micro_batch": 4, "warmup": 1, "checkpoint_every": 1, "n_probe": 30, "n_retrieval": 12,
             "finetune_steps": 2, "threads": 1, "pairs_dataset": str(tmp_path / "flickr"), "flava_model": str(released)}
-    args = [a for k, v in tiny.items() for a in ("-p", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")]
-    t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "reproduce", "run", "flava", "--profile", "gpu", *args,
-                           "--output-dir", str(out), "--no-progress"], capture_output=True, text=True, timeout=300,
-                          env=subprocess_env(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
-    wall = time.perf_counter() - t0
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    record = json.loads((out / "results" / "flava" / "gpu.json").read_text())
+    record, wall = run_profile("flava", "gpu", tiny, out)
     assert record["profile"] == "gpu" and record.get("complete", True) is not False
     measured = record["measured"]
     assert measured["data"]["pairs"] == 32 and measured["data"]["codebook"] == 16
@@ -146,19 +139,11 @@ def test_meta_measurement_equals_real_cpu_tensors_and_bounds_the_real_losses():
     meta = P.step_cost(lambda: M.build_model(TINY, 0), lambda m: FP.paired_step(m, TINY, b))
 
     def real_saved(fn) -> int:
-        model, saved, seen = M.build_model(TINY, 0), [0], set()
-
-        def pack(t):
-            base = t if t._base is None else t._base
-            if not isinstance(base, torch.nn.Parameter) and id(base) not in seen:
-                seen.add(id(base))
-                saved[0] += base.numel() * base.element_size()
-            return t
-
-        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model = M.build_model(TINY, 0)
+        with P.count_saved() as saved:
             loss = fn(model)
         loss.backward()
-        return saved[0]
+        return saved.bytes
 
     assert meta.saved_bytes == real_saved(lambda m: FP.paired_step(m, TINY, b, device="cpu"))
     captions = scenes.make_scenes(120, 32, 5).captions

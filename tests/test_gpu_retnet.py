@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT, subprocess_env
+from conftest import REPO_ROOT, run_profile, subprocess_env
 from reproduce import config, plan
 from reproduce.retnet import data, experiments as ex, plan as retnet_plan
 
@@ -118,18 +118,10 @@ def test_plan_refuses_a_whole_batch_without_checkpointing_and_names_the_fix():
 
 def _saved_bytes_on_cpu(model, ids) -> float:
     """What step_cost's pack hook counts, on real CPU tensors."""
-    seen, total = set(), [0]
-
-    def pack(t):
-        base = t if t._base is None else t._base
-        if not isinstance(base, torch.nn.Parameter) and id(base) not in seen:
-            seen.add(id(base))
-            total[0] += base.numel() * base.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(input_ids=ids, labels=ids).loss.backward()
-    return total[0]
+    with plan.count_saved() as saved:
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    return saved.bytes
 
 
 class _MallInfo(ctypes.Structure):
@@ -181,17 +173,7 @@ def test_activation_formula_within_25_percent_of_the_cpu_heap(checkpointing):
 @pytest.mark.slow
 def test_gpu_profile_runs_on_a_local_wikitext(tmp_path, wikitext_folder):
     out = tmp_path / "out"
-    args = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in TINY.items()]
-    args += [f"wikitext_dataset={wikitext_folder}", "wikitext_config="]
-    cmd = [sys.executable, "-m", "reproduce", "run", "retnet", "--profile", "gpu", "--output-dir", str(out), "--no-progress"]
-    for a in args:
-        cmd += ["-p", a]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-                          env=subprocess_env(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
-    wall = time.perf_counter() - start
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    record = json.loads((out / "results" / "retnet" / "gpu.json").read_text())
+    record, wall = run_profile("retnet", "gpu", {**TINY, "wikitext_dataset": str(wikitext_folder), "wikitext_config": ""}, out)
     assert record["complete"] is True and record["profile"] == "gpu"
     m = record["measured"]
     assert m["lm.corpus"]["source"].startswith(f"wikitext-103 ({wikitext_folder}: train / validation)")

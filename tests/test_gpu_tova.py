@@ -18,7 +18,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO_ROOT, subprocess_env
+from conftest import REPO_ROOT, run_profile, subprocess_env
 from reproduce import config, hub, plan
 from reproduce.tova import experiments, plan as tova_plan, policies
 from reproduce.tova.policies import EvictionSpec
@@ -193,17 +193,7 @@ def test_memory_model_counts_the_real_weights_and_cache(tiny_llama_dir):
 @pytest.mark.slow
 def test_gpu_profile_runs_on_local_stand_ins(tmp_path, pg19_folder, tiny_llama_dir):
     out = tmp_path / "out"
-    args = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in TINY.items()]
-    args += [f"model={tiny_llama_dir}", f"pg19_dataset={pg19_folder}"]
-    cmd = [sys.executable, "-m", "reproduce", "run", "tova", "--profile", "gpu", "--output-dir", str(out), "--no-progress"]
-    for a in args:
-        cmd += ["-p", a]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
-                          env=subprocess_env(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
-    wall = time.perf_counter() - start
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    record = json.loads((out / "results" / "tova" / "gpu.json").read_text())
+    record, wall = run_profile("tova", "gpu", {**TINY, "model": str(tiny_llama_dir), "pg19_dataset": str(pg19_folder)}, out)
     assert record["complete"] is True and record["profile"] == "gpu"
     assert record["params"]["pg19_dataset"] == str(pg19_folder) and record["params"]["corpus"] == "pg19"
     m = record["measured"]
