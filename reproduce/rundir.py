@@ -87,7 +87,8 @@ class RunDir:
         return self.root / "rows" / f"{_safe(key)}.{'json' if fmt == 'json' else 'pkl'}"
 
     def has_row(self, key: str, fmt: str = "json") -> bool:
-        return self.row_path(key, fmt).is_file()
+        """Whether row ``key`` is stored, as the main process sees it (the same answer on every process)."""
+        return bool(distributed.broadcast(self.row_path(key, fmt).is_file()))
 
     def row(self, key: str, compute: Callable[[], T], fmt: str = "json") -> T:
         """``compute()``'s result, computed once per run: read back when an interrupted run stored it.
@@ -98,7 +99,9 @@ class RunDir:
         if fmt not in ("json", "pickle"):
             raise ValueError(f"fmt must be 'json' or 'pickle', got {fmt!r}")
         path = self.row_path(key, fmt)
-        if path.is_file():
+        # Decided by the main process for all: a process that saw the file the main one has just written
+        # would skip the barrier below that the main one waits in.
+        if self.has_row(key, fmt):
             self.reused.append(key)
             if fmt == "json":
                 return json.loads(path.read_text(encoding="utf-8"))
