@@ -13,15 +13,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import subprocess_env, run_profile
+from conftest import run_profile
 from reproduce.data import scenes
 from reproduce.flava import data as D
 from reproduce.flava import model as M

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import json
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT, run_profile, subprocess_env
+from conftest import run_profile
 from reproduce import config, plan
 from reproduce.retnet import data, experiments as ex, plan as retnet_plan
 

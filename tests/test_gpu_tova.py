@@ -10,7 +10,6 @@ real model and cache.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time

@@ -12,16 +12,13 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import subprocess_env
+from conftest import run_profile
+from reproduce import plan
 from reproduce.data import de_en
 
 
@@ -68,14 +65,7 @@ def test_gpu_profile_runs_end_to_end_on_a_local_wmt14_standin(tmp_path):
             "t1_width": 32, "t1_lengths": [8, 16, 32, 64], "t1_path_lengths": [4, 8, 16],
             "t3_rows": ["base", "A: h=1"], "t3_epochs": 1, "t3_warmup": 3, "t3_n_layers": 1, "t3_d_model": 32,
             "t3_d_ff": 64, "t3_dev_size": 20, "t3_batch_tokens": 1200, "t3_workers": 1}
-    args = [a for k, v in tiny.items() for a in ("-p", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")]
-    t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "reproduce", "run", "transformer", "--profile", "gpu", *args,
-                           "--output-dir", str(out), "--no-progress"], capture_output=True, text=True, timeout=300,
-                          env=subprocess_env(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
-    wall = time.perf_counter() - t0
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    record = json.loads((out / "results" / "transformer" / "gpu.json").read_text())
+    record, wall = run_profile("transformer", "gpu", tiny, out)
     assert record["profile"] == "gpu" and record.get("complete", True) is not False
     m = record["measured"]
     assert m["t2.data"]["train_pairs"] > 1000 and m["t2.data"]["test_pairs"] == 40
@@ -119,21 +109,13 @@ def test_meta_measurement_equals_the_bytes_saved_on_real_cpu_tensors():
 
     def real_saved(backends) -> int:
         torch.manual_seed(0)
-        model, saved, seen = Transformer(cfg), [0], set()
-
-        def pack(t):
-            base = t if t._base is None else t._base
-            if not isinstance(base, torch.nn.Parameter) and id(base) not in seen:
-                seen.add(id(base))
-                saved[0] += base.numel() * base.element_size()
-            return t
-
+        model = Transformer(cfg)
         src = torch.randint(3, 97, (4, TP.PLAN_LENGTH))
         tgt = torch.randint(3, 97, (4, TP.PLAN_LENGTH + 1))
-        with sdpa_kernel(backends), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with sdpa_kernel(backends), plan.count_saved() as saved:
             loss = label_smoothed_loss(model(src, tgt[:, :-1]), tgt[:, 1:], cfg.label_smoothing, 0)
         loss.backward()
-        return saved[0]
+        return saved.bytes
 
     assert meta.saved_bytes == real_saved([SDPBackend.MATH])
     assert real_saved([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]) <= meta.saved_bytes
