@@ -7,6 +7,8 @@ every batch, and only process 0 writes.
 """
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,7 +30,15 @@ def _two_processes(paper, out, extra_env=None, *params):
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
                "--master_port", str(_free_port()), "-m", "reproduce", "run", paper, "--profile", "smoke",
                "--output-dir", str(out), "--no-progress", *[x for p in params for x in ("-p", p)]]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:  # a hang: kill every process of the run (kernels included), not only torchrun
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"{paper}: the 2-process run hung for 600 s\n{err[-3000:]}")
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
 def _check_one_writer(paper, out, proc):
