@@ -60,14 +60,22 @@ print(peak - base, cost.train_peak() - 4 * cost.parameters)  # the weights are i
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-def test_peak_memory_model_within_25_percent_of_a_cpu_measurement():
-    """Gradients + AdamW state + saved activations (the plan's model) against the peak resident memory a real
-    training step adds (a fresh process, ~0.75 GB of activations)."""
-    out = subprocess.run([sys.executable, "-c", _RSS], env=subprocess_env(OMP_NUM_THREADS="1"), capture_output=True,
-                         text=True, timeout=300, cwd=REPO_ROOT)
+def test_peak_memory_model_bounds_a_cpu_measurement():
+    """Gradients + AdamW state + saved activations (the plan's model) against the peak resident memory a
+    real training step adds (a fresh process, ~0.75 GB of activations).
+
+    glibc is told to serve every block above 64 kB from its own mapping and to give it back when freed
+    (MALLOC_MMAP_THRESHOLD_), so the resident peak follows the live tensors instead of the allocator's
+    caching (which made the same step measure 0.85x here and 1.95x in a fresh CI environment). The model
+    is an upper bound by construction: backward frees activations as the gradients appear, so the live
+    peak sits below the sum; it must never be exceeded (a plan that says "fits" must fit), and it must stay
+    within 2x (a bound so loose that it refuses what fits is no plan).
+    """
+    env = subprocess_env(OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+    out = subprocess.run([sys.executable, "-c", _RSS], env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     measured, predicted = map(float, out.stdout.split())
-    assert 0.75 <= measured / predicted <= 1.25, (measured, predicted)
+    assert 0.5 * predicted <= measured <= predicted, (measured, predicted)
 
 
 def test_gpu_hours_follow_flops_and_mfu():
