@@ -15,7 +15,8 @@ How the numbers are made (each paper's ``reproduce.<paper>.plan`` builds its sec
   computes in (fp32 here: an upper bound for bf16 autocast, which keeps some tensors in fp32 and
   others in bf16; attention through SDPA counts the math kernel's T x T weights, an upper bound for
   the fused kernels a GPU uses) + the largest transient a paper module adds (e.g. the logits).
-  ``tests/test_plan.py`` checks this model against a CPU measurement at small size.
+  ``tests/test_plan.py`` checks the meta count against the same step on CPU tensors; the papers' plan
+  tests check their formulas against CPU measurements at small size.
 - **GPU-hours** = FLOPs / (``MFU`` x the GPU's dense bf16 peak) + time that is not FLOP-bound.
   ``MFU`` = 0.4 is our assumption (well-tuned dense training reaches 0.35-0.55 on A100/H100).
 """
