@@ -78,8 +78,6 @@ class RunDir:
                 self.root.rename(aside)
                 why = "resume=False" if not resume else "its parameters differ from this run's"
                 print(f"runs: the state of an earlier run was moved to {aside} ({why}); starting afresh")
-        elif self.root.is_dir() and any(self.root.iterdir()):
-            pass  # executed notebooks only; nothing to resume
         write_json_atomic(marker, self._fingerprint)
 
     # -- rows -------------------------------------------------------------------------------------
