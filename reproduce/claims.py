@@ -36,6 +36,7 @@ RELATIONS = ("<", "<=", ">", ">=", "~=")
 VERDICTS = ("holds", "contradicted", "inconclusive", "not testable")
 SOURCES = ("paper:", "ours:")
 CONFIDENCE = 0.95
+MIN_SEEDS = 3  # design.md: a seed-level interval rests on >= 3 seeds; fewer is inconclusive by rule
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0  # fixed: the same measurements always give the same interval
 
@@ -76,6 +77,8 @@ def t_interval(values: Sequence[float], what: str = "seeds") -> Estimate:
     """Mean of paired per-unit values with a Student-t 95 % interval (few units: seeds).
 
     One unit gives no interval: ``low``/``high`` are ``-inf``/``inf`` and the verdict is inconclusive.
+    Seeds need at least ``MIN_SEEDS``: a t interval on 2 seeds (1 degree of freedom) is narrow only
+    when two numbers happen to agree, so fewer seeds give no interval either (inconclusive by rule).
     """
     from scipy import stats
 
@@ -86,6 +89,8 @@ def t_interval(values: Sequence[float], what: str = "seeds") -> Estimate:
     mean = math.fsum(xs) / n
     if n == 1:
         return Estimate(mean, -math.inf, math.inf, f"1 {what.rstrip('s')}: no interval", 1, tuple(xs))
+    if what == "seeds" and n < MIN_SEEDS:
+        return Estimate(mean, -math.inf, math.inf, f"{n} seeds: fewer than {MIN_SEEDS}, no interval by rule", n, tuple(xs))
     sd = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1))
     half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * sd / math.sqrt(n)
     return Estimate(mean, mean - half, mean + half, f"paired t over {n} {what}", n, tuple(xs))
@@ -198,6 +203,8 @@ class Claim:
     paper: Any = None  # what the paper reports (number or short text)
     note: str = ""  # the scale caveat, or why the verdict is what it is
     precondition: Precondition | None = None
+    kind: str = ""  # paper / control / check, from the paper's claims ledger (reproduce.ledger)
+    status: str = "registered"  # or "exploratory": written after the numbers it judges had been seen
     verdict: str = field(default="")
 
     def __post_init__(self) -> None:
@@ -212,7 +219,7 @@ class Claim:
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in ("id", "artifact", "section", "text", "relation", "threshold", "source",
-                                           "tol", "rel", "paper", "note", "verdict")}
+                                           "tol", "rel", "paper", "note", "kind", "status", "verdict")}
         d["ours"] = self.ours.to_dict()
         d["precondition"] = None if self.precondition is None else asdict(self.precondition)
         return {k: _plain(v) for k, v in d.items()}
@@ -223,6 +230,8 @@ def judge(relation: str, ours: Estimate, threshold: float, tol: float = 0.0, rel
     """The verdict of ``ours <relation> threshold`` (see the module docstring)."""
     if precondition is not None and not precondition.holds:
         return "not testable"
+    if too_few_seeds(ours):
+        return "inconclusive"  # also for records made before the rule: their stored interval is not used
     if ours.value is None:
         return "inconclusive"  # nothing was measured (e.g. a crossover outside the measured range)
     if not ours.noisy:
@@ -237,6 +246,11 @@ def judge(relation: str, ours: Estimate, threshold: float, tol: float = 0.0, rel
     else:  # a half-line: both ends outside means the whole interval is outside
         outside = not _inside(relation, lo, threshold, tol, rel) and not _inside(relation, hi, threshold, tol, rel)
     return "contradicted" if outside else "inconclusive"
+
+
+def too_few_seeds(ours: Estimate) -> bool:
+    """An interval over fewer than ``MIN_SEEDS`` seeds (design.md): inconclusive by rule."""
+    return ours.noisy and ours.n is not None and ours.n < MIN_SEEDS and "seed" in ours.method
 
 
 def relation_text(claim: Mapping[str, Any]) -> str:

@@ -166,6 +166,8 @@ class PaperSpec:
     # offline dataset fails in seconds, not after the sections before it): each entry is
     # {"param": <parameter holding the id>, "id": ..., "config": ... or None, "split": ..., "columns": [...]}.
     hub_datasets: Callable[[Mapping[str, Any]], list[dict[str, Any]]] | None = None
+    # The claims ledger (reproduce.ledger): "" for the paper's own reproduce/<name>/claims.toml.
+    ledger: str = ""
 
     def __post_init__(self) -> None:
         missing = set(PROFILES) - set(self.profiles)

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from . import claims as claims_mod
+from . import ledger
 from .claims import Claim, Estimate, Precondition
 from .paths import REPO_ROOT, results_dir
 
@@ -143,6 +144,8 @@ class Run:
         c = Claim(id=id, artifact=artifact, section=section, text=text, ours=ours, relation=relation,
                   threshold=threshold, source=source, tol=tol, rel=rel, paper=_jsonable(paper), note=note,
                   precondition=precondition)
+        entry = ledger.for_paper(self.paper).check(c.to_dict())  # judged only on its registered terms
+        c.kind, c.status = entry.kind, entry.status
         self.claims.append(c)
         self.save_partial()  # each section's claims are on disk as soon as they are judged
         return c

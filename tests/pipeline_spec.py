@@ -9,6 +9,7 @@ SPEC = register(
     PaperSpec(
         name="pipeline",
         notebook=str(Path(__file__).resolve().parent / "pipeline.ipynb"),
+        ledger=str(Path(__file__).resolve().parent / "pipeline_claims.toml"),
         title="Pipeline self-test (least squares by gradient descent)",
         params={
             "steps": Param("int", 200, "gradient-descent steps", min=1, max=100_000),

@@ -11,6 +11,7 @@ SPEC = register(
     PaperSpec(
         name="resumable",
         notebook=str(Path(__file__).resolve().parent / "resume.ipynb"),
+        ledger=str(Path(__file__).resolve().parent / "resume_claims.toml"),
         title="Kill-and-resume self-test (two tiny language models)",
         params={
             "steps": Param("int", 24, "optimizer steps per row", min=1),

@@ -266,15 +266,17 @@ def table2_claims(params, run, scores: dict, beam_gain: claims.Estimate, avg_gai
                   n_averaged: int) -> None:
     """§6.1's decoding choices, judged by paired bootstrap intervals over the test sentences."""
     s = "3. Table 2 recipe"
+    translates = claims.Precondition("test BLEU of the averaged model, beam search (t2_translates)", scores["averaged_beam"],
+                                     ">=", 5.0, "ours: issue #14's bar for 'a model that translates'")
     run.claim("t2_beam_ge_greedy", artifact="§6.1", section=s,
               text=f"beam search (beam {params.beam}, α {params.alpha}) scores higher than greedy decoding "
                    "(test BLEU difference, averaged model)",
               ours=beam_gain, relation=">", threshold=0.0, source="paper: §6.1 uses beam search for Table 2",
-              paper=f"beam {PAPER['beam']}, α {PAPER['alpha']}")
+              paper=f"beam {PAPER['beam']}, α {PAPER['alpha']}", precondition=translates)
     run.claim("t2_avg_ge_last", artifact="§6.1", section=s,
               text=f"averaging the last {n_averaged} checkpoints scores higher than the last one (test BLEU difference, beam)",
               ours=avg_gain, relation=">", threshold=0.0, source="paper: §6.1 averages the last 5 checkpoints",
-              paper=f"last {PAPER['average_last']} checkpoints averaged for base models")
+              paper=f"last {PAPER['average_last']} checkpoints averaged for base models", precondition=translates)
     wmt = params.corpus == "wmt14"
     data_note = ("paper and ours: newstest2014 after WMT14's 4.5M training pairs" if wmt else
                  "paper: newstest2014 with 4.5M training pairs; ours: BEOLINGUS test split, ~17k pairs")
@@ -285,14 +287,14 @@ def table2_claims(params, run, scores: dict, beam_gain: claims.Estimate, avg_gai
                      "but unrelated to the source), fixed before the recipe was calibrated",
               paper=f"{PAPER['table2_bleu_en_de']['base']} (base, newstest2014{'' if wmt else '; not comparable'})",
               note=data_note)
-    run.claim("t2_bleu_target", artifact="Table 2", section=s,
-              text="test BLEU (beam, averaged) of our EN-DE model reaches the regression bar",
-              ours=scores["averaged_beam"], relation=">=", threshold=params.bleu_target,
-              source=("ours: within 2 BLEU of the paper's base model (27.3, Table 2), fixed before any gpu run: sacrebleu's "
-                      "detokenised BLEU, not the paper's tokenised multi-bleu" if wmt else
-                      "ours: a regression bar, set from the first run of this recipe (see the profile), not a paper number"),
-              paper=f"{PAPER['table2_bleu_en_de']['base']} (base, newstest2014{'' if wmt else '; not comparable'})",
-              note=data_note)
+    if wmt:  # the paper's own test set: a bar from the paper. On other data a bar could only come from our
+        # own runs, which makes it a regression test (tests/test_ledger.py), not a claim.
+        run.claim("t2_bleu_target", artifact="Table 2", section=s,
+                  text="test BLEU (beam, averaged) of our EN-DE model reaches the paper's base model, less 2 BLEU",
+                  ours=scores["averaged_beam"], relation=">=", threshold=params.bleu_target,
+                  source=("ours: within 2 BLEU of the paper's base model (27.3, Table 2), fixed before any gpu run: "
+                          "sacrebleu's detokenised BLEU, not the paper's tokenised multi-bleu"),
+                  paper=f"{PAPER['table2_bleu_en_de']['base']} (base, newstest2014)", note=data_note)
 
 
 def run_parameter_counts(run) -> dict:
