@@ -1,4 +1,4 @@
-"""Command line: ``python -m reproduce {list,run,plan,report,figures,compare,fetch}``.
+"""Command line: ``python -m reproduce {list,run,plan,report,figures,compare,verify,fetch}``.
 
 Exit codes: 0 success, 1 a notebook failed, 2 bad input (unknown paper/profile/parameter, bad value),
 rejected before any kernel starts and before torch is imported.
@@ -42,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("paper", help=f"one of {', '.join(config.PAPERS)}")
     cmp.add_argument("result", type=Path, help="the results file of your run (results/<paper>/<profile>.json)")
     cmp.add_argument("--against", type=Path, help="the record to compare with (default: results/<paper>/cpu.json)")
+
+    ver = sub.add_parser("verify", help="is a committed record current? the smoke profile at the record's commit and at "
+                                         "HEAD, in temporary worktrees, every stable number compared (exit 1 when one moved)")
+    ver.add_argument("paper", help=f"one of {', '.join(config.PAPERS)}, or 'all'")
+    ver.add_argument("--profile", default="cpu", help="the record to verify (default: cpu)")
+    ver.add_argument("--against", default="HEAD", help="the commit to compare with (default: HEAD)")
 
     pl = sub.add_parser("plan", help="per section: parameters, peak GPU memory, FLOPs, GPU-hours, download; "
                                      "exit 1 when a section does not fit the GPU")
@@ -236,6 +242,16 @@ def cmd_compare(args) -> int:
         table.add_row(r["id"], r["relation"], r["new"], r["new_verdict"], r["old"], r["old_verdict"],
                       "yes" if r["agree"] else "[bold red]NO[/]")
     Console(width=200).print(table)
+    causes = results.provenance_differences(new, old)
+    if causes:
+        why = Table(title="what differs between the two runs (look here when numbers differ)")
+        for col in ("field", "yours", "reference"):
+            why.add_column(col)
+        for name, a, b in causes:
+            why.add_row(name, str(a), str(b))
+        Console(width=200).print(why)
+    else:
+        print("the two runs' provenance is the same")
     if flipped:
         print(f"{len(flipped)} verdict(s) differ: {', '.join(flipped)}")
         return 1
@@ -243,10 +259,33 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_verify(args) -> int:
+    from . import verify
+
+    papers = config.available_papers() if args.paper == "all" else [args.paper]
+    failed = 0
+    for paper in papers:
+        config.get_spec(paper)
+        try:
+            v = verify.verify(paper, args.profile, args.against)
+        except ValueError as e:
+            return _fail(str(e))
+        if v["differences"]:
+            failed += 1
+            print(f"{paper}: STALE: {len(v['differences'])} of {v['stable_numbers']} stable smoke numbers differ between "
+                  f"{v['record_commit'][:10]} (the record's commit) and {v['compared_at'][:10]}:")
+            for line in v["differences"][:40]:
+                print(f"  {line}")
+        else:
+            print(f"{paper}: current: all {v['stable_numbers']} stable smoke numbers are identical at "
+                  f"{v['record_commit'][:10]} and {v['compared_at'][:10]} (written to {_rel(verify.verified_path(paper, args.profile))})")
+    return EXIT_FAILED if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"list": cmd_list, "run": cmd_run, "report": cmd_report, "figures": cmd_figures, "fetch": cmd_fetch,
-               "compare": cmd_compare, "plan": cmd_plan}[args.command]
+               "compare": cmd_compare, "verify": cmd_verify, "plan": cmd_plan}[args.command]
     try:
         return handler(args)
     except config.ParamError as e:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import claims, config, results
+from . import claims, config, ledger, results
 from .paths import REPO_ROOT, results_dir, runs_dir
 
 START, END = "<!-- reproduction-table:start -->", "<!-- reproduction-table:end -->"
@@ -20,9 +20,9 @@ REAL_PROFILES = ("gpu", "cpu")
 READMES = {"en": REPO_ROOT / "README.md", "ko": REPO_ROOT / "README.ko.md"}
 
 _HEADERS = {
-    "en": ["Paper", "Artifact", "Notebook section", "Claim", "Paper value", "Ours [95 % CI]", "Relation", "Threshold source",
+    "en": ["Paper", "Kind", "Artifact", "Notebook section", "Claim", "Paper value", "Ours [95 % CI]", "Relation", "Threshold source",
            "Verdict", "Hardware", "Runtime", "Command"],
-    "ko": ["논문", "표/그림", "노트북 절", "주장", "논문 값", "우리 값 [95 % 신뢰구간]", "관계", "기준의 출처",
+    "ko": ["논문", "종류", "표/그림", "노트북 절", "주장", "논문 값", "우리 값 [95 % 신뢰구간]", "관계", "기준의 출처",
            "판정", "하드웨어", "실행 시간", "명령"],
 }
 _WORDS = {
@@ -68,34 +68,107 @@ def rows(records: Iterable[Mapping[str, Any]], lang: str = "en") -> list[list[st
             command = f"`{r['command']}`"
             if results.stale_paths(r):
                 runtime += f" ({words['stale']})"
-            for c in r["claims"]:
+            for c in judged(r):
                 covered.add(c["artifact"])
                 verdict = words[c["verdict"]]
+                if c["verdict"] != c["recorded_verdict"]:
+                    verdict += f" ({c['rule']})"
+                if c["amended"]:
+                    verdict += " (judged on terms amended since: see the ledger's history; rerun pending)"
+                if c.get("status") == "exploratory":
+                    verdict += " (exploratory: " + ("written after its numbers were seen" if lang == "en" else "수치를 본 뒤 작성") + ")"
                 pre = c.get("precondition")
                 if pre and not pre["holds"]:
                     verdict += f" ({fmt(pre['text'])} = {fmt(pre['value'])}, needs {pre['relation']} {fmt(pre['threshold'])})"
                 if c.get("note"):
                     verdict += f" ({fmt(c['note'])})"
-                out.append([paper, c["artifact"], fmt(c["section"]), fmt(c["text"]), fmt(c.get("paper")),
+                out.append([paper, c["kind"], c["artifact"], fmt(c["section"]), fmt(c["text"]), fmt(c.get("paper")),
                             fmt(results.estimate_text(c["ours"])), fmt(claims.relation_text(c)), fmt(c["source"]), verdict,
                             fmt(device), runtime, command])
         for artifact, section in spec.artifacts.items():
             if artifact not in covered:
-                out.append([paper, artifact, section, "–", "–", "–", "–", "–", words["missing"], "–", "–",
+                out.append([paper, "–", artifact, section, "–", "–", "–", "–", "–", words["missing"], "–", "–",
                             f"`python -m reproduce run {paper} --profile cpu`"])
     return out
 
 
-_HEADLINE = {"en": ["Paper", "Profile", "holds", "contradicted", "inconclusive", "not testable"],
-             "ko": ["논문", "프로필", "성립", "반증", "판정 불가", "검증 불가"]}
+KIND_ORDER = {"paper": 0, "control": 1, "check": 2}
+
+
+def judged(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """A record's claims with their kind and status from the ledger, the verdict the rules at HEAD give
+    on the stored numbers (``recorded_verdict``: the one the run wrote), paper relations first."""
+    book = ledger.for_paper(record["paper"])
+    out = []
+    for c in record["claims"]:
+        entry = book.entry(c["id"])
+        verdict = results.verdict_of(c)
+        amended = entry is None or not ledger.same_terms(ledger.terms(c), entry.terms())
+        out.append({**c, "kind": book.kind_of(c) or "?", "status": c.get("status") or (entry.status if entry else "registered"),
+                    "same_comparison_as": entry.same_comparison_as if entry else None, "recorded_verdict": c["verdict"],
+                    "verdict": verdict, "rule": f"recorded {c['verdict']}; fewer than {claims.MIN_SEEDS} seeds: "
+                                                "inconclusive by rule" if verdict != c["verdict"] else "",
+                    "amended": amended})
+    return sorted(out, key=lambda c: KIND_ORDER.get(c["kind"], 3))
+
+
+def tally(record: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """Verdicts per kind. ``paper`` counts the registered paper relations once each (a second view of
+    the same comparison, e.g. the best epoch beside the last, is left out); ``exploratory`` the paper
+    relations written after their numbers were seen."""
+    out = {k: dict.fromkeys(claims.VERDICTS, 0) for k in ("paper", "exploratory", "control", "check")}
+    for c in judged(record):
+        if c["kind"] == "paper":
+            if c["same_comparison_as"]:
+                continue
+            out["exploratory" if c["status"] == "exploratory" else "paper"][c["verdict"]] += 1
+        elif c["kind"] in out:
+            out[c["kind"]][c["verdict"]] += 1
+    return out
+
+
+def _counts(n: Mapping[str, int], lang: str) -> str:
+    words = {"en": ("hold", "contradicted", "inconclusive", "not testable"), "ko": ("성립", "반증", "판정 불가", "검증 불가")}[lang]
+    total = sum(n.values())
+    return f"{n['holds']} / {total}" + "".join(f", {n[v]} {w}" for v, w in zip(claims.VERDICTS[1:], words[1:]) if n[v])
+
+
+_HEADLINE = {"en": ["Paper", "Profile", "Paper relations hold", "Exploratory", "Controls hold", "Checks hold"],
+             "ko": ["논문", "프로필", "논문의 관계 성립", "탐색적", "대조군 성립", "검사 성립"]}
 
 
 def headline(records: Iterable[Mapping[str, Any]], lang: str = "en") -> str:
-    """Verdicts counted per paper: the first thing a reader sees."""
+    """Per notebook: the paper relations first (the only claims that count as reproduction), then the
+    exploratory relations, the controls and the implementation checks, apart."""
     lines = ["| " + " | ".join(_HEADLINE[lang]) + " |", "|" + "---|" * len(_HEADLINE[lang])]
     for r in records:
-        n = claims.counts(r["claims"])
-        lines.append(f"| {r['paper']} | {r['profile']} | " + " | ".join(str(n[v]) for v in claims.VERDICTS) + " |")
+        n = tally(r)
+        lines.append(f"| {r['paper']} | {r['profile']} | **{_counts(n['paper'], lang)}** | "
+                     + " | ".join(_counts(n[k], lang) for k in ("exploratory", "control", "check")) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def unjudged(record: Mapping[str, Any]) -> list[ledger.Entry]:
+    """Registered claims of the record's profile that it did not judge (registered after it ran)."""
+    ids = [c["id"] for c in record["claims"]]
+    book = ledger.for_paper(record["paper"])
+    return [e for e in book.entries if not any(e.matches(i) for i in ids) and not _other_profile(e, record)]
+
+
+def _other_profile(entry: ledger.Entry, record: Mapping[str, Any]) -> bool:
+    return "gpu profile only" in entry.why and record["profile"] != "gpu"
+
+
+def amendments_markdown(paper: str) -> str:
+    """The ledger's history of ``paper``: each amendment, with what the records it names had judged."""
+    book = ledger.for_paper(paper)
+    if not book.amendments:
+        return ""
+    lines = ["| Claim | Date | Change | Before → after | Reason | What the records had judged |", "|---|---|---|---|---|---|"]
+    for a in book.amendments:
+        seen = "; ".join(f"{o['verdict']} ({o['ours']}) in the record at {o['ran_at']}" for o in ledger.original_verdicts(paper, a))
+        lines.append(f"| `{a.id}` | {a.date} | {a.change} | {ledger.describe(a.old_terms())} → {ledger.describe(a.new_terms())} "
+                     f"| {fmt(a.reason)} | {fmt(seen or ', '.join(a.seen) or '–')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -135,7 +208,9 @@ def report_markdown(records: list[dict[str, Any]], title: str) -> str:
         stale = results.stale_paths(r)
         parts.append(
             f"\n## {r['paper']} ({r['profile']} profile)\n\n"
-            f"- verdicts: {claims.counts_text(r['claims'])} ({len(r['claims'])} claims)\n"
+            f"- paper relations: {_counts(tally(r)['paper'], 'en')}; exploratory: {_counts(tally(r)['exploratory'], 'en')}; "
+            f"controls: {_counts(tally(r)['control'], 'en')}; checks: {_counts(tally(r)['check'], 'en')} "
+            f"({len(r['claims'])} claims; kinds from reproduce/{r['paper']}/claims.toml)\n"
             + (f"- **stale**: the paper's code changed after this run's commit ({', '.join(stale)}); re-run it\n" if stale else "")
             +
             f"- hardware: {prov.get('device', '?')}, {prov.get('threads', '?')} threads; wall time {r['wall_time_s'] / 60:.1f} min\n"
@@ -143,6 +218,15 @@ def report_markdown(records: list[dict[str, Any]], title: str) -> str:
             f"transformers {prov['packages'].get('transformers')}; seed {r['params'].get('seed')}\n"
             f"- command: `{r['command']}`\n"
         )
+    for r in records:
+        pending = unjudged(r)
+        if pending:
+            parts.append(f"\n## Registered, not judged by the {r['paper']} record (rerun pending)\n\n"
+                         + "".join(f"- `{e.id}` ({e.kind}): {e.relation} {e.threshold}, {e.source}\n" for e in pending))
+        history = amendments_markdown(r["paper"])
+        if history:
+            parts.append(f"\n## Amended claims: {r['paper']}\n\nFrom `reproduce/{r['paper']}/claims.toml`; an amended claim's "
+                         "original keeps the verdict its records gave.\n\n" + history)
     parts.append("\n## All claims\n\n" + table(records))
     return "".join(parts)
 

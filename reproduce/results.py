@@ -68,6 +68,8 @@ def provenance(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "host": socket.gethostname(),
         "cpu_count": os.cpu_count(),
         "processes": int(os.environ.get("WORLD_SIZE", "1") or 1),  # > 1: torchrun / accelerate launch
+        "cpu_model": _cpu_model(),
+        "load": machine_load(),  # at the start; timing sections record their own
         "packages": versions,
     }
     if "torch" in sys.modules:  # never import torch just for provenance
@@ -81,6 +83,48 @@ def provenance(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
             info["device"] = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
     if params is not None and "seed" in params:
         info["seed"] = params["seed"]
+    return info
+
+
+def _cpu_model() -> str | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
+
+
+def machine_load(exclude_pid: int | None = None) -> dict[str, Any]:
+    """The machine's load now: 1-minute load average, cores, and the other processes using a CPU
+    (over 20 % in a 0.5 s sample), so a timing measured beside other work can say so."""
+    info: dict[str, Any] = {"cores": os.cpu_count()}
+    try:
+        info["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        info["loadavg_1m"] = None
+    try:
+        import psutil
+    except ImportError:
+        return info
+    me = {os.getpid(), exclude_pid} | {p.pid for p in psutil.Process().children(recursive=True)}
+    procs = [p for p in psutil.process_iter(["pid", "name"]) if p.info["pid"] not in me]
+    for p in procs:
+        try:
+            p.cpu_percent(None)
+        except psutil.Error:
+            pass
+    time.sleep(0.5)
+    busy = []
+    for p in procs:
+        try:
+            pct = p.cpu_percent(None)
+        except psutil.Error:
+            continue
+        if pct > 20:
+            busy.append(f"{p.info['name']} ({pct:.0f} %)")
+    info["busy_processes"] = busy
     return info
 
 
@@ -320,13 +364,51 @@ def load_first(paper: str, profiles: tuple[str, ...], root: Path | None = None) 
 
 
 def paper_paths(paper: str) -> list[str]:
-    """The files that make up ``paper``'s code (package, config, notebook), relative to the repository."""
+    """The files whose change can move ``paper``'s numbers, relative to the repository: its notebook,
+    its config, its package and every module of ``reproduce`` these import, directly or not
+    (``train.py``, ``data/``, ``claims.py``, ...)."""
     from . import config
 
-    paths = [f"reproduce/configs/{paper}.py", f"notebooks/{config.get_spec(paper).notebook}"]
     package = REPO_ROOT / "reproduce" / paper
-    paths.append(f"reproduce/{paper}" if package.is_dir() else f"reproduce/{paper}.py")
-    return paths
+    roots = [REPO_ROOT / "reproduce" / "configs" / f"{paper}.py"]
+    roots += sorted(package.rglob("*.py")) if package.is_dir() else [REPO_ROOT / "reproduce" / f"{paper}.py"]
+    paths = {f"notebooks/{config.get_spec(paper).notebook}"} | {str(p.relative_to(REPO_ROOT)) for p in _imported(roots)}
+    if package.is_dir():
+        paths.add(f"reproduce/{paper}")  # new files in the package count too
+    return sorted(paths)
+
+
+def _imported(roots: list[Path]) -> set[Path]:
+    """``roots`` and every module file of the ``reproduce`` package they import, transitively."""
+    import ast
+
+    base = REPO_ROOT / "reproduce"
+    seen: set[Path] = set()
+    todo = [p for p in roots if p.is_file()]
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        package = path.parent.relative_to(REPO_ROOT).parts
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names: list[tuple[str, ...]] = []
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    stem = package[:len(package) - node.level + 1]
+                elif node.module and node.module.split(".")[0] == "reproduce":
+                    stem = ()
+                else:
+                    continue
+                mod = tuple(node.module.split(".")) if node.module else ()
+                names += [stem + mod + (a.name,) for a in node.names] + [stem + mod]
+            elif isinstance(node, ast.Import):
+                names += [tuple(a.name.split(".")) for a in node.names if a.name.split(".")[0] == "reproduce"]
+            for parts in names:
+                for candidate in (REPO_ROOT.joinpath(*parts).with_suffix(".py"), REPO_ROOT.joinpath(*parts, "__init__.py")):
+                    if candidate.is_file() and base in candidate.parents and candidate not in seen:
+                        todo.append(candidate)
+    return seen
 
 
 def stale_paths(record: Mapping[str, Any]) -> list[str]:
@@ -335,7 +417,9 @@ def stale_paths(record: Mapping[str, Any]) -> list[str]:
     A commit this repository does not know makes the record stale as a whole (``["<unknown commit>"]``).
     Outside a git checkout nothing can be said, and nothing is reported.
     """
-    commit = record.get("provenance", {}).get("git_commit")
+    from .verify import verified_at
+
+    commit = verified_at(record) or record.get("provenance", {}).get("git_commit")  # verified: current up to there
     if _git("rev-parse", "--git-dir") is None:
         return []
     if not commit or _git("cat-file", "-e", f"{commit}^{{commit}}") is None:
@@ -394,6 +478,22 @@ def compare(new: Mapping[str, Any], old: Mapping[str, Any]) -> tuple[list[dict[s
                      "new_verdict": va, "old": estimate_text(cb["ours"]) if cb else "–", "old_verdict": vb,
                      "agree": va == vb})
     return rows, flipped
+
+
+PROVENANCE_FIELDS = ("git_commit", "git_dirty", "device", "cpu_model", "threads", "processes", "load", "python", "platform")
+
+
+def provenance_differences(new: Mapping[str, Any], old: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """What differs between two runs' provenance (commit, packages, CPU, threads, load, processes), as
+    ``(field, new, old)``: the causes to look at when their numbers differ."""
+    a, b = new.get("provenance", {}), old.get("provenance", {})
+    out = [(k, a.get(k), b.get(k)) for k in PROVENANCE_FIELDS if a.get(k) != b.get(k)]
+    pa, pb = a.get("packages", {}), b.get("packages", {})
+    out += [(f"packages.{k}", pa.get(k), pb.get(k)) for k in sorted(set(pa) | set(pb)) if pa.get(k) != pb.get(k)]
+    for k in ("wall_time_s",):
+        if new.get(k) != old.get(k):
+            out.append((k, new.get(k), old.get(k)))
+    return out
 
 
 def load_all(root: Path | None = None) -> list[dict[str, Any]]:

@@ -135,3 +135,38 @@ def test_ledgers_are_package_data():
     assert '"*/claims.toml"' in text
     assert all(ledger.ledger_path(p).is_file() for p in PAPERS)
     json.dumps([e.__dict__ for e in ledger.for_paper("tova").entries], default=str)  # plain data
+
+
+# ------------------------------------------------------------------------------------ verify / compare
+def test_verify_compares_stable_numbers_and_ignores_timings():
+    from reproduce import verify
+
+    old = {"measured": {"t2.bleu": {"beam": 3.25}, "fig6.decode": [{"ms_per_token": 9.1, "kv_bytes": 100}],
+                        "table4.training": [{"tokens_per_s": 50.0, "peak_mib": 3.0, "length": 64}]},
+           "claims": [{"id": "a", "ours": {"value": 1.0, "low": 0.5, "high": 1.5, "method": "paired t over 3 seeds"},
+                       "verdict": "holds"},
+                      {"id": "speed", "ours": {"value": 2.0, "low": 1.9, "high": 2.1, "method": "bootstrap over timed steps"},
+                       "verdict": "holds"}]}
+    new = json.loads(json.dumps(old))
+    new["measured"]["fig6.decode"][0]["ms_per_token"] = 12.0  # a slower machine
+    new["measured"]["table4.training"][0].update(tokens_per_s=40.0, peak_mib=3.5)
+    new["claims"][1]["ours"]["value"] = 1.5
+    assert verify.differences(old, new) == []  # a refactor that moves no stable number: current
+    assert "measured.fig6.decode[0].kv_bytes" in verify.numbers(old)
+    new["measured"]["t2.bleu"]["beam"] = 3.3
+    new["claims"][0]["ours"]["low"] = 0.6
+    assert verify.differences(old, new) == ["claims.a.low: 0.5 -> 0.6", "measured.t2.bleu.beam: 3.25 -> 3.3"]
+
+
+def test_compare_names_what_differs_between_two_runs():
+    a = {"provenance": {"git_commit": "abc", "cpu_model": "X", "threads": 2, "packages": {"torch": "2.13.0"}}, "wall_time_s": 10}
+    b = {"provenance": {"git_commit": "def", "cpu_model": "Y", "threads": 2, "packages": {"torch": "2.12.0"}}, "wall_time_s": 12}
+    diffs = {name for name, _, _ in results.provenance_differences(a, b)}
+    assert diffs == {"git_commit", "cpu_model", "packages.torch", "wall_time_s"}
+    assert results.provenance_differences(a, a) == []
+
+
+def test_the_stale_check_covers_every_module_a_notebook_imports():
+    paths = results.paper_paths("retnet")
+    assert {"reproduce/train.py", "reproduce/claims.py", "reproduce/retnet/retention.py", "notebooks/03_retnet.ipynb"} <= set(paths)
+    assert "reproduce/tova/sections.py" not in paths  # another paper's code does not make it stale
