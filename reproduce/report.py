@@ -73,7 +73,9 @@ def rows(records: Iterable[Mapping[str, Any]], lang: str = "en") -> list[list[st
                 verdict = words[c["verdict"]]
                 if c["verdict"] != c["recorded_verdict"]:
                     verdict += f" ({c['rule']})"
-                if c["amended"]:
+                if c["status"] == "withdrawn":
+                    verdict += " (withdrawn since: see the ledger's history; not counted)"
+                elif c["amended"]:
                     verdict += " (judged on terms amended since: see the ledger's history; rerun pending)"
                 if c.get("status") == "exploratory":
                     verdict += " (exploratory: " + ("written after its numbers were seen" if lang == "en" else "수치를 본 뒤 작성") + ")"
@@ -104,7 +106,11 @@ def judged(record: Mapping[str, Any]) -> list[dict[str, Any]]:
         entry = book.entry(c["id"])
         verdict = results.verdict_of(c)
         amended = entry is None or not ledger.same_terms(ledger.terms(c), entry.terms())
-        out.append({**c, "kind": book.kind_of(c) or "?", "status": c.get("status") or (entry.status if entry else "registered"),
+        withdrawn = amended and any(a.change == "withdrawn" and a.id == c["id"] and ledger.same_terms(ledger.terms(c), a.old_terms())
+                                    for a in book.amendments)
+        status = "withdrawn" if withdrawn else c.get("status") or (entry.status if entry else "registered")
+        kind = next((a.old["kind"] for a in book.amendments if withdrawn and a.id == c["id"] and a.old), None)
+        out.append({**c, "kind": kind or book.kind_of(c) or "?", "status": status,
                     "same_comparison_as": entry.same_comparison_as if entry else None, "recorded_verdict": c["verdict"],
                     "verdict": verdict, "rule": f"recorded {c['verdict']}; fewer than {claims.MIN_SEEDS} seeds: "
                                                 "inconclusive by rule" if verdict != c["verdict"] else "",
@@ -118,6 +124,8 @@ def tally(record: Mapping[str, Any]) -> dict[str, dict[str, int]]:
     relations written after their numbers were seen."""
     out = {k: dict.fromkeys(claims.VERDICTS, 0) for k in ("paper", "exploratory", "control", "check")}
     for c in judged(record):
+        if c["status"] == "withdrawn":
+            continue
         if c["kind"] == "paper":
             if c["same_comparison_as"]:
                 continue
@@ -186,11 +194,20 @@ def best_records(profiles: tuple[str, ...] = REAL_PROFILES, root: Path | None = 
     """For each paper with results, the record of the first profile in ``profiles`` that has one."""
     chosen = []
     root = root or results_dir()
-    papers = sorted({p.name for p in root.iterdir() if p.is_dir()}) if root.exists() else []
+    papers = sorted({p.name for p in root.iterdir() if p.is_dir() and _registered(p.name)}) if root.exists() else []
     for paper in papers:
         if (record := results.load_first(paper, profiles, root)) is not None:
             chosen.append(record)
     return chosen
+
+
+def _registered(paper: str) -> bool:
+    """Whether a folder of results belongs to a registered paper (a stray test record does not)."""
+    try:
+        config.get_spec(paper)
+    except config.ParamError:
+        return False
+    return True
 
 
 def replace_between_markers(text: str, new: str) -> str:

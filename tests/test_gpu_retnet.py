@@ -176,7 +176,7 @@ def test_gpu_profile_runs_on_a_local_wikitext(tmp_path, wikitext_folder):
     assert {r["variant"] for r in m["lm.runs"]} == {"transformer", "retnet", "no_mixer"}
     assert all(len(r["curve"]) >= 1 and r["tokens"] == 4 * 4 * 32 for r in m["lm.runs"])
     ids = {c["id"] for c in record["claims"]}
-    assert {"forms_equal", "fig6_speedup", "table4_throughput_vs_attention", "control_every_mixer_beats_no_mixer",
+    assert {"forms_equal", "fig6_speedup", "table4_throughput_vs_attention", "control_retnet_beats_no_mixer",
             "table5_transformer_below_2b"} <= ids
     assert not (out / "runs" / "retnet" / "gpu" / "rows").exists()  # the kept rows are dropped once the record is saved
     print(f"gpu wiring run: {wall:.1f} s")

@@ -24,11 +24,12 @@ def test_table_rows_come_from_records_and_missing_artifacts_say_so(output_dir):
     _record(output_dir)
     records = report.best_records()
     text = report.table(records)
-    assert "| pipeline | Eq. (1) | 1. Fit | the loss falls | falls | 0.5 | < 1 | paper: eq. (1) | holds |" in text
+    assert "| pipeline | paper | Eq. (1) | 1. Fit | the loss falls | falls | 0.5 | < 1 | paper: eq. (1) | holds |" in text
     assert "| 0.2 [-0.1, 0.5] | > 0 | ours: any gain | inconclusive (small scale) |" in text
     assert "not testable (BLEU = 0.8, needs >= 5)" in text
-    assert "| pipeline | cpu | 1 | 0 | 1 | 1 |" in text  # the headline: verdicts counted per paper
-    assert "| pipeline | Figure 1 | 1. Fit |" in text and "not run yet" in text  # declared artifact, no claim
+    # the headline: the paper relations counted per paper, controls / checks / exploratory apart
+    assert "| pipeline | cpu | **1 / 3, 1 inconclusive, 1 not testable** | 0 / 0 | 0 / 0 | 0 / 0 |" in text
+    assert "| pipeline | – | Figure 1 | 1. Fit |" in text and "not run yet" in text  # declared artifact, no claim
     assert "`python -m reproduce run pipeline --profile cpu`" in text
     ko = report.table(records, "ko")
     assert "성립" in ko and "판정 불가" in ko and "검증 불가" in ko and "아직 실행 안 됨" in ko
