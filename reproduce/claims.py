@@ -136,6 +136,39 @@ def paired_bootstrap(units: Sequence[Sequence[float]], statistic: Callable[..., 
     return Estimate(value, lo, hi, f"paired bootstrap over {n} {what}", n)
 
 
+def cluster_bootstrap(units: Sequence[Sequence[float]], clusters: Sequence[Any], statistic: Callable[..., Any],
+                      what: str) -> Estimate:
+    """``statistic(*columns)`` with a two-level percentile-bootstrap 95 % interval: resample the
+    clusters (books), then the units (token blocks) inside each drawn cluster, all rows together.
+
+    For blocks that sit inside passages (design.md): the blocks of one book are not independent, so
+    resampling them as if they were gives an interval that is too narrow. ``clusters[i]`` names the
+    cluster of unit ``i``; ``statistic`` reduces along the last axis (``axis=-1``) as in
+    :func:`paired_bootstrap`. The interval's ``n`` is the number of clusters.
+    """
+    import numpy as np
+
+    columns = [np.asarray(u, dtype=np.float64) for u in units]
+    n = len(columns[0])
+    if any(len(c) != n for c in columns) or len(clusters) != n:
+        raise ValueError("cluster_bootstrap: every row and the cluster labels need one value per unit")
+    names = list(dict.fromkeys(clusters))
+    members = [np.flatnonzero(np.asarray([c == name for c in clusters])) for name in names]
+    k = len(members)
+    value = float(statistic(*columns))
+    method = f"clustered bootstrap over {k} {what} (then their blocks)"
+    if k < 2:
+        return Estimate(value, -math.inf, math.inf, f"1 {what.rstrip('s')}: no interval", k)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    draws = np.empty(BOOTSTRAP_RESAMPLES)
+    for r in range(BOOTSTRAP_RESAMPLES):
+        picked = rng.integers(0, k, k)
+        idx = np.concatenate([members[c][rng.integers(0, len(members[c]), len(members[c]))] for c in picked])
+        draws[r] = statistic(*(c[idx] for c in columns))
+    lo, hi = np.quantile(draws, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
+    return Estimate(value, float(lo), float(hi), method, k)
+
+
 def bootstrap_groups(groups: Sequence[Sequence[float]], statistic: Callable[[list], float | None], what: str,
                      resamples: int = 2_000) -> Estimate:
     """``statistic(groups)`` with a percentile-bootstrap 95 % interval, each group resampled on its own.
@@ -160,11 +193,29 @@ def bootstrap_groups(groups: Sequence[Sequence[float]], statistic: Callable[[lis
     return Estimate(float(value), float(lo), float(hi), f"bootstrap over {what} ({n} per group)", n)
 
 
-def ppl_ratio(nll_a: Sequence[float], nll_b: Sequence[float], what: str = "token blocks") -> Estimate:
-    """PPL(a) / PPL(b) = exp(mean NLL_a - mean NLL_b) from per-unit mean NLLs of equal-size units."""
+def ppl_ratio(nll_a: Sequence[float], nll_b: Sequence[float], what: str = "token blocks",
+              clusters: Sequence[Any] | None = None) -> Estimate:
+    """PPL(a) / PPL(b) = exp(mean NLL_a - mean NLL_b) from per-unit mean NLLs of equal-size units.
+
+    With ``clusters`` (the book of each block), the unit is the cluster: the mean NLL difference of
+    each book's blocks, a Student-t interval over books, on the log scale (``what`` names the
+    clusters). A percentile bootstrap over 3-7 books would be too narrow (few distinct resamples)."""
     import numpy as np
 
-    return paired_bootstrap([nll_a, nll_b], lambda a, b, axis=-1: np.exp(np.mean(a - b, axis=axis)), what)
+    def ratio(a, b, axis=-1):
+        return np.exp(np.mean(a - b, axis=axis))
+
+    if clusters is not None:
+        a, b = np.asarray(nll_a, dtype=np.float64), np.asarray(nll_b, dtype=np.float64)
+        labels = np.asarray(list(clusters), dtype=object)
+        if not len(a) == len(b) == len(labels):
+            raise ValueError("ppl_ratio: every row and the cluster labels need one value per block")
+        names = list(dict.fromkeys(clusters))
+        logs = t_interval([float(np.mean((a - b)[labels == name])) for name in names], what)
+        method = logs.method.replace("paired t over", "paired t over the per-cluster mean NLL differences of") + " (log ratio)"
+        return Estimate(math.exp(logs.value), _exp(logs.low), _exp(logs.high), method, logs.n,
+                        tuple(math.exp(u) for u in logs.units))
+    return paired_bootstrap([nll_a, nll_b], ratio, what)
 
 
 # ---------------------------------------------------------------------------------------- claims

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import claims, config, ledger, results
+from . import claims, config, ledger, results, verify
 from .paths import REPO_ROOT, results_dir, runs_dir
 
 START, END = "<!-- reproduction-table:start -->", "<!-- reproduction-table:end -->"
@@ -223,12 +223,15 @@ def report_markdown(records: list[dict[str, Any]], title: str) -> str:
     for r in records:
         prov = r["provenance"]
         stale = results.stale_paths(r)
+        verified = verify.verified_at(r)
         parts.append(
             f"\n## {r['paper']} ({r['profile']} profile)\n\n"
             f"- paper relations: {_counts(tally(r)['paper'], 'en')}; exploratory: {_counts(tally(r)['exploratory'], 'en')}; "
             f"controls: {_counts(tally(r)['control'], 'en')}; checks: {_counts(tally(r)['check'], 'en')} "
             f"({len(r['claims'])} claims; kinds from reproduce/{r['paper']}/claims.toml)\n"
             + (f"- **stale**: the paper's code changed after this run's commit ({', '.join(stale)}); re-run it\n" if stale else "")
+            + (f"- verified at {verified[:10]}: the smoke profile gives the same stable numbers there as at the record's "
+               "commit (`python -m reproduce verify`)\n" if verified else "")
             +
             f"- hardware: {prov.get('device', '?')}, {prov.get('threads', '?')} threads; wall time {r['wall_time_s'] / 60:.1f} min\n"
             f"- git commit {str(prov.get('git_commit'))[:10]}{' (dirty)' if prov.get('git_dirty') else ''}; torch {prov['packages'].get('torch')}, "

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from . import claims as claims_mod
-from . import ledger
+from . import ledger, runtime
 from .claims import Claim, Estimate, Precondition
 from .paths import REPO_ROOT, results_dir
 
@@ -69,7 +69,7 @@ def provenance(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "processes": int(os.environ.get("WORLD_SIZE", "1") or 1),  # > 1: torchrun / accelerate launch
         "cpu_model": _cpu_model(),
-        "load": machine_load(),  # at the start; timing sections record their own
+        "load": runtime.machine_load(),  # at the start; timing sections record their own (runtime.timed)
         "packages": versions,
     }
     if "torch" in sys.modules:  # never import torch just for provenance
@@ -94,38 +94,6 @@ def _cpu_model() -> str | None:
     except OSError:
         pass
     return platform.processor() or None
-
-
-def machine_load(exclude_pid: int | None = None) -> dict[str, Any]:
-    """The machine's load now: 1-minute load average, cores, and the other processes using a CPU
-    (over 20 % in a 0.5 s sample), so a timing measured beside other work can say so."""
-    info: dict[str, Any] = {"cores": os.cpu_count()}
-    try:
-        info["loadavg_1m"] = round(os.getloadavg()[0], 2)
-    except OSError:
-        info["loadavg_1m"] = None
-    try:
-        import psutil
-    except ImportError:
-        return info
-    me = {os.getpid(), exclude_pid} | {p.pid for p in psutil.Process().children(recursive=True)}
-    procs = [p for p in psutil.process_iter(["pid", "name"]) if p.info["pid"] not in me]
-    for p in procs:
-        try:
-            p.cpu_percent(None)
-        except psutil.Error:
-            pass
-    time.sleep(0.5)
-    busy = []
-    for p in procs:
-        try:
-            pct = p.cpu_percent(None)
-        except psutil.Error:
-            continue
-        if pct > 20:
-            busy.append(f"{p.info['name']} ({pct:.0f} %)")
-    info["busy_processes"] = busy
-    return info
 
 
 def _jsonable(value: Any) -> Any:

@@ -37,11 +37,29 @@ _NOT_STATE = frozenset({"threads", "output_dir", "resume", "device"})
 
 
 def fingerprint(params) -> dict[str, Any]:
-    """The parameters that a run's kept state depends on."""
+    """What a run's kept state depends on: the parameters and the code (every file that can move the
+    paper's numbers, :func:`code_version`). Timed rows depend on the thread count too (``row(timed=True)``)."""
     from .results import _jsonable
 
     values = {k: v for k, v in params.as_dict().items() if k not in _NOT_STATE}
-    return {"paper": params.paper, "profile": params.profile, "params": _jsonable(values)}
+    return {"paper": params.paper, "profile": params.profile, "params": _jsonable(values),
+            "code": code_version(params.paper)}
+
+
+def code_version(paper: str) -> str:
+    """A hash of the contents of the paper's code (:func:`reproduce.results.paper_paths`: its notebook,
+    package, config and every module they import): rows computed by other code are not reused."""
+    from .paths import REPO_ROOT
+    from .results import paper_paths
+
+    digest = hashlib.sha256()
+    for rel in paper_paths(paper):
+        path = REPO_ROOT / rel
+        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            if f.is_file():
+                digest.update(str(f.relative_to(REPO_ROOT) if f.is_relative_to(REPO_ROOT) else f).encode())
+                digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _safe(key: str) -> str:
@@ -88,14 +106,20 @@ class RunDir:
         """Whether row ``key`` is stored, as the main process sees it (the same answer on every process)."""
         return bool(distributed.broadcast(self.row_path(key, fmt).is_file()))
 
-    def row(self, key: str, compute: Callable[[], T], fmt: str = "json") -> T:
+    def row(self, key: str, compute: Callable[[], T], fmt: str = "json", timed: bool = False) -> T:
         """``compute()``'s result, computed once per run: read back when an interrupted run stored it.
 
         ``fmt``: "json" (plain data; tuples come back as lists) or "pickle" (any object).
-        The row's checkpoints (:meth:`checkpoint_dir`) are deleted once the row is stored.
+        ``timed``: the row holds timings, which belong to the thread count they ran with (a rerun
+        with other threads times again). The row's checkpoints (:meth:`checkpoint_dir`) are deleted
+        once the row is stored.
         """
         if fmt not in ("json", "pickle"):
             raise ValueError(f"fmt must be 'json' or 'pickle', got {fmt!r}")
+        if timed:
+            import torch
+
+            key = f"{key}.threads={torch.get_num_threads()}"
         path = self.row_path(key, fmt)
         # Decided by the main process for all: a process that saw the file the main one has just written
         # would skip the barrier below that the main one waits in.

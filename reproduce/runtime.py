@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 import random
+import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -148,3 +150,68 @@ def setup(params, deterministic: bool = True) -> Runtime:
     threads = set_threads(params["threads"])
     offline = hub_offline(probe=params.profile == "gpu")  # only the gpu profile reads the hub: probe it there
     return Runtime(device=device, seed=params["seed"], threads=threads, offline=offline)
+
+
+# ---------------------------------------------------------------------------------- timing and load
+BUSY_PERCENT = 20.0  # a process using more than this share of one core while we time is "other work"
+T = TypeVar("T")
+
+
+def machine_load(sample_s: float = 0.5) -> dict[str, Any]:
+    """The machine's load now: the 1-minute load average, the cores, and the other processes using a
+    CPU (over ``BUSY_PERCENT`` % in a ``sample_s`` sample; this process and its children excluded)."""
+    info: dict[str, Any] = {"cores": os.cpu_count()}
+    try:
+        info["loadavg_1m"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        info["loadavg_1m"] = None
+    import psutil
+
+    me = psutil.Process()
+    mine = {me.pid} | {p.pid for p in me.children(recursive=True)}
+    procs = [p for p in psutil.process_iter(["pid", "name"]) if p.info["pid"] not in mine]
+    for p in procs:
+        try:
+            p.cpu_percent(None)
+        except psutil.Error:
+            pass
+    time.sleep(sample_s)
+    busy = []
+    for p in procs:
+        try:
+            pct = p.cpu_percent(None)
+        except psutil.Error:
+            continue
+        if pct > BUSY_PERCENT:
+            busy.append(f"{p.info['name']} (pid {p.info['pid']}, {pct:.0f} %)")
+    info["busy_processes"] = busy
+    return info
+
+
+def timed(compute: Callable[[], T]) -> tuple[T, dict[str, Any]]:
+    """Run a timing measurement and return ``(result, load)``: the machine's load sampled before and
+    after it (design.md: a timing measured beside other heavy work is not testable)."""
+    before = machine_load()
+    result = compute()
+    after = machine_load()
+    return result, {"before": before, "after": after,
+                    "busy_processes": sorted(set(before["busy_processes"]) | set(after["busy_processes"]))}
+
+
+IDLE_TEXT = "other processes busy on the CPU while timing (before or after the timed work)"
+IDLE_SOURCE = "ours: design.md: timings on an idle machine; one measured beside other work is not testable"
+
+
+def idle_precondition(load: Mapping[str, Any] | None):
+    """The precondition of every timing claim: no other process was busy while it was timed. ``None``
+    (no load measured) leaves the claim not testable; :func:`load_note` names the busy processes."""
+    from .claims import Precondition
+
+    return Precondition(IDLE_TEXT, None if load is None else len(load.get("busy_processes", [])), "<=", 0, IDLE_SOURCE)
+
+
+def load_note(load: Mapping[str, Any] | None) -> str:
+    if load is None:
+        return "the machine's load was not measured"
+    busy = load.get("busy_processes", [])
+    return f"timed beside {', '.join(busy)}" if busy else "timed on an otherwise idle machine"

@@ -359,8 +359,14 @@ def _run(**overrides):
     return results.Run(config.resolve("flava", "smoke", overrides))
 
 
-def _table3_claims(per_seed: dict[str, list[float]]) -> dict:
-    """``table3_claims`` on rows whose every domain and macro take the given per-seed values (seeds 0, 1, ...)."""
+def _table3_claims(per_seed: dict[str, list[float]], controls: bool = True) -> dict:
+    """``table3_claims`` on rows whose every domain and macro take the given per-seed values (seeds 0, 1, ...).
+
+    ``controls``: add the untrained row (10 on every seed) and the MIM / MLM source rows (20), so that
+    each claim's precondition (its rows beat the untrained row) can be measured."""
+    if controls:
+        n = len(next(iter(per_seed.values())))
+        per_seed = {E.UNTRAINED: [10.0] * n, "MIM": [20.0] * n, "MLM": [20.0] * n, **per_seed}
     run = _run()
     seeds = [{"row": n, "seed": i, **{d: m for d in V.DOMAINS}, "macro": m} for n, v in per_seed.items() for i, m in enumerate(v)]
     tasks = {n: {f"{d}/task": statistics.fmean(v) for d in V.DOMAINS} for n, v in per_seed.items()}
@@ -392,15 +398,24 @@ def test_table3_claims_contradicted_when_every_seed_disagrees():
 
 
 def test_table3_claims_inconclusive_when_the_seeds_straddle_or_there_is_one_seed():
-    c = _table3_claims({"FLAVA_C": [43.7, 61.9], "FLAVA_MM": [62.7, 61.1],  # +19.0 and -0.8: mean up, interval straddles
-                        "FLAVA": [51.0, 56.7], M.INIT_ROW: [57.0, 57.5]})
+    c = _table3_claims({"FLAVA_C": [43.7, 61.9, 50.0], "FLAVA_MM": [62.7, 61.1, 50.5],  # +19.0, -0.8, +0.5: straddles
+                        "FLAVA": [51.0, 56.7, 54.0], M.INIT_ROW: [57.0, 57.5, 57.2]})
     mm = c["table3_mm_beats_c_multimodal"]
-    assert mm.verdict == "inconclusive" and mm.ours.value == pytest.approx((19.0 - 0.8) / 2)
+    assert mm.verdict == "inconclusive" and mm.ours.value == pytest.approx((19.0 - 0.8 + 0.5) / 3)
     assert mm.ours.low < 0 < mm.ours.high and mm.note.startswith("the seeds cannot tell")
-    assert "FLAVA_C 43.70 / 61.90" in mm.note
+    assert "FLAVA_C 43.70 / 61.90 / 50.00" in mm.note
     one = _table3_claims({"FLAVA_C": [40.0], "FLAVA_MM": [45.0], "FLAVA": [44.0], M.INIT_ROW: [50.0]})
-    assert {v.verdict for v in one.values()} == {"inconclusive"}  # one seed: no interval
+    assert {v.verdict for v in one.values()} == {"not testable"}  # one seed: no row's gain can be measured
     assert one["table3_init_improves_full"].ours.low == -math.inf
+    two = _table3_claims({"FLAVA_C": [40.0, 41.0], "FLAVA_MM": [45.0, 46.5], "FLAVA": [44.0, 45.0], M.INIT_ROW: [50.0, 51.0]})
+    assert {v.verdict for v in two.values()} == {"not testable"}  # fewer than 3 seeds: no interval, by rule
+
+
+def test_table3_claims_are_not_testable_without_the_untrained_row():
+    c = _table3_claims({"FLAVA_C": [40.0, 42.0, 41.0], "FLAVA_MM": [45.0, 46.5, 45.5],
+                        "FLAVA": [44.0, 45.0, 44.5], M.INIT_ROW: [50.0, 51.0, 50.0]}, controls=False)
+    assert {v.verdict for v in c.values()} == {"not testable"}
+    assert all(v.precondition is not None and v.precondition.value is None for v in c.values())
 
 
 def test_table3_each_comparison_is_claimed_once():

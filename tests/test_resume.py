@@ -113,3 +113,31 @@ def test_a_partial_record_never_replaces_a_finished_one(tmp_path):
     assert [r["paper"] for r in results.load_all(tmp_path / "results")] == ["resumable"]
     later.save()
     assert json.loads(path.read_text())["claims"][0]["ours"]["value"] == 3.0 and not partial.exists()
+
+
+def test_kept_rows_belong_to_one_code_version_and_thread_count(tmp_path, monkeypatch):
+    """Rows from older code (or timed at another thread count) are never read back into a new record."""
+    from reproduce import results, rundir
+
+    source = tmp_path / "mechanism.py"
+    source.write_text("SCALE = 1\n")
+    monkeypatch.setattr(results, "paper_paths", lambda paper: [str(source)])
+    before = rundir.code_version("pipeline")
+    assert rundir.code_version("pipeline") == before
+    source.write_text("SCALE = 2\n")  # a change that moves a number
+    assert rundir.code_version("pipeline") != before
+    params = _params(output_dir=str(tmp_path))
+    first = rundir.fingerprint(params)
+    source.write_text("SCALE = 3\n")
+    assert rundir.fingerprint(params)["code"] != first["code"]
+    import torch
+
+    state = rundir.RunDir(params, root=tmp_path / "state")
+    assert state.row("timing", lambda: {"ms": 1.0}, timed=True) == {"ms": 1.0}
+    assert state.row("timing", lambda: {"ms": 2.0}, timed=True) == {"ms": 1.0}  # same threads: read back
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1 if threads != 1 else 2)
+        assert state.row("timing", lambda: {"ms": 3.0}, timed=True) == {"ms": 3.0}  # other threads: timed again
+    finally:
+        torch.set_num_threads(threads)

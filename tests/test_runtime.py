@@ -1,5 +1,8 @@
 """Seeding, device choice, threads and offline detection (reproduce/runtime.py)."""
 
+import os
+import sys
+
 import pytest
 import torch
 
@@ -42,3 +45,31 @@ def test_offline_detection_is_fast(monkeypatch, no_network):
     assert runtime.hub_offline(probe=False) is False and len(calls) == 1  # probe=False: no request at all
     calls.clear()
     assert runtime.hub_offline() is True and len(calls) == 1 and 0 < calls[0][2] <= 2.0  # the default is short too
+
+
+def test_timed_names_other_busy_processes_and_not_its_own_children():
+    """design.md: a timing records the machine's load; another busy process makes its claims not testable."""
+    import subprocess
+    import time
+
+    from reproduce import runtime
+
+    def spin_child():  # our own work (a timed kernel in a child process) is not "other work"
+        subprocess.run([sys.executable, "-c", "import time; t = time.time()\nwhile time.time() - t < 1.5: pass"])
+        return 7
+
+    result, load = runtime.timed(spin_child)
+    assert result == 7 and {"before", "after", "busy_processes"} <= set(load)
+    assert not any(f"pid {os.getpid()}," in p for p in load["busy_processes"])
+    stranger = subprocess.Popen(["sh", "-c", "yes > /dev/null & echo $!"], stdout=subprocess.PIPE, text=True)
+    pid = int(stranger.stdout.readline())  # reparented away from us: another process on the machine
+    try:
+        time.sleep(0.3)
+        load = runtime.machine_load()
+        assert any(f"pid {pid}," in p for p in load["busy_processes"]), load
+        assert runtime.idle_precondition({"busy_processes": load["busy_processes"]}).holds is False
+        assert runtime.idle_precondition({"busy_processes": []}).holds is True
+        assert runtime.idle_precondition(None).holds is False
+    finally:
+        os.kill(pid, 9)
+        stranger.wait()

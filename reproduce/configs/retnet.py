@@ -111,7 +111,7 @@ SPEC = PaperSpec(
         "train_heads": Param("int", 2, "heads of the measured layer", min=1),
         "train_batch": Param("int", 1, "sequences per training step", min=1),
         "train_chunk": Param("int", 256, "chunk size of chunkwise retention", min=1),
-        "train_reps": Param("int", 2, "timed steps per point", min=1),
+        "train_reps": Param("int", 5, "timed steps per point (design.md: >= 5 repetitions for a timing)", min=1),
         # 4./5. language models (Tables 5 and 6)
         "data": Param("str", "novels", "training text: the packaged novels, or a hub dataset in WikiText's layout (gpu)",
                       choices=("novels", "wikitext-103")),

@@ -238,19 +238,20 @@ def table3_claims(run, seeds: Sequence[Mapping[str, Any]], tasks: Mapping[str, M
         extra = ("" if active is None or active else
                  "; ITM inactive in this run (claim itm_heldout_above_chance does not hold): FLAVA_MM is GC+MMM here")
         for domain in ("multimodal", "language"):
-            pre = claims.Precondition(
+            pre = claims.Precondition(  # no untrained row: not measured, so not testable (design.md)
                 f"larger lower 95 % bound of FLAVA_C's and FLAVA_MM's {domain} gain over the untrained row",
-                max(low_gain("FLAVA_C", domain), low_gain("FLAVA_MM", domain)), ">", 0.0, CONTROL_SOURCE) if controlled else None
+                max(low_gain("FLAVA_C", domain), low_gain("FLAVA_MM", domain)) if controlled else None, ">", 0.0,
+                CONTROL_SOURCE)
             claim(f"table3_mm_beats_c_{domain}", "Table 3, rows 3-4",
                   f"FLAVA_MM (GC+MMM+ITM) minus FLAVA_C (GC only), {domain} average", "FLAVA_MM", "FLAVA_C", domain,
                   f"paper: Table 3, rows 3-4 (FLAVA_MM above FLAVA_C on the {domain} average)", pre, extra)
     compared_with_full = set()
     if {"FLAVA", INIT} <= set(rows):
-        pre = None
-        if controlled and {"MIM", "MLM"} <= set(rows):
-            pre = claims.Precondition("smaller lower 95 % bound of the source rows' gains over the untrained row in "
-                                      "their own domain (MIM vision, MLM language)",
-                                      min(low_gain("MIM", "vision"), low_gain("MLM", "language")), ">", 0.0, CONTROL_SOURCE)
+        measured = controlled and {"MIM", "MLM"} <= set(rows)
+        pre = claims.Precondition("smaller lower 95 % bound of the source rows' gains over the untrained row in "
+                                  "their own domain (MIM vision, MLM language)",
+                                  min(low_gain("MIM", "vision"), low_gain("MLM", "language")) if measured else None,
+                                  ">", 0.0, CONTROL_SOURCE)
         claim("table3_init_improves_full", "Table 3, row 6",
               f"unimodal init improves full FLAVA: row 6 ({INIT}) minus row 5 (FLAVA), macro average", INIT, "FLAVA",
               "macro", "paper: Table 3, rows 5-6 (row 6 above row 5 on the macro average)", pre)
@@ -263,8 +264,8 @@ def table3_claims(run, seeds: Sequence[Mapping[str, Any]], tasks: Mapping[str, M
                  for r in others}
         best = max(others, key=lambda r: means[r])  # the strongest competitor left: the hardest comparison
         pre = claims.Precondition("smaller lower 95 % bound of the two compared rows' macro gains over the untrained row",
-                                  min(low_gain(INIT, "macro"), low_gain(best, "macro")), ">", 0.0,
-                                  CONTROL_SOURCE) if controlled else None
+                                  min(low_gain(INIT, "macro"), low_gain(best, "macro")) if controlled else None, ">", 0.0,
+                                  CONTROL_SOURCE)
         claim("table3_full_best_macro", "Table 3, row 6",
               f"full FLAVA ({INIT}) has the best macro average: minus {best}, the best other row run "
               f"(by mean; row 5 is compared above)", INIT, best, "macro",

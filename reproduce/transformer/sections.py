@@ -103,7 +103,9 @@ def _min_layers_dilated(n: int, k: int) -> int:
 
 def run_table1(params, run) -> dict:
     lengths, d = params.t1_lengths, params.t1_width
-    costs = run.record("t1.costs", table1.layer_costs(lengths, d))
+    costs, load = runtime.timed(lambda: table1.layer_costs(lengths, d))  # FLOP counts and timed calls
+    run.record("t1.costs", costs)
+    run.record("t1.load", load)
     run.record("t1.lengths", lengths)
     run.record("t1.width", d)
     widths = [w for w in (d // 4, d // 2, d, 2 * d) if w >= 8]
@@ -137,8 +139,8 @@ def run_table1(params, run) -> dict:
               ours=crossover_time_estimate(lengths, d, att["seconds_repeats"], rec["seconds_repeats"]),
               relation="~=", threshold=0.0, tol=2.0,
               source="ours: as the FLOP crossover (a factor 4 either side of n = d)",
-              paper="self-attention is faster when n < d",
-              note="the interval resamples each (layer, n)'s timed calls; timings depend on the machine and its load")
+              paper="self-attention is faster when n < d", precondition=runtime.idle_precondition(load),
+              note="the interval resamples each (layer, n)'s timed calls; " + runtime.load_note(load))
     run.claim("t1_sequential_attention", artifact="Table 1", section=s,
               text="self-attention issues the same number of matmul kernels at every n (O(1) sequential ops)",
               ours=max(att["matmul_calls"]) / min(att["matmul_calls"]), relation="<=", threshold=1.0,
