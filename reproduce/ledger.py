@@ -264,6 +264,11 @@ def audit(ledger: Ledger, records: Sequence[tuple[str, Mapping[str, Any]]]) -> l
     amendment with those old terms.
     """
     problems = []
+    for entry in ledger.entries:  # the history ends where the registration is now
+        changes = sorted((a for a in ledger.amendments if a.id == entry.id and a.new is not None), key=lambda a: a.date)
+        if changes and not same_terms(changes[-1].new_terms(), entry.terms()):
+            problems.append(f"claim {entry.id!r} is registered as {describe(entry.terms())}, but its last amendment "
+                            f"made it {describe(changes[-1].new_terms())}: a change without an amendment")
     for label, record in records:
         for claim in record.get("claims", []):
             judged = terms(claim)

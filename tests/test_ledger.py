@@ -44,18 +44,28 @@ def test_a_changed_threshold_without_an_amendment_fails_the_audit_and_passes_wit
     record = results.load("flava", "cpu")
     changed = _changed_threshold("flava", "table3_init_improves_full", 0.5)
     problems = ledger.audit(ledger.parse(changed, "flava"), [("record", record)])
-    assert len(problems) == 1 and "table3_init_improves_full" in problems[0] and "no amendment" in problems[0]
+    assert problems and all("table3_init_improves_full" in p for p in problems)
+    assert any("judged as > 0 (paper:)" in p and "no amendment" in p for p in problems)  # the record's terms
     amended = changed + """
 [[amendment]]
 id = "table3_init_improves_full"
-date = "2026-12-06"
+date = "2026-12-07"
 change = "changed"
 old = { kind = "paper", relation = ">", threshold = 0.0, source = "paper: Table 3", precondition = { text = "smaller lower 95 % bound of the source rows' gains over the untrained row in their own domain (MIM vision, MLM language)", relation = ">", threshold = 0.0 } }
-new = { kind = "paper", relation = ">", threshold = 0.5, source = "paper: Table 3" }
+new = { kind = "paper", relation = ">", threshold = 0.5, source = "paper: Table 3", precondition = { text = "smaller lower 95 % bound of the source rows' gains over the untrained row in their own domain (MIM vision, MLM language)", relation = ">", threshold = 0.0 } }
 reason = "a test"
 seen = ["7ba3a43"]
 """
     assert ledger.audit(ledger.parse(amended, "flava"), [("record", record)]) == []
+
+
+def test_an_amended_claim_changed_again_without_an_amendment_fails_the_audit():
+    """The last amendment's new terms are the registration: a later silent change is caught even where
+    every record judged the claim before the first amendment."""
+    changed = _changed_threshold("flava", "table3_full_best_macro", 0.5)
+    problems = ledger.audit(ledger.parse(changed, "flava"), [])
+    assert len(problems) == 1 and "table3_full_best_macro" in problems[0] and "without an amendment" in problems[0]
+    assert ledger.audit(ledger.for_paper("flava"), []) == []
 
 
 def test_a_withdrawn_claim_needs_its_amendment():
