@@ -218,7 +218,7 @@ def table3_claims(run, seeds: Sequence[Mapping[str, Any]], tasks: Mapping[str, M
     paper = PAPER["table3"]
     controlled = UNTRAINED in rows
 
-    def low_gain(row: str, domain: str) -> float:
+    def lower_gain_bound(row: str, domain: str) -> float:
         return paired_difference(seeds, row, UNTRAINED, domain).low
 
     def claim(id: str, artifact: str, text: str, a: str, b: str, metric: str, source: str,
@@ -240,7 +240,7 @@ def table3_claims(run, seeds: Sequence[Mapping[str, Any]], tasks: Mapping[str, M
         for domain in ("multimodal", "language"):
             pre = claims.Precondition(  # no untrained row: not measured, so not testable (design.md)
                 f"larger lower 95 % bound of FLAVA_C's and FLAVA_MM's {domain} gain over the untrained row",
-                max(low_gain("FLAVA_C", domain), low_gain("FLAVA_MM", domain)) if controlled else None, ">", 0.0,
+                max(lower_gain_bound("FLAVA_C", domain), lower_gain_bound("FLAVA_MM", domain)) if controlled else None, ">", 0.0,
                 CONTROL_SOURCE)
             claim(f"table3_mm_beats_c_{domain}", "Table 3, rows 3-4",
                   f"FLAVA_MM (GC+MMM+ITM) minus FLAVA_C (GC only), {domain} average", "FLAVA_MM", "FLAVA_C", domain,
@@ -250,7 +250,7 @@ def table3_claims(run, seeds: Sequence[Mapping[str, Any]], tasks: Mapping[str, M
         measured = controlled and {"MIM", "MLM"} <= set(rows)
         pre = claims.Precondition("smaller lower 95 % bound of the source rows' gains over the untrained row in "
                                   "their own domain (MIM vision, MLM language)",
-                                  min(low_gain("MIM", "vision"), low_gain("MLM", "language")) if measured else None,
+                                  min(lower_gain_bound("MIM", "vision"), lower_gain_bound("MLM", "language")) if measured else None,
                                   ">", 0.0, CONTROL_SOURCE)
         claim("table3_init_improves_full", "Table 3, row 6",
               f"unimodal init improves full FLAVA: row 6 ({INIT}) minus row 5 (FLAVA), macro average", INIT, "FLAVA",
@@ -264,7 +264,7 @@ def table3_claims(run, seeds: Sequence[Mapping[str, Any]], tasks: Mapping[str, M
                  for r in others}
         best = max(others, key=lambda r: means[r])  # the strongest competitor left: the hardest comparison
         pre = claims.Precondition("smaller lower 95 % bound of the two compared rows' macro gains over the untrained row",
-                                  min(low_gain(INIT, "macro"), low_gain(best, "macro")) if controlled else None, ">", 0.0,
+                                  min(lower_gain_bound(INIT, "macro"), lower_gain_bound(best, "macro")) if controlled else None, ">", 0.0,
                                   CONTROL_SOURCE)
         claim("table3_full_best_macro", "Table 3, row 6",
               f"full FLAVA ({INIT}) has the best macro average: minus {best}, the best other row run "
