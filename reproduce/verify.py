@@ -115,7 +115,7 @@ def verify(paper: str, profile: str = "cpu", against: str = "HEAD", write: bool 
     result = {"paper": paper, "profile": profile, "record_commit": commit, "verified_at": head if not diff else None,
               "compared_at": head, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "stable_numbers": len(numbers(old)), "differences": diff}
-    if write and not diff:
+    if write and not diff and against == "HEAD":  # only HEAD's code moves the baseline of the stale check
         results.write_json_atomic(verified_path(paper, profile), result)
     return result
 
