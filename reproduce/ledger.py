@@ -9,7 +9,7 @@ Each paper keeps one committed file, ``reproduce/<paper>/claims.toml``:
   ``ours: ...``), an optional ``precondition`` (``{text, relation, threshold}``), ``status``
   (``registered``, or ``exploratory`` for a claim written after the numbers it judges had been
   seen) and ``same_comparison_as`` (a second view of another claim's comparison, e.g. the best
-  epoch beside the last: counted once).
+  epoch beside the last: counted once); ``profiles`` lists the profiles that judge it (all when absent).
 - ``[[amendment]]`` entries are the claims' history: a claim that a committed record has judged
   changes only through one (``date``, ``change``, ``old`` and ``new`` terms, ``reason`` and ``seen``:
   the record commits whose numbers had been seen). The original keeps the verdict its records gave.
@@ -100,6 +100,15 @@ def describe(t: Mapping[str, Any] | None) -> str:
     return text
 
 
+def id_matches(registered: str, claim_id: str) -> bool:
+    """Whether ``claim_id`` is the registered id, or one of its family (``fig3_tova_le_h2o_C{C}``)."""
+    if claim_id == registered:
+        return True
+    text = re.escape(registered).replace(r"\{", "{").replace(r"\}", "}")
+    pattern = "^" + _FIELD.sub(lambda m: r"\d+" if m.group(0) == "{C}" else r"\w+", text) + "$"
+    return bool(re.match(pattern, claim_id))
+
+
 # ------------------------------------------------------------------------------------------- entries
 @dataclass(frozen=True)
 class Entry:
@@ -117,14 +126,10 @@ class Entry:
     status: str = "registered"
     same_comparison_as: str | None = None
     why: str = ""  # why this kind (e.g. what makes a claim true by construction)
-
-    @property
-    def pattern(self) -> re.Pattern:
-        text = re.escape(self.id).replace(r"\{", "{").replace(r"\}", "}")
-        return re.compile("^" + _FIELD.sub(lambda m: r"\d+" if m.group(0) == "{C}" else r"\w+", text) + "$")
+    profiles: tuple[str, ...] = ()  # the profiles that judge it (empty: every profile)
 
     def matches(self, claim_id: str) -> bool:
-        return claim_id == self.id or bool(self.pattern.match(claim_id))
+        return id_matches(self.id, claim_id)
 
     def terms(self) -> dict[str, Any]:
         return terms({"relation": self.relation, "threshold": self.threshold, "tol": self.tol, "rel": self.rel,
@@ -161,16 +166,17 @@ class Ledger:
         exact = [e for e in self.entries if e.id == claim_id]
         return exact[0] if exact else next((e for e in self.entries if e.matches(claim_id)), None)
 
-    def amendments_of(self, claim_id: str) -> list[Amendment]:
-        return [a for a in self.amendments if a.id == claim_id or (self.entry(claim_id) and self.entry(claim_id).id == a.id)]
-
-    def check(self, claim: Mapping[str, Any]) -> Entry:
-        """The registration of a claim about to be judged; ``LedgerError`` when its terms differ."""
+    def check(self, claim: Mapping[str, Any], profile: str | None = None) -> Entry:
+        """The registration of a claim about to be judged; ``LedgerError`` when its terms differ, or
+        when ``profile`` is not one its registration names."""
         entry = self.entry(claim["id"])
         where = self.path.relative_to(REPO_ROOT) if self.path and self.path.is_relative_to(REPO_ROOT) else self.path
         if entry is None:
             raise LedgerError(f"claim {claim['id']!r} is not registered in {where}: declare it there (kind, relation, "
                               "threshold, source) before a run judges it")
+        if profile is not None and entry.profiles and profile not in entry.profiles:
+            raise LedgerError(f"claim {claim['id']!r} is registered in {where} for the {', '.join(entry.profiles)} "
+                              f"profile(s) only, not {profile!r}")
         judged, registered = terms(claim), entry.terms()
         if not same_terms(judged, registered):
             raise LedgerError(f"claim {claim['id']!r} is judged as {describe(judged)} but registered in {where} as "
@@ -197,7 +203,7 @@ def _entry(table: Mapping[str, Any], where: str) -> Entry:
     missing = {"id", "kind", "artifact", "relation", "threshold", "source"} - set(table)
     if missing:
         raise LedgerError(f"{where}: claim {table.get('id')!r} lacks {sorted(missing)}")
-    e = Entry(**{k: v for k, v in table.items()})
+    e = Entry(**{k: tuple(v) if k == "profiles" else v for k, v in table.items()})
     if e.kind not in KINDS:
         raise LedgerError(f"{where}: claim {e.id!r} has kind {e.kind!r}; one of {KINDS}")
     if e.status not in STATUSES:
@@ -321,11 +327,7 @@ def original_verdicts(paper: str, amendment: Amendment, profile: str = "cpu") ->
             continue
         record = json.loads(text)
         for c in record.get("claims", []):
-            if c["id"] == amendment.id or (amendment.id != c["id"] and _matches(amendment.id, c["id"])):
+            if id_matches(amendment.id, c["id"]):
                 out.append({"record": commit, "ran_at": str(record["provenance"].get("git_commit"))[:7],
                             "id": c["id"], "ours": estimate_text(c["ours"]), "verdict": c["verdict"]})
     return out
-
-
-def _matches(pattern_id: str, claim_id: str) -> bool:
-    return Entry(pattern_id, "check", "", "<", 0.0, "ours: x").matches(claim_id)

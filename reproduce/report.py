@@ -160,11 +160,7 @@ def unjudged(record: Mapping[str, Any]) -> list[ledger.Entry]:
     """Registered claims of the record's profile that it did not judge (registered after it ran)."""
     ids = [c["id"] for c in record["claims"]]
     book = ledger.for_paper(record["paper"])
-    return [e for e in book.entries if not any(e.matches(i) for i in ids) and not _other_profile(e, record)]
-
-
-def _other_profile(entry: ledger.Entry, record: Mapping[str, Any]) -> bool:
-    return "gpu profile only" in entry.why and record["profile"] != "gpu"
+    return [e for e in book.entries if not any(e.matches(i) for i in ids) and (not e.profiles or record["profile"] in e.profiles)]
 
 
 def amendments_markdown(paper: str) -> str:

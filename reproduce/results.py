@@ -156,7 +156,7 @@ class Run:
         c = Claim(id=id, artifact=artifact, section=section, text=text, ours=ours, relation=relation,
                   threshold=threshold, source=source, tol=tol, rel=rel, paper=_jsonable(paper), note=note,
                   precondition=precondition)
-        entry = ledger.for_paper(self.paper).check(c.to_dict())  # judged only on its registered terms
+        entry = ledger.for_paper(self.paper).check(c.to_dict(), self.profile)  # judged only on its registered terms
         c.kind, c.status = entry.kind, entry.status
         self.claims.append(c)
         self.save_partial()  # each section's claims are on disk as soon as they are judged

@@ -95,6 +95,14 @@ def test_the_code_cannot_judge_a_claim_on_other_terms_than_its_registration():
     assert (c.kind, c.status) == ("paper", "registered") and c.to_dict()["kind"] == "paper"
 
 
+def test_a_claim_registered_for_one_profile_is_refused_on_another():
+    book = ledger.for_paper("transformer")
+    bleu = {"id": "t2_bleu_target", "relation": ">=", "threshold": 25.3, "source": "ours: the paper less 2 BLEU"}
+    assert book.check(bleu, "gpu").profiles == ("gpu",)
+    with pytest.raises(ledger.LedgerError, match="for the gpu profile.* only, not 'cpu'"):
+        book.check(bleu, "cpu")
+
+
 def test_family_ids_and_malformed_ledgers():
     book = ledger.for_paper("tova")
     assert book.entry("fig3_tova_le_h2o_C512").id == "fig3_tova_le_h2o_C{C}"
