@@ -29,9 +29,10 @@ from typing import Any
 from .paths import REPO_ROOT, results_dir
 
 # Leaves whose value depends on the machine's speed or allocator, not on the code's arithmetic.
-VOLATILE = re.compile(r"(^|[._])(time|times|wall|seconds|ms|step_ms|step_s|_s|s_per|latency|throughput|tokens_per_s|"
-                      r"per_s|rate|speed|rss|peak|peak_mib|mib|elapsed|timing|timed|load)($|[._])|_ms($|[._])|_s$|"
-                      r"ms_per|per_token_ms|tokens_per_s|peak_", re.IGNORECASE)
+VOLATILE = re.compile(r"(^|[._\[])(time|times|wall|seconds|ms|step_ms|step_s|s_per|latency|throughput|tokens_per_s|"
+                      r"per_s|rate|speed|rss|peak|peak_mib|mib|elapsed|timing|timed|load|memory_slope|"
+                      r"memory_at_longest)($|[._\[])|_ms($|[._\[])|_s($|[.\[])|ms_per|per_token_ms|tokens_per_s|peak_",
+                      re.IGNORECASE)
 TIMED_METHODS = ("timed", "decode rounds")  # claim estimates over timings
 
 
