@@ -31,9 +31,10 @@ from .paths import REPO_ROOT, results_dir
 # Leaves whose value depends on the machine's speed or allocator, not on the code's arithmetic.
 VOLATILE = re.compile(r"(^|[._\[])(time|times|wall|seconds|ms|step_ms|step_s|s_per|latency|throughput|tokens_per_s|"
                       r"per_s|rate|speed|rss|peak|peak_mib|mib|elapsed|timing|timed|load|memory_slope|"
-                      r"memory_at_longest)($|[._\[])|_ms($|[._\[])|_s($|[.\[])|ms_per|per_token_ms|tokens_per_s|peak_",
+                      r"memory_at_longest|memory_growth|speedup_by_length|strongest_baseline)($|[._\[])|_ms($|[._\[])|_s($|[.\[])|ms_per|per_token_ms|tokens_per_s|peak_",
                       re.IGNORECASE)
 TIMED_METHODS = ("timed", "decode rounds")  # claim estimates over timings
+MEASURED_MEMORY = re.compile(r"_memory_|memory_vs_")  # claims on measured peak memory (allocator-dependent at smoke sizes)
 
 
 def numbers(record: Mapping[str, Any]) -> dict[str, float | str | bool | None]:
@@ -44,7 +45,8 @@ def numbers(record: Mapping[str, Any]) -> dict[str, float | str | bool | None]:
             out[key] = value
     for c in record.get("claims", []):
         ours = c.get("ours", {})
-        if any(word in str(ours.get("method", "")) for word in TIMED_METHODS) or VOLATILE.search(c["id"]):
+        if any(word in str(ours.get("method", "")) for word in TIMED_METHODS) or VOLATILE.search(c["id"]) or \
+                MEASURED_MEMORY.search(c["id"]):
             continue
         for field in ("value", "low", "high"):
             out[f"claims.{c['id']}.{field}"] = ours.get(field)
