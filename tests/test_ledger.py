@@ -71,8 +71,11 @@ def test_an_amended_claim_changed_again_without_an_amendment_fails_the_audit():
 def test_a_withdrawn_claim_needs_its_amendment():
     """t2_bleu_target's cpu bar (a regression bar from our own run) left the claims by amendment."""
     text = ledger.ledger_path("transformer").read_text(encoding="utf-8")
-    record = {"claims": [c for c in results.load("transformer", "cpu")["claims"] if c["id"] == "t2_bleu_target"]}
-    assert record["claims"] and ledger.audit(ledger.parse(text, "transformer"), [("r", record)]) == []
+    judged = [c for _, r in ledger.record_history("transformer") or [] for c in r["claims"] if c["id"] == "t2_bleu_target"]
+    if not judged:
+        pytest.skip("no git history in this checkout")
+    record = {"claims": judged[:1]}  # the cpu bar as the last record before the ledger judged it
+    assert ledger.audit(ledger.parse(text, "transformer"), [("r", record)]) == []
     history = text.split("# ---", 1)[0]  # the registrations without their amendments
     problems = ledger.audit(ledger.parse(history, "transformer"), [("r", record)])
     assert len(problems) == 1 and "t2_bleu_target" in problems[0]
