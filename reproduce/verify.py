@@ -34,7 +34,7 @@ VOLATILE = re.compile(r"(^|[._\[])(time|times|wall|seconds|ms|step_ms|step_s|s_p
                       r"memory_at_longest|memory_growth|speedup_by_length|strongest_baseline)($|[._\[])|_ms($|[._\[])|_s($|[.\[])|ms_per|per_token_ms|tokens_per_s|peak_",
                       re.IGNORECASE)
 TIMED_METHODS = ("timed", "decode rounds")  # claim estimates over timings
-MEASURED_MEMORY = re.compile(r"_memory_|memory_vs_")  # claims on measured peak memory (allocator-dependent at smoke sizes)
+MEASURED_MEMORY = re.compile(r"_memory(_|$)|memory_vs_")  # claims on measured peak memory (allocator-dependent at smoke sizes)
 
 
 def numbers(record: Mapping[str, Any]) -> dict[str, float | str | bool | None]:
