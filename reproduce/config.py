@@ -52,6 +52,9 @@ class Param:
     max: float | None = None
     choices: tuple[Any, ...] | None = None
     min_len: int = 0
+    # False: the parameter changes how a run computes (memory, speed), not what it computes: rows that
+    # an interrupted run finished with another value are kept (e.g. RetNet's micro-batch)
+    state: bool = True
 
     def __post_init__(self) -> None:
         if self.type not in _TYPES:
@@ -166,6 +169,10 @@ class PaperSpec:
     # offline dataset fails in seconds, not after the sections before it): each entry is
     # {"param": <parameter holding the id>, "id": ..., "config": ... or None, "split": ..., "columns": [...]}.
     hub_datasets: Callable[[Mapping[str, Any]], list[dict[str, Any]]] | None = None
+    # The hub models (and their tokenizers or processors, from the same repository) a run with these
+    # values loads, for ``python -m reproduce fetch --profile gpu``: each entry is
+    # {"param": <parameter holding the id>, "id": ..., "gated": <needs accepted terms and a login>}.
+    hub_models: Callable[[Mapping[str, Any]], list[dict[str, Any]]] | None = None
     # The claims ledger (reproduce.ledger): "" for the paper's own reproduce/<name>/claims.toml.
     ledger: str = ""
 

@@ -14,6 +14,10 @@ is one line naming the id, the cause and the fix, within seconds:
 - ``missing``: no such dataset on the hub or on disk;
 - ``column``: a column the notebook reads is not in the dataset (:func:`require_columns`).
 
+A dataset split fetched once with ``python -m reproduce fetch --profile gpu`` (:mod:`reproduce.hub_fetch`)
+is read from the Hugging Face cache, in preference to the hub and with the hub offline: no run, rank
+or resume downloads it again.
+
 ``datasets`` comes with the extras ``gpu`` and ``test`` and is imported only here.
 """
 
@@ -25,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from .data.text import HubDatasetOffline
+
+FETCH_COMMAND = "python -m reproduce fetch --profile gpu"
 
 KINDS = ("offline", "gated", "script", "split", "config", "missing", "column", "other")
 
@@ -53,22 +59,43 @@ def load_dataset(dataset_id: str, config: str | None = None, split: str = "train
     ``param``: the notebook parameter that holds ``dataset_id`` (named in the fix); ``alternative``:
     what works without the hub (e.g. "use profile=cpu, which reads the packaged novels").
     """
+    from .hub_fetch import fetched_dataset
     from .runtime import hub_offline
 
     what = _what(dataset_id, config, split)
     set_it = f"-p {param}=<hub id or local folder>" if param else "another dataset id or a local folder"
-    if not is_local(dataset_id) and hub_offline():
+    fetched = None if is_local(dataset_id) else fetched_dataset(dataset_id, config, split)
+    if fetched is None and not is_local(dataset_id) and hub_offline():
         raise HubError(f"{what} needs the Hugging Face hub, which is offline (HF_HUB_OFFLINE=1 or no answer from "
-                       f"huggingface.co); {alternative or 'run where the hub answers'}, or set {set_it} "
-                       "(a folder of parquet files)", "offline")
+                       f"huggingface.co) and it was not fetched ({FETCH_COMMAND}, where the hub answers); "
+                       f"{alternative or 'run where the hub answers'}, or set {set_it} (a folder of parquet files)",
+                       "offline")
     try:
         import datasets
     except ImportError as err:
         raise ImportError(f"{what} needs the `datasets` library: pip install -e \".[gpu]\" (or pip install datasets)") from err
     try:
-        return datasets.load_dataset(dataset_id, config, split=split, streaming=streaming)
+        if fetched is not None and not fetched.as_folder:  # the split's files, read by the builder of their format
+            return datasets.load_dataset(fetched.builder, data_files={split: [str(f) for f in fetched.files]},
+                                         split=split, streaming=streaming)
+        source, name = _config_folder(str(fetched.folder) if fetched is not None else dataset_id, config)
+        return datasets.load_dataset(source, name, split=split, streaming=streaming)
     except Exception as err:  # noqa: BLE001 - every failure becomes one line naming cause and fix
         raise classify(err, dataset_id, config, split, set_it, alternative) from err
+
+
+def _config_folder(source: str, config: str | None) -> tuple[str, str | None]:
+    """A local folder in the hub's layout of one folder per config (``de-en/train-*.parquet``) and no dataset
+    card naming the configs: read the config's folder (``datasets`` alone would find no config there)."""
+    folder = Path(source).expanduser()
+    if not (config and (folder / config).is_dir()):
+        return source, config
+    if (folder / "README.md").is_file():
+        from huggingface_hub.repocard import metadata_load
+
+        if (metadata_load(folder / "README.md") or {}).get("configs"):
+            return source, config
+    return str(folder / config), None
 
 
 def classify(err: BaseException, dataset_id: str, config: str | None, split: str, set_it: str,

@@ -39,9 +39,12 @@ _NOT_STATE = frozenset({"threads", "output_dir", "resume", "device"})
 def fingerprint(params) -> dict[str, Any]:
     """What a run's kept state depends on: the parameters and the code (every file that can move the
     paper's numbers, :func:`code_version`). Timed rows depend on the thread count too (``row(timed=True)``)."""
+    from .config import get_spec
     from .results import _jsonable
 
-    values = {k: v for k, v in params.as_dict().items() if k not in _NOT_STATE}
+    declared = get_spec(params.paper).params
+    values = {k: v for k, v in params.as_dict().items()
+              if k not in _NOT_STATE and (k not in declared or declared[k].state)}
     return {"paper": params.paper, "profile": params.profile, "params": _jsonable(values),
             "code": code_version(params.paper)}
 

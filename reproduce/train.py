@@ -124,6 +124,27 @@ def make_accelerator(device: str = "auto", mixed_precision: str = "no", grad_acc
                        kwargs_handlers=handlers)
 
 
+def accumulation(batch: int, micro_batch: int = 0, processes: int | None = None) -> tuple[int, int]:
+    """``(rows per forward over all processes, micro-batches per optimizer step)`` for a global batch.
+
+    ``micro_batch`` is what one process computes in one forward/backward (what fits one device; 0:
+    its whole share). With N processes a forward takes ``micro_batch * N`` rows of the stream, so
+    every process trains on a micro-batch of the configured size: ``lm_micro_batch=4`` on 8 GPUs
+    with ``lm_batch=8`` is one row per GPU and no accumulation, not 4 rows split over 8 GPUs (half
+    of them computing weight-0 dummy rows). One process: ``(micro_batch or batch, batch / micro_batch)``.
+    """
+    n = processes or distributed.world_size()
+    if batch < 1 or micro_batch < 0:
+        raise ValueError(f"batch must be >= 1 and micro_batch >= 0, got batch={batch}, micro_batch={micro_batch}")
+    if not micro_batch or micro_batch * n >= batch:  # each process's share fits one forward
+        return batch, 1
+    if batch % (micro_batch * n):
+        fits = [m for m in range(1, batch // n + 1) if batch % (m * n) == 0]
+        raise ValueError(f"a global batch of {batch} rows does not split into micro-batches of {micro_batch} on {n} "
+                         f"process(es); use a micro-batch in {fits}")
+    return micro_batch * n, batch // (micro_batch * n)
+
+
 def shard_bounds(rows: int, index: int, count: int) -> tuple[int, int]:
     """Rows ``[start, stop)`` of process ``index`` of ``count``: contiguous, sizes differ by at most one."""
     base, extra = divmod(rows, count)

@@ -73,3 +73,65 @@ def test_a_run_of_two_processes_says_so_and_trains(tmp_path):
     assert two["provenance"]["processes"] == 2
     for row in ("a", "b"):
         assert two["measured"][f"fit.{row}.losses"][-1] < two["measured"][f"fit.{row}.losses"][0]
+
+
+# --- a slow step on the main process must not trip the process group's timeout ---------------------
+def _slow_main_worker(rank: int, port: int, timeout_s: str, queue) -> None:
+    import time
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    if timeout_s:
+        os.environ["REPRODUCE_DIST_TIMEOUT_S"] = timeout_s
+    import torch
+    import torch.distributed as dist
+
+    from reproduce import distributed
+    from reproduce.retnet import data as rdata
+
+    try:
+        distributed.init("cpu")
+        group_timeout = dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu")).options._timeout
+
+        def slow_corpus(vocab_size, hub, source):  # rank 0 streams and tokenizes WikiText-103: longer than the timeout
+            if distributed.is_main():
+                time.sleep(6)
+            return f"corpus of process {distributed.rank()}"
+
+        rdata._hub_corpus = slow_corpus
+        corpus = rdata.load_corpus(100, "wikitext-103", hub=object())
+        total = torch.ones(1)
+        dist.all_reduce(total)  # the group still works after the wait
+        queue.put((rank, group_timeout.total_seconds(), corpus, total.item()))
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        queue.put((rank, None, f"{type(e).__name__}: {e}", None))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _slow_main(timeout_s: str):
+    import torch
+
+    ctx = torch.multiprocessing.get_context("spawn")
+    queue, port = ctx.Queue(), _free_port()
+    procs = [ctx.Process(target=_slow_main_worker, args=(r, port, timeout_s, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = sorted(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    return results
+
+
+def test_the_process_group_waits_hours_and_a_slow_main_step_does_not_trip_it():
+    """Bug: the group had NCCL's 10-minute watchdog, and RetNet's ranks 1-7 waited in a barrier while
+    rank 0 streamed and tokenised WikiText-103: past the timeout every process aborted, each rerun the
+    same way. Now the group's timeout is hours, and the others wait on the store, outside any
+    collective: a 6 s step on the main process passes a group whose collectives time out after 2 s."""
+    default = _slow_main("")
+    assert [r[1] for r in default] == [3 * 3600, 3 * 3600], default
+    short = _slow_main("2")
+    assert [r[1] for r in short] == [2, 2], short
+    assert [r[2] for r in short] == ["corpus of process 0", "corpus of process 1"]
+    assert [r[3] for r in short] == [2.0, 2.0]

@@ -936,7 +936,7 @@ def test_mined_itm_pairs_are_b_matched_and_b_unmatched(data):
         out = model.flava(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                           pixel_values=batch.pixel_values, skip_multimodal_encoder=True)
         image, text = M.contrastive_embeddings(model, out.image_embeddings, out.text_embeddings)
-        i, t = M.mined_itm_pairs(batch, image, text, torch.Generator().manual_seed(0))
+        i, t = M.mined_itm_pairs(batch.input_ids, image, text, torch.Generator().manual_seed(0))
         assert i[:4].tolist() == [0, 1, 2, 3] and (t[:4] != torch.arange(4)).all()  # own image, a mined other text
         assert t[4:].tolist() == [4, 5, 6, 7] and (i[4:] != torch.arange(4, 8)).all()  # own text, a mined other image
         # re-pairing one pass's encoder states == encoding the re-paired inputs
@@ -1062,3 +1062,114 @@ def test_itm_claim_reads_held_out_accuracy_and_marks_flava_mm_when_inactive(accu
                                                 "FLAVA_MM": {d: [2.0, 3.0, 4.0] for d in (*V.DOMAINS, "macro")}}), {})
     inactive = "ITM inactive" in next(c for c in run.claims if c.id == "table3_mm_beats_c_multimodal").note
     assert inactive == (verdict != "holds")
+
+
+class _OnCuda(torch.Tensor):
+    """A CPU tensor that says it lives on CUDA (what a GPU run hands the mining), to check on CPU that
+    every random draw happens on its generator's device, as CUDA requires."""
+
+    @property
+    def device(self):
+        return torch.device("cuda", 0)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.Tensor.to and torch.device(args[1] if len(args) > 1 else kwargs.get("device", "cpu")).type == "cuda":
+            return args[0]  # "moving" to CUDA: it is there already
+        if func is torch.Tensor.to:  # to the host: a plain CPU tensor
+            return torch.Tensor.as_subclass(args[0], torch.Tensor).to(*args[1:], **kwargs)
+        if func is torch.multinomial:  # CUDA's rule: "Expected a 'cuda' device type for generator"
+            generator = kwargs.get("generator")
+            if generator is not None and generator.device.type != "cuda":
+                raise RuntimeError("Expected a 'cuda' device type for generator but found 'cpu'")
+        if func is torch.Tensor.device.__get__:
+            return torch.device("cuda", 0)
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+class _PretendCuda(torch.overrides.TorchFunctionMode):
+    """Tensors made with ``device="cuda"`` are made on the CPU and marked :class:`_OnCuda`."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        if func is torch.Tensor.to and len(args) > 1 and isinstance(args[1], (str, torch.device)) \
+                and torch.device(args[1]).type == "cuda":
+            return args[0].as_subclass(_OnCuda)
+        if kwargs.get("device") is not None and torch.device(kwargs["device"]).type == "cuda":
+            kwargs["device"] = "cpu"
+            return func(*args, **kwargs).as_subclass(_OnCuda)
+        return func(*args, **kwargs)
+
+
+def test_mined_negatives_are_drawn_on_the_generators_device():
+    """The pretrainer's generator is a CPU one; on a GPU the similarities are CUDA tensors (bug: the
+    first FLAVA_MM update crashed with "Expected a 'cuda' device type for generator")."""
+    sim = torch.randn(6, 6, generator=torch.Generator().manual_seed(1))
+    same = torch.eye(6, dtype=torch.bool)
+    on_host = M.mine_hard_negatives(sim, same, torch.Generator().manual_seed(0))
+    with _PretendCuda():
+        on_cuda = M.mine_hard_negatives(sim.as_subclass(_OnCuda), same.as_subclass(_OnCuda), torch.Generator().manual_seed(0))
+    assert on_cuda[0].device.type == "cuda"  # returned where the similarities live
+    for a, b in zip(on_host, on_cuda):
+        assert a.tolist() == torch.Tensor.as_subclass(b, torch.Tensor).tolist()  # the same draws as on the host
+
+
+# ---------------------------------------------- several processes: uneven shards, negatives from the global batch
+def _flava_worker(rank: int, world: int, port: int, bounds: list[int], batch: M.PairedBatch, tensors: tuple, queue):
+    import dataclasses
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        local = slice(bounds[rank], bounds[rank + 1])
+        image, text, weight = tensors
+        w = weight.clone().requires_grad_(True)
+        loss = M.global_contrastive_loss(F.normalize(image[local] @ w, dim=-1), F.normalize(text[local] @ w, dim=-1),
+                                         torch.tensor(2.0, dtype=torch.float64))
+        share = (bounds[rank + 1] - bounds[rank]) * world / bounds[-1]
+        (loss * share).backward()  # as train() weights a share's loss by its rows (DDP then averages the gradients)
+        model = M.build_model(TINY, 0).eval()
+        mine = M.PairedBatch(**{f.name: getattr(batch, f.name)[local] for f in dataclasses.fields(batch)})
+        with torch.no_grad():
+            itm = M.paired_losses(model, mine, M.Objectives(gc=True, itm=True), itm_negatives="mined",
+                                  generator=torch.Generator().manual_seed(0)).itm
+        queue.put((rank, loss.item(), w.grad.numpy(), itm.item()))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_uneven_shards_and_mined_negatives_on_two_processes_equal_one_process(sampler):
+    """Two processes holding 5 and 3 rows of one batch of 8 (a global batch that does not split evenly,
+    e.g. 64 on 6 GPUs): the contrastive loss and its gradient, weighted by rows as train() does, equal
+    one process on the whole batch (bug: all_gather needs equal shapes); and the mined ITM negatives
+    come from the gathered global batch (bug: each process mined among its own rows only)."""
+    g = torch.Generator().manual_seed(0)
+    image, text = torch.randn(8, 6, generator=g, dtype=torch.float64), torch.randn(8, 6, generator=g, dtype=torch.float64)
+    weight = torch.randn(6, 4, generator=g, dtype=torch.float64)
+    w = weight.clone().requires_grad_(True)
+    single = M.global_contrastive_loss(F.normalize(image @ w, dim=-1), F.normalize(text @ w, dim=-1),
+                                       torch.tensor(2.0, dtype=torch.float64))
+    single.backward()
+    batch = D.BatchSampler(sampler.data, TINY, batch_size=8, seed=3, itm_negative_prob=0.0).paired()
+    with torch.no_grad():
+        itm_single = M.paired_losses(M.build_model(TINY, 0).eval(), batch, M.Objectives(gc=True, itm=True),
+                                     itm_negatives="mined", generator=torch.Generator().manual_seed(0)).itm
+
+    bounds = [0, 5, 8]
+    ctx = torch.multiprocessing.get_context("spawn")
+    queue, port = ctx.Queue(), _free_port()
+    procs = [ctx.Process(target=_flava_worker, args=(r, 2, port, bounds, batch, (image, text, weight), queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    results = sorted(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    share = [(bounds[r + 1] - bounds[r]) / 8 for r in range(2)]  # train() weights each share's loss by its rows
+    assert sum(s * loss for s, (_, loss, _, _) in zip(share, results)) == pytest.approx(single.item(), abs=1e-12)
+    np.testing.assert_allclose(sum(grad for _, _, grad, _ in results) / 2, w.grad.numpy(), atol=1e-12)  # DDP's average
+    # ITM: each process's 2 x its rows (matched + mined) are a part of one process's 2 x 8
+    assert sum(s * itm for s, (_, _, _, itm) in zip(share, results)) == pytest.approx(itm_single.item(), abs=1e-5)

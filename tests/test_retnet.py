@@ -97,6 +97,24 @@ def test_rotation_makes_scores_relative():
     assert score(7, 3).item() != pytest.approx(score(7, 5).item(), abs=1e-6)
 
 
+def test_rotation_angles_stay_exact_under_bf16_autocast():
+    """GPU runs train under bf16 autocast: Q and K arrive in bf16, but their angles must not (bug: in
+    bf16 positions 0..2047 collapsed to 641 angles, and rotate(x, 1025) == rotate(x, 1027))."""
+    proj = torch.nn.Linear(8, 16)
+    x = torch.randn(1, 2048, 8, generator=torch.Generator().manual_seed(0))
+    positions = torch.arange(2048)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q = proj(x).unsqueeze(1)  # (1, 1, T, K) in bf16, as in a block under autocast
+        assert q.dtype == torch.bfloat16
+        ones = torch.ones(1, 1, 1, 16, dtype=torch.bfloat16).expand(1, 1, 2048, 16)
+        rotated = rn.rotate(ones, positions)
+        reference = rn.rotate(ones.float(), positions)  # fp32 angles
+    assert rotated.dtype == torch.bfloat16
+    assert not torch.equal(rotated[0, 0, 1025], rotated[0, 0, 1027])
+    assert torch.unique(rotated[0, 0], dim=0).shape[0] == 2048  # every position its own rotation
+    assert (rotated.float() - reference).abs().max().item() < 1e-2  # bf16 rounding of cos/sin only
+
+
 def test_recurrent_state_bytes_do_not_depend_on_length():
     model = rn.RetNetForCausalLM(_tiny_config()).eval()
     sizes = []
@@ -753,3 +771,46 @@ def test_two_gloo_processes_train_like_one(tmp_path):
 
 if __name__ == "__main__":  # the worker of test_two_gloo_processes_train_like_one (run by torchrun)
     _train_tiny_retnet(Path(sys.argv[1]))
+
+
+# --- micro-batches are per process: every rank trains on a micro-batch of the configured size -------
+def _micro_batch_worker(rank: int, port: int, queue) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from reproduce import train as trainer
+    from reproduce.retnet import experiments as ex
+
+    torch.set_num_threads(1)
+    rows: list[int] = []
+    real_loss = ex.lm_loss
+
+    def counting_loss(model, batch):
+        rows.append(batch["input_ids"].shape[0])
+        return real_loss(model, batch)
+
+    ex.lm_loss = counting_loss
+    shape = ex.LMShape(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2)
+    budget = ex.LMBudget(steps=2, batch=8, length=8, warmup=1, eval_windows=1, select_windows=1)
+    ids = np.random.default_rng(0).integers(0, 64, size=400)
+    ex.train_language_model(ids, ids, shape, "retnet", 0, 1e-3, budget, "cpu", ex.LMRunOptions(micro_batch=2))
+    queue.put((rank, rows))
+    trainer.make_accelerator("cpu").end_training()
+
+
+@pytest.mark.slow
+def test_each_process_trains_on_a_micro_batch_of_the_configured_size():
+    """lm_micro_batch is per process (bug: it was split over the processes, so lm_micro_batch=4 on 8
+    GPUs left ranks 4-7 computing weight-0 dummy rows). 8 rows, micro-batch 2, 2 processes: every
+    forward on every process sees 2 rows, and a step accumulates 2 of them."""
+    ctx = torch.multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [ctx.Process(target=_micro_batch_worker, args=(r, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    seen = dict(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert seen == {0: [2, 2, 2, 2], 1: [2, 2, 2, 2]}  # 2 steps x 2 micro-batches of 2 rows, on each process

@@ -66,6 +66,13 @@ def hub_datasets(values) -> list[dict]:
             for config in (values["pairs_configs"] or [None])]
 
 
+def hub_models(values) -> list[dict]:
+    """The released checkpoint the HF-path section loads (with its FlavaProcessor, from the same repository)."""
+    if not values["try_flava_full"]:
+        return []
+    return [{"param": "flava_model", "id": values["flava_model"], "gated": False}]
+
+
 SPEC = PaperSpec(
     name="flava",
     plots="reproduce.flava.plots",
@@ -171,4 +178,5 @@ SPEC = PaperSpec(
     },
     checks=(_init_rows_have_their_sources, _batches_fit, _probabilities_sum_to_one),
     hub_datasets=hub_datasets,
+    hub_models=hub_models,
 )

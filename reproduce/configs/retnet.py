@@ -130,8 +130,9 @@ SPEC = PaperSpec(
         "lm_heads": Param("int", 4, "heads (d_k = d / heads)", min=1),
         "lm_seq": Param("int", 128, "training window in tokens", min=4),
         "lm_batch": Param("int", 8, "windows per step", min=1),
-        "lm_micro_batch": Param("int", 0, "windows per forward/backward, accumulated to lm_batch (0: lm_batch)", min=0),
-        "lm_checkpointing": Param("bool", False, "activation checkpointing per block (recompute in backward)"),
+        "lm_micro_batch": Param("int", 0, "windows per forward/backward on each process, accumulated to lm_batch "
+                                "(0: its whole share)", min=0, state=False),
+        "lm_checkpointing": Param("bool", False, "activation checkpointing per block (recompute in backward)", state=False),
         "lm_checkpoint_every": Param("int", 0, "steps between training checkpoints for resume (0: none)", min=0),
         "lm_steps": Param("int", 1000, "optimizer steps per run (same for every model)", min=1),
         "lm_warmup": Param("int", 100, "linear warm-up steps (then linear decay to 0)", min=0),

@@ -45,6 +45,17 @@ def hub_datasets(values) -> list[dict]:
              "alternative": "use corpus='novels' (profile=cpu), which reads the packaged novels"}]
 
 
+def hub_models(values) -> list[dict]:
+    """The model (and its tokenizer, from the same repository) unless it is the packaged SmolLM2.
+
+    meta-llama's repositories are gated: accept the licence on the model's hub page, then log in
+    (``hf auth login`` or ``HF_TOKEN``) before ``python -m reproduce fetch --profile gpu``.
+    """
+    if values["model"] == "smollm2":
+        return []
+    return [{"param": "model", "id": values["model"], "gated": values["model"].startswith("meta-llama/")}]
+
+
 SPEC = PaperSpec(
     name="tova",
     notebook="04_tova.ipynb",
@@ -116,6 +127,7 @@ SPEC = PaperSpec(
     },
     checks=(_blocks_fit, _budgets_below_length),
     hub_datasets=hub_datasets,
+    hub_models=hub_models,
     plots="reproduce.tova.plots",
     sections="reproduce.tova.sections",
 )

@@ -277,7 +277,8 @@ def try_flava_full(ev: EvalData | None = None, model_id: str = M.FLAVA_FULL, dev
     if ev is not None:
         from transformers import FlavaProcessor
 
-        processor = FlavaProcessor.from_pretrained(model_id)  # the hub answered the model: it has the processor
+        # the processor lives beside the model: from the hub, or from the cache it was fetched into
+        processor = FlavaProcessor.from_pretrained(model_id, local_files_only=runtime.hub_offline())
         model.to(runtime.pick_device(device))
         with torch.no_grad():
             out["zero_shot_heldout_scenes"] = released_zero_shot(model, processor.image_processor, processor.tokenizer, ev)

@@ -451,33 +451,54 @@ class TextBatch:
 # ---------------------------------------------------------------------------------------------------
 # Losses
 # ---------------------------------------------------------------------------------------------------
-def gather_with_grad(x: Tensor) -> Tensor:
-    """All-gather ``(B, E)`` -> ``(N, E)`` across processes, gradients flowing back to every rank (§3.1)."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return x
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
+
+
+def gather_rows(x: Tensor) -> tuple[Tensor, int]:
+    """All-gather ``(B, ...)`` -> ``(N, ...)`` across processes whose B may differ (a global batch of 64
+    on 6 GPUs: 11, 11, 11, 11, 10, 10 rows), gradients flowing back to every rank (§3.1).
+
+    Returns the gathered rows in rank order and the offset of this process's first row in them. One
+    process: ``(x, 0)``, the tensor itself.
+    """
+    if not _distributed():
+        return x, 0
     import torch.distributed.nn.functional as dist_fn
 
-    return torch.cat(dist_fn.all_gather(x))  # (N, E)
+    world, rank = torch.distributed.get_world_size(), torch.distributed.get_rank()
+    rows = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(rows) for _ in range(world)]
+    torch.distributed.all_gather(sizes, rows)  # every process's B: all_gather needs equal shapes, so pad to the largest
+    sizes = [int(n) for n in sizes]
+    padded = F.pad(x, (0, 0) * (x.ndim - 1) + (0, max(sizes) - x.shape[0]))  # (max B, ...)
+    parts = dist_fn.all_gather(padded)
+    return torch.cat([part[:n] for part, n in zip(parts, sizes)]), sum(sizes[:rank])  # (N, ...), offset
+
+
+def gather_with_grad(x: Tensor) -> Tensor:
+    """All-gather ``(B, E)`` -> ``(N, E)`` across processes, gradients flowing back to every rank (§3.1)."""
+    return gather_rows(x)[0]
 
 
 def global_contrastive_loss(image_emb: Tensor, text_emb: Tensor, logit_scale: Tensor, gather: bool = True) -> Tensor:
     """Global contrastive loss (§3.1), CLIP's symmetric InfoNCE over the *gathered* batch.
 
     ``image_emb``, ``text_emb``: ``(B, E)``, L2-normalised. Each local row is scored against all N
-    columns of every process; its positive is the column at ``rank * B + i``. With ``gather=True`` the
+    columns of every process; its positive is the column at ``offset + i`` (the rows of the processes
+    before it; ``rank * B + i`` when every process holds B). With ``gather=True`` the
     gather carries gradients, so the mean of the per-process losses (what DDP averages) is the loss of
     one process on the concatenated batch, and so are the gradients.
     """
     b = image_emb.shape[0]
-    rank = torch.distributed.get_rank() if gather and torch.distributed.is_available() and torch.distributed.is_initialized() else 0
-    if gather:
-        all_image, all_text = gather_with_grad(image_emb), gather_with_grad(text_emb)  # (N, E)
+    if gather:  # processes may hold different B (uneven shards): the positives start at this one's offset
+        (all_image, offset), (all_text, _) = gather_rows(image_emb), gather_rows(text_emb)  # (N, E)
     else:
-        all_image, all_text = image_emb, text_emb
+        all_image, all_text, offset = image_emb, text_emb, 0
     scale = logit_scale.exp()
     logits_image = scale * image_emb @ all_text.T  # (B, N)
     logits_text = scale * text_emb @ all_image.T  # (B, N)
-    labels = rank * b + torch.arange(b, device=image_emb.device)  # (B,)
+    labels = offset + torch.arange(b, device=image_emb.device)  # (B,)
     return (F.cross_entropy(logits_image, labels) + F.cross_entropy(logits_text, labels)) / 2
 
 
@@ -559,22 +580,26 @@ def mine_hard_negatives(similarity: Tensor, same: Tensor, generator: torch.Gener
         weights = sim.detach().float().softmax(dim=1).masked_fill(excluded | eye, 0.0)  # (B, B)
         empty = weights.sum(1) == 0
         weights[empty] = (~eye[empty]).float()  # no text differs: any other one
-        picks.append(torch.multinomial(weights, 1, generator=generator).squeeze(1))  # (B,)
+        # drawn where the generator lives (a CPU generator with CUDA similarities: on the host)
+        host = generator is not None and generator.device != weights.device
+        pick = torch.multinomial(weights.to(generator.device) if host else weights, 1, generator=generator)
+        picks.append(pick.squeeze(1).to(similarity.device))  # (B,)
     return picks[0], picks[1]
 
 
-def mined_itm_pairs(batch: PairedBatch, image: Tensor, text: Tensor, generator: torch.Generator | None = None
+def mined_itm_pairs(input_ids: Tensor, image: Tensor, text: Tensor, generator: torch.Generator | None = None
                     ) -> tuple[Tensor, Tensor]:
-    """The B mined negatives as (image index, text index) into the batch: the first half of the images
+    """The N mined negatives as (image index, text index) into the batch: the first half of the images
     with a hard-negative text, the second half of the texts with a hard-negative image (ALBEF draws
-    both for every pair; half of each keeps ITM at B matched + B unmatched pairs). ``image``, ``text``:
-    the batch's ``(B, E)`` GC embeddings."""
-    b = batch.input_ids.shape[0]
-    same = (batch.input_ids[:, None, :] == batch.input_ids[None, :, :]).all(-1)  # (B, B) equal captions
+    both for every pair; half of each keeps ITM at N matched + N unmatched pairs). ``input_ids``:
+    ``(N, L)`` captions; ``image``, ``text``: the ``(N, E)`` GC embeddings (the gathered batch when
+    several processes train: every process draws the same negatives from the same generator)."""
+    n = input_ids.shape[0]
+    same = (input_ids[:, None, :] == input_ids[None, :, :]).all(-1)  # (N, N) equal captions
     text_of_image, image_of_text = mine_hard_negatives(image @ text.T, same, generator)
-    own = torch.arange(b, device=batch.input_ids.device)
-    half = own < b // 2
-    return torch.where(half, own, image_of_text), torch.where(half, text_of_image, own)  # (B,), (B,)
+    own = torch.arange(n, device=input_ids.device)
+    half = own < n // 2
+    return torch.where(half, own, image_of_text), torch.where(half, text_of_image, own)  # (N,), (N,)
 
 
 def multimodal_encode(model, image_states: Tensor, text_states: Tensor, attention_mask: Tensor) -> Tensor:
@@ -598,7 +623,8 @@ def paired_losses(model, batch: PairedBatch, objectives: Objectives, gather: boo
     ``itm_negatives``: "sampled" reads the ITM pairs of the batch as they are (``itm_labels``: the
     sampler's matched and unmatched pairs, as FLAVA); "mined" expects matched pairs only and adds B
     hard negatives mined from this batch's GC similarities (``mine_hard_negatives``, ALBEF), so ITM
-    sees B matched and B unmatched pairs. Mining is local to a process (ALBEF gathers first).
+    sees B matched and B unmatched pairs. With several processes the negatives are mined from the
+    gathered global batch, as ALBEF does: the same draws as one process on the whole batch.
     """
     if itm_negatives not in ITM_NEGATIVES:
         raise ValueError(f"itm_negatives must be one of {ITM_NEGATIVES}, got {itm_negatives!r}")
@@ -620,9 +646,12 @@ def paired_losses(model, batch: PairedBatch, objectives: Objectives, gather: boo
                           pixel_values=batch.pixel_values, bool_masked_pos=batch.bool_masked_pos)
         mm = out.multimodal_embeddings  # (B, 1 + 1 + P + L, D): [CLS_M], image CLS, patches, text
         if mined:  # the negatives re-pair this pass's encoder states: only the multimodal encoder runs again
-            i, t = mined_itm_pairs(batch, image.detach(), text.detach(), generator)
-            neg = multimodal_encode(model, out.image_output.hidden_states[-1][i], out.text_output.hidden_states[-1][t],
-                                    batch.itm_attention_mask[t])
+            ids, offset = gather_rows(batch.input_ids)  # mined from the global batch (ALBEF gathers first)
+            i, t = mined_itm_pairs(ids, gather_rows(image.detach())[0], gather_rows(text.detach())[0], generator)
+            mine = slice(offset, offset + batch.input_ids.shape[0])  # this process's negatives: (B,), (B,)
+            image_states = gather_rows(out.image_output.hidden_states[-1])[0]  # (N, 1 + P, D)
+            text_states, masks = gather_rows(out.text_output.hidden_states[-1])[0], gather_rows(batch.itm_attention_mask)[0]
+            neg = multimodal_encode(model, image_states[i[mine]], text_states[t[mine]], masks[t[mine]])
             logits = torch.cat([model.itm_head(mm), model.itm_head(neg)])  # (2B, 2)
             labels = torch.cat([batch.itm_labels, torch.zeros_like(batch.itm_labels)])  # (2B,)
             terms.itm = F.cross_entropy(logits, labels)

@@ -14,7 +14,7 @@ Everything here returns plain data; nothing is plotted or claimed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -32,18 +32,20 @@ class FlavaTrainConfig(train.TrainConfig):
     """The shared loop's settings plus FLAVA's optimisation (§A, Table A.2)."""
 
     batch_size: int = 8192  # paper: 8,192 (one optimizer update)
-    micro_batch: int = 0  # rows per forward/backward (0 = batch_size): grad_accum = batch_size / micro_batch
+    micro_batch: int = 0  # rows per forward/backward on each process (0: its share of batch_size); sets grad_accum
     lr: float = 1e-3
     warmup: int = 10_000
     weight_decay: float = 0.1
     itm_negatives: str = "sampled"  # "mined": ALBEF's hard negatives from the GC similarities (model.paired_losses)
     seed: int = 0  # the mined negatives' draws
+    forward_rows: int = field(init=False, default=0)  # rows of one forward over all processes (set from micro_batch)
 
     def __post_init__(self) -> None:
         if self.micro_batch:
             if self.micro_batch < 2 or self.batch_size % self.micro_batch:
                 raise ValueError(f"micro_batch must be >= 2 and divide batch_size {self.batch_size}, got {self.micro_batch}")
-            self.grad_accum = self.batch_size // self.micro_batch
+        # per process: with N processes a forward takes micro_batch x N rows (train.accumulation)
+        self.forward_rows, self.grad_accum = train.accumulation(self.batch_size, self.micro_batch)
         super().__post_init__()
         if self.batch_size < 2:
             raise ValueError(f"batch_size >= 2 required (in-batch negatives), got {self.batch_size}")
@@ -78,10 +80,12 @@ class FlavaPretrainer(torch.nn.Module):
 def batch_stream(sampler: BatchSampler, row: M.AblationRow, micro_batch: int = 0):
     """Endless batches for ``reproduce.train``: dicts of tensors plus the source's name.
 
-    Each update draws one full batch of one source (§3.2); with ``micro_batch`` it is yielded as
-    ``batch_size / micro_batch`` consecutive micro-batches, which ``train`` accumulates into one update
+    Each update draws one full batch of one source (§3.2); with ``micro_batch`` (the rows of one
+    forward over all processes, ``FlavaTrainConfig.forward_rows``) it is yielded as consecutive
+    micro-batches, which ``train`` splits over the processes and accumulates into one update
     (``TrainConfig.grad_accum``). Deviation: GC's in-batch negatives and the mined ITM negatives then
-    come from the micro-batch, not the whole batch (gradient accumulation does not enlarge them).
+    come from the micro-batch (gathered over the processes), not the whole batch (gradient
+    accumulation does not enlarge them).
     """
     while True:
         source, batch = sampler.draw(row)
@@ -159,7 +163,7 @@ def pretrain(model, row: M.AblationRow, sampler: BatchSampler, cfg: FlavaTrainCo
         return loss
 
     loop = replace(cfg, log_every=max(1, cfg.steps // 10), desc=f"pretrain {row.name}")
-    train.train(trainer, opt, batch_stream(sampler, row, cfg.micro_batch), loss_fn, loop, scheduler=sched,
+    train.train(trainer, opt, batch_stream(sampler, row, cfg.forward_rows), loss_fn, loop, scheduler=sched,
                 accelerator=make_accelerator(device, cfg.mixed_precision, cfg.grad_accum))
     model.eval()
     return history

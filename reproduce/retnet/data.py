@@ -161,13 +161,9 @@ def load_corpus(vocab_size: int, source: str = "novels", fraction: float = 1.0, 
     if source not in HUB_SOURCES:
         raise ValueError(f"unknown text source {source!r}; expected 'novels' or one of {list(HUB_SOURCES)}")
     hub = hub or HubText()
-    if distributed.world_size() > 1 and not distributed.is_main():
-        distributed.barrier()  # the main process streams and tokenizes; this one reads its caches
-        return _hub_corpus(vocab_size, hub, source)
-    corpus = _hub_corpus(vocab_size, hub, source)
-    if distributed.world_size() > 1:
-        distributed.barrier()
-    return corpus
+    # the main process streams and tokenizes (can take longer than a collective's timeout); the others
+    # then read its caches
+    return distributed.main_first(lambda: _hub_corpus(vocab_size, hub, source))
 
 
 def batches(ids: np.ndarray, batch: int, length: int, seed: int, micro_batch: int = 0) -> Iterator[dict]:

@@ -546,8 +546,9 @@ class LMRunOptions:
     """How (not what) an LM run trains: memory, precision, checkpoints. The defaults are the cpu
     profile's (one batch per step, fp32 on CPU, no checkpoints), which give the same numbers.
 
-    - ``micro_batch``: windows per forward/backward (0: the whole batch); ``batch / micro_batch``
-      micro-batches are accumulated into each optimizer step (the same windows: the same gradient);
+    - ``micro_batch``: windows per forward/backward on each process (0: its whole share); the
+      micro-batches are accumulated into each optimizer step (the same windows: the same gradient;
+      ``reproduce.train.accumulation``);
     - ``checkpointing``: activation checkpointing per block (each block's activations are recomputed
       in the backward pass; only the block inputs are kept);
     - ``precision``: the ``precision`` parameter (``auto``: bf16 autocast on a GPU, fp32 on the CPU);
@@ -597,9 +598,7 @@ def train_language_model(train_ids: np.ndarray, valid_ids: np.ndarray, shape: LM
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; known: {', '.join(VARIANTS)}")
-    micro = options.micro_batch or budget.batch
-    if budget.batch % micro:
-        raise ValueError(f"lm_micro_batch={micro} must divide lm_batch={budget.batch}")
+    micro, accumulate = trainer.accumulation(budget.batch, options.micro_batch)  # rows per forward over all processes
     where = _resolve_device(device)
     mixed = runtime.mixed_precision(options.precision, where)
     model = build_model(shape, variant, seed)
@@ -611,7 +610,7 @@ def train_language_model(train_ids: np.ndarray, valid_ids: np.ndarray, shape: LM
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min((s + 1) / max(1, warm), max(0.0, (steps - s) / max(1, steps - warm))))
     every = options.checkpoint_every if checkpoint_dir else 0
-    cfg = trainer.TrainConfig(steps=steps, grad_accum=budget.batch // micro, log_every=max(1, steps // 50),
+    cfg = trainer.TrainConfig(steps=steps, grad_accum=accumulate, log_every=max(1, steps // 50),
                               desc=f"{variant} seed {seed} lr {lr:g}", mixed_precision=mixed,
                               checkpoint_every=every, checkpoint_dir=checkpoint_dir if every else None,
                               keep_checkpoints=1, log_dir=options.log_dir)

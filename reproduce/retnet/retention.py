@@ -95,11 +95,14 @@ def rotate(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
 
     Rotating both q_n and k_m by their own position makes q_n . k_m depend on n - m only.
     x: (B, H, T, K); positions: (T,) absolute positions.
+
+    The angles are computed in fp32 at least, whatever x's dtype (as LLaMA's RoPE): in bf16, positions
+    0..2047 would collapse to 641 distinct angles; cos and sin are then cast to x's dtype.
     """
-    dim = x.shape[-1]
-    theta = base ** (-torch.arange(0, dim, 2, device=x.device, dtype=x.dtype) / dim)  # (K/2,)
-    angle = positions.to(x.dtype)[:, None] * theta[None, :]  # (T, K/2)
-    cos, sin = angle.cos(), angle.sin()
+    dim, exact = x.shape[-1], torch.promote_types(x.dtype, torch.float32)
+    theta = base ** (-torch.arange(0, dim, 2, device=x.device, dtype=exact) / dim)  # (K/2,)
+    angle = positions.to(device=x.device, dtype=exact)[:, None] * theta[None, :]  # (T, K/2), fp32 or fp64
+    cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
     even, odd = x[..., 0::2], x[..., 1::2]  # (B, H, T, K/2) each
     rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)  # (B, H, T, K/2, 2)
     return rotated.flatten(-2)  # (B, H, T, K)
