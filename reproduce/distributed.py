@@ -22,6 +22,7 @@ no-op or the identity. ``torch`` is imported only when more than one process run
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 from collections.abc import Callable
@@ -154,11 +155,31 @@ def broadcast(value: T) -> T:
     return box[0]
 
 
+@contextlib.contextmanager
+def _forked_random_state():
+    """Draws inside leave torch's (CPU and this process's GPU), NumPy's and Python's random states as they were."""
+    import random
+
+    import numpy as np
+    import torch
+
+    py, npy = random.getstate(), np.random.get_state()
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
 def on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run ``fn`` on the main process only and give its result to every process.
 
     For evaluations: computed once instead of once per process. ``fn`` must not itself call
-    collectives (it runs on one process). An exception on the main process is raised on every one.
+    collectives (it runs on one process). Its random draws are made on forked random states (torch,
+    NumPy, ``random``), so that the processes stay in step afterwards. An exception on the main
+    process is raised on every one.
     """
     if not _initialized():
         return fn(*args, **kwargs)
@@ -166,7 +187,8 @@ def on_main(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     error: BaseException | None = None
     if is_main():
         try:
-            result = fn(*args, **kwargs)
+            with _forked_random_state():
+                result = fn(*args, **kwargs)
         except BaseException as e:  # noqa: BLE001 - re-raised below, on every process
             error = e
     error_text = broadcast(None if error is None else f"{type(error).__name__}: {error}")

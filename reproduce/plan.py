@@ -17,8 +17,17 @@ How the numbers are made (each paper's ``reproduce.<paper>.plan`` builds its sec
   the fused kernels a GPU uses) + the largest transient a paper module adds (e.g. the logits).
   ``tests/test_plan.py`` checks the meta count against the same step on CPU tensors; the papers' plan
   tests check their formulas against CPU measurements at small size.
+- **Memory the step needs besides** (:func:`memory_terms`, from what the paper module declares of its
+  largest step in :class:`Overheads`), each a named entry of ``SectionPlan.memory``:
+  ``CUDA context`` (:data:`CUDA_CONTEXT_BYTES` per process on the GPU), ``DDP gradient buckets``
+  (:data:`DDP_BUCKET_BYTES_PER_PARAM` per trained parameter with several processes),
+  ``autocast weight copies`` (:data:`AUTOCAST_BYTES_PER_PARAM` per fp32 parameter multiplied under
+  16-bit autocast) and ``fp32 logits copy`` (what cross-entropy reads, where the module does not
+  count it already).
 - **GPU-hours** = FLOPs / (``MFU`` x the GPU's dense bf16 peak) + time that is not FLOP-bound.
-  ``MFU`` = 0.4 is our assumption (well-tuned dense training reaches 0.35-0.55 on A100/H100).
+  ``MFU`` = 0.4 is our assumption for every section (well-tuned dense training reaches 0.35-0.55 on
+  A100/H100; we have no per-paper measurement to justify another value). ``python -m reproduce
+  doctor`` measures each paper's MFU on the GPU at hand; ``plan --doctor FILE`` uses it instead.
 """
 
 from __future__ import annotations
@@ -32,6 +41,18 @@ from typing import Any
 
 MFU = 0.4  # ours: model FLOP utilisation assumed for every section (see the module docstring)
 ADAMW_BYTES_PER_PARAM = 16  # fp32 weights + fp32 gradients + AdamW's two fp32 moments
+# ours (an estimate, not measured here): the CUDA context of one process (driver state, the kernels
+# loaded, cuBLAS/cuDNN workspaces), which torch.cuda.memory_allocated does not show. `doctor` measures
+# it on the box (its environment check: cuda_context_bytes; each real step: measured_peak_bytes).
+CUDA_CONTEXT_BYTES = 0.5e9
+# DistributedDataParallel with gradient_as_bucket_view=False (accelerate's DistributedDataParallelKwargs
+# default) copies every gradient into its all-reduce buckets (bucket_cap_mb=25 each, as many as the
+# gradients need): a second fp32 copy of the gradients (torch's DDP docstring: views "can reduce peak
+# memory usage, where the saved memory size will be equal to the total gradients size").
+DDP_BUCKET_BYTES_PER_PARAM = 4
+# torch.autocast caches the 16-bit copy of every fp32 leaf weight (requires_grad) it casts, for the
+# whole autocast region (torch.autocast docs, ``cache_enabled``): 2 bytes per such parameter.
+AUTOCAST_BYTES_PER_PARAM = 2
 
 
 @dataclass(frozen=True)
@@ -48,6 +69,46 @@ GPUS = {g.name: g for g in (
 DEFAULT_GPU = "a100-80gb"
 
 
+@dataclass(frozen=True)
+class Overheads:
+    """What a section's largest step holds besides what its paper module counts (:func:`memory_terms`)."""
+
+    trained_parameters: int = 0  # trained through reproduce.train (DDP's buckets with several processes)
+    autocast_parameters: int = 0  # fp32 parameters multiplied under 16-bit autocast (its cached copies)
+    logits_fp32_bytes: float = 0.0  # the fp32 logits cross-entropy reads (0: counted by the module, or none)
+    processes: int = 1  # processes sharing the GPU in this section (a CUDA context each)
+
+    def __add__(self, other: "Overheads") -> "Overheads":
+        """Two steps at once on one GPU (e.g. two processes side by side): their overheads add up."""
+        return Overheads(self.trained_parameters + other.trained_parameters,
+                         self.autocast_parameters + other.autocast_parameters,
+                         self.logits_fp32_bytes + other.logits_fp32_bytes, self.processes + other.processes)
+
+
+def training_overheads(trained_parameters: int, autocast: bool, logits_fp32_bytes: float = 0.0) -> Overheads:
+    """A training step through reproduce.train: DDP buckets, autocast's copies when it computes in 16 bits."""
+    return Overheads(trained_parameters, trained_parameters if autocast else 0, logits_fp32_bytes)
+
+
+def gpu_autocast(params) -> bool:
+    """True when ``params.precision`` makes the run compute in 16 bits on a GPU (``auto``, ``bf16``, ``fp16``)."""
+    return params.precision != "fp32"
+
+
+def memory_terms(overheads: Overheads, processes: int = 1) -> dict[str, float]:
+    """The named bytes a step needs besides its paper module's count (one process's GPU)."""
+    ddp = processes > 1
+    return {
+        "CUDA context": CUDA_CONTEXT_BYTES * overheads.processes,
+        "DDP gradient buckets": DDP_BUCKET_BYTES_PER_PARAM * overheads.trained_parameters if ddp else 0.0,
+        "autocast weight copies": AUTOCAST_BYTES_PER_PARAM * overheads.autocast_parameters,
+        "fp32 logits copy": overheads.logits_fp32_bytes,
+    }
+
+
+MODULE_TERM = "steps (paper module)"  # SectionPlan.memory's entry for what the paper module counted
+
+
 @dataclass
 class SectionPlan:
     """The cost of one notebook section on the gpu profile."""
@@ -61,9 +122,23 @@ class SectionPlan:
     other_hours: float = 0.0  # GPU time that FLOPs do not measure (launch-bound decoding, ...)
     fix: str = ""  # the parameter that lowers peak memory, named when it does not fit
     notes: str = ""
+    overheads: Overheads = field(default_factory=Overheads)  # of the largest step (memory_terms)
+    memory: dict[str, float] = field(default_factory=dict)  # named terms summing to peak_bytes (add_memory_terms)
 
     def gpu_hours(self, gpu: GPU, mfu: float = MFU) -> float:
         return self.flops / (mfu * gpu.bf16_tflops * 1e12) / 3600 + self.other_hours
+
+    def add_memory_terms(self, processes: int = 1) -> None:
+        """Add :func:`memory_terms` to ``peak_bytes``; ``memory`` names every part (once: ``make`` calls it).
+
+        A section that does not use the GPU (``peak_bytes`` 0) gets none."""
+        if self.memory:
+            raise ValueError(f"section {self.section!r} already has its memory terms")
+        terms = {MODULE_TERM: self.peak_bytes}
+        if self.peak_bytes > 0:
+            terms |= memory_terms(self.overheads, processes)
+        self.memory = terms
+        self.peak_bytes = sum(terms.values())
 
 
 @dataclass
@@ -142,6 +217,9 @@ class Verdict:
     paper: str
     gpu: GPU
     sections: list[SectionPlan] = field(default_factory=list)
+    mfu: float = MFU  # of every section of the paper
+    mfu_source: str = "assumed (plan.MFU)"  # where ``mfu`` comes from (a doctor file names itself)
+    processes: int = 1  # data-parallel processes (DDP's buckets in peak_bytes)
 
     @property
     def too_big(self) -> list[SectionPlan]:
@@ -149,19 +227,39 @@ class Verdict:
 
     @property
     def gpu_hours(self) -> float:
-        return sum(s.gpu_hours(self.gpu) for s in self.sections)
+        return sum(s.gpu_hours(self.gpu, self.mfu) for s in self.sections)
 
     @property
     def peak_bytes(self) -> float:
         return max((s.peak_bytes for s in self.sections), default=0.0)
 
 
-def make(paper: str, params, gpu: str = DEFAULT_GPU) -> Verdict:
+def make(paper: str, params, gpu: str = DEFAULT_GPU, *, processes: int = 1, mfu: float = MFU,
+         mfu_source: str = "assumed (plan.MFU)") -> Verdict:
+    """The paper's sections on ``gpu``, their memory terms added for ``processes`` data-parallel processes."""
     if gpu not in GPUS:
         from .config import ParamError
 
         raise ParamError(f"unknown GPU {gpu!r}; one of {', '.join(GPUS)}")
-    return Verdict(paper, GPUS[gpu], paper_plan(paper, params))
+    sections = paper_plan(paper, params)
+    for s in sections:
+        s.add_memory_terms(processes)
+    return Verdict(paper, GPUS[gpu], sections, mfu, mfu_source, processes)
+
+
+def match_gpu(name: str, memory_bytes: float | None = None) -> GPU | None:
+    """The :data:`GPUS` entry of a device name (``torch.cuda.get_device_name``), the nearest memory
+    deciding between sizes; None when none matches. H100 PCIe / NVL are not the SXM part of
+    ``h100-80gb`` (756 / 835 dense bf16 TFLOP/s, not 989): no match."""
+    lowered = name.lower().replace(" ", "").replace("-", "")
+    if "h100" in lowered and ("pcie" in lowered or "nvl" in lowered):
+        return None
+    found = [g for g in GPUS.values() if g.name.split("-")[0].replace("rtx", "") in lowered]
+    if not found:
+        return None
+    if memory_bytes is None:
+        return found[0]
+    return min(found, key=lambda g: abs(g.memory_gb * 1e9 - memory_bytes))
 
 
 def human_bytes(n: float) -> str:
@@ -185,12 +283,19 @@ def human_flops(n: float) -> str:
     return f"{n / 10 ** exp:.1f}e{exp}"
 
 
+def memory_text(s: SectionPlan) -> str:
+    """The peak and, under it, the terms added to the paper module's count (those that are not zero)."""
+    extra = [f"{name} {human_bytes(b)}" for name, b in s.memory.items() if name != MODULE_TERM and b > 0]
+    return human_bytes(s.peak_bytes) + ("\n(+ " + ", ".join(extra) + ")" if extra else "")
+
+
 def table_rows(verdict: Verdict) -> list[dict[str, str]]:
     rows = []
     for s in verdict.sections:
         rows.append({"section": s.section, "what": s.what, "parameters": human_count(s.parameters),
-                     "peak memory": human_bytes(s.peak_bytes), "FLOPs": human_flops(s.flops),
-                     "GPU-hours": f"{s.gpu_hours(verdict.gpu):.2f}", "download": human_bytes(s.download_bytes) if s.download_bytes else "–",
+                     "peak memory": memory_text(s), "FLOPs": human_flops(s.flops),
+                     "GPU-hours": f"{s.gpu_hours(verdict.gpu, verdict.mfu):.2f}",
+                     "download": human_bytes(s.download_bytes) if s.download_bytes else "–",
                      "fits": "yes" if s.peak_bytes <= verdict.gpu.memory_gb * 1e9 else f"NO: {s.fix}"})
     return rows
 

@@ -473,6 +473,8 @@ def load_all(root: Path | None = None) -> list[dict[str, Any]]:
             record = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{path} is not valid JSON ({e}); delete it or re-run its notebook") from e
+        if record.get("schema") == "doctor":  # results/doctor/: `python -m reproduce doctor`'s machine checks
+            continue
         if record.get("complete", True):  # a run still going (or stopped) is not reported
             records.append(record)
     return records

@@ -99,14 +99,50 @@ def device_name(device: torch.device) -> str:
     return f"CPU, {os.cpu_count()} cores"
 
 
+def cgroup_cpus() -> float | None:
+    """The container's CPU quota in CPUs (cgroup v2 ``cpu.max``, else v1 ``cpu.cfs_quota_us``); None: no limit."""
+    from pathlib import Path
+
+    try:
+        v2 = Path("/sys/fs/cgroup/cpu.max")
+        if v2.is_file():
+            quota, period = v2.read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        v1 = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us")
+        if v1.is_file():
+            quota, period = int(v1.read_text()), int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+            return None if quota < 0 else quota / period
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def usable_cores(processes_here: int | None = None) -> int:
+    """The cores this process may use: those of its CPU affinity (``taskset``, a scheduler's binding),
+    no more than the container's quota, shared by the run's processes on this machine
+    (``LOCAL_WORLD_SIZE``, set by torchrun / accelerate launch). At least 1.
+
+    ``os.cpu_count()`` counts the machine's cores: 8 ranks on a 128-core node whose job was given 16
+    would each start 128 threads.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpus()
+    if quota is not None:
+        cores = min(cores, max(1, int(quota)))
+    if processes_here is None:
+        try:
+            processes_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        except ValueError:
+            processes_here = 1
+    return max(1, cores // max(1, processes_here))
+
+
 def set_threads(threads: int = 0) -> int:
-    """Use ``threads`` CPU threads for torch (0 = every core); returns the number in use."""
+    """Use ``threads`` CPU threads for torch (0 = this process's share of the usable cores,
+    :func:`usable_cores`); returns the number in use."""
     import torch
 
-    if threads > 0:
-        torch.set_num_threads(threads)
-    else:
-        torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(threads if threads > 0 else usable_cores())
     return torch.get_num_threads()
 
 

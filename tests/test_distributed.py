@@ -135,3 +135,54 @@ def test_the_process_group_waits_hours_and_a_slow_main_step_does_not_trip_it():
     assert [r[1] for r in short] == [2, 2], short
     assert [r[2] for r in short] == ["corpus of process 0", "corpus of process 1"]
     assert [r[3] for r in short] == [2.0, 2.0]
+
+
+# --- evaluations run once, on the main process ------------------------------------------------------
+def _evaluate_once_worker(rank: int, port: int, queue) -> None:
+    from types import SimpleNamespace
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    import torch
+    import torch.distributed as dist
+
+    from reproduce import distributed
+    from reproduce.transformer import experiments as ex
+
+    try:
+        distributed.init("cpu")
+        torch.manual_seed(0)
+        decoded = []
+
+        def translate(model, enc, detok, beam, alpha, desc=""):
+            decoded.append(desc)
+            torch.rand(5)  # decoding that draws (sampling, dropout left on): the processes must stay in step
+            return [f"hyp of {p}" for p in enc.pairs]
+
+        ex.translate = translate
+        ex.bleu = lambda hyps, refs: (12.5, "sacrebleu signature")
+        data = SimpleNamespace(test=SimpleNamespace(pairs=[SimpleNamespace(de="a"), SimpleNamespace(de="b")]), detokenize=None)
+        result = ex.evaluate_bleu(None, data, "test", 4, 0.6)
+        queue.put((rank, decoded, result["bleu"], len(result["hypotheses"]), torch.rand(1).item()))
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        queue.put((rank, None, f"{type(e).__name__}: {e}", None, None))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_bleu_decoding_runs_once_on_the_main_process_and_keeps_the_processes_in_step():
+    """Bug: every rank decoded the test set with beam search (8 GPUs: 8 x the time for one answer)."""
+    import torch
+
+    ctx = torch.multiprocessing.get_context("spawn")
+    queue, port = ctx.Queue(), _free_port()
+    procs = [ctx.Process(target=_evaluate_once_worker, args=(r, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    (_, decoded0, bleu0, n0, next0), (_, decoded1, bleu1, n1, next1) = sorted(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert decoded0 == ["test beam=4"] and decoded1 == [], (decoded0, decoded1, bleu0, bleu1)
+    assert (bleu0, n0) == (bleu1, n1) == (12.5, 2)
+    assert next0 == next1  # the main process's draws inside the evaluation did not move its random state

@@ -67,3 +67,64 @@ def test_every_gpu_profile_fits_80_gb_and_prints_the_readme_table():
     for paper in config.PAPERS:
         hours = re.search(rf"^{paper}: ([\d.]+) GPU-hours", out.stdout, re.M)
         assert hours and float(hours.group(1)) > 0
+
+
+def test_memory_terms_are_named_and_add_up():
+    o = plan.Overheads(trained_parameters=1000, autocast_parameters=1000, logits_fp32_bytes=123.0)
+    assert plan.memory_terms(o) == {"CUDA context": plan.CUDA_CONTEXT_BYTES, "DDP gradient buckets": 0.0,
+                                    "autocast weight copies": 2000, "fp32 logits copy": 123.0}
+    assert plan.memory_terms(o, processes=2)["DDP gradient buckets"] == 4000  # a second copy of the fp32 gradients
+    assert plan.memory_terms(o + o)["CUDA context"] == 2 * plan.CUDA_CONTEXT_BYTES  # two processes on one GPU
+    section = plan.SectionPlan("s", "w", 10, 1e9, 0.0, overheads=o)
+    section.add_memory_terms(processes=2)
+    assert section.memory[plan.MODULE_TERM] == 1e9
+    assert section.peak_bytes == sum(section.memory.values()) == 1e9 + plan.CUDA_CONTEXT_BYTES + 4000 + 2000 + 123
+    with pytest.raises(ValueError, match="already"):
+        section.add_memory_terms()
+    cpu_only = plan.SectionPlan("c", "w", 0, 0.0, 0.0, overheads=o)  # a section that does not use the GPU
+    cpu_only.add_memory_terms()
+    assert cpu_only.peak_bytes == 0.0
+
+
+def _by_section(paper, overrides=None, processes=1):
+    verdict = plan.make(paper, config.resolve(paper, "smoke", overrides or {}), processes=processes)
+    for s in verdict.sections:
+        assert s.peak_bytes == pytest.approx(sum(s.memory.values()))
+        if s.peak_bytes > 0:
+            assert set(s.memory) == {plan.MODULE_TERM, "CUDA context", "DDP gradient buckets", "autocast weight copies",
+                                     "fp32 logits copy"}
+    return {s.section: s for s in verdict.sections}
+
+
+def test_training_sections_declare_their_memory_terms():
+    """bf16 autocast (precision='auto' on a GPU): copies of the trained weights; the fp32 logits cross-entropy reads;
+    with 2 processes DDP's buckets; a CUDA context per process on the GPU."""
+    from reproduce.flava import plan as flava_plan
+
+    ctx = plan.CUDA_CONTEXT_BYTES
+    p = config.resolve("transformer", "smoke")
+    t = _by_section("transformer", processes=2)
+    t2 = t["3. Table 2 recipe"]
+    assert t2.memory["autocast weight copies"] == 2 * t2.parameters and t2.memory["DDP gradient buckets"] == 4 * t2.parameters
+    assert t2.memory["fp32 logits copy"] == p.batch_tokens // p.grad_accum * p.vocab_size * 4
+    assert t2.memory["CUDA context"] == ctx and t["4. Table 3 variations"].memory["CUDA context"] == 2 * ctx  # + its worker
+    assert t["3b. decoding / BLEU"].memory["autocast weight copies"] == 0 == t["3b. decoding / BLEU"].memory["fp32 logits copy"]
+
+    f = _by_section("flava")["2. Table 3: objective ablation"]
+    sizes, fp = flava_plan.sizes_of(config.resolve("flava", "smoke")), config.resolve("flava", "smoke")
+    micro = fp.micro_batch or fp.batch_size
+    assert f.memory["autocast weight copies"] == 2 * f.parameters and f.memory["DDP gradient buckets"] == 0
+    assert f.memory["fp32 logits copy"] == micro * max(sizes.max_text_len * sizes.vocab_size,
+                                                       sizes.num_patches * sizes.codebook_size) * 4
+
+    rp = config.resolve("retnet", "smoke")
+    r = _by_section("retnet")["4./5. Language modelling (Tables 5, 6)"]
+    assert r.memory["fp32 logits copy"] == (rp.lm_micro_batch or rp.lm_batch) * rp.lm_seq * rp.lm_vocab * 4
+    assert 0 < r.memory["autocast weight copies"] <= 2 * r.parameters
+    fp32 = _by_section("retnet", {"precision": "fp32"})
+    assert fp32["4./5. Language modelling (Tables 5, 6)"].memory["autocast weight copies"] == 0
+    assert fp32["3. Training cost (Table 4)"].memory["autocast weight copies"] == 0 < (
+        _by_section("retnet")["3. Training cost (Table 4)"].memory["autocast weight copies"])
+
+    for s in _by_section("tova").values():  # inference in the weights' dtype; the logits counted by the module
+        assert s.memory.get("autocast weight copies", 0) == 0 == s.memory.get("fp32 logits copy", 0)

@@ -73,3 +73,29 @@ def test_timed_names_other_busy_processes_and_not_its_own_children():
     finally:
         os.kill(pid, 9)
         stranger.wait()
+
+
+def test_threads_follow_affinity_quota_and_the_processes_on_the_machine(monkeypatch):
+    """threads=0 used os.cpu_count() on every rank (bug: 8 ranks on a 128-core node bound to 16 cores
+    each started 128 threads). Now: the affinity, capped by the cgroup quota, shared by the local ranks."""
+    import torch
+
+    from reproduce import runtime
+
+    monkeypatch.setattr(runtime.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(runtime.os, "cpu_count", lambda: 128)
+    monkeypatch.setattr(runtime, "cgroup_cpus", lambda: None)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    threads = torch.get_num_threads()
+    try:
+        assert runtime.usable_cores() == 2
+        assert runtime.set_threads(0) == 2
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+        assert runtime.usable_cores() == 16
+        monkeypatch.setattr(runtime, "cgroup_cpus", lambda: 4.5)  # a container allowed 4.5 CPUs
+        assert runtime.usable_cores() == 4
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+        assert runtime.usable_cores() == 1  # never 0
+        assert runtime.set_threads(3) == 3  # an explicit count is kept
+    finally:
+        torch.set_num_threads(threads)

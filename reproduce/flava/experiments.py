@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from reproduce import runtime
+from reproduce import distributed, runtime
 from reproduce.data import pmd
 from reproduce.flava import model as M
 from reproduce.flava.data import BatchSampler, EvalData, PretrainData, TextSources, build_eval_data, build_pretrain_data, text_sources
@@ -130,8 +130,8 @@ def run_ablation(params, data: PretrainData, ev: EvalData, device: str = "auto",
 
     def untrained(seed: int) -> dict:
         model = M.build_model(sizes, seed).to(dev).eval()
-        scores = evaluate(model, None, ev, seed, finetune=finetune)
-        return {"run": RowRun(UNTRAINED, seed, scores, macro_average(scores), {}, 0.0, itm_accuracy(model, ev))}
+        scores, itm = distributed.on_main(lambda: (evaluate(model, None, ev, seed, finetune=finetune), itm_accuracy(model, ev)))
+        return {"run": RowRun(UNTRAINED, seed, scores, macro_average(scores), {}, 0.0, itm)}
 
     def trained_row(name: str, seed: int, key: str) -> dict:
         import time
@@ -153,9 +153,10 @@ def run_ablation(params, data: PretrainData, ev: EvalData, device: str = "auto",
         history = pretrain(model, row, sampler, cfg, device)
         train_s = time.perf_counter() - t0
         out["parts"] = {part: M.encoder_state(model, part) for src, part in wanted if src == name}
-        scores = evaluate(model, row, ev, seed, finetune=finetune)
+        # the probes and fine-tuned heads run once, on the main process; every process gets the scores
+        scores, itm = distributed.on_main(lambda: (evaluate(model, row, ev, seed, finetune=finetune),
+                                                   itm_accuracy(model, ev) if row.objectives.paired else None))
         losses = {k: loss_windows(v) for k, v in history.items() if not all(math.isnan(x) for x in v)}
-        itm = itm_accuracy(model, ev) if row.objectives.paired else None
         out["run"] = RowRun(name, seed, scores, macro_average(scores), losses, train_s, itm)
         if name == shown and seed == params.seeds[0]:
             out["extras"].update(row=name, similarity_after=similarity_matrix(model, ev),

@@ -155,10 +155,14 @@ def sections(params) -> list[P.SectionPlan]:
     eval_flops = evals * (_forward_flops(n_params, eval_examples * tokens)
                           + 3 * _forward_flops(n_params // 3, 3 * params.finetune_steps * 32 * sizes.max_text_len))
     peak = max(c.train_peak() for c in costs.values())
+    # the fp32 logits of the widest head (MLM over the vocabulary, or MIM/MMM over the codebook, on every
+    # position as the meta step), what cross-entropy reads beside the saved log-softmax (bf16 autocast: its copy)
+    logits = micro * max(sizes.max_text_len * sizes.vocab_size, sizes.num_patches * sizes.codebook_size) * 4
     plans.append(P.SectionPlan(
         "2. Table 3: objective ablation", f"{len(rows)} rows x {len(params.seeds)} seeds x {params.steps:,} updates of "
         f"{b} ({accum} x {micro}), + untrained row; evaluation per row and seed",
         parameters=n_params, peak_bytes=peak, flops=train_flops + eval_flops, fix=fix,
+        overheads=P.training_overheads(paired.trained_parameters, P.gpu_autocast(params), logits),
         notes=f"activations {P.human_bytes(paired.saved_bytes)} per paired micro-batch of {micro} "
               f"({P.human_bytes(paired.saved_bytes / micro)}/row, fp32 upper bound of bf16 autocast)"))
 

@@ -11,7 +11,8 @@
   backward pass). Recomputation adds one forward of the blocks to the FLOPs (x 4/3).
 - **Peak of an LM step** = fp32 weights, gradients and AdamW moments of the trained parameters
   (16 bytes each) + the activations of one micro-batch (``lm_micro_batch``) + the logits' gradient
-  and fp32 copy (2 x micro x T x vocab x 4 bytes).
+  (micro x T x vocab x 4 bytes), and ``reproduce.plan``'s memory terms: the fp32 copy of the logits
+  (micro x T x vocab x 4 bytes), autocast's bf16 weight copies, DDP's buckets, the CUDA context.
 - **Decoding** (Figure 6) is a formula: both models' weights and every (length, cache) point's cache
   at once (``decode_cost`` holds them all to interleave the timings), in the dtype of ``precision``
   (bf16 on a GPU); its FLOPs are 2 per weight per token plus attention over the cache; its time is
@@ -119,20 +120,29 @@ def lm_activation_bytes(shape: ex.LMShape, variant: str, micro: int, length: int
     return kept, full
 
 
-def lm_sections(params) -> P.SectionPlan:
-    shape = lm_shape(params)
+def lm_step(params, variant: str) -> tuple[float, P.StepCost, P.Overheads]:
+    """One micro-batch step of ``variant``'s LM: its peak before ``reproduce.plan``'s memory terms, its meta
+    cost (FLOPs without the recomputation) and its overheads."""
     micro = params.lm_micro_batch or params.lm_batch
-    T, V = params.lm_seq, params.lm_vocab
+    logits = micro * params.lm_seq * params.lm_vocab * 4  # fp32 (micro, T, V)
+    kept, full = lm_activation_bytes(lm_shape(params), variant, micro, params.lm_seq, params.lm_checkpointing)
+    peak = dataclasses.replace(full, saved_bytes=kept).train_peak(logits)  # + the logits' gradient
+    return peak, full, P.training_overheads(full.trained_parameters, P.gpu_autocast(params), logits)
+
+
+def lm_sections(params) -> P.SectionPlan:
+    micro = params.lm_micro_batch or params.lm_batch
+    T = params.lm_seq
     worst_peak, worst_params, worst_variant, flops = 0.0, 0, "", 0.0
+    worst_overheads = P.Overheads()
     runs = {v: 0 for v in params.variants}
     for v in params.variants:  # the sweep's runs (family rows, first seed) and every other (variant, seed)
         family = ex.FAMILY[v]
         runs[v] = len(params.seeds) - (1 if v == family else 0) + (len(params[f"lm_lrs_{family}"]) if v == family else 0)
     for v in params.variants:
-        kept, full = lm_activation_bytes(shape, v, micro, T, params.lm_checkpointing)
-        peak = dataclasses.replace(full, saved_bytes=kept).train_peak(2 * micro * T * V * 4)
-        if peak > worst_peak:
-            worst_peak, worst_variant = peak, v
+        peak, full, overheads = lm_step(params, v)
+        if peak + sum(P.memory_terms(overheads).values()) > worst_peak + sum(P.memory_terms(worst_overheads).values()):
+            worst_peak, worst_variant, worst_overheads = peak, v, overheads
         worst_params = max(worst_params, full.parameters)
         recompute = 4 / 3 if params.lm_checkpointing else 1.0
         steps_flops = full.flops * recompute * (params.lm_batch // micro) * params.lm_steps
@@ -146,7 +156,7 @@ def lm_sections(params) -> P.SectionPlan:
               f"tokens (micro-batch {micro}{', checkpointed' if params.lm_checkpointing else ''})"),
         parameters=worst_params, peak_bytes=worst_peak, flops=flops, download_bytes=download,
         fix="lower lm_micro_batch (gradient accumulation keeps lm_batch), or set lm_checkpointing=True",
-        notes=f"largest step: {worst_variant}; activations per micro-batch at lm_seq {T}")
+        notes=f"largest step: {worst_variant}; activations per micro-batch at lm_seq {T}", overheads=worst_overheads)
 
 
 def _dtype_bytes(params) -> int:
@@ -191,7 +201,7 @@ def training_cost_section(params) -> P.SectionPlan:
 
     cfg = types.SimpleNamespace(**fields)
     d, B = params.train_hidden, params.train_batch
-    worst, worst_kind, flops, n = 0.0, "", 0.0, 0
+    worst, worst_kind, worst_params, flops, n = 0.0, "", 0, 0.0, 0
     for length in params.train_lengths:
         for kind in ex.TRAINING_KINDS:
             if kind.startswith("attention"):
@@ -212,7 +222,7 @@ def training_cost_section(params) -> P.SectionPlan:
             square = 0 if kind == "chunkwise" else 2 * B * params.train_heads * length * length * 4
             peak = cost.parameters * 8 + cost.saved_bytes + 2 * B * length * d * 4 + square
             if peak > worst:
-                worst, worst_kind = peak, f"{kind} at {length}"
+                worst, worst_kind, worst_params = peak, f"{kind} at {length}", cost.parameters
             flops += cost.flops * (1 + params.train_reps)
             n += 1
     return P.SectionPlan(
@@ -221,7 +231,9 @@ def training_cost_section(params) -> P.SectionPlan:
              f"{1 + params.train_reps} steps each",
         parameters=12 * d * d, peak_bytes=worst, flops=flops,
         fix="lower train_batch or the longest train_lengths",
-        notes=f"largest: {worst_kind} (fp32 upper bound: the math kernels' T x T tensors)")
+        notes=f"largest: {worst_kind} (fp32 upper bound: the math kernels' T x T tensors)",
+        # one process times each point (no DDP); its matmuls run under autocast (sections.run_training_cost)
+        overheads=P.Overheads(autocast_parameters=worst_params if P.gpu_autocast(params) else 0))
 
 
 def forms_section(params) -> P.SectionPlan:

@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from reproduce import paths, train
+from reproduce import distributed, paths, train
 from reproduce.configs.transformer import TABLE3_ROWS
 from reproduce.data import de_en
 
@@ -437,10 +437,14 @@ def bleu_difference(hyps_a: Sequence[str], hyps_b: Sequence[str], references: Se
 
 
 def evaluate_bleu(model: Transformer, data: TranslationData, split: str, beam: int, alpha: float) -> dict:
-    enc = getattr(data, split)
-    hyps = translate(model, enc, data.detokenize, beam, alpha, desc=f"{split} beam={beam}")
-    score, sig = bleu(hyps, [p.de for p in enc.pairs])
-    return {"bleu": score, "signature": sig, "hypotheses": hyps}
+    """Decode ``split`` and score it with sacreBLEU, once, on the main process (every process gets the result)."""
+    def decode_and_score() -> dict:
+        enc = getattr(data, split)
+        hyps = translate(model, enc, data.detokenize, beam, alpha, desc=f"{split} beam={beam}")
+        score, sig = bleu(hyps, [p.de for p in enc.pairs])
+        return {"bleu": score, "signature": sig, "hypotheses": hyps}
+
+    return distributed.on_main(decode_and_score)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -3,7 +3,9 @@
 One training step of each model is measured on the meta device at the profile's shape (a batch
 of ``batch_tokens / grad_accum`` tokens per side: ``B`` sentences of ``T`` tokens, ``T`` =
 ``PLAN_LENGTH``, WMT14's typical padded length in a length-bucketed batch), then multiplied by the
-steps. Memory: weights + gradients + Adam state + saved activations + the logits' gradient.
+steps. Memory: weights + gradients + Adam state + saved activations + the logits' gradient, and
+``reproduce.plan``'s memory terms: the fp32 logits the label-smoothed cross-entropy reads (under bf16
+autocast its upcast copy), autocast's bf16 weight copies, DDP's buckets, the CUDA context.
 Decoding (BLEU) is counted as 2 x parameters FLOPs per generated token and beam entry.
 """
 
@@ -32,12 +34,14 @@ def _step(cfg: TransformerConfig, tokens: int) -> plan.StepCost:
     return plan.step_cost(lambda: Transformer(cfg), run)
 
 
-def _training(name: str, cfg: TransformerConfig, steps: int, tokens: int, grad_accum: int, runs: int = 1) -> plan.SectionPlan:
+def _training(name: str, cfg: TransformerConfig, steps: int, tokens: int, grad_accum: int, runs: int = 1,
+              autocast: bool = True) -> plan.SectionPlan:
     micro = _step(cfg, tokens // grad_accum)
-    logits_grad = (tokens // grad_accum) * cfg.vocab_size * 4  # the logits' gradient, beside the saved logits
+    logits = (tokens // grad_accum) * cfg.vocab_size * 4  # fp32 (B*T, V): the logits' gradient, and what cross-entropy reads
     return plan.SectionPlan(name, f"{runs} x {steps:,} steps of {tokens:,} tokens per side (micro-batches of "
-                                  f"{tokens // grad_accum:,})", micro.parameters, micro.train_peak(logits_grad),
-                            micro.flops * grad_accum * steps * runs, fix="grad_accum (more micro-batches per step)")
+                                  f"{tokens // grad_accum:,})", micro.parameters, micro.train_peak(logits),
+                            micro.flops * grad_accum * steps * runs, fix="grad_accum (more micro-batches per step)",
+                            overheads=plan.training_overheads(micro.trained_parameters, autocast, logits))
 
 
 def sections(params) -> list[plan.SectionPlan]:
@@ -45,10 +49,11 @@ def sections(params) -> list[plan.SectionPlan]:
     base = TransformerConfig(vocab_size=vocab, n_layers=params.n_layers, d_model=params.d_model, d_ff=params.d_ff,
                              n_heads=params.n_heads, p_drop=params.p_drop, label_smoothing=params.label_smoothing, max_len=512)
     wmt = params.corpus == "wmt14"
+    autocast = plan.gpu_autocast(params)  # bf16 autocast with fp32 weights (sections._precision on a GPU)
     out = [plan.SectionPlan("2. Table 1 measured", f"one layer of width {params.t1_width} at n up to {max(params.t1_lengths)}",
                             0, 4 * params.t1_width * max(params.t1_lengths) * 8, 0.0,
                             other_hours=len(params.t1_lengths) * 5 / 3600)]
-    table2 = _training("3. Table 2 recipe", base, params.steps, params.batch_tokens, params.grad_accum)
+    table2 = _training("3. Table 2 recipe", base, params.steps, params.batch_tokens, params.grad_accum, autocast=autocast)
     table2.download_bytes = WMT14_DOWNLOAD if wmt else 0.0
     out.append(table2)
     t3_base = TransformerConfig(vocab_size=vocab if not params.t3_train_pairs else params.t3_vocab_size,
@@ -58,7 +63,7 @@ def sections(params) -> list[plan.SectionPlan]:
     t3_tokens = params.t3_batch_tokens or params.batch_tokens
     steps = params.t3_epochs * max(1, pairs * PLAN_LENGTH // t3_tokens)
     rows = [_training(f"4. Table 3 row {row}", ex.table3_config(t3_base, row), steps, t3_tokens, params.grad_accum,
-                      runs=len(params.t3_seeds)) for row in params.t3_rows]
+                      runs=len(params.t3_seeds), autocast=autocast) for row in params.t3_rows]
     biggest = max(rows, key=lambda r: r.peak_bytes)
     # Table 3's worker process trains beside Table 2 on the same GPU (one process): their peaks add up.
     beside = table2.peak_bytes if params.t3_workers else 0.0
@@ -66,6 +71,7 @@ def sections(params) -> list[plan.SectionPlan]:
         "4. Table 3 variations", f"{len(params.t3_rows)} rows x {len(params.t3_seeds)} seeds x {steps:,} steps "
         f"({params.t3_epochs} epochs of {pairs:,} pairs, {t3_tokens:,} tokens per side)", biggest.parameters,
         biggest.peak_bytes + beside, sum(r.flops for r in rows), fix=biggest.fix,
+        overheads=biggest.overheads + table2.overheads if beside else biggest.overheads,
         notes=f"largest row: {biggest.section.removeprefix('4. Table 3 row ')}"
               + ("; peak includes the Table 2 training beside it (t3_workers >= 1)" if beside else "")))
     # Decoding (§6.1): Table 2 test BLEU for last + averaged checkpoints x beam + greedy, Table 3 dev BLEU per
