@@ -223,11 +223,19 @@ def _token_counter(tokens_in: str | Callable[[Batch], int] | None) -> Callable[[
 
 
 def latest_checkpoint(checkpoint_dir: str | Path | None) -> Path | None:
-    """The newest complete checkpoint (one with its ``trainer_state.json``) in ``checkpoint_dir``."""
-    if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
-        return None
-    done = sorted(p for p in Path(checkpoint_dir).glob("step_*") if (p / STATE_FILE).is_file())
-    return done[-1] if done else None
+    """The newest complete checkpoint (one with its ``trainer_state.json``) in ``checkpoint_dir``.
+
+    With several processes, the main process's answer on every one (call it on every process): on a
+    shared file system another process may not yet see the newest checkpoint, and processes that
+    resumed from different steps would train on different batches.
+    """
+    def newest() -> Path | None:
+        if checkpoint_dir is None or not Path(checkpoint_dir).is_dir():
+            return None
+        done = sorted(p for p in Path(checkpoint_dir).glob("step_*") if (p / STATE_FILE).is_file())
+        return done[-1] if done else None
+
+    return distributed.broadcast(newest())
 
 
 def _save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, state: dict) -> None:

@@ -186,3 +186,48 @@ def test_bleu_decoding_runs_once_on_the_main_process_and_keeps_the_processes_in_
     assert decoded0 == ["test beam=4"] and decoded1 == [], (decoded0, decoded1, bleu0, bleu1)
     assert (bleu0, n0) == (bleu1, n1) == (12.5, 2)
     assert next0 == next1  # the main process's draws inside the evaluation did not move its random state
+
+
+# --- every process resumes from the checkpoint the main process chose --------------------------------
+def _checkpoint_worker(rank: int, port: int, folder: str, queue) -> None:
+    from pathlib import Path
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    import torch.distributed as dist
+
+    from reproduce import distributed, train
+
+    try:
+        distributed.init("cpu")
+        # what each process sees: the main one the newest checkpoint, the other one a file system that lags
+        seen = Path(folder) / f"rank{rank}"
+        chosen = train.latest_checkpoint(seen)
+        queue.put((rank, chosen.name if chosen else None))
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        queue.put((rank, f"{type(e).__name__}: {e}"))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_every_process_resumes_from_the_main_processs_checkpoint(tmp_path):
+    """Bug: each process chose its own newest checkpoint; one that did not yet see step 200 on a shared
+    file system resumed from step 100 and trained on other batches than the rest."""
+    import torch
+
+    from reproduce.train import STATE_FILE
+
+    for rank, steps in ((0, (100, 200)), (1, (100,))):
+        for step in steps:
+            (tmp_path / f"rank{rank}" / f"step_{step:06d}").mkdir(parents=True)
+            (tmp_path / f"rank{rank}" / f"step_{step:06d}" / STATE_FILE).write_text("{}")
+    ctx = torch.multiprocessing.get_context("spawn")
+    queue, port = ctx.Queue(), _free_port()
+    procs = [ctx.Process(target=_checkpoint_worker, args=(r, port, str(tmp_path), queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    chosen = sorted(queue.get(timeout=120) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+    assert chosen == [(0, "step_000200"), (1, "step_000200")]

@@ -86,32 +86,37 @@ def load_passages(corpus: str, tokenizer, length: int, n: int, seed: int = 0, *,
                   pg19_config: str = "", pg19_split: str = "test", pg19_text_column: str = "text"):
     """``(ids [n, length], sources)``: ``n`` non-overlapping chunks of ``length`` tokens.
 
-    As the paper cuts PG-19: every book into consecutive chunks of ``length`` tokens. The packaged
-    novels give chunks spread over the seven books (several per book when ``n`` > 7, see
-    :func:`reproduce.data.novels.chunks`); PG-19 (``pg19_dataset``: a parquet copy on the hub, by
-    default emozilla/pg19's test split, or a local parquet folder) gives the chunks of its books in
-    order.
+    As the paper cuts PG-19: every book into consecutive chunks of ``length`` tokens. The chunks are
+    spread over the books (:func:`reproduce.data.novels.chunks`: one random chunk of each book per
+    round, several per book only when ``n`` asks for more than there are books): over the seven
+    packaged novels, or over the first ``n`` books of PG-19 (``pg19_dataset``: a parquet copy on the
+    hub, by default emozilla/pg19's test split of 100 books, or a local parquet folder). Passages are
+    the unit of the intervals: from one or two books they would not be independent.
     """
-    if corpus == "novels":
-        from reproduce.data import novels
+    from reproduce.data import novels
 
+    if corpus == "novels":
         p = novels.chunks(tokenizer, length, n, split="all", seed=seed)
         return p.ids, [f"{book} @ token {start}" for book, start in zip(p.books, p.starts)]
     if corpus == "pg19":
+        import itertools
+        from types import SimpleNamespace
+
         from reproduce.data import text
 
-        rows, sources = [], []
         books = text.hub_dataset(pg19_dataset, pg19_config or None, split=pg19_split, text_field=pg19_text_column,
                                  param="pg19_dataset")
-        for i, book in enumerate(books):
-            ids = torch.tensor(text.encode(tokenizer, book), dtype=torch.long)  # no BOS: consecutive chunks of the book
-            for start in range(0, len(ids) - length + 1, length):
-                rows.append(ids[start : start + length])
-                sources.append(f"pg19 {pg19_split} book {i} @ token {start}")
-                if len(rows) == n:
-                    return torch.stack(rows), sources
-        raise ValueError(f"{pg19_dataset} ({pg19_split}) holds {len(rows)} chunks of {length} tokens, fewer than "
-                         f"{n}: lower passages or length")
+        keys = {}
+        shelf = []
+        for i, book in enumerate(itertools.islice(books, n)):  # streamed: only the first n books are read
+            key = f"pg19-{pg19_split}-book{i}"
+            keys[key] = i
+            shelf.append(SimpleNamespace(key=key, text=book))
+        try:
+            p = novels.chunks(tokenizer, length, n, split="all", seed=seed, data_splits={"all": shelf})
+        except ValueError as err:
+            raise ValueError(f"{pg19_dataset} ({pg19_split}): {err}; lower passages or length") from None
+        return p.ids, [f"pg19 {pg19_split} book {keys[book]} @ token {start}" for book, start in zip(p.books, p.starts)]
     raise ValueError(f"unknown corpus {corpus!r}; expected 'novels' or 'pg19'")
 
 
