@@ -24,7 +24,7 @@ import shutil
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from . import distributed
 from .paths import runs_dir
@@ -65,6 +65,46 @@ def code_version(paper: str) -> str:
     return digest.hexdigest()[:16]
 
 
+class Rows(Protocol):
+    """How an experiment keeps its expensive units of work (a training row, a sweep point): the one
+    resume protocol. :class:`RunDir` keeps them on disk for a rerun; :class:`MemoryRows` (the
+    default of every experiment called directly) computes and forgets."""
+
+    def row(self, key: str, compute: Callable[[], T], fmt: str = "json", timed: bool = False) -> T: ...
+
+    def has_row(self, key: str, fmt: str = "json") -> bool: ...
+
+    def checkpoint_dir(self, key: str) -> Path | None: ...
+
+    def key(self, *parts: Any) -> str: ...
+
+
+def row_key(*parts: Any) -> str:
+    """A row key from parts (``row_key("table3", "A", 0)`` -> ``"table3-A-0"``); long parts are hashed."""
+    out = []
+    for part in parts:
+        text = re.sub(r"[^A-Za-z0-9_.=+,]", "_", str(part))
+        out.append(text if len(text) <= 40 else hashlib.sha1(text.encode()).hexdigest()[:12])
+    return "-".join(out)
+
+
+class MemoryRows:
+    """:class:`Rows` without a run folder: every row is computed when asked for, nothing is kept, and
+    trainings do not checkpoint."""
+
+    def row(self, key: str, compute: Callable[[], T], fmt: str = "json", timed: bool = False) -> T:
+        return compute()
+
+    def has_row(self, key: str, fmt: str = "json") -> bool:
+        return False
+
+    def checkpoint_dir(self, key: str) -> None:
+        return None
+
+    def key(self, *parts: Any) -> str:
+        return row_key(*parts)
+
+
 def _safe(key: str) -> str:
     if not key or not re.fullmatch(r"[A-Za-z0-9_.=+,-]+", key) or key.startswith("."):
         raise ValueError(f"row key {key!r}: use letters, digits and _.=+,- only (it names a file)")
@@ -72,7 +112,7 @@ def _safe(key: str) -> str:
 
 
 class RunDir:
-    """``runs/<paper>/<profile>/`` of one run: finished rows and training checkpoints."""
+    """``runs/<paper>/<profile>/`` of one run: finished rows and training checkpoints (:class:`Rows`)."""
 
     def __init__(self, params, root: str | Path | None = None):
         self.params = params
@@ -151,12 +191,8 @@ class RunDir:
         return self.root / "checkpoints" / _safe(key)
 
     def key(self, *parts: Any) -> str:
-        """A row key from parts (``key("table3", "A", 0)`` -> ``"table3-A-0"``); long parts are hashed."""
-        out = []
-        for part in parts:
-            text = re.sub(r"[^A-Za-z0-9_.=+,]", "_", str(part))
-            out.append(text if len(text) <= 40 else hashlib.sha1(text.encode()).hexdigest()[:12])
-        return "-".join(out)
+        """A row key from parts (:func:`row_key`)."""
+        return row_key(*parts)
 
     # -- end ----------------------------------------------------------------------------------------
     def finish(self) -> None:
