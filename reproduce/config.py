@@ -196,6 +196,14 @@ class PaperSpec:
             if problem:
                 raise TypeError(f"{self.name}: profile {profile!r}: {problem}")
 
+    def section(self, artifact: str) -> str:
+        """The notebook heading that reproduces ``artifact`` (``SPEC.section("Table 1")``): every paper's
+        sections and claims name their section this way, from the one list in ``artifacts``."""
+        try:
+            return self.artifacts[artifact]
+        except KeyError:
+            raise KeyError(f"{self.name}: no artifact {artifact!r}; the spec lists {list(self.artifacts)}") from None
+
     def check(self, values: Mapping[str, Any]) -> str | None:
         """The first message of ``checks`` on ``values``, or None when they all pass."""
         for check in self.checks:
