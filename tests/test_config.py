@@ -105,3 +105,16 @@ def test_every_paper_has_the_same_shape(paper):
     assert "run.claim(" not in importlib.util.find_spec(f"reproduce.{paper}.experiments").loader.get_source(
         f"reproduce.{paper}.experiments")
     assert not hasattr(importlib.import_module("reproduce.results"), "evaluate")  # claims go through reproduce.claims
+
+
+def test_overrides_accept_python_literals_as_written_in_the_parameters_cell():
+    """-p t3_rows=['base'] was refused: only JSON ('["base"]') worked, and the message did not say so."""
+    parsed = config.parse_overrides(["t3_rows=['base', 'A: h=1']", "budgets=(64, 128)", "try_flava_full=False",
+                                     "rows=[base, A: h=4]", "seed=3", "model=smollm2"])
+    assert parsed == {"t3_rows": ["base", "A: h=1"], "budgets": (64, 128), "try_flava_full": False,
+                      "rows": ["base", "A: h=4"], "seed": 3, "model": "smollm2"}  # [base, ...]: the shell ate the quotes
+    assert config.parse_overrides(['t3_rows=["base"]']) == {"t3_rows": ["base"]}  # JSON as before
+    params = config.resolve("transformer", "smoke", config.parse_overrides(["t3_rows=['base']"]))
+    assert params["t3_rows"] == ["base"]
+    with pytest.raises(config.ParamError, match=r"""e\.g\. -p "t3_rows=\['base'\]"; JSON works too"""):
+        config.resolve("transformer", "smoke", {"t3_rows": "base"})
