@@ -37,6 +37,7 @@ if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_
 import matplotlib.pyplot as plt
 from matplotlib import font_manager
 
+from . import glossary
 from .paths import figures_dir, results_dir
 
 LANGS = ("en", "ko")
@@ -109,7 +110,8 @@ def subplots(nrows: int = 1, ncols: int = 1, height: float | None = None, **kwar
 
 
 def translator(table: Mapping[str, str], lang: str) -> Callable[[str], str]:
-    """``_ = translator(KO, lang)``; ``_("Perplexity")`` -> Korean text when lang is ``ko``.
+    """``_ = translator(KO, lang)``; ``_("Perplexity")`` -> Korean text when lang is ``ko``: a term from
+    the project's glossary (:mod:`reproduce.glossary`), a phrase from the module's ``KO`` table.
 
     A missing translation in Korean mode is an error, so that no English label slips into a
     Korean figure unnoticed (the figure test renders every figure in both languages).
@@ -120,10 +122,13 @@ def translator(table: Mapping[str, str], lang: str) -> Callable[[str], str]:
         raise ValueError(f"lang {lang!r} is not one of {LANGS}")
 
     def _(text: str) -> str:
+        if glossary.has(text):  # a term: the one translation of the project's glossary
+            return glossary.term(text, lang)
         try:
             return table[text]
         except KeyError:
-            raise KeyError(f"no Korean translation for figure text {text!r}; add it to the module's KO table") from None
+            raise KeyError(f"no Korean translation for figure text {text!r}; add it to the glossary "
+                           "(reproduce/glossary.toml, a term) or the module's KO table (a phrase)") from None
 
     return _
 
