@@ -227,6 +227,14 @@ class Run:
         write_json_atomic(target, self.to_dict(complete=False))
         return target
 
+    def verdicts(self, section: str | None = None) -> Verdicts:
+        """The claims judged so far (of ``section``, or all), as a table a reader can scan in JupyterLab
+        (claim, paper, ours [interval], verdict coloured, kind) and as :meth:`summary`'s text elsewhere.
+        The notebook's last cell shows ``run.verdicts()``; a section cell ``run.verdicts(section)``."""
+        chosen = [c.to_dict() for c in self.claims if section is None or c.section == section]
+        title = f"{self.paper}/{self.profile}" + (f", {section}" if section else "")
+        return Verdicts(title, chosen)
+
     def summary(self) -> str:
         """The claims and their verdicts, for the notebook's last cell (values depend on the machine)."""
         records = [c.to_dict() for c in self.claims]
@@ -235,6 +243,44 @@ class Run:
             lines.append(f"  [{c['verdict']}] {c['artifact']}: {c['text']}: ours {estimate_text(c['ours'])} "
                          f"{claims_mod.relation_text(c)} ({c['source']})")
         return "\n".join(lines)
+
+
+class Verdicts:
+    """Claims with their verdicts: an HTML table in a notebook (``_repr_html_``), text elsewhere (``str``)."""
+
+    KIND_STYLE = {"paper": "font-weight:bold", "control": "color:#555", "check": "color:#777"}
+    VERDICT_COLOUR = {"holds": "#1a7f37", "contradicted": "#cf222e", "inconclusive": "#9a6700", "not testable": "#6e7781"}
+
+    def __init__(self, title: str, records: list[dict[str, Any]]):
+        self.title, self.records = title, records
+
+    def __str__(self) -> str:
+        lines = [f"{self.title}: {claims_mod.counts_text(self.records)} ({len(self.records)} claims)"]
+        for c in self.records:
+            lines.append(f"  [{c['verdict']}] ({c.get('kind') or '?'}) {c['artifact']}: {c['text']}: ours "
+                         f"{estimate_text(c['ours'])} {claims_mod.relation_text(c)} ({c['source']})")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        order = {"paper": 0, "control": 1, "check": 2}
+        rows = []
+        for c in sorted(self.records, key=lambda c: order.get(c.get("kind") or "", 3)):
+            kind = c.get("kind") or "?"
+            pre = c.get("precondition")
+            why = f"<br><small>{escape(str(pre['text']))} = {escape(_short(pre['value']))}</small>" if pre and not pre["holds"] else ""
+            colour = self.VERDICT_COLOUR.get(c["verdict"], "#000")
+            rows.append(f"<tr style=\"{self.KIND_STYLE.get(kind, '')}\"><td>{escape(kind)}</td><td>{escape(c['artifact'])}</td>"
+                        f"<td style=\"text-align:left\">{escape(c['text'])}</td><td style=\"text-align:left\">"
+                        f"{escape(_short(c.get('paper')) if c.get('paper') is not None else '–')}</td>"
+                        f"<td>{escape(estimate_text(c['ours']))} {escape(claims_mod.relation_text(c))}</td>"
+                        f"<td style=\"color:{colour};font-weight:bold\">{escape(c['verdict'])}{why}</td></tr>")
+        head = "".join(f"<th>{h}</th>" for h in ("kind", "artifact", "claim", "paper", "ours [95 % interval] vs relation", "verdict"))
+        return (f"<p><b>{escape(self.title)}</b>: {escape(claims_mod.counts_text(self.records))}</p>"
+                f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
 def stable_text(values: Mapping[str, Any], prefix: str = "") -> str:
