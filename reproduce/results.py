@@ -109,6 +109,7 @@ class Run:
         self.profile: str = params.profile
         self.measured: dict[str, Any] = {}
         self.claims: list[Claim] = []
+        self._shown = 0  # claims shown by verdicts(new=True) so far
         self.command = command or _default_command(params)
         self.started = datetime.now(timezone.utc)
         self._t0 = time.perf_counter()
@@ -227,11 +228,15 @@ class Run:
         write_json_atomic(target, self.to_dict(complete=False))
         return target
 
-    def verdicts(self, section: str | None = None) -> Verdicts:
-        """The claims judged so far (of ``section``, or all), as a table a reader can scan in JupyterLab
-        (claim, paper, ours [interval], verdict coloured, kind) and as :meth:`summary`'s text elsewhere.
-        The notebook's last cell shows ``run.verdicts()``; a section cell ``run.verdicts(section)``."""
-        chosen = [c.to_dict() for c in self.claims if section is None or c.section == section]
+    def verdicts(self, section: str | None = None, new: bool = False) -> Verdicts:
+        """The claims judged so far, as a table a reader can scan in JupyterLab (claim, paper, ours
+        [interval], verdict coloured, kind) and as :meth:`summary`'s text elsewhere: all of them (the
+        notebook's last cell), those of ``section`` (a heading or an artifact), or, with ``new``, those
+        judged since the last ``new`` call (a section cell: ``display(run.verdicts(new=True))``)."""
+        start = self._shown if new else 0
+        chosen = [c.to_dict() for c in self.claims[start:] if section is None or section in (c.section, c.artifact)]
+        if new:
+            self._shown = len(self.claims)
         title = f"{self.paper}/{self.profile}" + (f", {section}" if section else "")
         return Verdicts(title, chosen)
 

@@ -143,3 +143,5 @@ def test_verdicts_are_a_table_in_a_notebook_and_text_on_the_command_line(tmp_pat
     assert section._repr_html_().count("<tr") == 2 and "1. Fit" in str(section)
     text = str(run.verdicts())
     assert text.startswith("pipeline/smoke: ") and "[contradicted] (check)" in text  # the command line keeps its text
+    assert len(run.verdicts(new=True).records) == 2 and not run.verdicts(new=True).records  # since the last call
+    assert len(run.verdicts("Eq. (1)").records) == 2  # an artifact
