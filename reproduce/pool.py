@@ -13,10 +13,11 @@
 - A job whose row is already stored (an interrupted run finished it) is not run: its result is read
   back. Every other result is stored through ``rows.row(key, ...)`` by this process as soon as it
   is known, so a crash later loses no finished job.
-- ``workers`` 0 or 1, or several processes in the run (torchrun: each process trains its share of
-  every batch): the jobs run here, one after the other, in submission order. ``workers`` > 1:
-  that many spawned processes with one torch thread each (a fork of a process with live torch
-  threads can deadlock), their output appended to ``log_path`` instead of the notebook's cell.
+- ``workers`` 0, 1 without ``help``, or several processes in the run (torchrun: each process trains
+  its share of every batch): the jobs run here, one after the other, in submission order. Otherwise
+  ``workers`` spawned processes with one torch thread each (a fork of a process with live torch
+  threads can deadlock), their output appended to ``log_path`` instead of the notebook's cell; one
+  worker with ``help`` is a worker beside this process (which computes something else meanwhile).
 - ``help=True``: while this process waits in :meth:`Pool.as_completed`, it runs not-yet-started jobs
   itself, from the back of the queue, as the workers take them from the front, so no core idles.
 
@@ -71,7 +72,7 @@ class Pool:
             raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
         self.rows = rows if rows is not None else MemoryRows()
         self.shared, self.fmt, self.help, self.desc = shared, fmt, help, desc
-        self.workers = 0 if workers <= 1 or distributed.world_size() > 1 else workers
+        self.workers = 0 if workers == 0 or (workers == 1 and not help) or distributed.world_size() > 1 else workers
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
         if self.workers:
             if log_path is not None:
