@@ -106,13 +106,6 @@ def optimizer(model, cfg: FlavaTrainConfig) -> torch.optim.AdamW:
                              lr=cfg.lr, betas=(0.9, 0.999))
 
 
-def make_accelerator(device: str, mixed_precision: str, grad_accum: int):
-    """``reproduce.train.make_accelerator`` whose data-parallel wrapper allows unused parameters: a
-    Table 3 row trains only its objectives' parts (MIM: the image encoder), and an update of one
-    source leaves the other sources' heads without gradients (DDP would refuse the next update)."""
-    return train.make_accelerator(device, mixed_precision, grad_accum, find_unused_parameters=True)
-
-
 HISTORY_FILE = "flava_history_{step:06d}.json"  # per-loss history and the mined negatives' RNG at a checkpoint
 
 
@@ -164,9 +157,12 @@ def pretrain(model, row: AblationRow, sampler: BatchSampler, cfg: FlavaTrainConf
                 tmp.replace(path)
         return loss
 
-    loop = replace(cfg, log_every=max(1, cfg.steps // 10), desc=f"pretrain {row.name}")
-    train.train(trainer, opt, batch_stream(sampler, row, cfg.forward_rows), loss_fn, loop, scheduler=sched,
-                accelerator=make_accelerator(device, cfg.mixed_precision, cfg.grad_accum))
+    # the data-parallel wrapper must allow unused parameters: a Table 3 row trains only its objectives'
+    # parts (MIM: the image encoder), and an update of one source leaves the other sources' heads
+    # without gradients (DDP would refuse the next update)
+    loop = replace(cfg, log_every=max(1, cfg.steps // 10), desc=f"pretrain {row.name}", device=device,
+                   find_unused_parameters=True)
+    train.train(trainer, opt, batch_stream(sampler, row, cfg.forward_rows), loss_fn, loop, scheduler=sched)
     model.eval()
     return history
 

@@ -125,14 +125,15 @@ def train_translation(
             keep_checkpoints=recipe.average_last,
             resume=checkpoint_dir is not None,
             mixed_precision=recipe.mixed_precision,
+            device=str(device),
             desc=desc,
             log_dir=Path(checkpoint_dir).parent.parent / "logs" if checkpoint_dir is not None else None,
         )
         batches = token_batches(data.train, recipe.batch_tokens // recipe.grad_accum, recipe.seed)
         count = lambda b: int((b["tgt"][:, 1:] != PAD_ID).sum())  # noqa: E731 — target tokens per batch
-        accel = train.make_accelerator(device, recipe.mixed_precision, recipe.grad_accum)
         result = train.train(model, optimizer, batches, _loss_fn(cfg.label_smoothing), tc, scheduler=scheduler,
-                             accelerator=accel, tokens_in=count, eval_fn=eval_fn)
+                             tokens_in=count, eval_fn=eval_fn)
+        accel = result.accelerator
         dirs = sorted(p for p in Path(ckpt_dir).glob("step_*") if (p / train.STATE_FILE).is_file())
         load_on = "cpu" if accel.device.type == "cpu" else str(accel.device)  # safetensors names no "cpu:0"
         checkpoints = [load_file(str(d / "model.safetensors"), device=load_on) for d in dirs[-recipe.average_last :]]
