@@ -12,7 +12,7 @@ checkpoint's first layers and drops the rest. Dotted keys reach sub-configs of c
 transformers' own ``output_loading_info=True``.
 
 Offline: a hub id (a name that is no local path) while the hub is unusable fails in ~2 s at most
-with ``HubOfflineError`` naming the offline alternative, instead of the 20-45 s a
+with ``reproduce.hub.HubError`` (kind "offline") naming the offline alternative, instead of the 20-45 s a
 ``from_pretrained`` would wait; a model already in the local hub cache still loads.
 """
 
@@ -40,7 +40,6 @@ SHOWN = 20  # a report prints this many keys per section; the lists themselves a
 _HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "trust_remote_code", "subfolder")
 
 
-HubOfflineError = HubError  # the package's one hub error (kind "offline" here): ``reproduce.hub.HubError``
 
 
 class UnknownConfigKeyError(KeyError):
@@ -143,7 +142,7 @@ def hub_or_local(name_or_path: str | Path, filename: str = "config.json", cache_
 
     Returns ``(name_or_path, extra_kwargs)``: a local directory is used as is; a hub id is used as is
     when the hub answers, or with ``local_files_only=True`` when the hub is offline but the model is
-    already in the local hub cache. Otherwise raises ``HubOfflineError`` (within the ~1.5 s probe).
+    already in the local hub cache. Otherwise raises ``reproduce.hub.HubError`` (within the ~1.5 s probe).
     """
     name = str(name_or_path)
     if Path(name).expanduser().exists():

@@ -273,11 +273,11 @@ def try_flava_full(ev: EvalData | None = None, model_id: str = FLAVA_FULL, devic
     """Start from ``facebook/flava-full`` (gpu profile; ``model_id``: it or a local ``save_pretrained``
     folder): load it and, with ``ev``, score its zero-shot retrieval on our held-out scenes on ``device``.
     Offline, record the error the loader gives (within ~2 s)."""
-    from reproduce import hf
+    from reproduce.hub import HubError
 
     try:
         model, report = load_flava_full(model_id=model_id)
-    except hf.HubOfflineError as error:
+    except HubError as error:
         return {"loaded": False, "error": str(error)}
     out = {"loaded": True, "report": str(report), "parameters": sum(p.numel() for p in model.parameters())}
     if ev is not None:

@@ -123,7 +123,7 @@ def load_flava_full(overrides: dict[str, object] | None = None, model_id: str = 
     """``FlavaForPreTraining`` from ``model_id`` (``facebook/flava-full``, or a local folder) through
     ``reproduce.hf.load_pretrained``.
 
-    Offline this raises ``reproduce.hf.HubOfflineError`` within ~2 s (tested). Returns ``(model, report)``.
+    Offline this raises ``reproduce.hub.HubError`` (kind "offline") within ~2 s (tested). Returns ``(model, report)``.
     """
     from reproduce import hf
 

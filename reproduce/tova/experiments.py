@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from reproduce import distributed
+from reproduce.hub import HubError
 from reproduce.rundir import MemoryRows, Rows
 
 from . import appendix_e
@@ -53,7 +54,7 @@ def load_model(name: str, device: torch.device | str = "cpu", dtype: torch.dtype
     Eager attention returns the probabilities TOVA and H2O score by. ``dtype``: the weights' dtype
     (None: float32; the paper ran LLaMA-2 in half precision, the gpu profile loads bf16 through
     ``precision``). A hub id while the hub is offline fails at once with
-    ``reproduce.hf.HubOfflineError`` naming the packaged alternative; a gated or missing hub model
+    ``reproduce.hub.HubError`` (kind "offline") naming the packaged alternative; a gated or missing hub model
     fails in one line naming the fix.
     """
     from reproduce import hf
@@ -70,7 +71,7 @@ def load_model(name: str, device: torch.device | str = "cpu", dtype: torch.dtype
                                                dtype=dtype or torch.float32)
             source, extra = hf.hub_or_local(name)  # the tokenizer through the same offline-aware path
             tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-        except hf.HubOfflineError:
+        except HubError:  # offline and not cached: its own one-line message
             raise
         except OSError as err:  # gated, missing, or no tokenizer files: one line naming the fix
             raise ModelUnavailable(name, err) from err
