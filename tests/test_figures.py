@@ -49,7 +49,7 @@ def test_translator_refuses_untranslated_text_in_korean():
     _ = figures.translator({"Perplexity": "퍼플렉서티"}, "ko")
     assert _("Perplexity") == "퍼플렉서티"
     with pytest.raises(KeyError, match="no Korean translation"):
-        _("Latency")
+        _("Words nobody translated")
     assert figures.translator({}, "en")("Latency") == "Latency"
     with pytest.raises(ValueError):
         figures.translator({}, "fr")
