@@ -196,11 +196,12 @@ def markdown(paper: str, lang: str = "en", out_dir: Path = DEFAULT_OUT, root: Pa
 def _korean_font(out_dir: Path) -> str:
     """A @font-face of the Nanum Gothic the figures use (koreanize-matplotlib ships it), copied beside the
     preview, so that it shows Korean where the browser has no Korean font of its own."""
-    try:
-        import koreanize_matplotlib
-    except ImportError:
+    import importlib.util
+
+    found = importlib.util.find_spec("koreanize_matplotlib")  # not imported: importing it changes matplotlib's fonts
+    if found is None or found.origin is None:
         return ""
-    font = Path(koreanize_matplotlib.__file__).parent / "fonts" / "NanumGothic.ttf"
+    font = Path(found.origin).parent / "fonts" / "NanumGothic.ttf"
     if not font.is_file():
         return ""
     if not (out_dir / font.name).is_file():  # without the VTT source tables, which browsers refuse (OTS)
