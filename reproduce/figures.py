@@ -170,8 +170,8 @@ def render(paper: str, name: str, measured: Mapping[str, Any], lang: str = "en")
     fn = plot_functions(paper)[name]
     with style(lang):
         fig = fn(measured, lang=lang)
-        slant_crowded_ticks(fig)
-        return fig
+    slant_crowded_ticks(fig)  # measured as it is saved: outside the style (fonts are looked up when drawn)
+    return fig
 
 
 def _crowded(labels, renderer, slack: float = 1.0) -> bool:
