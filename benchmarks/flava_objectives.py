@@ -19,6 +19,7 @@ import torch
 from reproduce.data import scenes
 from reproduce.flava import data as D
 from reproduce.flava import model as M
+from reproduce.flava import objectives as O
 
 
 def _time(fn, repeats: int) -> float:
@@ -44,13 +45,13 @@ def main() -> None:
     texts = D.TextSources(pretrain=captions, austen_heldout=[], melville_heldout=[])
     data = D.build_pretrain_data(sizes, n_pairs=2000, n_images=64, n_text=256, emoji_prob=0.0, seed=0, texts=texts)
     batch = D.BatchSampler(data, sizes, args.batch, seed=0).paired()
-    ids = batch.itm_ids_masked.where(batch.mlm_labels.eq(M.CE_IGNORE), batch.mlm_labels)
-    same_text = M.PairedBatch(batch.pixel_values, ids, batch.itm_attention_mask, batch.image_tokens, batch.bool_masked_pos,
+    ids = batch.itm_ids_masked.where(batch.mlm_labels.eq(O.CE_IGNORE), batch.mlm_labels)
+    same_text = O.PairedBatch(batch.pixel_values, ids, batch.itm_attention_mask, batch.image_tokens, batch.bool_masked_pos,
                               batch.itm_ids_masked, batch.itm_attention_mask, batch.mlm_labels, torch.ones_like(batch.itm_labels))
     model = M.build_model(sizes, seed=0).train()
-    everything = M.Objectives(gc=True, mmm=True, itm=True)
-    ours = dict(M.losses(model, same_text, everything, gather=False).items())
-    theirs = M.hf_pretraining_losses(model, same_text)
+    everything = O.Objectives(gc=True, mmm=True, itm=True)
+    ours = dict(O.losses(model, same_text, everything, gather=False).items())
+    theirs = O.hf_pretraining_losses(model, same_text)
     gap = max(abs(ours[k].item() - theirs[k].item()) for k in theirs)
     assert gap <= 1e-5, f"losses differ by {gap}"
 
@@ -60,11 +61,11 @@ def main() -> None:
             loss_fn().backward()
         return run
 
-    hf = _time(step(lambda: sum(M.hf_pretraining_losses(model, batch).values())), args.repeats)
+    hf = _time(step(lambda: sum(O.hf_pretraining_losses(model, batch).values())), args.repeats)
     print(f"paired batch {args.batch}, width {args.hidden}, {args.threads} thread(s); losses equal to {gap:.1e}")
     print(f"  HF FlavaForPreTraining.forward (all paired losses): {hf * 1e3:8.1f} ms/step")
-    for name, objectives in (("FLAVA_MM (GC+MMM+ITM)", everything), ("FLAVA_C (GC only)", M.Objectives(gc=True))):
-        t = _time(step(lambda: M.losses(model, batch, objectives, gather=False).total()), args.repeats)
+    for name, objectives in (("FLAVA_MM (GC+MMM+ITM)", everything), ("FLAVA_C (GC only)", O.Objectives(gc=True))):
+        t = _time(step(lambda: O.losses(model, batch, objectives, gather=False).total()), args.repeats)
         print(f"  ours, {name:22s}: {t * 1e3:8.1f} ms/step   ours/HF = {t / hf:.2f}")
 
 

@@ -1,6 +1,6 @@
 """RetNet recurrent decoding vs a Transformer with transformers' KV caches: per-token latency at 256...4096 tokens.
 
-The notebook's Figure 6 measurement (``reproduce.retnet.experiments.decode_cost``) as a script:
+The notebook's Figure 6 measurement (``reproduce.retnet.costs.decode_cost``) as a script:
 prints, for each context length, the median per-token latency of RetNet (recurrent state, eq. 6)
 and of the same-size LLaMA-style Transformer (SDPA) decoding with ``StaticCache`` (preallocated,
 written in place: the strongest baseline) and with ``DynamicCache`` (transformers' default, which
@@ -20,7 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from reproduce.retnet import experiments as ex  # noqa: E402
+from reproduce.retnet import costs  # noqa: E402
+from reproduce.retnet.baselines import LMShape  # noqa: E402
 
 
 def main() -> None:
@@ -35,8 +36,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    shape = ex.LMShape(vocab_size=1024, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads)
-    rows = ex.decode_cost(shape, args.lengths, args.batch, args.steps, device=args.device)
+    shape = LMShape(vocab_size=1024, hidden_size=args.hidden, num_layers=args.layers, num_heads=args.heads)
+    rows = costs.decode_cost(shape, args.lengths, args.batch, args.steps, device=args.device)
     by = {(r["model"], r["length"]): r for r in rows}
     print(f"decode, d={args.hidden}, layers={args.layers}, heads={args.heads}, batch={args.batch}, "
           f"threads={args.threads}, device={args.device}, median of {args.steps} steps")
@@ -47,7 +48,7 @@ def main() -> None:
         print(f"{n:>7} {r['latency_ms']:>10.2f} {s['latency_ms']:>10.2f} {d['latency_ms']:>11.2f} "
               f"{s['latency_ms'] / r['latency_ms']:>14.2f} {d['latency_ms'] / r['latency_ms']:>15.2f} "
               f"{r['memory_bytes'] / 2**20:>10.2f} {d['memory_bytes'] / 2**20:>8.2f}")
-    s = ex.decode_summary(rows)
+    s = costs.decode_summary(rows)
     print(f"strongest baseline at {s['longest']} tokens: {s['strongest_baseline']}; RetNet latency growth "
           f"{s['shortest']}->{s['longest']}: {s['retnet_latency_growth']:.2f}x; StaticCache: "
           f"{s['transformer_static']['latency_growth']:.2f}x; DynamicCache: {s['transformer_dynamic']['latency_growth']:.2f}x")

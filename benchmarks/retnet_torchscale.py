@@ -32,7 +32,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from reproduce.retnet.retention import MultiScaleRetention  # noqa: E402
+from reproduce.retnet.retention import MultiScaleRetention, RetentionConfig  # noqa: E402
 
 
 def torchscale_module(path: Path):
@@ -89,10 +89,8 @@ def main() -> None:
     d, h = args.hidden, args.heads
     torch.manual_seed(0)
     theirs = ts.MultiScaleRetention(SimpleNamespace(multiway=False, layernorm_eps=1e-6), d, 2 * d, h)
-    ours = MultiScaleRetention(SimpleNamespace(
-        hidden_size=d, num_heads=h, key_dim=d // h, value_dim=2 * d // h, decay="eq8", use_gate=True,
-        head_norm="rmsnorm", normalize_retention=True, use_rotation=True, rotation_base=10000.0, norm_eps=1e-6,
-        chunk_size=args.chunk))
+    ours = MultiScaleRetention(RetentionConfig(hidden_size=d, num_heads=h, value_factor=2, decay="eq8", head_norm="rmsnorm",
+                                               norm_eps=1e-6, chunk_size=args.chunk))  # torchscale's decays and norm
     assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in theirs.parameters())
     rel_pos = torchscale_chunk_inputs(h, d // h, args.length, args.chunk)
     x = torch.randn(args.batch, args.length, d, requires_grad=True)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m reproduce {list,run,plan,report,figures,compare,verify,fetch,doctor}``.
+"""Command line: ``python -m reproduce {list,run,plan,report,figures,compare,verify,fetch,doctor,post}``.
 
 Exit codes: 0 success, 1 a notebook failed, 2 bad input (unknown paper/profile/parameter, bad value),
 rejected before any kernel starts and before torch is imported.
@@ -67,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
     fetch.add_argument("names", nargs="*", help="only these sources (default: all); with --profile: only these papers")
     fetch.add_argument("--profile", help="fetch the hub datasets and models that runs of this profile read (gpu)")
     fetch.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE", help="with --profile: override a parameter, as for run")
+
+    post = sub.add_parser("post", help="a blog post (Markdown; --html: a preview page) per paper from its committed record "
+                                       "and figures: posts/<lang>/<paper>.md")
+    post.add_argument("paper", help="a paper or 'all'")
+    post.add_argument("--lang", default="en", choices=("en", "ko"))
+    post.add_argument("--out", type=Path, help="folder of the posts (default: posts/); each language in its own subfolder")
+    post.add_argument("--html", action="store_true", help="also write an HTML preview beside each post")
 
     doc = sub.add_parser("doctor", help="first thing on a new GPU box (<= 8 min): environment, SDPA kernels, a process "
                                         "group, each paper's step at tiny and at real shapes (peak memory vs plan, MFU); "
@@ -312,7 +319,7 @@ def cmd_compare(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from . import verify
+    from . import results, verify
 
     papers = config.available_papers() if args.paper == "all" else [args.paper]
     failed = 0
@@ -330,14 +337,31 @@ def cmd_verify(args) -> int:
                 print(f"  {line}")
         else:
             print(f"{paper}: current: all {v['stable_numbers']} stable smoke numbers are identical at "
-                  f"{v['record_commit'][:10]} and {v['compared_at'][:10]} (written to {_rel(verify.verified_path(paper, args.profile))})")
+                  f"{v['record_commit'][:10]} and {v['compared_at'][:10]} (written to {_rel(results.verified_path(paper, args.profile))})")
     return EXIT_FAILED if failed else 0
+
+
+def cmd_post(args) -> int:
+    import time
+
+    from . import post
+
+    papers = config.available_papers() if args.paper == "all" else [args.paper]
+    t0 = time.perf_counter()
+    try:
+        written = post.write(papers, args.lang, args.out, as_html=args.html)
+    except post.PostError as e:
+        return _fail(str(e))
+    for path in written:
+        print(f"wrote {_rel(path)}")
+    print(f"{len(papers)} post(s) ({args.lang}) in {time.perf_counter() - t0:.1f} s")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {"list": cmd_list, "run": cmd_run, "report": cmd_report, "figures": cmd_figures, "fetch": cmd_fetch,
-               "compare": cmd_compare, "verify": cmd_verify, "plan": cmd_plan, "doctor": cmd_doctor}[args.command]
+               "compare": cmd_compare, "verify": cmd_verify, "plan": cmd_plan, "post": cmd_post, "doctor": cmd_doctor}[args.command]
     try:
         return handler(args)
     except config.ParamError as e:

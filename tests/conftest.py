@@ -27,9 +27,10 @@ def output_dir(tmp_path, monkeypatch):
 
 
 def subprocess_env(**extra: str) -> dict:
-    """Environment for a child process: this one's, the tests folder importable, plus ``extra``."""
+    """Environment for a child process: this one's, the tests folder and this checkout's ``reproduce``
+    importable (not another checkout's editable install), plus ``extra``."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_DIR), str(REPO_ROOT), env.get("PYTHONPATH", "")]))
     env.update(extra)
     return env
 

@@ -147,3 +147,38 @@ def _wait_kernel_idle(page, timeout: float) -> None:
             return
         page.wait_for_timeout(500)
     raise AssertionError(f"the kernel was still busy after {timeout:.0f} s")
+
+
+@pytest.mark.parametrize("lang", ["ko", "en"])
+def test_post_previews_load_with_every_image_and_link(browser, tmp_path, lang, monkeypatch):
+    """`reproduce post --html`: each page loads in Chromium, every figure loads, no link is broken."""
+    from reproduce import post, results
+
+    monkeypatch.setattr(results, "stale_paths", lambda record: [])  # the committed records, taken as current
+    pages = [p for p in post.write(["transformer", "flava", "retnet", "tova"], lang, tmp_path, as_html=True) if p.suffix == ".html"]
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    port = _free_port()  # over http, as a blog's preview is served (file:// pages may not load fonts)
+    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", "/"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    page = browser.new_page(viewport={"width": 900, "height": 1200})
+    try:
+        for _ in range(50):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        for html in pages:
+            page.goto(f"http://127.0.0.1:{port}{html.resolve()}")
+            page.wait_for_load_state("load")
+            images = page.eval_on_selector_all("img", "els => els.map(e => [e.getAttribute('src'), e.complete && e.naturalWidth > 0])")
+            assert images and all(ok for _, ok in images), (html.name, [src for src, ok in images if not ok])
+            links = page.eval_on_selector_all("a[href]", "els => els.map(e => e.getAttribute('href'))")
+            broken = [h for h in links if not h.startswith(("http://", "https://", "#")) and not (html.parent / h).exists()]
+            assert not broken, (html.name, broken)
+            assert page.locator("table").count() >= 2  # the parameters and the paper-vs-ours table
+            page.evaluate("document.fonts.ready")
+            page.screenshot(path=str(SCREENSHOTS / f"post-{lang}-{html.stem}.png"), full_page=False)
+    finally:
+        page.close()
+        server.terminate()

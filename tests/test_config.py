@@ -1,8 +1,11 @@
 """Parameter schemas, profiles and validation (reproduce/config.py)."""
 
+import re
+
 import pytest
 
 import pipeline_spec  # noqa: F401  registers the runner's test paper
+from conftest import REPO_ROOT
 from reproduce import config
 from reproduce.config import Param, PaperSpec, ParamError
 
@@ -92,7 +95,8 @@ def test_every_paper_spec_is_valid_and_its_notebook_exists(paper):
 
 @pytest.mark.parametrize("paper", config.PAPERS)
 def test_every_paper_has_the_same_shape(paper):
-    """model / experiments / sections / plots, named by the spec (not looked up on the package)."""
+    """plots and sections named by the spec; modules under 500 lines; claims judged only in the notebook's
+    section modules; a plain package ``__init__``."""
     import importlib
 
     spec = config.get_spec(paper)
@@ -101,7 +105,27 @@ def test_every_paper_has_the_same_shape(paper):
     assert plots.FIGURES and all(callable(f) for f in plots.FIGURES.values())
     assert isinstance(sections.PAPER, dict) and sections.PAPER, "the paper's numbers in one PAPER table"
     assert callable(sections.stable_values)
-    assert importlib.util.find_spec(f"reproduce.{paper}.experiments") is not None  # measurements, no claims
-    assert "run.claim(" not in importlib.util.find_spec(f"reproduce.{paper}.experiments").loader.get_source(
-        f"reproduce.{paper}.experiments")
     assert not hasattr(importlib.import_module("reproduce.results"), "evaluate")  # claims go through reproduce.claims
+    package = REPO_ROOT / "reproduce" / paper
+    notebook = (REPO_ROOT / "notebooks" / spec.notebook).read_text(encoding="utf-8")
+    imported = ",".join(re.findall(rf"from reproduce\.{paper} import ([\w, ]+)", notebook))
+    shown = {"sections"} | {name.split(" as ")[0].strip() for name in imported.split(",")}
+    for module in package.glob("*.py"):
+        source = module.read_text(encoding="utf-8")
+        assert len(source.splitlines()) <= 500, f"{module.name}: over 500 lines"
+        if "run.claim(" in source:  # measurements live apart from the claims on them
+            assert module.stem in shown, f"{module.name} judges claims but is no section module of the notebook"
+    assert "__getattr__" not in (package / "__init__.py").read_text(encoding="utf-8")  # plain, eager
+
+
+def test_overrides_accept_python_literals_as_written_in_the_parameters_cell():
+    """-p t3_rows=['base'] was refused: only JSON ('["base"]') worked, and the message did not say so."""
+    parsed = config.parse_overrides(["t3_rows=['base', 'A: h=1']", "budgets=(64, 128)", "try_flava_full=False",
+                                     "rows=[base, A: h=4]", "seed=3", "model=smollm2"])
+    assert parsed == {"t3_rows": ["base", "A: h=1"], "budgets": (64, 128), "try_flava_full": False,
+                      "rows": ["base", "A: h=4"], "seed": 3, "model": "smollm2"}  # [base, ...]: the shell ate the quotes
+    assert config.parse_overrides(['t3_rows=["base"]']) == {"t3_rows": ["base"]}  # JSON as before
+    params = config.resolve("transformer", "smoke", config.parse_overrides(["t3_rows=['base']"]))
+    assert params["t3_rows"] == ["base"]
+    with pytest.raises(config.ParamError, match=r"""e\.g\. -p "t3_rows=\['base'\]"; JSON works too"""):
+        config.resolve("transformer", "smoke", {"t3_rows": "base"})

@@ -5,7 +5,6 @@ switches, the scene generator, and bad inputs. Tiny configs: everything runs in 
 from __future__ import annotations
 
 import math
-import os
 import random
 import socket
 import statistics
@@ -16,12 +15,17 @@ import torch
 import torch.nn.functional as F
 
 from reproduce.data import scenes
+from reproduce.flava import ablation as A
 from reproduce.flava import data as D
 from reproduce.flava import evaluation as V
 from reproduce.flava import experiments as E
+from reproduce.flava import model as M
+from reproduce.flava import objectives as O
 from reproduce.flava import pretraining as P
 from reproduce.flava import sections as S
-from reproduce.flava import model as M
+from reproduce.flava import tokenisers as T
+from reproduce.flava.masking import BlockMasking, mask_text
+from reproduce.rundir import MemoryRows
 
 TINY = M.FlavaSizes(image_size=32, patch_size=8, hidden=32, heads=2, mlp=64, image_layers=1, text_layers=1,
                     multimodal_layers=1, projection_dim=16, codebook_size=16, vocab_size=200, max_text_len=20)
@@ -42,7 +46,7 @@ def sampler(data):
 
 # ------------------------------------------------------------------------------------------- masking
 def test_block_masking_fraction_matches_beit_budget():
-    masking = M.BlockMasking(grid=8)  # 64 patches: 38% -> 24 masked, groups >= 5 patches
+    masking = BlockMasking(grid=8)  # 64 patches: 38% -> 24 masked, groups >= 5 patches
     random.seed(0)
     counts = masking(500).sum(1).float()
     assert masking.total == round(64 * 75 / 196) and masking.min_group == round(64 * 16 / 196)
@@ -53,7 +57,7 @@ def test_block_masking_fraction_matches_beit_budget():
 @pytest.mark.parametrize("area, side", [(9, 3), (16, 4)])
 def test_block_masking_draws_blocks_of_the_configured_area_and_aspect(area, side):
     """With aspect fixed to 1 and the budget equal to one block, every mask is one side x side square."""
-    masking = M.BlockMasking(grid=8, ratio=area / 64, min_group_fraction=area / 64, min_aspect=1.0)
+    masking = BlockMasking(grid=8, ratio=area / 64, min_group_fraction=area / 64, min_aspect=1.0)
     random.seed(1)
     for mask in masking(100).view(-1, 8, 8):
         rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
@@ -62,7 +66,7 @@ def test_block_masking_draws_blocks_of_the_configured_area_and_aspect(area, side
 
 
 def test_block_masking_blocks_are_at_least_min_group_until_the_budget_is_nearly_spent():
-    masking = M.BlockMasking(grid=8, ratio=0.5, min_group_fraction=0.25, min_aspect=0.3)  # 32 masked, blocks >= 16
+    masking = BlockMasking(grid=8, ratio=0.5, min_group_fraction=0.25, min_aspect=0.3)  # 32 masked, blocks >= 16
     random.seed(2)
     counts = masking(200).sum(1)
     assert counts.max() <= 32 and counts.float().mean() > 16  # at least one full block, never over budget
@@ -70,13 +74,13 @@ def test_block_masking_blocks_are_at_least_min_group_until_the_budget_is_nearly_
 
 def test_text_masking_is_fifteen_percent_of_non_special_tokens(data):
     ids = data.text_ids.repeat(40, 1)  # (2560, L)
-    masked, labels = M.mask_text(ids, data.tokenizer, generator=torch.Generator().manual_seed(0))
+    masked, labels = mask_text(ids, data.tokenizer, generator=torch.Generator().manual_seed(0))
     special = torch.isin(ids, torch.tensor(data.tokenizer.all_special_ids))
     n = (~special).sum().item()
-    frac = labels.ne(M.CE_IGNORE).sum().item() / n
+    frac = labels.ne(O.CE_IGNORE).sum().item() / n
     assert abs(frac - 0.15) < 4 * math.sqrt(0.15 * 0.85 / n)
-    assert labels[special].eq(M.CE_IGNORE).all()  # [CLS], [SEP], [PAD] are never predicted
-    chosen = labels.ne(M.CE_IGNORE)
+    assert labels[special].eq(O.CE_IGNORE).all()  # [CLS], [SEP], [PAD] are never predicted
+    chosen = labels.ne(O.CE_IGNORE)
     mask_id = data.tokenizer.mask_token_id
     assert abs(masked[chosen].eq(mask_id).float().mean().item() - 0.8) < 0.05  # BERT's 80% [MASK]
     assert torch.equal(labels[chosen], ids[chosen])
@@ -100,7 +104,7 @@ def test_contrastive_loss_equals_naive_computation():
     g = torch.Generator().manual_seed(0)
     image = F.normalize(torch.randn(6, 5, generator=g, dtype=torch.float64), dim=-1)
     text = F.normalize(torch.randn(6, 5, generator=g, dtype=torch.float64), dim=-1)
-    ours = M.global_contrastive_loss(image, text, torch.tensor(2.6592, dtype=torch.float64))
+    ours = O.global_contrastive_loss(image, text, torch.tensor(2.6592, dtype=torch.float64))
     assert ours.item() == pytest.approx(naive_contrastive(image, text, 2.6592), abs=1e-12)
 
 
@@ -121,7 +125,7 @@ def _gathered_worker(rank: int, world: int, port: int, image: torch.Tensor, text
         local = slice(rank * b, (rank + 1) * b)
         img = F.normalize(image[local] @ w, dim=-1)
         txt = F.normalize(text[local] @ w, dim=-1)
-        loss = M.global_contrastive_loss(img, txt, torch.tensor(2.0, dtype=torch.float64))
+        loss = O.global_contrastive_loss(img, txt, torch.tensor(2.0, dtype=torch.float64))
         loss.backward()
         dist.all_reduce(w.grad)  # what DDP does (sum here, divided below = DDP's average)
         queue.put((rank, loss.item(), (w.grad / world).numpy()))
@@ -134,7 +138,7 @@ def test_gathered_contrastive_loss_on_two_processes_equals_one_process_on_the_co
     image, text = torch.randn(8, 6, generator=g, dtype=torch.float64), torch.randn(8, 6, generator=g, dtype=torch.float64)
     weight = torch.randn(6, 4, generator=g, dtype=torch.float64)
     w = weight.clone().requires_grad_(True)
-    single = M.global_contrastive_loss(F.normalize(image @ w, dim=-1), F.normalize(text @ w, dim=-1), torch.tensor(2.0, dtype=torch.float64))
+    single = O.global_contrastive_loss(F.normalize(image @ w, dim=-1), F.normalize(text @ w, dim=-1), torch.tensor(2.0, dtype=torch.float64))
     single.backward()
 
     ctx = torch.multiprocessing.get_context("spawn")
@@ -158,24 +162,24 @@ def test_local_only_contrastive_differs_from_global_when_gradients_do_not_cross(
     image = F.normalize(torch.randn(8, 4, generator=g, dtype=torch.float64), dim=-1)
     text = F.normalize(torch.randn(8, 4, generator=g, dtype=torch.float64), dim=-1)
     scale = torch.tensor(2.0, dtype=torch.float64)
-    halves = (M.global_contrastive_loss(image[:4], text[:4], scale) + M.global_contrastive_loss(image[4:], text[4:], scale)) / 2
-    assert abs(halves.item() - M.global_contrastive_loss(image, text, scale).item()) > 1e-3
+    halves = (O.global_contrastive_loss(image[:4], text[:4], scale) + O.global_contrastive_loss(image[4:], text[4:], scale)) / 2
+    assert abs(halves.item() - O.global_contrastive_loss(image, text, scale).item()) > 1e-3
 
 
 # ------------------------------------------------------------------- losses vs Hugging Face's forward
-def _no_negatives(batch: M.PairedBatch) -> M.PairedBatch:
+def _no_negatives(batch: O.PairedBatch) -> O.PairedBatch:
     """The same batch with every ITM text taken as the pair's caption (all labels 1), as HF reads it."""
-    ids = batch.itm_ids_masked.where(batch.mlm_labels.eq(M.CE_IGNORE), batch.mlm_labels)  # unmasked ITM text
-    return M.PairedBatch(batch.pixel_values, ids, batch.itm_attention_mask, batch.image_tokens, batch.bool_masked_pos,
+    ids = batch.itm_ids_masked.where(batch.mlm_labels.eq(O.CE_IGNORE), batch.mlm_labels)  # unmasked ITM text
+    return O.PairedBatch(batch.pixel_values, ids, batch.itm_attention_mask, batch.image_tokens, batch.bool_masked_pos,
                          batch.itm_ids_masked, batch.itm_attention_mask, batch.mlm_labels, torch.ones_like(batch.itm_labels))
 
 
 def test_our_losses_equal_hf_flava_for_pretraining_on_batches_without_negatives(sampler):
     model = M.build_model(TINY, seed=0).train()
-    everything = M.Objectives(mim=True, mlm=True, gc=True, mmm=True, itm=True)
+    everything = O.Objectives(mim=True, mlm=True, gc=True, mmm=True, itm=True)
     for batch in (_no_negatives(sampler.paired()), sampler.images(), sampler.text()):
-        ours = dict(M.losses(model, batch, everything, gather=False).items())
-        theirs = M.hf_pretraining_losses(model, batch)
+        ours = dict(O.losses(model, batch, everything, gather=False).items())
+        theirs = O.hf_pretraining_losses(model, batch)
         assert set(ours) == set(theirs) and ours
         for name in ours:
             assert ours[name].item() == pytest.approx(theirs[name].item(), abs=1e-5), name
@@ -187,7 +191,7 @@ def test_one_hf_flava_for_pretraining_step_on_our_batches_yields_all_six_losses(
     before = model.flava.text_projection.weight.detach().clone()
     seen = {}
     for batch in (sampler.paired(), sampler.images(), sampler.text()):  # the paired batch has ITM negatives
-        got = M.hf_pretraining_losses(model, batch)
+        got = O.hf_pretraining_losses(model, batch)
         total = sum(got.values())
         opt.zero_grad()
         total.backward()
@@ -202,31 +206,31 @@ def test_one_hf_flava_for_pretraining_step_on_our_batches_yields_all_six_losses(
     ("MIM", {"mim"}), ("MLM", {"mlm"}), ("FLAVA_C", {"global_contrastive"}),
     ("FLAVA_MM", {"global_contrastive", "itm", "mmm_image", "mmm_text"}),
     ("FLAVA", {"mim", "mlm", "global_contrastive", "itm", "mmm_image", "mmm_text"}),
-    (M.INIT_ROW, {"mim", "mlm", "global_contrastive", "itm", "mmm_image", "mmm_text"}),
+    (A.INIT_ROW, {"mim", "mlm", "global_contrastive", "itm", "mmm_image", "mmm_text"}),
 ])
 def test_each_ablation_row_turns_on_exactly_its_losses(sampler, row_name, expected):
-    row = M.table3_rows()[row_name]
+    row = A.table3_rows()[row_name]
     model = M.build_model(TINY, seed=0).eval()
     seen = set()
     for source, p in row.sources.items():
         assert p > 0
         with torch.no_grad():
-            seen |= {name for name, _ in M.losses(model, getattr(sampler, source)(), row.objectives, gather=False).items()}
+            seen |= {name for name, _ in O.losses(model, getattr(sampler, source)(), row.objectives, gather=False).items()}
     assert seen == expected
 
 
 def test_round_robin_draws_sources_with_the_rows_probabilities(data):
-    row = M.table3_rows(0.7, 0.15, 0.15)["FLAVA"]
+    row = A.table3_rows(0.7, 0.15, 0.15)["FLAVA"]
     sampler = D.BatchSampler(data, TINY, batch_size=4, seed=3)
     drawn = [sampler.draw(row)[0] for _ in range(300)]
     assert abs(drawn.count("paired") / 300 - 0.7) < 0.08  # 3 sigma is 0.079
     assert drawn.count("images") > 25 and drawn.count("text") > 25
-    assert {s for s, _ in (sampler.draw(M.table3_rows()["MIM"]) for _ in range(20))} == {"images"}
+    assert {s for s, _ in (sampler.draw(A.table3_rows()["MIM"]) for _ in range(20))} == {"images"}
 
 
 def test_paired_batch_mixes_matched_and_unmatched_pairs(sampler, data):
     batch = sampler.paired()
-    ids = batch.itm_ids_masked.where(batch.mlm_labels.eq(M.CE_IGNORE), batch.mlm_labels)
+    ids = batch.itm_ids_masked.where(batch.mlm_labels.eq(O.CE_IGNORE), batch.mlm_labels)
     negative = batch.itm_labels.eq(0)
     assert negative.any() and (~negative).any()
     assert torch.equal(ids[~negative], batch.input_ids[~negative])
@@ -236,14 +240,14 @@ def test_paired_batch_mixes_matched_and_unmatched_pairs(sampler, data):
 def test_vq_tokens_are_nearest_codebook_entries(data):
     x = D.to_pixels(data.paired_images[:4])
     codes = data.vq.encode(x)  # (4, P)
-    patches = M.patchify(x, TINY.patch_size)  # (4, P, 3 p p)
+    patches = T.patchify(x, TINY.patch_size)  # (4, P, 3 p p)
     assert torch.equal(codes, torch.cdist(patches, data.vq.codebook.expand(4, -1, -1)).argmin(-1))
     assert codes.shape == (4, TINY.num_patches)
 
 
 def test_patchify_order_matches_the_vit_patch_grid():
     x = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).view(2, 3, 16, 16)
-    p = M.patchify(x, 8)  # (2, 4, 192)
+    p = T.patchify(x, 8)  # (2, 4, 192)
     assert torch.equal(p[1, 1].view(3, 8, 8), x[1, :, 0:8, 8:16])  # patch 1 = top row, second column
     assert torch.equal(p[0, 2].view(3, 8, 8), x[0, :, 8:16, 0:8])
 
@@ -269,18 +273,18 @@ def _trained_like(seed: int, shift: float):
 
 
 def test_row6_is_row5_with_init_from_the_mim_and_mlm_rows():
-    rows = M.table3_rows()
-    six, five = rows[M.INIT_ROW], rows["FLAVA"]
+    rows = A.table3_rows()
+    six, five = rows[A.INIT_ROW], rows["FLAVA"]
     assert (six.objectives, six.sources, six.domains) == (five.objectives, five.sources, five.domains)
     assert six.init == {"image": "MIM", "text": "MLM"} and not five.init
 
 
 def test_row6_init_copies_the_trained_image_and_text_encoders_before_training():
     mim, mlm = _trained_like(0, 0.5), _trained_like(0, -0.25)
-    trained = {("MIM", "image", 0): M.encoder_state(mim, "image"), ("MLM", "text", 0): M.encoder_state(mlm, "text")}
-    model = P.build_row_model(TINY, M.table3_rows()[M.INIT_ROW], 0, trained)
+    trained = {("MIM", "image", 0): A.encoder_state(mim, "image"), ("MLM", "text", 0): A.encoder_state(mlm, "text")}
+    model = P.build_row_model(TINY, A.table3_rows()[A.INIT_ROW], 0, trained)
     fresh = M.build_model(TINY, 0)
-    image, text = M.INIT_PARTS["image"], M.INIT_PARTS["text"]
+    image, text = A.INIT_PARTS["image"], A.INIT_PARTS["text"]
     _assert_same_state(_state(model, image), _state(mim, image))  # image encoder + MIM head from the MIM row
     _assert_same_state(_state(model, text), _state(mlm, text))  # text encoder + MLM head from the MLM row
     rest = ("flava.multimodal_model", "flava.image_projection", "flava.text_projection", "flava.image_to_mm_projection",
@@ -290,12 +294,66 @@ def test_row6_init_copies_the_trained_image_and_text_encoders_before_training():
     assert torch.equal(model.flava.logit_scale, fresh.flava.logit_scale)
 
 
+_FAKE_EV = type("Ev", (), {"retrieval_captions": ["c"]})()
+
+
+def _stub_evaluation(monkeypatch) -> None:
+    """run_ablation's evaluation stubbed: every domain scores 50, nothing is drawn."""
+    monkeypatch.setattr(E, "evaluate", lambda model, row, ev, seed, finetune: {d: {"average": 50.0} for d in (row or A.table3_rows()["FLAVA"]).domains})
+    monkeypatch.setattr(E, "itm_accuracy", lambda model, ev: {"accuracy": 50.0, "low": 45.0, "high": 55.0, "n": 10})
+    monkeypatch.setattr(E, "similarity_matrix", lambda model, ev: [[0.0]])
+    monkeypatch.setattr(E, "retrieval_examples", lambda model, ev, seed: [])
+    monkeypatch.setattr(E, "loss_windows", lambda values: values)
+
+
+class _KeptRows(MemoryRows):
+    """``Rows`` kept in memory as a rerun finds them on disk, each row with a checkpoint folder."""
+
+    def __init__(self, root):
+        self.root, self.kept, self.computed = root, {}, []
+
+    def row(self, key, compute, fmt="json", timed=False):
+        if key not in self.kept:
+            self.computed.append(key)
+            self.kept[key] = compute()
+        return self.kept[key]
+
+    def has_row(self, key, fmt="json"):
+        return key in self.kept
+
+    def checkpoint_dir(self, key):
+        return self.root / key
+
+
+def test_the_ablation_keeps_each_row_and_seed_in_rows_and_checkpoints_where_rows_give_a_folder(monkeypatch, tmp_path):
+    from reproduce import config
+
+    params = config.resolve("flava", "smoke", {"rows": ["MIM"], "seeds": [0], "checkpoint_every": 2})
+    cfgs = []
+
+    def fake_pretrain(model, row, sampler, cfg, device):
+        cfgs.append(cfg)
+        return {"total": [1.0]}
+
+    monkeypatch.setattr(E, "pretrain", fake_pretrain)
+    monkeypatch.setattr(E, "BatchSampler", lambda *args: None)
+    _stub_evaluation(monkeypatch)
+    rows = _KeptRows(tmp_path)
+    first, _ = E.run_ablation(params, data=None, ev=_FAKE_EV, device="cpu", rows=rows)
+    assert rows.computed == ["table3-untrained-0", "table3-MIM-0"]
+    assert [(c.checkpoint_dir, c.checkpoint_every) for c in cfgs] == [(tmp_path / "table3-MIM-0", 2)]
+    again, _ = E.run_ablation(params, data=None, ev=_FAKE_EV, device="cpu", rows=rows)  # a rerun: every row read back
+    assert again == first and len(cfgs) == 1
+    E.run_ablation(params, data=None, ev=_FAKE_EV, device="cpu")  # MemoryRows: nothing kept, no checkpoints
+    assert (cfgs[-1].checkpoint_dir, cfgs[-1].checkpoint_every) == (None, 0)
+
+
 def test_the_ablation_trains_row6_from_the_same_seeds_trained_mim_and_mlm_rows(monkeypatch):
     """run_ablation's wiring, with training stubbed: each row's "training" moves every weight by a
     row- and seed-specific amount, and row 6 must start from the MIM/MLM rows' weights of its seed."""
     from reproduce import config
 
-    params = config.resolve("flava", "smoke", {"rows": [M.INIT_ROW, "MIM", "FLAVA_C", "MLM"], "seeds": [3, 4]})
+    params = config.resolve("flava", "smoke", {"rows": [A.INIT_ROW, "MIM", "FLAVA_C", "MLM"], "seeds": [3, 4]})
     shift = {name: i + 1.0 for i, name in enumerate(params.rows)}
     after, before = {}, {}
 
@@ -315,18 +373,14 @@ def test_the_ablation_trains_row6_from_the_same_seeds_trained_mim_and_mlm_rows(m
 
     monkeypatch.setattr(E, "pretrain", fake_pretrain)
     monkeypatch.setattr(E, "BatchSampler", FakeSampler)
-    monkeypatch.setattr(E, "evaluate", lambda model, row, ev, seed, finetune: {d: {"average": 50.0} for d in (row or M.table3_rows()["FLAVA"]).domains})
-    monkeypatch.setattr(E, "itm_accuracy", lambda model, ev: {"accuracy": 50.0, "low": 45.0, "high": 55.0, "n": 10})
-    monkeypatch.setattr(E, "similarity_matrix", lambda model, ev: [[0.0]])
-    monkeypatch.setattr(E, "retrieval_examples", lambda model, ev, seed: [])
-    monkeypatch.setattr(E, "loss_windows", lambda values: values)
-    runs, _ = E.run_ablation(params, data=None, ev=type("Ev", (), {"retrieval_captions": ["c"]})(), device="cpu")
+    _stub_evaluation(monkeypatch)
+    runs, _ = E.run_ablation(params, data=None, ev=_FAKE_EV, device="cpu")
 
     assert [(r.row, r.seed) for r in runs] == [(n, s) for n in [E.UNTRAINED, *params.rows] for s in (3, 4)]  # asked order
     for seed in (3, 4):
-        start = before[(M.INIT_ROW, seed)]
+        start = before[(A.INIT_ROW, seed)]
         for part, source in (("image", "MIM"), ("text", "MLM")):
-            keys = [k for k in start if any(k.startswith(path + ".") for path in M.INIT_PARTS[part])]
+            keys = [k for k in start if any(k.startswith(path + ".") for path in A.INIT_PARTS[part])]
             assert keys
             for k in keys:
                 assert torch.equal(start[k], after[(source, seed)][k]), (part, k)
@@ -338,18 +392,18 @@ def test_the_ablation_trains_row6_from_the_same_seeds_trained_mim_and_mlm_rows(m
 def test_row6_without_its_source_rows_is_refused_before_any_work():
     from reproduce import config
 
-    for rows in ([M.INIT_ROW], ["MIM", M.INIT_ROW], ["FLAVA", M.INIT_ROW]):
+    for rows in ([A.INIT_ROW], ["MIM", A.INIT_ROW], ["FLAVA", A.INIT_ROW]):
         with pytest.raises(config.ParamError, match=r"rows.*FLAVA\+init.*MIM.*MLM.*add them"):
             config.resolve("flava", "cpu", {"rows": rows})
-    assert config.resolve("flava", "smoke", {"rows": ["MLM", "MIM", M.INIT_ROW]}).rows == ["MLM", "MIM", M.INIT_ROW]
+    assert config.resolve("flava", "smoke", {"rows": ["MLM", "MIM", A.INIT_ROW]}).rows == ["MLM", "MIM", A.INIT_ROW]
     with pytest.raises(ValueError, match="needs the trained parts"):
-        P.build_row_model(TINY, M.table3_rows()[M.INIT_ROW], 0, trained={})
+        P.build_row_model(TINY, A.table3_rows()[A.INIT_ROW], 0, trained={})
     with pytest.raises(ValueError, match="missing or form a cycle"):
-        P.training_order({M.INIT_ROW: M.table3_rows()[M.INIT_ROW]})
+        P.training_order({A.INIT_ROW: A.table3_rows()[A.INIT_ROW]})
     with pytest.raises(ValueError, match="unknown init parts"):
-        M.AblationRow("x", M.Objectives(gc=True), {"paired": 1.0}, (), init={"vision": "MIM"})
+        A.AblationRow("x", O.Objectives(gc=True), {"paired": 1.0}, (), init={"vision": "MIM"})
     with pytest.raises(ValueError, match="must hold exactly"):
-        M.initialise_from(M.build_model(TINY, 0), {"image": {"flava.image_model": {}}})
+        A.initialise_from(M.build_model(TINY, 0), {"image": {"flava.image_model": {}}})
 
 
 # ------------------------------------------------------------------- claims of each section (synthetic)
@@ -370,13 +424,13 @@ def _table3_claims(per_seed: dict[str, list[float]], controls: bool = True) -> d
     run = _run()
     seeds = [{"row": n, "seed": i, **{d: m for d in V.DOMAINS}, "macro": m} for n, v in per_seed.items() for i, m in enumerate(v)]
     tasks = {n: {f"{d}/task": statistics.fmean(v) for d in V.DOMAINS} for n, v in per_seed.items()}
-    S.table3_claims(run, seeds, tasks)
+    S.claim_table3(run, seeds, tasks)
     return {c.id: c for c in run.claims}
 
 
 def test_table3_claims_hold_when_every_seed_agrees():
     c = _table3_claims({"FLAVA_C": [40.0, 42.0, 41.0], "FLAVA_MM": [45.0, 46.5, 45.5],
-                        "FLAVA": [44.0, 45.0, 44.5], M.INIT_ROW: [50.0, 51.0, 50.0]})
+                        "FLAVA": [44.0, 45.0, 44.5], A.INIT_ROW: [50.0, 51.0, 50.0]})
     assert {k: v.verdict for k, v in c.items()} == dict.fromkeys(
         ["table3_mm_beats_c_multimodal", "table3_mm_beats_c_language", "table3_init_improves_full",
          "table3_full_best_macro"], "holds")
@@ -390,7 +444,7 @@ def test_table3_claims_hold_when_every_seed_agrees():
 
 def test_table3_claims_contradicted_when_every_seed_disagrees():
     c = _table3_claims({"FLAVA_C": [50.0, 52.0, 51.0], "FLAVA_MM": [45.0, 46.0, 45.5],
-                        "FLAVA": [44.0, 45.0, 44.5], M.INIT_ROW: [40.0, 40.5, 40.2]})
+                        "FLAVA": [44.0, 45.0, 44.5], A.INIT_ROW: [40.0, 40.5, 40.2]})
     assert {v.verdict for v in c.values()} == {"contradicted"}
     note = c["table3_mm_beats_c_multimodal"].note
     assert note.startswith("contradicted at our scale: FLAVA_MM - FLAVA_C per multimodal task (means): task -5.50")
@@ -399,21 +453,21 @@ def test_table3_claims_contradicted_when_every_seed_disagrees():
 
 def test_table3_claims_inconclusive_when_the_seeds_straddle_or_there_is_one_seed():
     c = _table3_claims({"FLAVA_C": [43.7, 61.9, 50.0], "FLAVA_MM": [62.7, 61.1, 50.5],  # +19.0, -0.8, +0.5: straddles
-                        "FLAVA": [51.0, 56.7, 54.0], M.INIT_ROW: [57.0, 57.5, 57.2]})
+                        "FLAVA": [51.0, 56.7, 54.0], A.INIT_ROW: [57.0, 57.5, 57.2]})
     mm = c["table3_mm_beats_c_multimodal"]
     assert mm.verdict == "inconclusive" and mm.ours.value == pytest.approx((19.0 - 0.8 + 0.5) / 3)
     assert mm.ours.low < 0 < mm.ours.high and mm.note.startswith("the seeds cannot tell")
     assert "FLAVA_C 43.70 / 61.90 / 50.00" in mm.note
-    one = _table3_claims({"FLAVA_C": [40.0], "FLAVA_MM": [45.0], "FLAVA": [44.0], M.INIT_ROW: [50.0]})
+    one = _table3_claims({"FLAVA_C": [40.0], "FLAVA_MM": [45.0], "FLAVA": [44.0], A.INIT_ROW: [50.0]})
     assert {v.verdict for v in one.values()} == {"not testable"}  # one seed: no row's gain can be measured
     assert one["table3_init_improves_full"].ours.low == -math.inf
-    two = _table3_claims({"FLAVA_C": [40.0, 41.0], "FLAVA_MM": [45.0, 46.5], "FLAVA": [44.0, 45.0], M.INIT_ROW: [50.0, 51.0]})
+    two = _table3_claims({"FLAVA_C": [40.0, 41.0], "FLAVA_MM": [45.0, 46.5], "FLAVA": [44.0, 45.0], A.INIT_ROW: [50.0, 51.0]})
     assert {v.verdict for v in two.values()} == {"not testable"}  # fewer than 3 seeds: no interval, by rule
 
 
 def test_table3_claims_are_not_testable_without_the_untrained_row():
     c = _table3_claims({"FLAVA_C": [40.0, 42.0, 41.0], "FLAVA_MM": [45.0, 46.5, 45.5],
-                        "FLAVA": [44.0, 45.0, 44.5], M.INIT_ROW: [50.0, 51.0, 50.0]}, controls=False)
+                        "FLAVA": [44.0, 45.0, 44.5], A.INIT_ROW: [50.0, 51.0, 50.0]}, controls=False)
     assert {v.verdict for v in c.values()} == {"not testable"}
     assert all(v.precondition is not None and v.precondition.value is None for v in c.values())
 
@@ -422,7 +476,7 @@ def test_table3_each_comparison_is_claimed_once():
     """Row 5 is the strongest other row here; it is compared with row 6 once (init improves full),
     so "full FLAVA best" compares row 6 with the best of the remaining rows (FLAVA_MM)."""
     c = _table3_claims({"MIM": [20.0, 21.0], "FLAVA_C": [40.0, 41.0], "FLAVA_MM": [45.0, 46.0],
-                        "FLAVA": [49.0, 48.0], M.INIT_ROW: [50.0, 52.0]})
+                        "FLAVA": [49.0, 48.0], A.INIT_ROW: [50.0, 52.0]})
     assert "minus FLAVA_MM" in c["table3_full_best_macro"].text
     assert c["table3_full_best_macro"].ours.units == (5.0, 6.0)
     assert c["table3_init_improves_full"].ours.units == (1.0, 4.0)
@@ -435,13 +489,13 @@ def test_table3_claims_refuse_rows_that_do_not_share_seeds():
     seeds = [{"row": "FLAVA_C", "seed": 0, **dict.fromkeys(V.DOMAINS, 1.0), "macro": 1.0},
              {"row": "FLAVA_MM", "seed": 1, **dict.fromkeys(V.DOMAINS, 1.0), "macro": 1.0}]
     with pytest.raises(ValueError, match="share their seeds"):
-        S.table3_claims(_run(), seeds, {})
+        S.claim_table3(_run(), seeds, {})
 
 
 @pytest.mark.parametrize("gap, verdict", [(3e-7, "holds"), (0.0, "holds"), (2e-3, "contradicted")])
 def test_hf_path_claim_is_an_exact_check(gap, verdict):
     run = _run()
-    S.hf_path_claims(run, {"max_abs_gap": gap, "losses": dict.fromkeys(S.HF_LOSS_NAMES, 1.0), "parameters": 10})
+    S.claim_hf_path(run, {"max_abs_gap": gap, "losses": dict.fromkeys(S.HF_LOSS_NAMES, 1.0), "parameters": 10})
     (claim,) = run.claims
     assert claim.verdict == verdict and not claim.ours.noisy and claim.source.startswith("ours: ")
 
@@ -451,9 +505,9 @@ def test_stable_values_hold_the_paper_table_and_no_measured_value():
 
     run = _run()
     run.record("hf_path", {"max_abs_gap": 1e-7, "losses": dict.fromkeys(S.HF_LOSS_NAMES, 1.234567), "parameters": 123})
-    S.hf_path_claims(run, run.measured["hf_path"])
-    S.table3_claims(run, [{"row": n, "seed": 0, **dict.fromkeys(V.DOMAINS, m), "macro": m}
-                          for n, m in (("FLAVA_C", 40.1234), ("FLAVA_MM", 45.0), ("FLAVA", 44.0), (M.INIT_ROW, 50.0))], {})
+    S.claim_hf_path(run, run.measured["hf_path"])
+    S.claim_table3(run, [{"row": n, "seed": 0, **dict.fromkeys(V.DOMAINS, m), "macro": m}
+                          for n, m in (("FLAVA_C", 40.1234), ("FLAVA_MM", 45.0), ("FLAVA", 44.0), (A.INIT_ROW, 50.0))], {})
     text = results.stable_text(S.stable_values(run))
     assert "paper.table3.FLAVA_MM.macro: 74.23" in text and "hf_losses_agree: True" in text and "parameters: 123" in text
     assert "rows.FLAVA.updates: 6" in text  # smoke: 4 paired draws at p = 0.70
@@ -554,23 +608,23 @@ def test_sizes_refuse_nonsense(kwargs, match):
 
 def test_bad_objectives_rows_and_masking_are_refused(data):
     with pytest.raises(ValueError, match="at least one objective"):
-        M.Objectives()
+        O.Objectives()
     with pytest.raises(ValueError, match="sum to 1"):
-        M.table3_rows(0.7, 0.2, 0.2)
+        A.table3_rows(0.7, 0.2, 0.2)
     with pytest.raises(ValueError, match="no objective uses it"):
-        M.AblationRow("x", M.Objectives(gc=True), {"paired": 0.5, "text": 0.5}, ("language",))
+        A.AblationRow("x", O.Objectives(gc=True), {"paired": 0.5, "text": 0.5}, ("language",))
     with pytest.raises(ValueError, match="unknown sources"):
-        M.AblationRow("x", M.Objectives(gc=True), {"pairs": 1.0}, ())
+        A.AblationRow("x", O.Objectives(gc=True), {"pairs": 1.0}, ())
     with pytest.raises(ValueError, match="mask ratio"):
-        M.BlockMasking(grid=8, ratio=1.0)
+        BlockMasking(grid=8, ratio=1.0)
     with pytest.raises(ValueError, match="text mask probability"):
-        M.mask_text(data.text_ids[:2], data.tokenizer, prob=0.0)
+        mask_text(data.text_ids[:2], data.tokenizer, prob=0.0)
     with pytest.raises(ValueError, match="batch_size"):
         D.BatchSampler(data, TINY, batch_size=1, seed=0)
     with pytest.raises(ValueError, match="itm_negative_prob"):
         D.BatchSampler(data, TINY, batch_size=4, seed=0, itm_negative_prob=1.5)
     with pytest.raises(TypeError, match="unknown batch type"):
-        M.losses(None, object(), M.Objectives(gc=True))
+        O.losses(None, object(), O.Objectives(gc=True))
 
 
 def test_bad_scene_inputs_are_refused():
@@ -589,10 +643,10 @@ def test_bad_scene_inputs_are_refused():
 
 def test_flava_full_fails_fast_and_says_why_when_the_hub_is_offline(monkeypatch, no_network):
     """Fast: with HF_HUB_OFFLINE=1 no connection is even attempted (no_network fails the test if it is)."""
-    from reproduce import hf
+    from reproduce import hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(hf.HubOfflineError, match="facebook/flava-full"):
+    with pytest.raises(hub.HubError, match="facebook/flava-full"):
         M.load_flava_full()
 
 
@@ -600,8 +654,8 @@ def test_config_rows_match_the_model_and_bad_parameters_are_refused():
     from reproduce import config
     from reproduce.configs.flava import INIT_SOURCES, TABLE3_ROWS
 
-    assert tuple(M.table3_rows()) == TABLE3_ROWS
-    assert {n: tuple(r.init.values()) for n, r in M.table3_rows().items() if r.init} == INIT_SOURCES
+    assert tuple(A.table3_rows()) == TABLE3_ROWS
+    assert {n: tuple(r.init.values()) for n, r in A.table3_rows().items() if r.init} == INIT_SOURCES
     assert set(S.PAPER["table3"]) == set(TABLE3_ROWS)
     params = config.resolve("flava", "cpu")
     assert E.sizes_from(params).grid == params.image_size // params.patch_size
@@ -724,10 +778,10 @@ def test_pmd_hub_pairs_streams_each_subset_with_datasets(tmp_path, monkeypatch):
 def test_pmd_offline_fails_at_once_naming_the_offline_alternative(monkeypatch, no_network):
     """At once: with HF_HUB_OFFLINE=1 no connection is even attempted (no_network fails the test if it is)."""
     from reproduce.data import pmd
-    from reproduce.data.text import HubDatasetOffline
+    from reproduce.hub import HubError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(HubDatasetOffline, match="flickr30k.*offline.*pairs_source='scenes' \\(profile=cpu\\).*pairs_dataset"):
+    with pytest.raises(HubError, match="flickr30k.*offline.*pairs_source='scenes' \\(profile=cpu\\).*pairs_dataset"):
         pmd.hub_pairs(pmd.DEFAULT_DATASET, [], 10, 32)
 
 
@@ -813,7 +867,7 @@ def test_vq_fit_subsample_draws_distinct_images_or_keeps_all():
 def test_micro_batches_split_each_drawn_batch_and_accumulate_to_it(data):
     from reproduce.flava.pretraining import FlavaTrainConfig, batch_stream
 
-    row = M.table3_rows()["FLAVA"]
+    row = A.table3_rows()["FLAVA"]
     a = batch_stream(D.BatchSampler(data, TINY, 8, seed=3), row)
     fulls = [next(a) for _ in range(3)]  # the block masks draw from Python's global random: one sampler at a time
     b = batch_stream(D.BatchSampler(data, TINY, 8, seed=3), row, micro_batch=4)
@@ -854,7 +908,7 @@ def test_released_model_zero_shot_uses_its_own_processor_and_tokenizer(data):
 
     model = M.build_model(TINY, seed=0).eval()
     heldout = scenes.make_scenes(40, TINY.image_size, 7, scenes.SceneSampler("test"))
-    ids, mask = M.tokenize(data.tokenizer, heldout.captions, TINY.max_text_len)
+    ids, mask = T.tokenize(data.tokenizer, heldout.captions, TINY.max_text_len)
     ev = D.EvalData({}, {}, None, heldout.images, ids, mask, heldout.captions)
     ours = V.retrieval_recalls(*V.contrastive_embeddings(model, heldout.images, ids, mask), heldout.captions)
     as_ours = FlavaImageProcessor(do_resize=False, do_center_crop=False, rescale_factor=1 / 127.5,
@@ -879,15 +933,15 @@ def test_wordpiece_vocabulary_is_the_same_in_every_process():
 
     from conftest import subprocess_env
 
-    code = ("import json; from reproduce.data import scenes; from reproduce.flava import model as M; "
+    code = ("import json; from reproduce.data import scenes; from reproduce.flava import tokenisers as T; "
             "texts = scenes.make_scenes(400, 16, 3).captions + ['it is a truth universally acknowledged'] * 3; "
-            "print(json.dumps(sorted(M.build_wordpiece(texts, 120, 24).get_vocab().items())))")
+            "print(json.dumps(sorted(T.build_wordpiece(texts, 120, 24).get_vocab().items())))")
     runs = [json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                                       env=subprocess_env()).stdout) for _ in range(3)]
     assert runs[0] == runs[1] == runs[2]
     vocab = dict(runs[0])
-    assert [vocab[t] for t in M.SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
-    assert all(f"##{t}" in vocab for t in vocab if t not in M.SPECIAL_TOKENS and not t.startswith("##"))
+    assert [vocab[t] for t in T.SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+    assert all(f"##{t}" in vocab for t in vocab if t not in T.SPECIAL_TOKENS and not t.startswith("##"))
 
 
 # ----------------------------------------------------------------- #15: evaluation that measures pretraining
@@ -898,15 +952,15 @@ def test_learned_tokens_start_non_zero_and_no_gradient_explodes_at_init(sampler)
     emb = model.flava.image_model.embeddings
     for t in (emb.cls_token, emb.mask_token, emb.position_embeddings, model.flava.multimodal_model.cls_token):
         assert t.abs().max() > 0 and t.std().item() == pytest.approx(0.02, rel=0.5)
-    rows = M.table3_rows()
-    M.losses(model, sampler.paired(), rows["FLAVA_MM"].objectives).total().backward()
+    rows = A.table3_rows()
+    O.losses(model, sampler.paired(), rows["FLAVA_MM"].objectives).total().backward()
     norms = {n: p.grad.norm().item() for n, p in model.named_parameters() if p.grad is not None}
     tokens = ("embeddings.cls_token", "embeddings.mask_token", "embeddings.position_embeddings", "multimodal_model.cls_token")
     token_max = max(v for n, v in norms.items() if n.endswith(tokens))
     assert token_max < max(v for n, v in norms.items() if not n.endswith(tokens)), sorted(norms.items(), key=lambda kv: -kv[1])[:3]
     M.init_learned_tokens(model, std=0.0)  # HF's zeros: the tokens' gradients dwarf every other weight's
     model.zero_grad()
-    M.losses(model, sampler.paired(), rows["FLAVA_MM"].objectives).total().backward()
+    O.losses(model, sampler.paired(), rows["FLAVA_MM"].objectives).total().backward()
     zeros = {n: p.grad.norm().item() for n, p in model.named_parameters() if p.grad is not None}
     assert max(v for n, v in zeros.items() if n.endswith(tokens)) > 10 * max(v for n, v in zeros.items() if not n.endswith(tokens))
 
@@ -917,15 +971,15 @@ def test_hard_negatives_follow_the_similarities_and_never_pick_an_equal_caption(
     sim[0, 2] = sim[1, 3] = sim[2, 0] = sim[3, 1] = 5.0  # one clearly hardest text per image
     sim.fill_diagonal_(10.0)  # the positives: never drawn
     same = torch.eye(4, dtype=torch.bool)
-    text_of_image, image_of_text = M.mine_hard_negatives(sim, same, g)
+    text_of_image, image_of_text = O.mine_hard_negatives(sim, same, g)
     assert text_of_image.tolist() == [2, 3, 0, 1] and image_of_text.tolist() == [2, 3, 0, 1]
     same = torch.ones(4, 4, dtype=torch.bool)
     same[0, 1] = same[1, 0] = False  # only texts 0 and 1 differ
-    picks = [M.mine_hard_negatives(torch.zeros(4, 4), same, g) for _ in range(50)]
+    picks = [O.mine_hard_negatives(torch.zeros(4, 4), same, g) for _ in range(50)]
     assert all(t[0].item() == 1 and t[1].item() == 0 for t, _ in picks)
     assert all(t[i].item() != i for t, _ in picks for i in (2, 3))  # no other text: any j != i
     with pytest.raises(ValueError, match=r"\(B, B\)"):
-        M.mine_hard_negatives(torch.zeros(3, 4), torch.zeros(3, 4, dtype=torch.bool))
+        O.mine_hard_negatives(torch.zeros(3, 4), torch.zeros(3, 4, dtype=torch.bool))
 
 
 def test_mined_itm_pairs_are_b_matched_and_b_unmatched(data):
@@ -935,33 +989,33 @@ def test_mined_itm_pairs_are_b_matched_and_b_unmatched(data):
     with torch.no_grad():
         out = model.flava(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                           pixel_values=batch.pixel_values, skip_multimodal_encoder=True)
-        image, text = M.contrastive_embeddings(model, out.image_embeddings, out.text_embeddings)
-        i, t = M.mined_itm_pairs(batch.input_ids, image, text, torch.Generator().manual_seed(0))
+        image, text = O.contrastive_embeddings(model, out.image_embeddings, out.text_embeddings)
+        i, t = O.mined_itm_pairs(batch.input_ids, image, text, torch.Generator().manual_seed(0))
         assert i[:4].tolist() == [0, 1, 2, 3] and (t[:4] != torch.arange(4)).all()  # own image, a mined other text
         assert t[4:].tolist() == [4, 5, 6, 7] and (i[4:] != torch.arange(4, 8)).all()  # own text, a mined other image
         # re-pairing one pass's encoder states == encoding the re-paired inputs
         masked = model.flava(input_ids=batch.itm_ids_masked, attention_mask=batch.itm_attention_mask,
                              pixel_values=batch.pixel_values, bool_masked_pos=batch.bool_masked_pos)
         states = masked.image_output.hidden_states[-1], masked.text_output.hidden_states[-1]
-        same = M.multimodal_encode(model, *states, batch.itm_attention_mask)
+        same = O.multimodal_encode(model, *states, batch.itm_attention_mask)
         torch.testing.assert_close(same, masked.multimodal_embeddings, rtol=0, atol=0)
         repaired = model.flava(input_ids=batch.itm_ids_masked[t], attention_mask=batch.itm_attention_mask[t],
                                pixel_values=batch.pixel_values[i], bool_masked_pos=batch.bool_masked_pos[i])
-        torch.testing.assert_close(M.multimodal_encode(model, states[0][i], states[1][t], batch.itm_attention_mask[t]),
+        torch.testing.assert_close(O.multimodal_encode(model, states[0][i], states[1][t], batch.itm_attention_mask[t]),
                                    repaired.multimodal_embeddings, rtol=1e-5, atol=1e-5)
-    objectives = M.table3_rows()["FLAVA_MM"].objectives
-    terms = M.losses(model, batch, objectives, itm_negatives="mined", generator=torch.Generator().manual_seed(0))
+    objectives = A.table3_rows()["FLAVA_MM"].objectives
+    terms = O.losses(model, batch, objectives, itm_negatives="mined", generator=torch.Generator().manual_seed(0))
     assert terms.itm is not None and terms.mmm_text is not None
     with pytest.raises(ValueError, match="matched pairs only"):
-        M.losses(model, D.BatchSampler(data, TINY, 8, 0).paired(), objectives, itm_negatives="mined")
+        O.losses(model, D.BatchSampler(data, TINY, 8, 0).paired(), objectives, itm_negatives="mined")
     with pytest.raises(ValueError, match="turn GC on"):
-        M.losses(model, batch, M.Objectives(itm=True), itm_negatives="mined")
+        O.losses(model, batch, O.Objectives(itm=True), itm_negatives="mined")
 
 
 def test_replaced_token_task_changes_one_token_from_its_pool(data):
     pools = D.replaced_token_pools(data.tokenizer)
     assert not set(pools[0]) & set(pools[1]) and not set(data.tokenizer.all_special_ids) & (set(pools[0]) | set(pools[1]))
-    ids, mask = M.tokenize(data.tokenizer, data.captions[:20], TINY.max_text_len)
+    ids, mask = T.tokenize(data.tokenizer, data.captions[:20], TINY.max_text_len)
     out, labels = D.with_replaced_token(ids, mask, pools[1], np.random.default_rng(0))
     changed = (out != ids).sum(1)
     assert labels.tolist() == [1, 0] * 10 and changed[labels == 1].eq(0).all() and changed[labels == 0].eq(1).all()
@@ -1000,9 +1054,9 @@ def test_a_trained_toy_encoder_beats_a_random_one_on_replaced_word_detection(one
     texts = D.TextSources(pretrain=scenes.make_scenes(400, 32, 5).captions + other, austen_heldout=[], melville_heldout=[])
     data = D.build_pretrain_data(sizes, n_pairs=96, n_images=64, n_text=800, emoji_prob=0.0, seed=0, texts=texts)
     trained = M.build_model(sizes, 0)
-    P.pretrain(trained, M.table3_rows()["MLM"], D.BatchSampler(data, sizes, 32, 0),
+    P.pretrain(trained, A.table3_rows()["MLM"], D.BatchSampler(data, sizes, 32, 0),
                P.FlavaTrainConfig(steps=150, batch_size=32, lr=2e-3, warmup=10), device="cpu")
-    ids, mask = M.tokenize(data.tokenizer, scenes.make_scenes(400, 32, 9, scenes.SceneSampler("test")).captions,
+    ids, mask = T.tokenize(data.tokenizer, scenes.make_scenes(400, 32, 9, scenes.SceneSampler("test")).captions,
                            sizes.max_text_len)
     pools = D.replaced_token_pools(data.tokenizer)
     tr_ids, tr_y = D.with_replaced_token(ids[:200], mask[:200], pools[0], rng)
@@ -1030,10 +1084,10 @@ def test_controls_hold_and_gate_the_table3_claims_on_rows_that_learnt():
     seeds = _seeds_with_untrained({E.UNTRAINED: lang_low, "MIM": {"vision": up["vision"], "macro": [13.0] * 3},
                                    "MLM": {"language": up["language"], "macro": [23.0] * 3},
                                    "FLAVA_C": flat, "FLAVA_MM": {**flat, "multimodal": [50.0, 51.0, 52.0]},
-                                   "FLAVA": up, M.INIT_ROW: {**up, "macro": [52.0, 53.0, 52.5]}})
+                                   "FLAVA": up, A.INIT_ROW: {**up, "macro": [52.0, 53.0, 52.5]}})
     run = _run()
-    S.control_claims(run, seeds)
-    S.table3_claims(run, seeds, {})
+    S.claim_controls(run, seeds)
+    S.claim_table3(run, seeds, {})
     c = {x.id: x for x in run.claims}
     assert {k: c[k].verdict for k in c if k.startswith("control_")} == {
         "control_mim_vision": "holds", "control_mlm_language": "holds", "control_flava_vision": "holds",
@@ -1055,10 +1109,10 @@ def test_itm_claim_reads_held_out_accuracy_and_marks_flava_mm_when_inactive(accu
     run = _run()
     itm = {S.ITM_ROW: [{"seed": i, "accuracy": a, "low": a - 4, "high": a + 4, "n": 600} for i, a in enumerate(accuracies)],
            E.UNTRAINED: [{"seed": i, "accuracy": 50.0, "low": 46.0, "high": 54.0, "n": 600} for i in range(3)]}
-    S.itm_claims(run, itm)
+    S.claim_itm(run, itm)
     (claim,) = run.claims
     assert claim.verdict == verdict and claim.threshold == S.ITM_CHANCE and "untrained: 50.0" in claim.note
-    S.table3_claims(run, _seeds_with_untrained({"FLAVA_C": {d: [1.0, 2.0, 3.0] for d in (*V.DOMAINS, "macro")},
+    S.claim_table3(run, _seeds_with_untrained({"FLAVA_C": {d: [1.0, 2.0, 3.0] for d in (*V.DOMAINS, "macro")},
                                                 "FLAVA_MM": {d: [2.0, 3.0, 4.0] for d in (*V.DOMAINS, "macro")}}), {})
     inactive = "ITM inactive" in next(c for c in run.claims if c.id == "table3_mm_beats_c_multimodal").note
     assert inactive == (verdict != "holds")
@@ -1107,16 +1161,16 @@ def test_mined_negatives_are_drawn_on_the_generators_device():
     first FLAVA_MM update crashed with "Expected a 'cuda' device type for generator")."""
     sim = torch.randn(6, 6, generator=torch.Generator().manual_seed(1))
     same = torch.eye(6, dtype=torch.bool)
-    on_host = M.mine_hard_negatives(sim, same, torch.Generator().manual_seed(0))
+    on_host = O.mine_hard_negatives(sim, same, torch.Generator().manual_seed(0))
     with _PretendCuda():
-        on_cuda = M.mine_hard_negatives(sim.as_subclass(_OnCuda), same.as_subclass(_OnCuda), torch.Generator().manual_seed(0))
+        on_cuda = O.mine_hard_negatives(sim.as_subclass(_OnCuda), same.as_subclass(_OnCuda), torch.Generator().manual_seed(0))
     assert on_cuda[0].device.type == "cuda"  # returned where the similarities live
     for a, b in zip(on_host, on_cuda):
         assert a.tolist() == torch.Tensor.as_subclass(b, torch.Tensor).tolist()  # the same draws as on the host
 
 
 # ---------------------------------------------- several processes: uneven shards, negatives from the global batch
-def _flava_worker(rank: int, world: int, port: int, bounds: list[int], batch: M.PairedBatch, tensors: tuple, queue):
+def _flava_worker(rank: int, world: int, port: int, bounds: list[int], batch: O.PairedBatch, tensors: tuple, queue):
     import dataclasses
 
     import torch.distributed as dist
@@ -1127,14 +1181,14 @@ def _flava_worker(rank: int, world: int, port: int, bounds: list[int], batch: M.
         local = slice(bounds[rank], bounds[rank + 1])
         image, text, weight = tensors
         w = weight.clone().requires_grad_(True)
-        loss = M.global_contrastive_loss(F.normalize(image[local] @ w, dim=-1), F.normalize(text[local] @ w, dim=-1),
+        loss = O.global_contrastive_loss(F.normalize(image[local] @ w, dim=-1), F.normalize(text[local] @ w, dim=-1),
                                          torch.tensor(2.0, dtype=torch.float64))
         share = (bounds[rank + 1] - bounds[rank]) * world / bounds[-1]
         (loss * share).backward()  # as train() weights a share's loss by its rows (DDP then averages the gradients)
         model = M.build_model(TINY, 0).eval()
-        mine = M.PairedBatch(**{f.name: getattr(batch, f.name)[local] for f in dataclasses.fields(batch)})
+        mine = O.PairedBatch(**{f.name: getattr(batch, f.name)[local] for f in dataclasses.fields(batch)})
         with torch.no_grad():
-            itm = M.paired_losses(model, mine, M.Objectives(gc=True, itm=True), itm_negatives="mined",
+            itm = O.paired_losses(model, mine, O.Objectives(gc=True, itm=True), itm_negatives="mined",
                                   generator=torch.Generator().manual_seed(0)).itm
         queue.put((rank, loss.item(), w.grad.numpy(), itm.item()))
     finally:
@@ -1150,12 +1204,12 @@ def test_uneven_shards_and_mined_negatives_on_two_processes_equal_one_process(sa
     image, text = torch.randn(8, 6, generator=g, dtype=torch.float64), torch.randn(8, 6, generator=g, dtype=torch.float64)
     weight = torch.randn(6, 4, generator=g, dtype=torch.float64)
     w = weight.clone().requires_grad_(True)
-    single = M.global_contrastive_loss(F.normalize(image @ w, dim=-1), F.normalize(text @ w, dim=-1),
+    single = O.global_contrastive_loss(F.normalize(image @ w, dim=-1), F.normalize(text @ w, dim=-1),
                                        torch.tensor(2.0, dtype=torch.float64))
     single.backward()
     batch = D.BatchSampler(sampler.data, TINY, batch_size=8, seed=3, itm_negative_prob=0.0).paired()
     with torch.no_grad():
-        itm_single = M.paired_losses(M.build_model(TINY, 0).eval(), batch, M.Objectives(gc=True, itm=True),
+        itm_single = O.paired_losses(M.build_model(TINY, 0).eval(), batch, O.Objectives(gc=True, itm=True),
                                      itm_negatives="mined", generator=torch.Generator().manual_seed(0)).itm
 
     bounds = [0, 5, 8]

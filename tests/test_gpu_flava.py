@@ -6,7 +6,7 @@
   ``sentids``, ``img_id``, ``filename``) and a tiny FLAVA saved with ``save_pretrained`` in place of
   facebook/flava-full, on CPU with HF_HUB_OFFLINE=1; micro-batches and checkpoints on.
 - The plan of the gpu profile fits an A100 80 GB; an oversized micro-batch is refused naming the fix;
-  the meta-device measurement equals the real CPU one at small size and bounds ``model.losses``.
+  the meta-device measurement equals the real CPU one at small size and bounds ``objectives.losses``.
 - A pretraining killed after a checkpoint and run again returns what an uninterrupted one does.
 """
 
@@ -20,8 +20,10 @@ import torch
 
 from conftest import run_profile
 from reproduce.data import scenes
+from reproduce.flava import ablation as A
 from reproduce.flava import data as D
 from reproduce.flava import model as M
+from reproduce.flava import objectives as O
 
 TINY = M.FlavaSizes(image_size=32, patch_size=8, hidden=32, heads=2, mlp=64, image_layers=1, text_layers=1,
                     multimodal_layers=1, projection_dim=16, codebook_size=16, vocab_size=200, max_text_len=20)
@@ -128,7 +130,7 @@ def test_plan_of_the_gpu_profile_fits_an_a100_80gb_and_an_oversized_micro_batch_
 
 def test_meta_measurement_equals_real_cpu_tensors_and_bounds_the_real_losses():
     """The plan's paired step on the meta device saves exactly the bytes it saves on CPU tensors, and at
-    least what ``model.losses`` (masked heads, mined negatives) saves, within 25 %."""
+    least what ``objectives.losses`` (masked heads, mined negatives) saves, within 25 %."""
     from reproduce import plan as P
     from reproduce.flava import plan as FP
 
@@ -147,8 +149,8 @@ def test_meta_measurement_equals_real_cpu_tensors_and_bounds_the_real_losses():
     texts = D.TextSources(pretrain=[f"{c} and then more words." for c in captions], austen_heldout=[], melville_heldout=[])
     data = D.build_pretrain_data(TINY, n_pairs=64, n_images=32, n_text=32, emoji_prob=0.0, seed=0, texts=texts)
     batch = D.BatchSampler(data, TINY, batch_size=b, seed=0, itm_negative_prob=0.0).paired()
-    every = M.Objectives(mim=True, mlm=True, gc=True, mmm=True, itm=True)
-    real = real_saved(lambda m: M.losses(m, batch, every, gather=False, itm_negatives="mined",
+    every = O.Objectives(mim=True, mlm=True, gc=True, mmm=True, itm=True)
+    real = real_saved(lambda m: O.losses(m, batch, every, gather=False, itm_negatives="mined",
                                          generator=torch.Generator().manual_seed(0)).total())
     assert real <= meta.saved_bytes <= 1.25 * real
 
@@ -176,7 +178,7 @@ def test_a_killed_pretraining_resumes_from_its_checkpoint_with_the_same_result(t
     captions = scenes.make_scenes(120, 32, 5).captions
     texts = D.TextSources(pretrain=[f"{c} and then more words." for c in captions], austen_heldout=[], melville_heldout=[])
     data = D.build_pretrain_data(TINY, n_pairs=64, n_images=32, n_text=32, emoji_prob=0.0, seed=0, texts=texts)
-    row = M.table3_rows()["FLAVA"]
+    row = A.table3_rows()["FLAVA"]
 
     def run(checkpoints, die_at=0):
         sampler = DyingSampler(data, TINY, 8, seed=1, itm_negative_prob=0.0)

@@ -17,7 +17,10 @@ import torch
 
 from conftest import run_profile
 from reproduce import config, plan
-from reproduce.retnet import data, experiments as ex, plan as retnet_plan
+from reproduce.retnet import data, plan as retnet_plan
+from reproduce.retnet import language_models as lms
+from reproduce.retnet.baselines import LMShape, build_model
+from reproduce.rundir import row_key
 
 TINY = {"decode_lengths": [16, 32], "decode_batch": 2, "decode_steps": 2, "cost_hidden": 32, "cost_layers": 1,
         "cost_heads": 2, "train_lengths": [32, 64], "train_hidden": 32, "train_heads": 2, "train_batch": 1,
@@ -132,12 +135,12 @@ def _heap_bytes() -> int:
     return info.uordblks + info.hblkhd  # malloc'd + mmapped bytes in use
 
 
-SMALL = ex.LMShape(vocab_size=320, hidden_size=128, num_layers=6, num_heads=4)
+SMALL = LMShape(vocab_size=320, hidden_size=128, num_layers=6, num_heads=4)
 
 
 def test_meta_saved_bytes_equal_a_cpu_step():
     torch.manual_seed(0)
-    model = ex.build_model(SMALL, "retnet", 0)
+    model = build_model(SMALL, "retnet", 0)
     ids = torch.randint(0, 320, (2, 64))
     kept, full = retnet_plan.lm_activation_bytes(SMALL, "retnet", 2, 64, checkpointing=False)
     assert kept == full.saved_bytes == _saved_bytes_on_cpu(model, ids)
@@ -148,9 +151,9 @@ def test_activation_formula_within_25_percent_of_the_cpu_heap(checkpointing):
     """Bytes held at the loss (glibc's heap in use after the forward, minus before it) against the
     formula (with checkpointing: less the one block it recomputes in the backward pass)."""
     torch.manual_seed(0)
-    model = ex.build_model(SMALL, "retnet", 0)
+    model = build_model(SMALL, "retnet", 0)
     if checkpointing:
-        ex.enable_checkpointing(model)
+        lms.enable_checkpointing(model)
     model.train()
     ids = torch.randint(0, 320, (4, 512))
     gc.collect()
@@ -184,15 +187,15 @@ def test_gpu_profile_runs_on_a_local_wikitext(tmp_path, wikitext_folder):
 
 # ----------------------------------------------------------------------------- rows
 class _Rows:
-    """A run.state stand-in: rows kept in a dict, keys as RunDir builds them."""
+    """A run.state stand-in (the ``Rows`` protocol): rows kept in a dict, keys as RunDir builds them."""
 
     def __init__(self):
         self.kept, self.computed = {}, []
 
-    def has_row(self, key):
+    def has_row(self, key, fmt="json"):
         return key in self.kept
 
-    def row(self, key, compute):
+    def row(self, key, compute, fmt="json", timed=False):
         if key not in self.kept:
             self.computed.append(key)
             self.kept[key] = compute()
@@ -202,17 +205,17 @@ class _Rows:
         return None
 
     def key(self, *parts):
-        return "-".join(map(str, parts))
+        return row_key(*parts)
 
 
 def test_finished_lm_rows_are_read_back_not_retrained():
     rng = np.random.default_rng(0)
     corpus = data.Corpus(None, rng.integers(0, 64, size=3000), rng.integers(0, 64, size=200), "synthetic")
-    shape = ex.LMShape(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2)
-    budget = ex.LMBudget(steps=2, batch=2, length=8, warmup=1, eval_windows=2, select_windows=2)
-    state = _Rows()
+    shape = LMShape(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2)
+    budget = lms.LMBudget(steps=2, batch=2, length=8, warmup=1, eval_windows=2, select_windows=2)
+    rows = _Rows()
     args = (corpus, shape, ["retnet", "no_mixer"], [0], {"retnet": [1e-3, 3e-3]}, budget)
-    first = ex.train_language_models(*args, device="cpu", state=state)
-    assert state.computed == ["lm-retnet-0-0.001", "lm-retnet-0-0.003", "lm-no_mixer-0-" + f"{first['chosen_lr']['retnet']:g}"]
-    again = ex.train_language_models(*args, device="cpu", state=state)
-    assert len(state.computed) == 3 and again == first
+    first = lms.train_language_models(*args, device="cpu", rows=rows)
+    assert rows.computed == ["lm-retnet-0-0.001", "lm-retnet-0-0.003", "lm-no_mixer-0-" + f"{first['chosen_lr']['retnet']:g}"]
+    again = lms.train_language_models(*args, device="cpu", rows=rows)
+    assert len(rows.computed) == 3 and again == first

@@ -37,7 +37,7 @@ def wmt14_standin(root, train: int = 1500, dev: int = 40, test: int = 40):
 
 def test_the_wmt14_loader_reads_the_standin_compactly(tmp_path, no_network):
     from reproduce import hub
-    from reproduce.transformer import experiments as ex
+    from reproduce.transformer import data as td
 
     splits = wmt14_standin(tmp_path / "wmt14", train=300, dev=10, test=12)
     corpus = de_en.wmt14_corpus(str(tmp_path / "wmt14"), None)
@@ -45,9 +45,9 @@ def test_the_wmt14_loader_reads_the_standin_compactly(tmp_path, no_network):
     assert corpus.train[5] == splits["train"][5] and list(corpus.train)[:3] == splits["train"][:3]
     assert corpus.dev == splits["validation"] and corpus.test == splits["test"]
     tok = de_en.train_tokenizer(de_en.corpus_texts(corpus.train), 200)
-    compact = ex.encode_pairs(tok, corpus.train, 100, compact=True, chunk=64)
-    plain = ex.encode_pairs(tok, list(corpus.train), 100)
-    assert isinstance(compact.src, ex.Ragged) and compact.src.flat.dtype == np.int32
+    compact = td.encode_pairs(tok, corpus.train, 100, compact=True, chunk=64)
+    plain = td.encode_pairs(tok, list(corpus.train), 100)
+    assert isinstance(compact.src, td.Ragged) and compact.src.flat.dtype == np.int32
     assert [list(map(int, r)) for r in compact.src] == plain.src and [list(map(int, r)) for r in compact.tgt] == plain.tgt
     assert [compact.pairs[i] for i in range(len(compact))] == plain.pairs
     with pytest.raises(hub.HubError, match="no split 'dev'") as err:

@@ -122,3 +122,26 @@ def test_load_first_takes_the_first_profile_with_results(tmp_path):
     assert results.load_first("pipeline", ("smoke", "cpu"), tmp_path)["profile"] == "smoke"
     assert results.load_first("pipeline", ("gpu",), tmp_path) is None
     assert results.load_first("nosuchpaper", ("cpu",), tmp_path) is None
+
+
+def test_verdicts_are_a_table_in_a_notebook_and_text_on_the_command_line(tmp_path):
+    """print(run.summary()) left a wall of text at the end of each notebook; run.verdicts() is a table."""
+    import pipeline_spec  # noqa: F401
+
+    from reproduce import config
+    from reproduce.results import Run
+
+    run = Run(config.resolve("pipeline", "smoke", {"output_dir": str(tmp_path)}))
+    run.claim("loss_decreases", artifact="Eq. (1)", section="1. Fit", text="gradient descent lowers the loss", ours=0.5,
+              relation="<", threshold=1.0, source="ours: a small step size decreases the loss", paper="monotone")
+    run.claim("near_closed_form", artifact="Eq. (1)", section="2. Other", text="iterate is close to the closed form",
+              ours=0.5, relation="<=", threshold=0.05, source="ours: 50 steps of this step size converge well within 0.05")
+    html = run.verdicts()._repr_html_()
+    assert html.count("<tr") == 3 and "holds" in html and "contradicted" in html and "#cf222e" in html  # coloured
+    assert "gradient descent lowers the loss" in html and "0.5 &lt; 1" in html
+    section = run.verdicts("1. Fit")
+    assert section._repr_html_().count("<tr") == 2 and "1. Fit" in str(section)
+    text = str(run.verdicts())
+    assert text.startswith("pipeline/smoke: ") and "[contradicted] (check)" in text  # the command line keeps its text
+    assert len(run.verdicts(new=True).records) == 2 and not run.verdicts(new=True).records  # since the last call
+    assert len(run.verdicts("Eq. (1)").records) == 2  # an artifact

@@ -117,11 +117,11 @@ def test_a_partial_record_never_replaces_a_finished_one(tmp_path):
 
 def test_kept_rows_belong_to_one_code_version_and_thread_count(tmp_path, monkeypatch):
     """Rows from older code (or timed at another thread count) are never read back into a new record."""
-    from reproduce import results, rundir
+    from reproduce import rundir, sources
 
     source = tmp_path / "mechanism.py"
     source.write_text("SCALE = 1\n")
-    monkeypatch.setattr(results, "paper_paths", lambda paper: [str(source)])
+    monkeypatch.setattr(sources, "paper_paths", lambda paper: [str(source)])
     before = rundir.code_version("pipeline")
     assert rundir.code_version("pipeline") == before
     source.write_text("SCALE = 2\n")  # a change that moves a number

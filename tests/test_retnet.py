@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from reproduce import retnet as rn
+from reproduce.retnet.model import RetNetConfig, RetNetForCausalLM, count_parameters
 
 EXACT = 1e-10  # float64: the forms agree to ~1e-14; anything above 1e-10 is a bug, not rounding
 
@@ -38,9 +39,9 @@ def _qkv(b=2, h=3, t=10, k=4, v=8, seed=0):
             torch.randn(*shape(v), generator=g, dtype=torch.float64))
 
 
-def _tiny_config(**overrides) -> rn.RetNetConfig:
+def _tiny_config(**overrides) -> RetNetConfig:
     base = dict(vocab_size=99, hidden_size=32, num_hidden_layers=2, num_heads=4, chunk_size=3, norm_eps=1e-12)
-    return rn.RetNetConfig(**{**base, **overrides})
+    return RetNetConfig(**{**base, **overrides})
 
 
 # --- retention: parallel == recurrent == chunkwise -------------------------------------------------
@@ -116,7 +117,7 @@ def test_rotation_angles_stay_exact_under_bf16_autocast():
 
 
 def test_recurrent_state_bytes_do_not_depend_on_length():
-    model = rn.RetNetForCausalLM(_tiny_config()).eval()
+    model = RetNetForCausalLM(_tiny_config()).eval()
     sizes = []
     for length in (4, 64):
         with torch.no_grad():
@@ -136,7 +137,7 @@ def test_recurrent_state_bytes_do_not_depend_on_length():
 )
 def test_lm_parallel_equals_token_by_token_decode(variant):
     torch.manual_seed(0)
-    model = rn.RetNetForCausalLM(_tiny_config(**variant)).double().eval()
+    model = RetNetForCausalLM(_tiny_config(**variant)).double().eval()
     ids = torch.randint(0, 99, (2, 11))
     with torch.no_grad():
         parallel = model(ids, mode="parallel").logits
@@ -152,7 +153,7 @@ def test_lm_parallel_equals_token_by_token_decode(variant):
 
 def test_generate_equals_greedy_recomputation_and_save_load(tmp_path):
     torch.manual_seed(0)
-    model = rn.RetNetForCausalLM(_tiny_config()).double().eval()
+    model = RetNetForCausalLM(_tiny_config()).double().eval()
     prompt = torch.randint(0, 99, (2, 5))
     generated = model.generate(prompt, max_new_tokens=8, do_sample=False, pad_token_id=0)
     greedy = prompt
@@ -163,7 +164,7 @@ def test_generate_equals_greedy_recomputation_and_save_load(tmp_path):
     assert torch.equal(generated, greedy)
 
     model.save_pretrained(tmp_path)
-    loaded = rn.RetNetForCausalLM.from_pretrained(tmp_path, dtype=torch.float64).eval()
+    loaded = RetNetForCausalLM.from_pretrained(tmp_path, dtype=torch.float64).eval()
     drop = lambda d: {k: v for k, v in d.items() if k != "_name_or_path"}  # noqa: E731  (where it was loaded from)
     assert drop(loaded.config.to_dict()) == drop(model.config.to_dict())
     with torch.no_grad():
@@ -172,9 +173,32 @@ def test_generate_equals_greedy_recomputation_and_save_load(tmp_path):
         assert (loaded(prompt, mode="parallel").logits - model(prompt, mode="parallel").logits).abs().max() < EXACT
 
 
+_AFTER_FROM_PRETRAINED = """
+import sys, tempfile, torch
+from reproduce.retnet import MultiScaleRetention, RetentionConfig
+from reproduce.retnet.model import RetNetConfig, RetNetForCausalLM
+folder = tempfile.mkdtemp()
+RetNetForCausalLM(RetNetConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_heads=4)).save_pretrained(folder)
+RetNetForCausalLM.from_pretrained(folder, dtype=torch.float64)  # the process's first device context: transformers' linspace is cached
+with torch.device("meta"):
+    print(MultiScaleRetention(RetentionConfig(hidden_size=32, num_heads=4)).gamma.device)
+"""
+
+
+def test_decay_rates_follow_the_device_context_after_from_pretrained():
+    """Bug: after a from_pretrained (its meta init wraps torch.linspace, and torch cached the wrapper as
+    the process's linspace), gamma was built on the CPU under ``torch.device("meta")``, and the GPU
+    plan's meta step failed with 'Tensor on device cpu is not on the expected device meta'."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out = subprocess.run([sys.executable, "-c", _AFTER_FROM_PRETRAINED], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "meta"
+
+
 def test_training_loss_is_next_token_cross_entropy():
     torch.manual_seed(0)
-    model = rn.RetNetForCausalLM(_tiny_config())
+    model = RetNetForCausalLM(_tiny_config())
     ids = torch.randint(0, 99, (2, 9))
     out = model(ids, labels=ids)
     expected = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 99), ids[:, 1:].reshape(-1))
@@ -185,13 +209,13 @@ def test_training_loss_is_next_token_cross_entropy():
 
 def test_paper_1_3b_shape_on_meta_device():
     """Table 2: 1.3B = hidden 2048, 24 layers; §3.1: d_k = 256 (8 heads); 12 d^2 per block."""
-    config = rn.RetNetConfig()
+    config = RetNetConfig()
     assert (config.hidden_size, config.num_hidden_layers, config.key_dim) == (2048, 24, 256)
     with torch.device("meta"):
-        model = rn.RetNetForCausalLM(config)
+        model = RetNetForCausalLM(config)
     blocks = sum(p.numel() for p in model.model.layers.parameters() if p.dim() == 2)
     assert blocks == 24 * 12 * 2048**2
-    assert rn.count_parameters(model) == pytest.approx(1.3e9, rel=0.03)
+    assert count_parameters(model) == pytest.approx(1.3e9, rel=0.03)
 
 
 # --- bad input ------------------------------------------------------------------------------------
@@ -214,7 +238,7 @@ def test_config_refuses_nonsense(bad, message):
 
 
 def test_lm_refuses_bad_calls():
-    model = rn.RetNetForCausalLM(_tiny_config()).eval()
+    model = RetNetForCausalLM(_tiny_config()).eval()
     ids = torch.randint(0, 99, (1, 4))
     with pytest.raises(ValueError, match="mode"):
         model(ids, mode="sideways")
@@ -229,14 +253,14 @@ def test_lm_refuses_bad_calls():
         rn.retention_chunkwise(q, k, v, rn.decay_rates(3), 0, rn.RetentionState.zeros(2, rn.decay_rates(3), 4, 8, q), 0)
 
 
-# --- experiments ----------------------------------------------------------------------------------
+# --- baselines, costs, language models ------------------------------------------------------------
 def test_every_lm_row_has_twelve_d_squared_per_block_except_pure_ablations():
-    from reproduce.retnet import experiments as ex
+    from reproduce.retnet import baselines
 
-    shape = ex.LMShape(vocab_size=64, hidden_size=48, num_layers=2, num_heads=4)
+    shape = baselines.LMShape(vocab_size=64, hidden_size=48, num_layers=2, num_heads=4)
     block_params = {}
-    for variant in ex.VARIANTS:
-        model = ex.build_model(shape, variant, seed=0)
+    for variant in baselines.VARIANTS:
+        model = baselines.build_model(shape, variant, seed=0)
         layers = model.model.layers
         block_params[variant] = sum(p.numel() for p in layers.parameters() if p.dim() == 2)
     per_block = 12 * 48**2 * 2
@@ -247,28 +271,29 @@ def test_every_lm_row_has_twelve_d_squared_per_block_except_pure_ablations():
 
 
 def test_decode_cost_memory_is_flat_for_retnet_and_linear_for_kv_cache():
-    from reproduce.retnet import experiments as ex
+    from reproduce.retnet import baselines
+    from reproduce.retnet import costs
 
-    shape = ex.LMShape(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2)
-    rows = ex.decode_cost(shape, [8, 32], batch=2, steps=1, warmup=0)
-    assert {r["model"] for r in rows} == set(ex.DECODERS)
-    summary = ex.decode_summary(rows)
+    shape = baselines.LMShape(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2)
+    rows = costs.decode_cost(shape, [8, 32], batch=2, steps=1, warmup=0)
+    assert {r["model"] for r in rows} == set(costs.DECODERS)
+    summary = costs.decode_summary(rows)
     assert summary["retnet_memory_growth"] == 1.0
     assert summary["transformer_dynamic"]["memory_growth"] == 4.0  # exactly the n tokens' keys and values
     static = {r["length"]: r["memory_bytes"] for r in rows if r["model"] == "transformer_static"}
     dynamic = {r["length"]: r["memory_bytes"] for r in rows if r["model"] == "transformer_dynamic"}
     assert all(static[n] == dynamic[n] * (n + 1) / n for n in (8, 32))  # preallocated room for the 1 decode step
-    assert summary["strongest_baseline"] in ex.BASELINES
+    assert summary["strongest_baseline"] in costs.BASELINES
 
 
 def test_static_and_dynamic_caches_decode_the_same_logits():
     """The two Transformer baselines of Figure 6 compute the same function (only their cost differs)."""
     from transformers import DynamicCache, StaticCache
 
-    from reproduce.retnet import experiments as ex
+    from reproduce.retnet import baselines
 
-    shape = ex.LMShape(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2)
-    model = ex.build_model(shape, "transformer", seed=0, dtype=torch.float64).eval()
+    shape = baselines.LMShape(vocab_size=64, hidden_size=32, num_layers=2, num_heads=2)
+    model = baselines.build_model(shape, "transformer", seed=0, dtype=torch.float64).eval()
     prompt = torch.randint(0, 64, (2, 9), generator=torch.Generator().manual_seed(0))
     logits = {}
     for name, cache in (("static", StaticCache(config=model.config, max_cache_len=16)),
@@ -284,90 +309,94 @@ def test_static_and_dynamic_caches_decode_the_same_logits():
 
 
 def test_unfused_attention_equals_sdpa():
-    from reproduce.retnet import experiments as ex
+    from reproduce.retnet import baselines
 
     torch.manual_seed(0)
-    fused = ex.TransformerBlock(32, 4, fused=True).double()
-    unfused = ex.TransformerBlock(32, 4, fused=False).double()
+    fused = baselines.TransformerBlock(32, 4, fused=True).double()
+    unfused = baselines.TransformerBlock(32, 4, fused=False).double()
     unfused.load_state_dict(fused.state_dict())
     x = torch.randn(2, 11, 32, dtype=torch.float64)
     torch.testing.assert_close(unfused(x), fused(x), rtol=0, atol=EXACT)
 
 
 def test_experiment_inputs_are_checked():
-    from reproduce.retnet import experiments as ex
+    from reproduce.retnet import baselines
+    from reproduce.retnet import costs
+    from reproduce.retnet import data
+    from reproduce.retnet import language_models as lms
 
-    shape = ex.LMShape(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2)
-    budget = ex.LMBudget(steps=2, batch=2, length=8, warmup=1, eval_windows=2, select_windows=1)
-    corpus = ex.Corpus(None, np.arange(200) % 64, np.arange(30) % 64, "synthetic")  # 3 validation windows of 8
+    shape = baselines.LMShape(vocab_size=64, hidden_size=32, num_layers=1, num_heads=2)
+    budget = lms.LMBudget(steps=2, batch=2, length=8, warmup=1, eval_windows=2, select_windows=1)
+    corpus = data.Corpus(None, np.arange(200) % 64, np.arange(30) % 64, "synthetic")  # 3 validation windows of 8
     with pytest.raises(ValueError, match="unknown variant"):
-        ex.train_language_models(corpus, shape, ["retnet", "mamba"], [0], {"retnet": [1e-3]}, budget)
+        lms.train_language_models(corpus, shape, ["retnet", "mamba"], [0], {"retnet": [1e-3]}, budget)
     with pytest.raises(ValueError, match="at least one seed"):
-        ex.train_language_models(corpus, shape, ["retnet"], [], {"retnet": [1e-3]}, budget)
+        lms.train_language_models(corpus, shape, ["retnet"], [], {"retnet": [1e-3]}, budget)
     with pytest.raises(ValueError, match="one learning rate per family"):
-        ex.train_language_models(corpus, shape, ["retnet", "transformer"], [0], {"retnet": [1e-3]}, budget)
+        lms.train_language_models(corpus, shape, ["retnet", "transformer"], [0], {"retnet": [1e-3]}, budget)
     with pytest.raises(ValueError, match="workers"):
-        ex.train_language_models(corpus, shape, ["retnet"], [0], {"retnet": [1e-3]}, budget, workers=0)
+        lms.train_language_models(corpus, shape, ["retnet"], [0], {"retnet": [1e-3]}, budget, workers=0)
     with pytest.raises(ValueError, match="lm_eval_windows"):
-        ex.train_language_models(corpus, shape, ["retnet"], [0], {"retnet": [1e-3]},
-                                 ex.LMBudget(steps=2, batch=2, length=8, warmup=1, eval_windows=3, select_windows=1))
+        lms.train_language_models(corpus, shape, ["retnet"], [0], {"retnet": [1e-3]},
+                                 lms.LMBudget(steps=2, batch=2, length=8, warmup=1, eval_windows=3, select_windows=1))
     with pytest.raises(ValueError, match="warmup"):
-        ex.LMBudget(steps=2, batch=2, length=8, warmup=3, eval_windows=2, select_windows=1)
+        lms.LMBudget(steps=2, batch=2, length=8, warmup=3, eval_windows=2, select_windows=1)
     with pytest.raises(ValueError, match="select_windows"):
-        ex.LMBudget(steps=2, batch=2, length=8, warmup=1, eval_windows=2, select_windows=0)
+        lms.LMBudget(steps=2, batch=2, length=8, warmup=1, eval_windows=2, select_windows=0)
     with pytest.raises(ValueError, match="fraction"):
-        ex.load_corpus(300, "novels", fraction=0)
+        data.load_corpus(300, "novels", fraction=0)
     with pytest.raises(ValueError, match="unknown text source"):
-        ex.load_corpus(300, "c4")
+        data.load_corpus(300, "c4")
     with pytest.raises(ValueError, match="fewer than"):
-        ex.perplexity(rn.RetNetForCausalLM(_tiny_config()), np.arange(10), length=16, windows=4)
+        lms.perplexity(RetNetForCausalLM(_tiny_config()), np.arange(10), length=16, windows=4)
     with pytest.raises(ValueError, match="first >= 0"):
-        ex.window_nll(rn.RetNetForCausalLM(_tiny_config()), np.arange(100), length=8, first=-1, count=2)
+        lms.window_nll(RetNetForCausalLM(_tiny_config()), np.arange(100), length=8, first=-1, count=2)
     with pytest.raises(ValueError, match="unknown decoder"):
-        ex.decode_cost(shape, [8], batch=1, steps=1, decoders=["retnet", "transformer_paged"])
+        costs.decode_cost(shape, [8], batch=1, steps=1, decoders=["retnet", "transformer_paged"])
     with pytest.raises(ValueError, match="unknown training-cost kind"):
-        ex.training_cost([8], 32, 2, 1, 4, 1, threads=1, kinds=["flash"])
+        costs.training_cost([8], 32, 2, 1, 4, 1, threads=1, kinds=["flash"])
 
 
 def test_window_nll_is_the_loss_of_each_window():
-    from reproduce.retnet import experiments as ex
+    from reproduce.retnet import language_models as lms
 
-    model = rn.RetNetForCausalLM(_tiny_config()).eval()
+    model = RetNetForCausalLM(_tiny_config()).eval()
     ids = np.random.default_rng(0).integers(0, 99, size=100)
-    nll = ex.window_nll(model, ids, length=8, first=2, count=5, batch=2)
+    nll = lms.window_nll(model, ids, length=8, first=2, count=5, batch=2)
     with torch.no_grad():
-        expected = [ex.lm_loss(model, {"input_ids": torch.from_numpy(ids[w * 8:(w + 1) * 8]).long()[None]}).item()
+        expected = [lms.lm_loss(model, {"input_ids": torch.from_numpy(ids[w * 8:(w + 1) * 8]).long()[None]}).item()
                     for w in range(2, 7)]
     assert nll == pytest.approx(expected, rel=1e-6)
-    assert ex.perplexity(model, ids, 8, 3) == pytest.approx(float(np.exp(np.mean(ex.window_nll(model, ids, 8, 0, 3)))))
+    assert lms.perplexity(model, ids, 8, 3) == pytest.approx(float(np.exp(np.mean(lms.window_nll(model, ids, 8, 0, 3)))))
 
 
 def test_choose_lr_takes_the_lowest_selection_perplexity_per_family():
-    from reproduce.retnet import experiments as ex
+    from reproduce.retnet import language_models as lms
 
     sweep = [{"family": "retnet", "lr": 1e-3, "select_ppl": 50.0}, {"family": "retnet", "lr": 3e-3, "select_ppl": 45.0},
              {"family": "transformer", "lr": 1e-3, "select_ppl": 40.0}, {"family": "transformer", "lr": 3e-3, "select_ppl": 41.0}]
-    assert ex.choose_lr(sweep) == {"retnet": 3e-3, "transformer": 1e-3}
+    assert lms.choose_lr(sweep) == {"retnet": 3e-3, "transformer": 1e-3}
     diverged = [{"family": "retnet", "lr": 1e-1, "select_ppl": float("nan")}] + sweep
-    assert ex.choose_lr(diverged) == {"retnet": 3e-3, "transformer": 1e-3}
+    assert lms.choose_lr(diverged) == {"retnet": 3e-3, "transformer": 1e-3}
 
 
 def _tiny_corpus():
-    from reproduce.retnet import experiments as ex
+    from reproduce.retnet import data
 
     rng = np.random.default_rng(0)
-    return ex.Corpus(None, rng.integers(0, 64, size=3000), rng.integers(0, 64, size=200), "synthetic")
+    return data.Corpus(None, rng.integers(0, 64, size=3000), rng.integers(0, 64, size=200), "synthetic")
 
 
 def test_lr_sweep_reuses_its_run_and_every_row_trains_at_its_familys_lr():
-    from reproduce.retnet import experiments as ex
+    from reproduce.retnet import baselines
+    from reproduce.retnet import language_models as lms
 
-    shape = ex.LMShape(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2)
-    budget = ex.LMBudget(steps=3, batch=2, length=8, warmup=1, eval_windows=4, select_windows=2)
-    out = ex.train_language_models(_tiny_corpus(), shape, ["retnet", "no_gate", "no_mixer"], [0, 1], {"retnet": [1e-3, 3e-2]},
+    shape = baselines.LMShape(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2)
+    budget = lms.LMBudget(steps=3, batch=2, length=8, warmup=1, eval_windows=4, select_windows=2)
+    out = lms.train_language_models(_tiny_corpus(), shape, ["retnet", "no_gate", "no_mixer"], [0, 1], {"retnet": [1e-3, 3e-2]},
                                    budget, device="cpu")
     assert [(r["variant"], r["lr"]) for r in out["sweep"]] == [("retnet", 1e-3), ("retnet", 3e-2)]
-    assert out["chosen_lr"] == ex.choose_lr(out["sweep"])
+    assert out["chosen_lr"] == lms.choose_lr(out["sweep"])
     lr = out["chosen_lr"]["retnet"]
     assert [(r["variant"], r["seed"], r["lr"]) for r in out["runs"]] == [
         (v, s, lr) for v in ("retnet", "no_gate", "no_mixer") for s in (0, 1)]
@@ -380,43 +409,69 @@ def test_lr_sweep_reuses_its_run_and_every_row_trains_at_its_familys_lr():
 
 @pytest.mark.slow
 def test_two_worker_processes_train_like_one():
-    from reproduce.retnet import experiments as ex
+    from reproduce.retnet import baselines
+    from reproduce.retnet import language_models as lms
 
-    shape = ex.LMShape(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2)
-    budget = ex.LMBudget(steps=2, batch=2, length=8, warmup=1, eval_windows=2, select_windows=2)
+    shape = baselines.LMShape(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2)
+    budget = lms.LMBudget(steps=2, batch=2, length=8, warmup=1, eval_windows=2, select_windows=2)
     args = (_tiny_corpus(), shape, ["transformer", "retnet"], [0, 1], {"transformer": [1e-3, 1e-2], "retnet": [1e-2]}, budget)
-    one = ex.train_language_models(*args, workers=1, device="cpu")
-    two = ex.train_language_models(*args, workers=2, device="cpu")
+    one = lms.train_language_models(*args, workers=1, device="cpu")
+    two = lms.train_language_models(*args, workers=2, device="cpu")
     assert one["chosen_lr"] == two["chosen_lr"]
     key = lambda r: (r["variant"], r["seed"], r["lr"], r["valid_ppl"], r["window_nll"])  # noqa: E731
     assert [key(r) for r in one["runs"]] == [key(r) for r in two["runs"]]
 
 
-def test_block_fields_come_from_the_config_and_build_the_same_block():
-    from types import SimpleNamespace
+def test_retention_config_is_the_models_and_builds_the_same_block():
+    """The training-cost harness builds its block from a RetentionConfig: the paper's defaults, as the
+    LM's RetNetConfig gives them, field for field."""
+    import dataclasses
+    import pickle
 
-    from reproduce.retnet import experiments as ex
-    from reproduce.retnet.retention import MSR_FIELDS, RetNetBlock
-
-    fields = ex.block_fields(32, 2, 16)
-    assert set(fields) == set(MSR_FIELDS)
-    config = rn.RetNetConfig(hidden_size=32, num_heads=2, chunk_size=16)
+    assert RetNetConfig().retention == rn.RetentionConfig()  # one set of defaults: the paper's 1.3B model
+    config = RetNetConfig(hidden_size=32, num_heads=2, chunk_size=16, decay="eq8", zero_mixer=True)
+    direct = rn.RetentionConfig(hidden_size=32, num_heads=2, chunk_size=16, decay="eq8", zero_mixer=True)
+    assert config.retention == direct and pickle.loads(pickle.dumps(direct)) == direct
+    assert (direct.key_dim, direct.value_dim) == (config.key_dim, config.value_dim)
     torch.manual_seed(0)
-    a = RetNetBlock(SimpleNamespace(**fields))
+    a = rn.RetNetBlock(direct)
     torch.manual_seed(0)
-    b = RetNetBlock(config)
+    b = rn.RetNetBlock(config.retention)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        direct.chunk_size = 8  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("bad, message", [({"decay": "linear"}, "RetentionConfig.decay"),
+                                          ({"hidden_size": 30, "num_heads": 4}, "multiple"),
+                                          ({"chunk_size": 0}, "RetentionConfig.chunk_size")])
+def test_retention_config_refuses_nonsense(bad, message):
+    with pytest.raises(ValueError, match=message):
+        rn.RetentionConfig(**{"hidden_size": 32, "num_heads": 4, **bad})
+    with pytest.raises(TypeError, match="RetentionConfig"):
+        rn.MultiScaleRetention(_tiny_config())  # the HF config itself: pass its .retention
+
+
+def test_retention_and_the_cost_harness_import_without_transformers():
+    """A training-cost point runs in a fresh process that imports costs and retention only."""
+    code = ("import pickle, sys; import reproduce.retnet.costs; from reproduce.retnet import RetentionConfig; "
+            "pickle.loads(pickle.dumps(RetentionConfig())); "
+            "print(sorted(m for m in ('transformers', 'matplotlib') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
 
 
 def test_variants_are_declared_once():
     from reproduce.configs.retnet import SPEC, VARIANTS
-    from reproduce.retnet import experiments as ex
+    from reproduce.retnet import baselines
     from reproduce.retnet import sections
 
-    assert tuple(ex.VARIANTS) == tuple(VARIANTS) == tuple(SPEC.params["variants"].choices)
-    assert set(ex.TABLE5) | set(ex.ABLATIONS) | {ex.CONTROL} == set(VARIANTS)
-    assert not set(ex.TABLE5) & set(ex.ABLATIONS) and ex.CONTROL not in ex.MIXERS
-    assert set(ex.FAMILY.values()) <= set(ex.TABLE5)  # each lr family is swept on its own Table 5 row
+    assert tuple(baselines.VARIANTS) == tuple(VARIANTS) == tuple(SPEC.params["variants"].choices)
+    assert set(baselines.TABLE5) | set(baselines.ABLATIONS) | {baselines.CONTROL} == set(VARIANTS)
+    assert not set(baselines.TABLE5) & set(baselines.ABLATIONS) and baselines.CONTROL not in baselines.MIXERS
+    assert set(baselines.FAMILY.values()) <= set(baselines.TABLE5)  # each lr family is swept on its own Table 5 row
     assert set(sections.PAPER["ppl_200m"]) == set(VARIANTS)
 
 
@@ -424,7 +479,7 @@ def test_variants_are_declared_once():
 def test_initialisation_follows_torchscale_0_3_0():
     config = _tiny_config(hidden_size=64, num_heads=4, vocab_size=500)
     torch.manual_seed(0)
-    model = rn.RetNetForCausalLM(config)
+    model = RetNetForCausalLM(config)
     msr = model.model.layers[0].retention
     d, hv = 64, 4 * config.value_dim
 
@@ -448,7 +503,7 @@ def test_initialisation_follows_torchscale_0_3_0():
 def test_groupnorm_is_per_head_standardisation():
     """GroupNorm(h groups) of MSR normalises each (token, head) over that head's V values, §2.2."""
     config = _tiny_config(hidden_size=32, num_heads=4, norm_eps=0.0)
-    msr = rn.MultiScaleRetention(config).double()
+    msr = rn.MultiScaleRetention(config.retention).double()
     y = torch.randn(3, 5, 4 * config.value_dim, dtype=torch.float64)  # (B, T, H*V)
     heads = y.view(3, 5, 4, -1)  # (B, T, H, V)
     manual = (heads - heads.mean(-1, keepdim=True)) / heads.var(-1, unbiased=False, keepdim=True).sqrt()
@@ -458,7 +513,7 @@ def test_groupnorm_is_per_head_standardisation():
 def test_no_mixer_control_is_embeddings_and_ffn_only_and_stays_so():
     config = _tiny_config(zero_mixer=True, norm_eps=1e-6)
     torch.manual_seed(0)
-    model = rn.RetNetForCausalLM(config)
+    model = RetNetForCausalLM(config)
     ids = torch.randint(0, 99, (2, 12))
 
     def without_mixer(m, ids):  # the same model with each block's retention branch skipped
@@ -491,9 +546,9 @@ def _verdicts(run) -> dict:
 
 
 def _lm_runs(ppl: dict[str, list[float]]) -> list[dict]:
-    from reproduce.retnet import experiments as ex
+    from reproduce.retnet import baselines
 
-    return [{"variant": v, "family": ex.FAMILY[v], "seed": s, "lr": 3e-3, "valid_ppl": x, "params": 1000,
+    return [{"variant": v, "family": baselines.FAMILY[v], "seed": s, "lr": 3e-3, "valid_ppl": x, "params": 1000,
              "trainable_params": 900 if v == "no_mixer" else 1000} for v, xs in ppl.items() for s, x in enumerate(xs)]
 
 
@@ -503,11 +558,11 @@ def test_forms_claim_holds_below_rounding_and_is_contradicted_above():
     rows = [{"compared": "parallel vs recurrent", "chunk": None, "max_abs_diff": 3e-15},
             {"compared": "parallel vs chunkwise", "chunk": 4, "max_abs_diff": 1e-14}]
     run = _run()
-    sections.claim_forms(run, rows)
+    sections.claim_forms_agree(run, rows)
     assert _verdicts(run) == {"forms_equal": "holds"}
     assert run.claims[0].source.startswith("ours:") and not run.claims[0].ours.noisy
     run = _run()
-    sections.claim_forms(run, rows + [{"compared": "parallel vs chunkwise", "chunk": 9, "max_abs_diff": 2e-3}])
+    sections.claim_forms_agree(run, rows + [{"compared": "parallel vs chunkwise", "chunk": 9, "max_abs_diff": 2e-3}])
     assert _verdicts(run) == {"forms_equal": "contradicted"}
     assert sections.stable_values(run)["claims"] == {"forms_equal": "<= 1e-10"}
 
@@ -737,15 +792,16 @@ _STEPS, _GLOBAL_BATCH, _LENGTH = 3, 4, 16
 def _train_tiny_retnet(out: Path) -> None:
     """Train a tiny RetNet with the shared accelerate loop; the main process writes the per-step losses."""
     from reproduce import train as trainer
-    from reproduce.retnet import experiments as ex
+    from reproduce.retnet import data
+    from reproduce.retnet import language_models as lms
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    model = rn.RetNetForCausalLM(_tiny_config(norm_eps=1e-6))
+    model = RetNetForCausalLM(_tiny_config(norm_eps=1e-6))
     ids = np.random.default_rng(0).integers(0, 99, size=2000)
-    accelerator = trainer.make_accelerator("cpu")
-    result = trainer.train(model, torch.optim.AdamW(model.parameters(), lr=1e-3), ex.batches(ids, _GLOBAL_BATCH, _LENGTH, 0),
-                           ex.lm_loss, trainer.TrainConfig(steps=_STEPS), accelerator=accelerator, tokens_in="input_ids")
+    result = trainer.train(model, torch.optim.AdamW(model.parameters(), lr=1e-3), data.batches(ids, _GLOBAL_BATCH, _LENGTH, 0),
+                           lms.lm_loss, trainer.TrainConfig(steps=_STEPS, device="cpu"), tokens_in="input_ids")
+    accelerator = result.accelerator
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         (out / "losses.json").write_text(json.dumps({"losses": result.losses, "processes": accelerator.num_processes}))
@@ -777,21 +833,22 @@ if __name__ == "__main__":  # the worker of test_two_gloo_processes_train_like_o
 def _micro_batch_worker(rank: int, port: int, queue) -> None:
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from reproduce import train as trainer
-    from reproduce.retnet import experiments as ex
+    from reproduce.retnet import baselines
+    from reproduce.retnet import language_models as lms
 
     torch.set_num_threads(1)
     rows: list[int] = []
-    real_loss = ex.lm_loss
+    real_loss = lms.lm_loss
 
     def counting_loss(model, batch):
         rows.append(batch["input_ids"].shape[0])
         return real_loss(model, batch)
 
-    ex.lm_loss = counting_loss
-    shape = ex.LMShape(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2)
-    budget = ex.LMBudget(steps=2, batch=8, length=8, warmup=1, eval_windows=1, select_windows=1)
+    lms.lm_loss = counting_loss
+    shape = baselines.LMShape(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2)
+    budget = lms.LMBudget(steps=2, batch=8, length=8, warmup=1, eval_windows=1, select_windows=1)
     ids = np.random.default_rng(0).integers(0, 64, size=400)
-    ex.train_language_model(ids, ids, shape, "retnet", 0, 1e-3, budget, "cpu", ex.LMRunOptions(micro_batch=2))
+    lms.train_language_model(ids, ids, shape, "retnet", 0, 1e-3, budget, "cpu", lms.LMRunOptions(micro_batch=2))
     queue.put((rank, rows))
     trainer.make_accelerator("cpu").end_training()
 

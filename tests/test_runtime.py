@@ -99,3 +99,18 @@ def test_threads_follow_affinity_quota_and_the_processes_on_the_machine(monkeypa
         assert runtime.set_threads(3) == 3  # an explicit count is kept
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_device_has_one_source_the_run_chose(monkeypatch):
+    """Sections re-resolved params.device ("auto" -> "cuda", i.e. cuda:0 on every rank) beside rt.device
+    (cuda:LOCAL_RANK): after setup, every resolution gives the run's own device."""
+    monkeypatch.setattr(runtime, "_RUN_DEVICE", [])
+    assert runtime.pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    monkeypatch.setattr(runtime, "_RUN_DEVICE", [torch.device("cuda", 3)])  # as setup leaves it on rank 3
+    assert runtime.pick_device("auto") == torch.device("cuda", 3)
+    assert runtime.pick_device("cuda") == torch.device("cuda", 3)
+    assert runtime.pick_device("cpu") == torch.device("cpu")  # asked for explicitly: the CPU
+    params = config.resolve("pipeline", "smoke", {"seed": 7, "threads": 1})
+    monkeypatch.setattr(runtime, "_RUN_DEVICE", [])
+    rt = runtime.setup(params)
+    assert runtime.pick_device(params["device"]) == rt.device

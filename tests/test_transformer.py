@@ -359,28 +359,28 @@ def test_joint_tokenizer_round_trips_text():
 
 
 def test_wmt14_offline_error_names_the_packaged_alternative(monkeypatch):
+    from reproduce import hub
     from reproduce.data import de_en
-    from reproduce.data.text import HubDatasetOffline
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(HubDatasetOffline, match="beolingus"):
+    with pytest.raises(hub.HubError, match="beolingus"):
         de_en.wmt14_corpus()
 
 
 def test_table3_rows_scale_with_the_small_base():
     from reproduce.configs.transformer import TABLE3_ROWS
-    from reproduce.transformer import experiments as ex
     from reproduce.transformer.sections import PAPER
+    from reproduce.transformer.variations import table3_config
 
     assert set(PAPER["table3"]) == set(TABLE3_ROWS)  # every configurable row has the paper's numbers
     base = TransformerConfig(vocab_size=100, n_layers=2, d_model=64, d_ff=256, n_heads=8)
-    assert ex.table3_config(base, "A: h=1").d_k == 64 and ex.table3_config(base, "A: h=32").d_k == 2
-    assert (ex.table3_config(base, "B: d_k/4").d_k, ex.table3_config(base, "B: d_k/4").d_v) == (2, 8)
-    assert ex.table3_config(base, "C: d_model/2").d_k == 4 and ex.table3_config(base, "C: N+").n_layers == 3
-    assert ex.table3_config(base, "D: ls=0.2").label_smoothing == 0.2
-    assert ex.table3_config(base, "E: learned").positional == "learned"
+    assert table3_config(base, "A: h=1").d_k == 64 and table3_config(base, "A: h=32").d_k == 2
+    assert (table3_config(base, "B: d_k/4").d_k, table3_config(base, "B: d_k/4").d_v) == (2, 8)
+    assert table3_config(base, "C: d_model/2").d_k == 4 and table3_config(base, "C: N+").n_layers == 3
+    assert table3_config(base, "D: ls=0.2").label_smoothing == 0.2
+    assert table3_config(base, "E: learned").positional == "learned"
     with pytest.raises(ValueError, match="unknown Table 3 row"):
-        ex.table3_config(base, "F: rotary")
+        table3_config(base, "F: rotary")
 
 
 def test_parameter_schema_refuses_bad_values():
@@ -406,7 +406,7 @@ def test_recipe_refuses_nonsense():
 
 def _tiny_translation_data():
     from reproduce.data import de_en
-    from reproduce.transformer import experiments as ex
+    from reproduce.transformer import data as td
 
     words = ["house", "tree", "dog", "cat", "car", "book", "rule", "town"]
     german = ["Haus", "Baum", "Hund", "Katze", "Auto", "Buch", "Regel", "Stadt"]
@@ -414,29 +414,35 @@ def _tiny_translation_data():
              for (a, c) in zip(words, german) for (b, d) in zip(words, german)]
     corpus = de_en.Corpus(pairs[:48], pairs[48:56], pairs[56:], {"tiny": 48})
     tok = de_en.train_tokenizer(de_en.corpus_texts(corpus.train), 80)
-    return ex.TranslationData(tok, ex.encode_pairs(tok, corpus.train, 100), ex.encode_pairs(tok, corpus.dev, 100),
-                              ex.encode_pairs(tok, corpus.test, 100), corpus)
+    return td.TranslationData(tok, td.encode_pairs(tok, corpus.train, 100), td.encode_pairs(tok, corpus.dev, 100),
+                              td.encode_pairs(tok, corpus.test, 100), corpus)
 
 
 def test_table3_runs_do_not_depend_on_the_number_of_workers(tmp_path, monkeypatch):
-    """Each (row, seed) run seeds itself: in this process, in one worker (with this process taking jobs
-    from the back of the queue) or in two, the numbers are the same."""
-    from reproduce.transformer import experiments as ex
+    """Each (row, seed) run seeds itself: in this process, in two workers with this process taking jobs
+    from the back of the queue, or in two workers alone, the numbers are the same."""
+    from reproduce.pool import Pool
+    from reproduce.transformer import variations
+    from reproduce.transformer.experiments import Recipe
 
     monkeypatch.setenv("REPRODUCE_CACHE", str(tmp_path))
     data = _tiny_translation_data()
     base = TransformerConfig(vocab_size=data.vocab_size, n_layers=1, d_model=16, d_ff=32, n_heads=4, max_len=64)
-    recipe = ex.Recipe(steps=3, batch_tokens=120, warmup=2)
+    recipe = Recipe(steps=3, batch_tokens=120, warmup=2)
     rows, seeds = ["base", "A: h=1"], [0, 1]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the workers (and the cpu profile, threads 1): float sums in the same order
     try:
-        here = ex.run_table3_rows(rows, seeds, base, data, recipe, beam=2, alpha=0.6, device="cpu", workers=0, eval_every=1)
-        shared = ex.run_table3_rows(rows, seeds, base, data, recipe, beam=2, alpha=0.6, device="cpu", workers=1, eval_every=1)
+        here = variations.run_table3_rows(rows, seeds, base, data, recipe, beam=2, alpha=0.6, device="cpu", workers=0,
+                                          eval_every=1)
+        shared = variations.run_table3_rows(rows, seeds, base, data, recipe, beam=2, alpha=0.6, device="cpu", workers=2,
+                                            eval_every=1)
     finally:
         torch.set_num_threads(threads)
-    two = ex.start_table3_rows(rows, seeds, base, data, recipe, beam=2, alpha=0.6, device="cpu", workers=2,
-                               eval_every=1).result(help=False)
+    with Pool(workers=2, shared=data) as pool:  # help=False: every run in a worker
+        for job in variations.table3_jobs(rows, seeds, base, recipe, beam=2, alpha=0.6, device="cpu", eval_every=1):
+            pool.submit(job)
+        two = [variations.RowResult(**r) for r in pool.wait()]
     assert [(r.row, r.seed) for r in here] == [("base", 0), ("base", 1), ("A: h=1", 0), ("A: h=1", 1)]
     key = lambda r: (r.row, r.seed, r.params, r.dev_ppl, r.best_dev_ppl, r.best_step, r.dev_bleu, r.train_loss,  # noqa: E731
                      [c["dev_ppl"] for c in r.curve])
@@ -449,29 +455,29 @@ def test_table3_runs_do_not_depend_on_the_number_of_workers(tmp_path, monkeypatc
 
 def test_table3_subset_has_its_own_vocabulary_in_hash_order():
     from reproduce.data import de_en
-    from reproduce.transformer import experiments as ex
+    from reproduce.transformer import data as td
 
     data = _tiny_translation_data()
-    sub = ex.subset_data(data.corpus, 20, 70, 5)
+    sub = td.subset_data(data.corpus, 20, 70, 5)
     assert len(sub.train) == 20 and len(sub.dev) == 5 and len(sub.test) == len(data.corpus.test)
     keys = [de_en.split_key(p) for p in sub.train.pairs]
     assert keys == sorted(keys) and keys == sorted(de_en.split_key(p) for p in data.corpus.train)[:20]
     assert {p.en for p in sub.train.pairs}.isdisjoint({p.en for p in sub.dev.pairs})
     assert sub.tokenizer is not data.tokenizer and sub.vocab_size <= 70
-    again = ex.subset_data(data.corpus, 20, 70, 5)  # deterministic
+    again = td.subset_data(data.corpus, 20, 70, 5)  # deterministic
     assert again.train.src == sub.train.src and again.dev.tgt == sub.dev.tgt
     for bad, match in (({"train_pairs": 0}, "train_pairs"), ({"train_pairs": 10**6}, "train_pairs"),
                        ({"dev_size": 0}, "dev_size")):
         with pytest.raises(ValueError, match=match):
-            ex.subset_data(data.corpus, **({"train_pairs": 20, "vocab_size": 70, "dev_size": 5} | bad))
+            td.subset_data(data.corpus, **({"train_pairs": 20, "vocab_size": 70, "dev_size": 5} | bad))
 
 
 def test_batches_per_epoch_counts_the_first_epoch():
-    from reproduce.transformer import experiments as ex
+    from reproduce.transformer import data as td
 
     data = _tiny_translation_data()
-    n = ex.batches_per_epoch(data.train, 60, seed=3)
-    batches = ex.token_batches(data.train, 60, seed=3)
+    n = td.batches_per_epoch(data.train, 60, seed=3)
+    batches = td.token_batches(data.train, 60, seed=3)
     seen = 0
     for k in range(n):
         seen += len(next(batches)["src"])
@@ -490,10 +496,10 @@ def _t3_row(ppl: list[float], bleu: list[float], best: list[float] | None = None
 
 def _t3_claims(table: dict) -> dict:
     from reproduce import config, results
-    from reproduce.transformer import sections
+    from reproduce.transformer import variations
 
     run = results.Run(config.resolve("transformer", "smoke"))
-    sections._table3_claims(run, table)
+    variations.claim_table3(run, table)
     return {c.id: c for c in run.claims}
 
 
@@ -536,7 +542,7 @@ def test_best_and_last_epoch_are_judged_apart():
 
 def test_dropout_claim_needs_overfitting_in_the_same_run():
     """The last-epoch dropout claim is judged only when the no-dropout row has overfitted on every seed."""
-    from reproduce.transformer import sections
+    from reproduce.transformer import variations
 
     base = _t3_row([63.0, 64.0, 62.0], [0.5] * 3, best=[61.5, 62.0, 61.0])
     overfit = _t3_row([146.0, 150.0, 139.0], [0.4] * 3, best=[77.5, 78.0, 76.0])
@@ -552,7 +558,7 @@ def test_dropout_claim_needs_overfitting_in_the_same_run():
     assert got["t3_dropout_helps"].verdict == "not testable"
     assert got["t3_dropout_helps"].precondition.value == pytest.approx(1.0)
     assert got["t3_dropout_helps_best"].verdict == "contradicted"  # 48-61.5, 52-62, 47-61: below 0 on every seed
-    assert sections.OVERFIT_RISE == 1.05  # pre-registered; changing it is a visible decision
+    assert variations.OVERFIT_RISE == 1.05  # pre-registered; changing it is a visible decision
 
 
 def test_one_seed_is_inconclusive():
@@ -597,12 +603,12 @@ def test_table3_data_without_a_subset_is_table2s_data_with_a_hash_ordered_dev():
     from types import SimpleNamespace
 
     from reproduce.data import de_en
-    from reproduce.transformer import sections
+    from reproduce.transformer import variations
 
     data = _tiny_translation_data()
-    same = sections.table3_data(SimpleNamespace(t3_train_pairs=0, t3_vocab_size=1000, t3_dev_size=3), data)
+    same = variations.table3_data(SimpleNamespace(t3_train_pairs=0, t3_vocab_size=1000, t3_dev_size=3), data)
     assert same.tokenizer is data.tokenizer and same.train is data.train and len(same.dev) == 3
     keys = [de_en.split_key(p) for p in same.dev.pairs]
     assert keys == sorted(de_en.split_key(p) for p in data.corpus.dev)[:3]
-    sub = sections.table3_data(SimpleNamespace(t3_train_pairs=20, t3_vocab_size=70, t3_dev_size=3), data)
+    sub = variations.table3_data(SimpleNamespace(t3_train_pairs=20, t3_vocab_size=70, t3_dev_size=3), data)
     assert len(sub.train) == 20 and sub.tokenizer is not data.tokenizer

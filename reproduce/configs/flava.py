@@ -2,11 +2,11 @@
 
 from reproduce.config import Param, PaperSpec
 
-TABLE3_ROWS = ("MIM", "MLM", "FLAVA_C", "FLAVA_MM", "FLAVA", "FLAVA+init")  # = reproduce.flava.model.table3_rows() (tested)
+TABLE3_ROWS = ("MIM", "MLM", "FLAVA_C", "FLAVA_MM", "FLAVA", "FLAVA+init")  # = reproduce.flava.ablation.table3_rows() (tested)
 # Row 6 starts from the trained encoders of other rows of the same seed (= the rows' ``init``, tested)
 INIT_SOURCES = {"FLAVA+init": ("MIM", "MLM")}
 PAIRS_SOURCES = ("scenes", "hub")
-ITM_NEGATIVES = ("sampled", "mined")  # = reproduce.flava.model.ITM_NEGATIVES (tested)
+ITM_NEGATIVES = ("sampled", "mined")  # = reproduce.flava.objectives.ITM_NEGATIVES (tested)
 PMD_DATASET = "facebook/pmd"  # = reproduce.data.pmd.PMD_DATASET (tested)
 # The gpu profile's pairs (= reproduce.data.pmd.DEFAULT_DATASET, tested). Why this one: PMD is gated (accept its
 # terms, `hf auth login`) and ships a loading script, which datasets >= 4 no longer runs. lmms-lab/flickr30k is

@@ -22,7 +22,7 @@ step of ~3x on either side (RetNet's best, 3e-2, was at the edge of the calibrat
 
 from reproduce.config import Param, PaperSpec
 
-# The Table 5/6 rows and the control, declared once (experiments builds the models from it):
+# The Table 5/6 rows and the control, declared once (reproduce.retnet.baselines builds the models from it):
 # name -> (table, label, learning-rate family, RetNetConfig overrides; None = the Transformer baseline).
 # The learning rate is swept per family (Transformer, RetNet, linear attention); the Table 6 rows and
 # the control train with RetNet's. Plain data: this module imports no torch.

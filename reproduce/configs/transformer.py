@@ -6,7 +6,7 @@ TABLE3_ROWS = (
     "base", "A: h=1", "A: h=4", "A: h=16", "A: h=32", "B: d_k/4", "B: d_k/2", "C: N-", "C: N+",
     "C: d_model/2", "C: d_model*2", "C: d_ff/2", "C: d_ff*2", "D: P_drop=0.0", "D: P_drop=0.2",
     "D: ls=0.0", "D: ls=0.2", "E: learned",
-)  # the same names as reproduce.transformer.experiments.PAPER_TABLE3 (a test checks it)
+)  # the same names as reproduce.transformer.sections.PAPER["table3"] (a test checks it)
 
 def _wmt14(values) -> list[dict]:
     """WMT14's three splits, opened before the kernel starts (corpus='wmt14' only)."""

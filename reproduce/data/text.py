@@ -29,10 +29,6 @@ from reproduce import paths
 END_OF_TEXT = "<|endoftext|>"  # the one special token: separates documents when they are concatenated
 
 
-class HubDatasetOffline(RuntimeError):
-    """A hub dataset was asked for while the Hugging Face hub cannot be reached."""
-
-
 def _digest(*parts: bytes | str) -> str:
     h = hashlib.sha256()
     for part in parts:

@@ -132,22 +132,24 @@ def _paired_batch(sizes, rows: int, device) -> dict[str, Any]:
     mined negatives), masked as the sampler masks (BEiT's patch ratio, BERT's 15 % of tokens)."""
     import torch
 
-    from reproduce.flava import model as M
+    from reproduce.flava.masking import BEIT_MASK_RATIO, TEXT_MASK_PROB
+    from reproduce.flava.objectives import CE_IGNORE
+    from reproduce.flava.tokenisers import SPECIAL_TOKENS
 
     g = torch.Generator().manual_seed(0)
     P, L = sizes.num_patches, sizes.max_text_len
-    ids = torch.randint(len(M.SPECIAL_TOKENS), sizes.vocab_size, (rows, L), generator=g)  # B, L
-    text_masked = torch.rand(rows, L, generator=g) < M.TEXT_MASK_PROB
+    ids = torch.randint(len(SPECIAL_TOKENS), sizes.vocab_size, (rows, L), generator=g)  # B, L
+    text_masked = torch.rand(rows, L, generator=g) < TEXT_MASK_PROB
     text_masked[:, 0] = True  # at least one MLM label per row
-    patch_masked = torch.rand(rows, P, generator=g) < M.BEIT_MASK_RATIO
+    patch_masked = torch.rand(rows, P, generator=g) < BEIT_MASK_RATIO
     patch_masked[:, 0] = True
     batch = {"pixel_values": torch.randn(rows, 3, sizes.image_size, sizes.image_size, generator=g),
              "input_ids": ids, "attention_mask": torch.ones(rows, L, dtype=torch.long),
              "image_tokens": torch.randint(0, sizes.codebook_size, (rows, P), generator=g),
              "bool_masked_pos": patch_masked,
-             "itm_ids_masked": ids.masked_fill(text_masked, M.SPECIAL_TOKENS.index("[MASK]")),
+             "itm_ids_masked": ids.masked_fill(text_masked, SPECIAL_TOKENS.index("[MASK]")),
              "itm_attention_mask": torch.ones(rows, L, dtype=torch.long),
-             "mlm_labels": ids.masked_fill(~text_masked, M.CE_IGNORE),
+             "mlm_labels": ids.masked_fill(~text_masked, CE_IGNORE),
              "itm_labels": torch.ones(rows, dtype=torch.long)}
     return {k: v.to(device) for k, v in batch.items()}
 
@@ -156,9 +158,10 @@ def flava_steps(params, device, real: bool) -> list[Step]:
     """Full FLAVA (Table 3's row "FLAVA": every objective) on a paired micro-batch, through the
     ``FlavaPretrainer`` module and AdamW of ``reproduce.flava.pretraining`` (the largest step of Table 3)."""
     from reproduce import plan as P
-    from reproduce.flava import model as M
     from reproduce.flava import plan as fplan
+    from reproduce.flava.ablation import table3_rows
     from reproduce.flava.experiments import sizes_from
+    from reproduce.flava.model import build_model
     from reproduce.flava.pretraining import FlavaPretrainer, FlavaTrainConfig, optimizer
 
     sizes = sizes_from(params)
@@ -167,8 +170,8 @@ def flava_steps(params, device, real: bool) -> list[Step]:
                            itm_negatives=params.itm_negatives, seed=params.seed)
     rows = params.micro_batch or params.batch_size
     accum = params.batch_size // rows
-    model = M.build_model(sizes, params.seed).to(device).train()
-    trainer = FlavaPretrainer(model, M.table3_rows()["FLAVA"].objectives, params.itm_negatives, params.seed)
+    model = build_model(sizes, params.seed).to(device).train()
+    trainer = FlavaPretrainer(model, table3_rows()["FLAVA"].objectives, params.itm_negatives, params.seed)
     opt = optimizer(model, cfg)
     batch = _paired_batch(sizes, rows, device)
     mined = params.itm_negatives == "mined"
@@ -177,7 +180,7 @@ def flava_steps(params, device, real: bool) -> list[Step]:
         return trainer("paired", **batch)
 
     def flops():
-        return P.step_cost(lambda: M.build_model(sizes, 0),
+        return P.step_cost(lambda: build_model(sizes, 0),
                            lambda m: fplan.paired_step(m, sizes, rows, mined=mined)).flops * accum
 
     what = f"full FLAVA on paired batches, {accum} x {rows} rows ({params.itm_negatives} ITM negatives)"
@@ -186,12 +189,13 @@ def flava_steps(params, device, real: bool) -> list[Step]:
 
 
 def retnet_steps(params, device, real: bool) -> list[Step]:
-    """The LMs of Tables 5/6 as ``experiments.train_language_model`` builds them (checkpointing, AdamW
+    """The LMs of Tables 5/6 as ``language_models.train_language_model`` builds them (checkpointing, AdamW
     with beta2 0.98): every variant at tiny sizes; at real shapes the variant the plan finds largest."""
     import torch
 
-    from reproduce.retnet import experiments as ex
+    from reproduce.retnet import language_models as lms
     from reproduce.retnet import plan as rplan
+    from reproduce.retnet.baselines import FAMILY, build_model
 
     shape = rplan.lm_shape(params)
     micro_rows = params.lm_micro_batch or params.lm_batch
@@ -208,10 +212,10 @@ def retnet_steps(params, device, real: bool) -> list[Step]:
         variants = [max(variants, key=total)]
     steps = []
     for variant in variants:
-        model = ex.build_model(shape, variant, params.seed).to(device).train()
+        model = build_model(shape, variant, params.seed).to(device).train()
         if params.lm_checkpointing:
-            ex.enable_checkpointing(model)
-        lr = params[f"lm_lrs_{ex.FAMILY[variant]}"][0]
+            lms.enable_checkpointing(model)
+        lr = params[f"lm_lrs_{FAMILY[variant]}"][0]
         opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, betas=(0.9, 0.98),
                                 weight_decay=0.01)
         batch = {"input_ids": _randint(params.lm_vocab, micro_rows, T, device=device)}
@@ -222,7 +226,7 @@ def retnet_steps(params, device, real: bool) -> list[Step]:
 
         what = (f"{variant} LM ({shape.num_layers} x {shape.hidden_size}), {accum} x {micro_rows} x {T} tokens"
                 + (", checkpointed" if params.lm_checkpointing else ""))
-        steps.append(Step(variant, what, lambda m=model, b=batch: ex.lm_loss(m, b), opt, accum, accum * micro_rows * T,
+        steps.append(Step(variant, what, lambda m=model, b=batch: lms.lm_loss(m, b), opt, accum, accum * micro_rows * T,
                           "tokens", flops, "4./5. Language modelling (Tables 5, 6)"))
     return steps
 

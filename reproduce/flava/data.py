@@ -21,7 +21,11 @@ import torch
 from torch import Tensor
 
 from reproduce.data import novels, pmd, scenes
-from reproduce.flava import model as M
+from reproduce.flava.ablation import AblationRow
+from reproduce.flava.masking import BlockMasking, mask_text
+from reproduce.flava.model import FlavaSizes
+from reproduce.flava.objectives import ImageBatch, PairedBatch, TextBatch
+from reproduce.flava.tokenisers import PatchVQ, build_wordpiece, tokenize
 
 SOURCES = ("paired", "images", "text")
 
@@ -78,7 +82,7 @@ class PretrainData:
     """Everything the three sources draw from, tokenised once (uint8 images, token ids, VQ codes)."""
 
     tokenizer: object
-    vq: M.PatchVQ
+    vq: PatchVQ
     paired_images: np.ndarray  # (N, S, S, 3)
     paired_tokens: Tensor  # (N, P)
     caption_ids: Tensor  # (N, L)
@@ -108,7 +112,7 @@ def other_captions(captions: list[str], rng: np.random.Generator, tries: int = 2
     return out
 
 
-def build_pretrain_data(sizes: M.FlavaSizes, n_pairs: int, n_images: int, n_text: int, emoji_prob: float,
+def build_pretrain_data(sizes: FlavaSizes, n_pairs: int, n_images: int, n_text: int, emoji_prob: float,
                         seed: int, texts: TextSources | None = None, pairs: pmd.ImageCaptionPairs | None = None,
                         vq_fit_images: int = 0) -> PretrainData:
     """Paired data, unimodal scene/emoji images and novel sentences; tokenizers fitted here.
@@ -137,11 +141,11 @@ def build_pretrain_data(sizes: M.FlavaSizes, n_pairs: int, n_images: int, n_text
     texts = texts or text_sources()
     rng = np.random.default_rng(seed)
     text = [texts.pretrain[i] for i in rng.choice(len(texts.pretrain), min(n_text, len(texts.pretrain)), replace=False)]
-    tokenizer = M.build_wordpiece(captions + negatives + text, sizes.vocab_size, sizes.max_text_len)
-    vq = M.PatchVQ.fit(to_pixels(vq_fit_subsample(images, vq_fit_images, seed)), sizes.patch_size, sizes.codebook_size, seed)
-    cap_ids, cap_mask = M.tokenize(tokenizer, captions, sizes.max_text_len)
-    neg_ids, neg_mask = M.tokenize(tokenizer, negatives, sizes.max_text_len)
-    text_ids, text_mask = M.tokenize(tokenizer, text, sizes.max_text_len)
+    tokenizer = build_wordpiece(captions + negatives + text, sizes.vocab_size, sizes.max_text_len)
+    vq = PatchVQ.fit(to_pixels(vq_fit_subsample(images, vq_fit_images, seed)), sizes.patch_size, sizes.codebook_size, seed)
+    cap_ids, cap_mask = tokenize(tokenizer, captions, sizes.max_text_len)
+    neg_ids, neg_mask = tokenize(tokenizer, negatives, sizes.max_text_len)
+    text_ids, text_mask = tokenize(tokenizer, text, sizes.max_text_len)
     return PretrainData(tokenizer, vq, images, _encode(vq, images), cap_ids, cap_mask, neg_ids, neg_mask,
                         captions, pool, _encode(vq, pool), text_ids, text_mask, emojis)
 
@@ -157,7 +161,7 @@ def vq_fit_subsample(images: np.ndarray, n: int, seed: int) -> np.ndarray:
     return images[np.sort(np.random.default_rng(seed + 7).choice(len(images), n, replace=False))]
 
 
-def _encode(vq: M.PatchVQ, images: np.ndarray, chunk: int = 2048) -> Tensor:
+def _encode(vq: PatchVQ, images: np.ndarray, chunk: int = 2048) -> Tensor:
     return torch.cat([vq.encode(to_pixels(images[i : i + chunk])) for i in range(0, len(images), chunk)])
 
 
@@ -169,7 +173,7 @@ class BatchSampler:
     else the caption of another image of the batch (in-batch negative).
     """
 
-    def __init__(self, data: PretrainData, sizes: M.FlavaSizes, batch_size: int, seed: int,
+    def __init__(self, data: PretrainData, sizes: FlavaSizes, batch_size: int, seed: int,
                  itm_negative_prob: float = 0.5, itm_hard_fraction: float = 0.5):
         if batch_size < 2:
             raise ValueError(f"batch_size must be >= 2 (in-batch negatives), not {batch_size}")
@@ -177,13 +181,13 @@ class BatchSampler:
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], not {p}")
         self.data, self.sizes, self.batch_size = data, sizes, batch_size
-        self.masking = M.BlockMasking(sizes.grid)
+        self.masking = BlockMasking(sizes.grid)
         self.itm_negative_prob, self.itm_hard_fraction = itm_negative_prob, itm_hard_fraction
         self.rng = np.random.default_rng(seed)
         self.generator = torch.Generator().manual_seed(seed)
         random.seed(seed)  # BEiT's block-mask generator draws from Python's random
 
-    def paired(self) -> M.PairedBatch:
+    def paired(self) -> PairedBatch:
         d, b = self.data, self.batch_size
         idx = torch.from_numpy(self.rng.choice(len(d.captions), b, replace=False))
         negative = torch.from_numpy(self.rng.random(b) < self.itm_negative_prob)
@@ -197,25 +201,25 @@ class BatchSampler:
         itm_ids = torch.where((negative & ~hard)[:, None], d.caption_ids[other], itm_ids)  # (B, L)
         itm_mask = torch.where((negative & hard)[:, None], d.negative_mask[idx], d.caption_mask[idx])
         itm_mask = torch.where((negative & ~hard)[:, None], d.caption_mask[other], itm_mask)
-        masked_ids, mlm_labels = M.mask_text(itm_ids, d.tokenizer, generator=self.generator)
-        return M.PairedBatch(
+        masked_ids, mlm_labels = mask_text(itm_ids, d.tokenizer, generator=self.generator)
+        return PairedBatch(
             pixel_values=to_pixels(d.paired_images[idx.numpy()]), input_ids=d.caption_ids[idx],
             attention_mask=d.caption_mask[idx], image_tokens=d.paired_tokens[idx], bool_masked_pos=self.masking(b),
             itm_ids_masked=masked_ids, itm_attention_mask=itm_mask, mlm_labels=mlm_labels,
             itm_labels=(~negative).long())
 
-    def images(self) -> M.ImageBatch:
+    def images(self) -> ImageBatch:
         d = self.data
         idx = self.rng.choice(len(d.image_pool), self.batch_size, replace=False)
-        return M.ImageBatch(to_pixels(d.image_pool[idx]), d.image_pool_tokens[torch.from_numpy(idx)], self.masking(self.batch_size))
+        return ImageBatch(to_pixels(d.image_pool[idx]), d.image_pool_tokens[torch.from_numpy(idx)], self.masking(self.batch_size))
 
-    def text(self) -> M.TextBatch:
+    def text(self) -> TextBatch:
         d = self.data
         idx = torch.from_numpy(self.rng.choice(len(d.text_ids), self.batch_size, replace=False))
-        masked, labels = M.mask_text(d.text_ids[idx], d.tokenizer, generator=self.generator)
-        return M.TextBatch(masked, d.text_mask[idx], labels)
+        masked, labels = mask_text(d.text_ids[idx], d.tokenizer, generator=self.generator)
+        return TextBatch(masked, d.text_mask[idx], labels)
 
-    def draw(self, row: M.AblationRow) -> tuple[str, object]:
+    def draw(self, row: AblationRow) -> tuple[str, object]:
         """One round-robin draw: pick a source with the row's probabilities, return a full batch of it."""
         names = [s for s in SOURCES if row.sources.get(s, 0) > 0]
         p = np.array([row.sources[s] for s in names])
@@ -277,7 +281,7 @@ def _split(n: int, n_train: int, rng: np.random.Generator) -> tuple[np.ndarray, 
     return perm[:n_train], perm[n_train:]
 
 
-def build_eval_data(data: PretrainData, sizes: M.FlavaSizes, n_probe: int, n_retrieval: int, seed: int,
+def build_eval_data(data: PretrainData, sizes: FlavaSizes, n_probe: int, n_retrieval: int, seed: int,
                     texts: TextSources | None = None) -> EvalData:
     """Held-out evaluation sets (fresh seeds; language from books never pretrained on)."""
     s, L, tok = sizes.image_size, sizes.max_text_len, data.tokenizer
@@ -303,21 +307,21 @@ def build_eval_data(data: PretrainData, sizes: M.FlavaSizes, n_probe: int, n_ret
     pools = replaced_token_pools(tok)
     language = {}
     for name, txt in (("caption replaced word", heldout_captions), ("sentence replaced word", austen[:n_probe])):
-        ids, mask = M.tokenize(tok, txt, L)
+        ids, mask = tokenize(tok, txt, L)
         tr, te = _split(len(txt), len(txt) // 2, rng)
         tr_ids, tr_y = with_replaced_token(ids[tr], mask[tr], pools[0], rng)
         te_ids, te_y = with_replaced_token(ids[te], mask[te], pools[1], rng)
         language[name] = ProbeTask((tr_ids, mask[tr]), tr_y, (te_ids, mask[te]), te_y)
     author = austen[n_probe : n_probe + k] + melville[:k]
-    ids, mask = M.tokenize(tok, author, L)
+    ids, mask = tokenize(tok, author, L)
     lab = np.array([0] * k + [1] * k)
     tr, te = _split(len(author), len(author) // 2, rng)
     language["authorship"] = ProbeTask((ids[tr], mask[tr]), lab[tr], (ids[te], mask[te]), lab[te])
     # multimodal: held-out ITM pairs (held-out combinations; half one-attribute swaps) and retrieval
     itm_scenes = scenes.make_scenes(n_probe, s, seed + 103, scenes.SceneSampler("test", emoji_prob=0.0))
     swapped = np.arange(n_probe) % 2 == 1
-    itm_ids, itm_mask = M.tokenize(tok, [n if f else c for c, n, f in zip(itm_scenes.captions, itm_scenes.negatives, swapped)], L)
+    itm_ids, itm_mask = tokenize(tok, [n if f else c for c, n, f in zip(itm_scenes.captions, itm_scenes.negatives, swapped)], L)
     itm = ProbeTask((), np.zeros(0), (itm_scenes.images, itm_ids, itm_mask), (~swapped).astype(np.int64))
     retrieval = scenes.make_scenes(n_retrieval, s, seed + 104, scenes.SceneSampler("test"))
-    r_ids, r_mask = M.tokenize(tok, retrieval.captions, L)
+    r_ids, r_mask = tokenize(tok, retrieval.captions, L)
     return EvalData(vision, language, itm, retrieval.images, r_ids, r_mask, retrieval.captions)

@@ -30,7 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reproduce.flava import model as M
+from reproduce.flava import objectives
+from reproduce.flava.ablation import AblationRow
 from reproduce.flava.data import EvalData, ProbeTask, to_pixels
 
 DOMAINS = ("vision", "language", "multimodal")
@@ -65,7 +66,7 @@ def contrastive_embeddings(model, images: np.ndarray | Tensor, ids: Tensor, mask
         px = pixels[i : i + chunk] if pixels is not None else to_pixels(images[i : i + chunk])
         o = model.flava(pixel_values=px.to(dev), input_ids=ids[i : i + chunk].to(dev),
                         attention_mask=mask[i : i + chunk].to(dev), skip_multimodal_encoder=True)
-        a, b = M.contrastive_embeddings(model, o.image_embeddings, o.text_embeddings)
+        a, b = objectives.contrastive_embeddings(model, o.image_embeddings, o.text_embeddings)
         img.append(a.cpu())
         txt.append(b.cpu())
     return torch.cat(img), torch.cat(txt)
@@ -190,7 +191,7 @@ def itm_accuracy(model, ev: EvalData) -> dict[str, float]:
     return {"accuracy": 100.0 * float(correct.mean()), "low": low, "high": high, "n": int(len(correct))}
 
 
-def evaluate(model, row: M.AblationRow | None, ev: EvalData, seed: int = 0, finetune: FinetuneConfig = FinetuneConfig()
+def evaluate(model, row: AblationRow | None, ev: EvalData, seed: int = 0, finetune: FinetuneConfig = FinetuneConfig()
              ) -> dict[str, dict[str, float]]:
     """Scores (%) per domain and task for the domains the row reports (``row=None``: the untrained
     reference, every domain); ``"average"`` per domain."""

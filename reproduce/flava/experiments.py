@@ -12,32 +12,36 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from reproduce import distributed, runtime
 from reproduce.data import pmd
-from reproduce.flava import model as M
+from reproduce.flava import objectives
+from reproduce.flava.ablation import INIT_ROW, AblationRow, encoder_state, missing_init_sources, table3_rows
 from reproduce.flava.data import BatchSampler, EvalData, PretrainData, TextSources, build_eval_data, build_pretrain_data, text_sources
 from reproduce.flava.evaluation import (DOMAINS, FinetuneConfig, contrastive_embeddings, evaluate, itm_accuracy,  # noqa: F401
                                         macro_average, png_base64, retrieval_examples, retrieval_recalls,
                                         similarity_matrix)
+from reproduce.flava.model import FLAVA_FULL, FlavaSizes, build_model, load_flava_full
 from reproduce.flava.pretraining import FlavaTrainConfig, build_row_model, loss_windows, pretrain, row_steps, training_order  # noqa: F401
+from reproduce.rundir import MemoryRows, Rows
 
 
-def sizes_from(params) -> M.FlavaSizes:
-    return M.FlavaSizes(**{f.name: params[f.name] for f in fields(M.FlavaSizes)})
+def sizes_from(params) -> FlavaSizes:
+    return FlavaSizes(**{f.name: params[f.name] for f in fields(FlavaSizes)})
 
 
-def rows_from(params) -> dict[str, M.AblationRow]:
+def rows_from(params) -> dict[str, AblationRow]:
     """The requested Table 3 rows, full FLAVA with the sampling probabilities of the parameters."""
     total = params.p_paired + params.p_images + params.p_text
     if abs(total - 1.0) > 1e-6:
         raise ValueError(f"p_paired + p_images + p_text must be 1, got {total:g}")
-    rows = M.table3_rows(params.p_paired, params.p_images, params.p_text)
+    rows = table3_rows(params.p_paired, params.p_images, params.p_text)
     chosen = {name: rows[name] for name in params.rows}
-    missing = M.missing_init_sources(chosen)
+    missing = missing_init_sources(chosen)
     if missing:  # config.resolve refuses this already; this guards callers that build rows by hand
         row, names = next(iter(missing.items()))
         raise ValueError(f"row {row!r} is initialised from rows {names}, which are not in rows {list(params.rows)}; "
@@ -64,7 +68,7 @@ def prepare(params, texts: TextSources | None = None) -> tuple[PretrainData, Eva
     return data, build_eval_data(data, sizes, params.n_probe, params.n_retrieval, params.seed, texts)
 
 
-def illustration(data: PretrainData, sizes: M.FlavaSizes, seed: int, n: int = 4) -> dict:
+def illustration(data: PretrainData, sizes: FlavaSizes, seed: int, n: int = 4) -> dict:
     """One paired batch as the objectives see it: images, block masks, masked captions, ITM texts."""
     sampler = BatchSampler(data, sizes, batch_size=max(n, 8), seed=seed)
     batch = sampler.paired()
@@ -102,57 +106,60 @@ def finetune_from(params) -> FinetuneConfig:
     return FinetuneConfig(steps=params.finetune_steps, lr=params.finetune_lr, warmup=params.finetune_steps // 10)
 
 
-def run_ablation(params, data: PretrainData, ev: EvalData, device: str = "auto", state=None) -> tuple[list[RowRun], dict]:
+def run_ablation(params, data: PretrainData, ev: EvalData, device: str = "auto", rows: Rows = MemoryRows(),
+                 log_dir: str | Path | None = None) -> tuple[list[RowRun], dict]:
     """Train and evaluate every requested row for every seed (the same budget: ``steps`` draws of the
     row's main source, see ``row_steps``). Rows that initialise from others (row 6) train after them,
     from their trained encoders of the same seed. The untrained reference (``UNTRAINED``: the seed's
     random initialisation, every domain, the same tasks) comes first.
 
-    ``state`` (a ``reproduce.rundir.RunDir``, e.g. ``run.state``): each (row, seed) is one of its rows,
-    computed once and read back by a rerun; a pretraining checkpoints every ``params.checkpoint_every``
-    updates into the row's ``checkpoint_dir`` and continues from there. A stored row keeps what later
-    rows need: its run, the encoders row 6 starts from (``M.encoder_state``, on the CPU) and the figures'
-    extras, so a rerun after row 5 trains row 6 from the same MIM and MLM encoders.
+    ``rows`` (``reproduce.rundir.Rows``; the sections pass ``run.state``): each (Table 3 row, seed) is
+    one of its rows, computed once and read back by a rerun; where ``rows`` gives it a
+    ``checkpoint_dir``, its pretraining checkpoints there every ``params.checkpoint_every`` updates and
+    continues from there (the default ``MemoryRows`` keeps nothing: no checkpoints). A stored row keeps
+    what later rows need: its run, the encoders row 6 starts from (``encoder_state``, on the CPU) and
+    the figures' extras, so a rerun after row 5 trains row 6 from the same MIM and MLM encoders.
+    ``log_dir``: where the pretrainings write their curves (``reproduce.train``), or nowhere.
 
     Returns the runs and, from full FLAVA (or the last paired row) of the first seed, the similarity
     matrix of held-out pairs before and after pretraining and a few zero-shot retrieval examples.
     """
     from tqdm.auto import tqdm
 
-    sizes, rows, finetune = sizes_from(params), rows_from(params), finetune_from(params)
+    sizes, table, finetune = sizes_from(params), rows_from(params), finetune_from(params)
     dev = runtime.pick_device(device)
-    shown = next((n for n in ("FLAVA", "FLAVA_MM", "FLAVA_C", M.INIT_ROW) if n in rows), None)
-    wanted = {(src, part) for row in rows.values() for part, src in row.init.items()}  # parts later rows copy
+    shown = next((n for n in ("FLAVA", "FLAVA_MM", "FLAVA_C", INIT_ROW) if n in table), None)
+    wanted = {(src, part) for row in table.values() for part, src in row.init.items()}  # parts later rows copy
     trained: dict[tuple[str, str, int], dict] = {}
     runs, extras = [], {}
-    units = [(UNTRAINED, seed) for seed in params.seeds] + [(n, seed) for n in training_order(rows) for seed in params.seeds]
+    units = [(UNTRAINED, seed) for seed in params.seeds] + [(n, seed) for n in training_order(table) for seed in params.seeds]
     precision = runtime.mixed_precision(params.get("precision", "auto"), dev)
 
     def untrained(seed: int) -> dict:
-        model = M.build_model(sizes, seed).to(dev).eval()
+        model = build_model(sizes, seed).to(dev).eval()
         scores, itm = distributed.on_main(lambda: (evaluate(model, None, ev, seed, finetune=finetune), itm_accuracy(model, ev)))
         return {"run": RowRun(UNTRAINED, seed, scores, macro_average(scores), {}, 0.0, itm)}
 
     def trained_row(name: str, seed: int, key: str) -> dict:
         import time
 
-        row, out = rows[name], {"extras": {}, "parts": {}}
+        row, out = table[name], {"extras": {}, "parts": {}}
         model = build_row_model(sizes, row, seed, trained).to(dev)
         if name == shown and seed == params.seeds[0]:
             out["extras"]["similarity_before"] = similarity_matrix(model, ev)
         sampler = BatchSampler(data, sizes, params.batch_size, seed, 0.0 if mined else params.itm_negative_prob,
                                params.itm_hard_fraction)
-        every = params.get("checkpoint_every", 0)
+        checkpoints = rows.checkpoint_dir(key)  # None: the row is not kept, so no checkpoint to continue from
+        every = params.get("checkpoint_every", 0) if checkpoints is not None else 0
         cfg = FlavaTrainConfig(steps=row_steps(row, params.steps), batch_size=params.batch_size,
                                micro_batch=params.get("micro_batch", 0), lr=params.lr, warmup=params.warmup,
                                weight_decay=params.weight_decay, itm_negatives=params.itm_negatives, seed=seed,
-                               mixed_precision=precision, checkpoint_every=every if state is not None else 0,
-                               checkpoint_dir=state.checkpoint_dir(key) if state is not None and every else None,
-                               log_dir=state.root / "logs" if state is not None else None)
+                               mixed_precision=precision, checkpoint_every=every,
+                               checkpoint_dir=checkpoints if every else None, log_dir=log_dir)
         t0 = time.perf_counter()
         history = pretrain(model, row, sampler, cfg, device)
         train_s = time.perf_counter() - t0
-        out["parts"] = {part: M.encoder_state(model, part) for src, part in wanted if src == name}
+        out["parts"] = {part: encoder_state(model, part) for src, part in wanted if src == name}
         # the probes and fine-tuned heads run once, on the main process; every process gets the scores
         scores, itm = distributed.on_main(lambda: (evaluate(model, row, ev, seed, finetune=finetune),
                                                    itm_accuracy(model, ev) if row.objectives.paired else None))
@@ -166,17 +173,14 @@ def run_ablation(params, data: PretrainData, ev: EvalData, device: str = "auto",
 
     mined = params.itm_negatives == "mined"
     for name, seed in tqdm(units, desc="Table 3 rows x seeds", unit=" row"):
-        compute = (lambda s=seed: untrained(s)) if name == UNTRAINED else None
-        if state is not None:
-            key = state.key("table3", name, seed)
-            got = state.row(key, compute or (lambda n=name, s=seed, k=key: trained_row(n, s, k)), fmt="pickle")
-        else:
-            got = compute() if compute else trained_row(name, seed, "")
+        key = rows.key("table3", name, seed)
+        compute = (lambda s=seed: untrained(s)) if name == UNTRAINED else (lambda n=name, s=seed, k=key: trained_row(n, s, k))
+        got = rows.row(key, compute, fmt="pickle")
         runs.append(got["run"])
         extras.update(got.get("extras", {}))
         for part, value in got.get("parts", {}).items():
             trained[(name, part, seed)] = value
-    order = [UNTRAINED, *rows]
+    order = [UNTRAINED, *table]
     runs.sort(key=lambda r: order.index(r.row))  # the table in the requested order, seeds in order within a row
     return runs, extras
 
@@ -208,14 +212,14 @@ def _on(batch, dev: torch.device):
     return type(batch)(**{f.name: getattr(batch, f.name).to(dev) for f in fields(batch)})
 
 
-def hf_path_check(data: PretrainData, sizes: M.FlavaSizes, seed: int, device: str = "auto") -> dict:
+def hf_path_check(data: PretrainData, sizes: FlavaSizes, seed: int, device: str = "auto") -> dict:
     """Hugging Face's ``FlavaForPreTraining`` (our sizes, via config overrides): one AdamW step on one
     batch of each source, and the gap between its losses and ours on the same batches without negatives.
 
     On ``device`` (the gpu profile's ViT-B/16 on the GPU), in float32 with TF32 off: the gap is a
     float32 round-off check (``sections.HF_GAP_TOL``), which TF32's 10-bit mantissa would exceed."""
     dev = runtime.pick_device(device)
-    model = M.build_model(sizes, seed).to(dev).train()
+    model = build_model(sizes, seed).to(dev).train()
     sampler = BatchSampler(data, sizes, batch_size=8, seed=seed)
     batches = {"paired": sampler.paired(), "images": sampler.images(), "text": sampler.text()}
     batches = {k: _on(v, dev) for k, v in batches.items()}
@@ -228,22 +232,23 @@ def hf_path_check(data: PretrainData, sizes: M.FlavaSizes, seed: int, device: st
 
 
 def _hf_path_check(model, batches) -> dict:
-    everything = M.Objectives(mim=True, mlm=True, gc=True, mmm=True, itm=True)
+    everything = objectives.Objectives(mim=True, mlm=True, gc=True, mmm=True, itm=True)
     gap = 0.0
     for name, batch in batches.items():
         check = batch
         if name == "paired":  # HF feeds one text to both passes: compare on a batch whose ITM texts all match
-            ids = batch.itm_ids_masked.where(batch.mlm_labels.eq(M.CE_IGNORE), batch.mlm_labels)
-            check = M.PairedBatch(batch.pixel_values, ids, batch.itm_attention_mask, batch.image_tokens, batch.bool_masked_pos,
-                                  batch.itm_ids_masked, batch.itm_attention_mask, batch.mlm_labels, torch.ones_like(batch.itm_labels))
+            ids = batch.itm_ids_masked.where(batch.mlm_labels.eq(objectives.CE_IGNORE), batch.mlm_labels)
+            check = objectives.PairedBatch(batch.pixel_values, ids, batch.itm_attention_mask, batch.image_tokens,
+                                           batch.bool_masked_pos, batch.itm_ids_masked, batch.itm_attention_mask,
+                                           batch.mlm_labels, torch.ones_like(batch.itm_labels))
         with torch.no_grad():
-            ours = dict(M.losses(model, check, everything, gather=False).items())
-            theirs = M.hf_pretraining_losses(model, check)
+            ours = dict(objectives.losses(model, check, everything, gather=False).items())
+            theirs = objectives.hf_pretraining_losses(model, check)
         gap = max([gap] + [abs(ours[k].item() - theirs[k].item()) for k in theirs])
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     step_losses = {}
     for batch in batches.values():
-        got = M.hf_pretraining_losses(model, batch)
+        got = objectives.hf_pretraining_losses(model, batch)
         opt.zero_grad()
         sum(got.values()).backward()
         opt.step()
@@ -264,15 +269,15 @@ def released_zero_shot(model, image_processor, tokenizer, ev: EvalData, max_leng
     return retrieval_recalls(img, txt, ev.retrieval_captions)
 
 
-def try_flava_full(ev: EvalData | None = None, model_id: str = M.FLAVA_FULL, device: str = "auto") -> dict:
+def try_flava_full(ev: EvalData | None = None, model_id: str = FLAVA_FULL, device: str = "auto") -> dict:
     """Start from ``facebook/flava-full`` (gpu profile; ``model_id``: it or a local ``save_pretrained``
     folder): load it and, with ``ev``, score its zero-shot retrieval on our held-out scenes on ``device``.
     Offline, record the error the loader gives (within ~2 s)."""
-    from reproduce import hf
+    from reproduce.hub import HubError
 
     try:
-        model, report = M.load_flava_full(model_id=model_id)
-    except hf.HubOfflineError as error:
+        model, report = load_flava_full(model_id=model_id)
+    except HubError as error:
         return {"loaded": False, "error": str(error)}
     out = {"loaded": True, "report": str(report), "parameters": sum(p.numel() for p in model.parameters())}
     if ev is not None:

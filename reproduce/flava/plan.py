@@ -4,10 +4,10 @@ The training step is measured with ``reproduce.plan.step_cost`` on the *meta* de
 shapes (ViT-B/16, ``micro_batch`` rows): FLOPs by ``FlopCounterMode``, activations as the bytes
 autograd saves. The meta device cannot run data-dependent shapes (boolean indexing of the masked
 positions, ALBEF's multinomial draw of mined negatives), so :func:`paired_step`, :func:`image_step` and
-:func:`text_step` run the same passes as ``model.losses`` with the heads applied to *every* patch and
+:func:`text_step` run the same passes as ``objectives.losses`` with the heads applied to *every* patch and
 token (the real step applies them to the masked ~40 % of patches and ~15 % of tokens) and the mined
 negatives re-paired by a fixed permutation: an upper bound of the real step's memory and FLOPs
-(tested against ``model.losses`` on CPU at small size, and meta against real CPU tensors).
+(tested against ``objectives.losses`` on CPU at small size, and meta against real CPU tensors).
 
 Evaluation (linear probes, language fine-tuning, ITM, retrieval) is counted as forward passes of
 2 x 12 + 6 layers per example (a documented formula: 2 FLOPs per weight per token, 3x for the
@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 
 from reproduce import plan as P
-from reproduce.flava import model as M
+from reproduce.flava.model import FlavaSizes, build_model
+from reproduce.flava.objectives import contrastive_embeddings, global_contrastive_loss
 from reproduce.flava.pretraining import row_steps
 
 FLICKR30K_BYTES = 4.4e9  # lmms-lab/flickr30k: 9 parquet files of 471-528 MB (the hub's file listing)
@@ -29,7 +30,7 @@ FLAVA_FULL_PARAMETERS = 350_000_000
 SHUFFLE_BUFFER = 10_000  # reproduce.data.pmd.hub_pairs' default
 
 
-def sizes_of(params) -> M.FlavaSizes:
+def sizes_of(params) -> FlavaSizes:
     from reproduce.flava.experiments import sizes_from
 
     return sizes_from(params)
@@ -39,7 +40,7 @@ def _zeros(*shape, dtype=torch.float32, device="meta"):
     return torch.zeros(*shape, dtype=dtype, device=device)
 
 
-def paired_step(model, sizes: M.FlavaSizes, b: int, device="meta", mined: bool = True) -> torch.Tensor:
+def paired_step(model, sizes: FlavaSizes, b: int, device="meta", mined: bool = True) -> torch.Tensor:
     """GC + ITM (+ B mined negatives) + MMM on one paired micro-batch of ``b`` rows, heads on every position."""
     import torch.nn.functional as F
 
@@ -48,8 +49,8 @@ def paired_step(model, sizes: M.FlavaSizes, b: int, device="meta", mined: bool =
     pixels = _zeros(b, 3, sizes.image_size, sizes.image_size, device=device)
     masked_pos = torch.ones(b, P_, dtype=torch.bool, device=device)
     out = model.flava(input_ids=ids, attention_mask=mask, pixel_values=pixels, skip_multimodal_encoder=True)
-    image, text = M.contrastive_embeddings(model, out.image_embeddings, out.text_embeddings)
-    loss = M.global_contrastive_loss(image, text, model.flava.logit_scale, gather=False)
+    image, text = contrastive_embeddings(model, out.image_embeddings, out.text_embeddings)
+    loss = global_contrastive_loss(image, text, model.flava.logit_scale, gather=False)
     out = model.flava(input_ids=ids, attention_mask=mask, pixel_values=pixels, bool_masked_pos=masked_pos)
     mm = out.multimodal_embeddings  # (B, 1 + 1 + P + L, D)
     logits = model.itm_head(mm)
@@ -66,7 +67,7 @@ def paired_step(model, sizes: M.FlavaSizes, b: int, device="meta", mined: bool =
     return loss + F.cross_entropy(model.mmm_text_head(mm[:, -L:]).flatten(0, 1), words)
 
 
-def image_step(model, sizes: M.FlavaSizes, b: int, device="meta") -> torch.Tensor:
+def image_step(model, sizes: FlavaSizes, b: int, device="meta") -> torch.Tensor:
     """MIM on one image micro-batch, the head on every patch."""
     import torch.nn.functional as F
 
@@ -77,7 +78,7 @@ def image_step(model, sizes: M.FlavaSizes, b: int, device="meta") -> torch.Tenso
     return F.cross_entropy(logits, _zeros(len(logits), dtype=torch.long, device=device))
 
 
-def text_step(model, sizes: M.FlavaSizes, b: int, device="meta") -> torch.Tensor:
+def text_step(model, sizes: FlavaSizes, b: int, device="meta") -> torch.Tensor:
     """MLM on one text micro-batch, the head on every token."""
     import torch.nn.functional as F
 
@@ -90,9 +91,9 @@ def text_step(model, sizes: M.FlavaSizes, b: int, device="meta") -> torch.Tensor
 STEPS = {"paired": paired_step, "images": image_step, "text": text_step}
 
 
-def source_costs(sizes: M.FlavaSizes, micro: int, mined: bool = True) -> dict[str, P.StepCost]:
+def source_costs(sizes: FlavaSizes, micro: int, mined: bool = True) -> dict[str, P.StepCost]:
     """One measured micro-batch step of each source (meta device)."""
-    build = lambda: M.build_model(sizes, 0)  # noqa: E731
+    build = lambda: build_model(sizes, 0)  # noqa: E731
     out = {}
     for name, fn in STEPS.items():
         kwargs = {"mined": mined} if name == "paired" else {}
@@ -131,7 +132,7 @@ def sections(params) -> list[P.SectionPlan]:
         notes=f"CPU only; host memory ~{P.human_bytes(host)} (uint8 images + the VQ fit's float subsample, vq_fit_images)")]
 
     # 1b. HF path: one AdamW step at batch 8 on the device (+ the released checkpoint, inference)
-    hf = P.step_cost(lambda: M.build_model(sizes, 0), lambda m: paired_step(m, sizes, 8, mined=False))
+    hf = P.step_cost(lambda: build_model(sizes, 0), lambda m: paired_step(m, sizes, 8, mined=False))
     tokens = 1 + sizes.num_patches + sizes.max_text_len
     full_flops = _forward_flops(FLAVA_FULL_PARAMETERS, params.n_retrieval * (1 + 196 + 77)) if params.try_flava_full else 0.0
     plans.append(P.SectionPlan(

@@ -42,7 +42,7 @@ KO = {
     "mmm_image": "MMM 이미지",
     "mmm_text": "MMM 텍스트",
     "total": "합계",
-    "Gain over the untrained model (points)": "학습하지 않은 모델 대비 향상 (포인트)",
+    "Gain over the untrained\nmodel (points)": "학습하지 않은 모델 대비\n향상 (포인트)",
     "Held-out ITM accuracy (%)": "보류 쌍 ITM 정확도 (%)",
     "chance": "우연 수준",
     "seed": "시드",
@@ -118,7 +118,8 @@ def plot_table3(measured: dict, lang: str = "en"):
         ax.set_xticks(np.arange(len(rows)), rows, rotation=30, ha="right")
         ax.set_title(title)
     axes[0].set_ylabel(_("Score (%)"))
-    axes[0].legend(ncols=2, loc="upper left", fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=8)  # below: no bar covered
     return fig
 
 
@@ -212,7 +213,7 @@ def plot_gains(measured: dict, lang: str = "en"):
         axes[0].errorbar(pos, mean, yerr=[mean - low, high - mean], fmt="none", ecolor="black", capsize=2)
     axes[0].axhline(0, color="black", linewidth=0.8)
     axes[0].set_xticks(np.arange(len(rows)), rows, rotation=30, ha="right")
-    axes[0].set_ylabel(_("Gain over the untrained model (points)"))
+    axes[0].set_ylabel(_("Gain over the untrained\nmodel (points)"))
     axes[0].legend(fontsize=8)
     for i, (row, per) in enumerate(itm.items()):
         for j, x in enumerate(per):

@@ -21,8 +21,10 @@ import torch
 from torch import Tensor
 
 from reproduce import train
-from reproduce.flava import model as M
+from reproduce.flava.ablation import AblationRow, initialise_from
 from reproduce.flava.data import BatchSampler
+from reproduce.flava.model import FlavaSizes, build_model
+from reproduce.flava.objectives import ITM_NEGATIVES, ImageBatch, Objectives, PairedBatch, TextBatch, losses
 
 LOSS_NAMES = ("mim", "mlm", "global_contrastive", "itm", "mmm_image", "mmm_text")
 
@@ -36,7 +38,7 @@ class FlavaTrainConfig(train.TrainConfig):
     lr: float = 1e-3
     warmup: int = 10_000
     weight_decay: float = 0.1
-    itm_negatives: str = "sampled"  # "mined": ALBEF's hard negatives from the GC similarities (model.paired_losses)
+    itm_negatives: str = "sampled"  # "mined": ALBEF's hard negatives from the GC similarities (objectives.paired_losses)
     seed: int = 0  # the mined negatives' draws
     forward_rows: int = field(init=False, default=0)  # rows of one forward over all processes (set from micro_batch)
 
@@ -51,8 +53,8 @@ class FlavaTrainConfig(train.TrainConfig):
             raise ValueError(f"batch_size >= 2 required (in-batch negatives), got {self.batch_size}")
         if not 0 <= self.warmup <= self.steps * 10 or self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"bad optimisation settings: lr={self.lr}, warmup={self.warmup}, wd={self.weight_decay}")
-        if self.itm_negatives not in M.ITM_NEGATIVES:
-            raise ValueError(f"itm_negatives must be one of {M.ITM_NEGATIVES}, got {self.itm_negatives!r}")
+        if self.itm_negatives not in ITM_NEGATIVES:
+            raise ValueError(f"itm_negatives must be one of {ITM_NEGATIVES}, got {self.itm_negatives!r}")
 
 
 class FlavaPretrainer(torch.nn.Module):
@@ -62,22 +64,22 @@ class FlavaPretrainer(torch.nn.Module):
     data-parallel wrappers in the path. ``last`` keeps the latest value of each loss for the history.
     """
 
-    BATCHES = {"paired": M.PairedBatch, "images": M.ImageBatch, "text": M.TextBatch}
+    BATCHES = {"paired": PairedBatch, "images": ImageBatch, "text": TextBatch}
 
-    def __init__(self, model, objectives: M.Objectives, itm_negatives: str = "sampled", seed: int = 0):
+    def __init__(self, model, objectives: Objectives, itm_negatives: str = "sampled", seed: int = 0):
         super().__init__()
         self.model, self.objectives, self.itm_negatives = model, objectives, itm_negatives
         self.generator = torch.Generator().manual_seed(seed)  # the mined negatives' draws (CPU)
         self.last: dict[str, float] = {}
 
     def forward(self, source: str, **tensors: Tensor) -> Tensor:
-        terms = M.losses(self.model, self.BATCHES[source](**tensors), self.objectives,
-                         itm_negatives=self.itm_negatives, generator=self.generator)
+        terms = losses(self.model, self.BATCHES[source](**tensors), self.objectives,
+                       itm_negatives=self.itm_negatives, generator=self.generator)
         self.last = {name: float(value.detach()) for name, value in terms.items()}
         return terms.total()
 
 
-def batch_stream(sampler: BatchSampler, row: M.AblationRow, micro_batch: int = 0):
+def batch_stream(sampler: BatchSampler, row: AblationRow, micro_batch: int = 0):
     """Endless batches for ``reproduce.train``: dicts of tensors plus the source's name.
 
     Each update draws one full batch of one source (§3.2); with ``micro_batch`` (the rows of one
@@ -104,17 +106,10 @@ def optimizer(model, cfg: FlavaTrainConfig) -> torch.optim.AdamW:
                              lr=cfg.lr, betas=(0.9, 0.999))
 
 
-def make_accelerator(device: str, mixed_precision: str, grad_accum: int):
-    """``reproduce.train.make_accelerator`` whose data-parallel wrapper allows unused parameters: a
-    Table 3 row trains only its objectives' parts (MIM: the image encoder), and an update of one
-    source leaves the other sources' heads without gradients (DDP would refuse the next update)."""
-    return train.make_accelerator(device, mixed_precision, grad_accum, find_unused_parameters=True)
-
-
 HISTORY_FILE = "flava_history_{step:06d}.json"  # per-loss history and the mined negatives' RNG at a checkpoint
 
 
-def pretrain(model, row: M.AblationRow, sampler: BatchSampler, cfg: FlavaTrainConfig, device: str = "auto"
+def pretrain(model, row: AblationRow, sampler: BatchSampler, cfg: FlavaTrainConfig, device: str = "auto"
              ) -> dict[str, list[float]]:
     """Round-robin pretraining of one Table 3 row through the shared accelerate loop (``reproduce.train``).
 
@@ -162,9 +157,12 @@ def pretrain(model, row: M.AblationRow, sampler: BatchSampler, cfg: FlavaTrainCo
                 tmp.replace(path)
         return loss
 
-    loop = replace(cfg, log_every=max(1, cfg.steps // 10), desc=f"pretrain {row.name}")
-    train.train(trainer, opt, batch_stream(sampler, row, cfg.forward_rows), loss_fn, loop, scheduler=sched,
-                accelerator=make_accelerator(device, cfg.mixed_precision, cfg.grad_accum))
+    # the data-parallel wrapper must allow unused parameters: a Table 3 row trains only its objectives'
+    # parts (MIM: the image encoder), and an update of one source leaves the other sources' heads
+    # without gradients (DDP would refuse the next update)
+    loop = replace(cfg, log_every=max(1, cfg.steps // 10), desc=f"pretrain {row.name}", device=device,
+                   find_unused_parameters=True)
+    train.train(trainer, opt, batch_stream(sampler, row, cfg.forward_rows), loss_fn, loop, scheduler=sched)
     model.eval()
     return history
 
@@ -182,14 +180,14 @@ def loss_windows(values: list[float], n: int = 20) -> list[float]:
 # ---------------------------------------------------------------------------------------------------
 # The ablation's rows: budget, order, row 6's initialisation
 # ---------------------------------------------------------------------------------------------------
-def row_steps(row: M.AblationRow, steps: int) -> int:
+def row_steps(row: AblationRow, steps: int) -> int:
     """Updates of a row: ``steps`` draws of its main source (§4: "PMD sampled for 150K iterations in
     total (all ablations)"), so full FLAVA adds its unimodal batches on top: steps / p_paired."""
     p = row.sources.get("paired", 0.0)
     return steps if p in (0.0, 1.0) else round(steps / p)
 
 
-def training_order(rows: dict[str, M.AblationRow]) -> list[str]:
+def training_order(rows: dict[str, AblationRow]) -> list[str]:
     """Row names in the order they must train: a row after every row it initialises from."""
     order: list[str] = []
     pending = dict(rows)
@@ -203,13 +201,13 @@ def training_order(rows: dict[str, M.AblationRow]) -> list[str]:
     return order
 
 
-def build_row_model(sizes: M.FlavaSizes, row: M.AblationRow, seed: int, trained: dict[tuple[str, str, int], dict]):
+def build_row_model(sizes: FlavaSizes, row: AblationRow, seed: int, trained: dict[tuple[str, str, int], dict]):
     """A fresh model for ``row`` and ``seed``; for row 6 its image and text parts are loaded from the
-    trained rows named in ``row.init`` (``trained``: (row, part, seed) -> ``M.encoder_state``)."""
-    model = M.build_model(sizes, seed)
+    trained rows named in ``row.init`` (``trained``: (row, part, seed) -> ``ablation.encoder_state``)."""
+    model = build_model(sizes, seed)
     if row.init:
         missing = [(src, part) for part, src in row.init.items() if (src, part, seed) not in trained]
         if missing:
             raise ValueError(f"row {row.name!r} (seed {seed}) needs the trained parts {missing}; train those rows first")
-        M.initialise_from(model, {part: trained[(src, part, seed)] for part, src in row.init.items()})
+        initialise_from(model, {part: trained[(src, part, seed)] for part, src in row.init.items()})
     return model

@@ -3,23 +3,29 @@
 Every number a figure or a claim uses goes through ``run.record`` first (figures read only
 ``run.measured``). The paper's numbers live in ``PAPER`` alone; notes and tables are rendered from it.
 Each claim's relation, threshold and the threshold's source are fixed here, before any run. The claim
-logic of each section is a function of recorded values only (``hf_path_claims``, ``table3_claims``),
-so tests call it on synthetic measurements without training.
+logic of each section is a function of recorded values only (``claim_hf_path``, ``claim_controls``,
+``claim_itm``, ``claim_table3``), so tests call it on synthetic measurements without training. Each
+section returns a dataclass: what its notebook cell shows and what later sections need.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import pandas as pd
 
 from reproduce import claims
 from reproduce.configs.flava import SPEC
 from reproduce.flava import evaluation as V
 from reproduce.flava import experiments as E
-from reproduce.flava import model as M
+from reproduce.flava.ablation import INIT_ROW
+from reproduce.flava.data import EvalData, PretrainData
+from reproduce.flava.model import FlavaSizes
 
-INIT = M.INIT_ROW  # row 6: full FLAVA started from the MIM and MLM rows' encoders
+INIT = INIT_ROW  # row 6: full FLAVA started from the MIM and MLM rows' encoders
 PAPER = {
     # Table 3: vision / language / multimodal averages and macro average per row (the Vision and NLP
     # columns of rows 3-6 un-swapped, see the facts file); None = the row reports no such domain.
@@ -33,47 +39,63 @@ PAPER = {
     },
 }
 HF_LOSS_NAMES = ("mim", "mlm", "global_contrastive", "itm", "mmm_image", "mmm_text")
-HF_GAP_TOL = 1e-5  # ours: float32 round-off of two computations of the same losses (see hf_path_claims)
-
-
-def _section(artifact: str) -> str:
-    """The notebook section of an artifact, as the paper's spec declares it (one place for the names)."""
-    return SPEC.artifacts[artifact]
+HF_GAP_TOL = 1e-5  # ours: float32 round-off of two computations of the same losses (see claim_hf_path)
 
 
 # ------------------------------------------------------------------------------------------------
 # 1. Architecture and objectives (§3.1, Figure 2)
 # ------------------------------------------------------------------------------------------------
-def data_and_objectives(params, run):
+@dataclass
+class Data:
+    """The pretraining sources and evaluation sets every later section uses, built once."""
+
+    pretrain: PretrainData
+    ev: EvalData
+    sizes: FlavaSizes
+    counts: dict[str, int]  # recorded as "data": pairs, unimodal images and text, vocabulary, codebook, grid
+
+
+def data_and_objectives(params, run) -> Data:
     """Build the pretraining sources and evaluation sets once; record their sizes and one paired
-    batch as the objectives see it. Returns ``(data, ev, sizes)`` for the later sections."""
-    data, ev = E.prepare(params)
+    batch as the objectives see it (the figure ``flava_objectives_batch``)."""
+    pretrain, ev = E.prepare(params)
     sizes = E.sizes_from(params)
-    run.record("data", {"pairs": len(data.captions), "unimodal_images": len(data.image_pool),
-                        "unimodal_text": len(data.text_ids), "vocab": len(data.tokenizer), "codebook": data.vq.size,
-                        "grid": sizes.grid})
-    run.record("objectives.illustration", E.illustration(data, sizes, params.seed))
-    return data, ev, sizes
+    counts = run.record("data", {"pairs": len(pretrain.captions), "unimodal_images": len(pretrain.image_pool),
+                                 "unimodal_text": len(pretrain.text_ids), "vocab": len(pretrain.tokenizer),
+                                 "codebook": pretrain.vq.size, "grid": sizes.grid})
+    run.record("objectives.illustration", E.illustration(pretrain, sizes, params.seed))
+    return Data(pretrain, ev, sizes, counts)
 
 
 # ------------------------------------------------------------------------------------------------
 # 1b. The Hugging Face path
 # ------------------------------------------------------------------------------------------------
-def hf_path(params, run, data, sizes, ev) -> dict:
+@dataclass
+class HFPath:
+    """What the HF-path cell shows: HF's six losses of its AdamW step, and the gap to ours."""
+
+    losses: dict[str, float]  # HF's forward, one AdamW step per source
+    max_abs_gap: float  # ours vs HF's on the same batches without negatives
+    parameters: int
+    flava_full: dict | None  # the released checkpoint (try_flava_full), or None
+
+
+def hf_path(params, run, data: Data) -> HFPath:
     """Our losses against HF ``FlavaForPreTraining``'s on the same batches, one AdamW step through
     HF's forward; with ``try_flava_full`` the released checkpoint, zero-shot on our held-out scenes."""
-    check = run.record("hf_path", E.hf_path_check(data, sizes, params.seed, device=params.device))
+    check = run.record("hf_path", E.hf_path_check(data.pretrain, data.sizes, params.seed, device=params.device))
     if set(check["losses"]) != set(HF_LOSS_NAMES):
         raise RuntimeError(f"HF's forward gave the losses {sorted(check['losses'])}, not {sorted(HF_LOSS_NAMES)}")
-    hf_path_claims(run, check)
+    claim_hf_path(run, check)
+    full = None
     if params.try_flava_full:  # gpu profile: the released checkpoint, zero-shot on our held-out scenes
-        run.record("hf_path.flava_full", E.try_flava_full(ev, model_id=params.flava_model, device=params.device))
-    return check
+        full = run.record("hf_path.flava_full", E.try_flava_full(data.ev, model_id=params.flava_model, device=params.device))
+    return HFPath(check["losses"], check["max_abs_gap"], check["parameters"], full)
 
 
-def hf_path_claims(run, check: Mapping[str, Any]) -> None:
+def claim_hf_path(run, check: Mapping[str, Any]) -> None:
     """Exact check (no interval): the largest gap between our losses and HF's on the same batches."""
-    run.claim("hf_losses_agree", artifact="§3.1 objectives", section=_section("§3.1 objectives"),
+    run.claim("hf_losses_agree", artifact="§3.1 objectives", section=SPEC.section("§3.1 objectives"),
               text="our five objectives equal HF FlavaForPreTraining's six losses on the same batches "
                    "(largest absolute gap)",
               ours=check["max_abs_gap"], relation="<=", threshold=HF_GAP_TOL,
@@ -84,26 +106,36 @@ def hf_path_claims(run, check: Mapping[str, Any]) -> None:
 # ------------------------------------------------------------------------------------------------
 # 2. Table 3: objective ablation
 # ------------------------------------------------------------------------------------------------
-def objective_ablation(params, run, data, ev) -> tuple[str, dict]:
+@dataclass
+class Table3:
+    """Table 3 as the notebook shows it, and what the retrieval section draws."""
+
+    table: pd.DataFrame  # ours: row x vision / language / multimodal / macro (means over seeds)
+    markdown: str  # ours beside the paper, the gains over the untrained row, both macro orders
+    extras: dict  # similarity matrices and retrieval examples of the shown row (first seed)
+
+
+def objective_ablation(params, run, data: Data) -> Table3:
     """Train and evaluate the untrained reference and every requested row for every seed, record
     Table 3/4, the gains over the untrained row and over chance, held-out ITM accuracy; claim the
-    controls, ITM and the paper's relations (paired by seed). Returns the Markdown table (ours beside
-    the paper, both macro orders) and the extras the retrieval section shows."""
-    runs, extras = E.run_ablation(params, data, ev, device=params.device, state=run.state)
+    controls, ITM and the paper's relations (paired by seed)."""
+    runs, extras = E.run_ablation(params, data.pretrain, data.ev, device=params.device, rows=run.state,
+                                  log_dir=run.state.root / "logs")
     ours = run.record("table3.ours", E.table3(runs))
     run.record("table3.paper", PAPER["table3"])
     tasks = run.record("table4.ours", E.tasks_table(runs))
-    chance = run.record("table4.chance", V.chance_scores(ev))
+    chance = run.record("table4.chance", V.chance_scores(data.ev))
     run.record("evaluation.dropped_tasks", V.DROPPED_TASKS)
     run.record("pretraining.losses", {r.row: r.losses for r in runs if r.seed == params.seeds[0] and r.losses})
     run.record("pretraining.seconds", {f"{r.row}/{r.seed}": round(r.train_s, 1) for r in runs if r.row != UNTRAINED})
     seeds = run.record("table3.per_seed", E.per_seed(runs))
     gains = run.record("table3.gains", gain_table(seeds, chance))
     itm = run.record("itm.heldout", E.itm_table(runs))
-    control_claims(run, seeds)
-    itm_claims(run, itm)
-    table3_claims(run, seeds, tasks)
-    return (table3_markdown(ours) + "\n\n" + gains_markdown(gains) + "\n\n" + macro_order_text(ours), extras)
+    claim_controls(run, seeds)
+    claim_itm(run, itm)
+    claim_table3(run, seeds, tasks)
+    table = pd.DataFrame(ours).T[["vision", "language", "multimodal", "macro", "macro_std", "seeds"]]
+    return Table3(table, table3_markdown(ours) + "\n\n" + gains_markdown(gains) + "\n\n" + macro_order_text(ours), extras)
 
 
 # The untrained reference: the same architecture with the seed's random weights, the same tasks.
@@ -151,20 +183,20 @@ def gains_markdown(gains: Mapping[str, Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def control_claims(run, seeds: Sequence[Mapping[str, Any]]) -> None:
+def claim_controls(run, seeds: Sequence[Mapping[str, Any]]) -> None:
     """Controls: row 6's source rows beat the untrained model in their own domain, and full FLAVA
     (row 5) in each of the three (paired difference over seeds, t 95 %)."""
     rows = {x["row"] for x in seeds}
     for row, domain in CONTROLS:
         if not {row, UNTRAINED} <= rows:
             continue
-        run.claim(f"control_{row.lower()}_{domain}", artifact="Table 3, controls", section=_section("Table 3, controls"),
+        run.claim(f"control_{row.lower()}_{domain}", artifact="Table 3, controls", section=SPEC.section("Table 3, controls"),
                   text=f"{row} minus the untrained model, {domain} average (paired difference over seeds)",
                   ours=paired_difference(seeds, row, UNTRAINED, domain), relation=">", threshold=0.0,
                   source=CONTROL_SOURCE, note=_per_seed_note(seeds, row, UNTRAINED, domain))
 
 
-def itm_claims(run, itm: Mapping[str, Sequence[Mapping[str, float]]]) -> None:
+def claim_itm(run, itm: Mapping[str, Sequence[Mapping[str, float]]]) -> None:
     """ITM is active: FLAVA_MM's held-out ITM accuracy on one-attribute swaps is above chance (t 95 %
     over seeds; the note gives each seed's accuracy with its Wilson interval over the pairs)."""
     if ITM_ROW not in itm:
@@ -173,7 +205,7 @@ def itm_claims(run, itm: Mapping[str, Sequence[Mapping[str, float]]]) -> None:
     note = "; ".join(f"seed {x['seed']}: {x['accuracy']:.1f} [{x['low']:.1f}, {x['high']:.1f}] (n={x['n']})" for x in per)
     if UNTRAINED in itm:
         note += "; untrained: " + ", ".join(f"{x['accuracy']:.1f}" for x in itm[UNTRAINED])
-    run.claim("itm_heldout_above_chance", artifact="§3.1 objectives", section=_section("Table 3, controls"),
+    run.claim("itm_heldout_above_chance", artifact="§3.1 objectives", section=SPEC.section("Table 3, controls"),
               text=f"{ITM_ROW}'s ITM head on held-out pairs (true caption vs. a one-attribute swap): accuracy in % "
                    "(t interval over seeds)",
               ours=claims.t_interval([x["accuracy"] for x in per]), relation=">", threshold=ITM_CHANCE,
@@ -201,7 +233,7 @@ def paired_difference(seeds: Sequence[Mapping[str, Any]], a: str, b: str, metric
     return claims.paired_t([va[s] for s in order], [vb[s] for s in order])
 
 
-def table3_claims(run, seeds: Sequence[Mapping[str, Any]], tasks: Mapping[str, Mapping[str, float]]) -> None:
+def claim_table3(run, seeds: Sequence[Mapping[str, Any]], tasks: Mapping[str, Mapping[str, float]]) -> None:
     """Table 3's relations between rows, each judged on the paired difference over seeds (t 95 %
     interval; one seed gives no interval, hence inconclusive). Each comparison is claimed once:
 
@@ -229,7 +261,7 @@ def table3_claims(run, seeds: Sequence[Mapping[str, Any]], tasks: Mapping[str, M
         if verdict != "holds":
             why = _difference_note(a, b, metric, tasks) if metric in E.DOMAINS else _macro_note(a, b, seeds)
             note = f"{_VERDICT_WORDS[verdict]}: {why}; {note}"
-        run.claim(id, artifact=artifact, section=_section(artifact), text=f"{text} (paired difference over seeds)",
+        run.claim(id, artifact=artifact, section=SPEC.section(artifact), text=f"{text} (paired difference over seeds)",
                   ours=diff, relation=">", threshold=0.0, source=source,
                   paper=f"{paper[a][metric]:.2f} vs {paper[b][metric]:.2f}", note=note + extra, precondition=precondition)
 
@@ -334,13 +366,24 @@ def macro_order_text(ours: Mapping[str, Mapping[str, Any]]) -> str:
 # ------------------------------------------------------------------------------------------------
 # 3. Zero-shot retrieval (Table 4, Flickr30K/COCO rows)
 # ------------------------------------------------------------------------------------------------
-def zero_shot_retrieval(run, extras: Mapping[str, Any]) -> None:
+@dataclass
+class Retrieval:
+    """The similarity matrices and retrieval examples the section's two figures draw."""
+
+    row: str | None  # the row they were measured on (first seed)
+    similarity: dict  # "before" / "after" pretraining (held-out pairs x pairs), "captions"
+    examples: list[dict] | None  # query captions, each with its top-3 images
+
+
+def zero_shot_retrieval(run, table3: Table3) -> Retrieval:
     """Record the similarity matrix before/after pretraining and a few retrieval examples (measured
     during the ablation, on the row ``extras["row"]`` of the first seed) for the two figures."""
-    run.record("retrieval.similarity", {"row": extras.get("row"), "before": extras.get("similarity_before"),
-                                        "after": extras.get("similarity_after"),
-                                        "captions": extras.get("similarity_captions")})
-    run.record("retrieval.examples", extras.get("retrieval_examples"))
+    extras = table3.extras
+    similarity = run.record("retrieval.similarity", {"row": extras.get("row"), "before": extras.get("similarity_before"),
+                                                     "after": extras.get("similarity_after"),
+                                                     "captions": extras.get("similarity_captions")})
+    examples = run.record("retrieval.examples", extras.get("retrieval_examples"))
+    return Retrieval(extras.get("row"), similarity, examples)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -4,34 +4,38 @@ Reproduces (as relations at small scale): the equality of the three forms of ret
 eqs. 5-7), inference cost vs length (Figure 6), training cost vs length (Table 4), language
 modelling against a Transformer and linear attention (Table 5) and the ablations of Table 6.
 
-Modules: ``retention`` (§2.1-2.2: decay, rotation, the three forms, MSR; torch only), ``model``
-(§2.3: blocks and the Hugging Face LM with its recurrent cache), ``experiments`` (the notebook's
-measurements, no claims), ``sections`` (one function per notebook section: measure, record, claim;
-the paper's numbers in ``PAPER``), ``plots`` (figures; ``FIGURES`` and its Korean table ``KO``).
+Modules, bottom-up:
+
+- ``retention`` (§2.1-2.3: decay, rotation, the three forms, MSR and the block, ``RetentionConfig``;
+  torch only);
+- ``model`` (§2.3: ``RetNetConfig`` and the Hugging Face LM with its recurrent cache);
+- ``baselines`` (the Table 5/6 rows and their builders; the Transformer blocks of Table 4);
+- ``data`` (the language-modelling text), ``costs`` (sections 1-3: forms, decode and training cost),
+  ``language_models`` (sections 4-5: the lr sweep and the LM runs): measurements, no claims;
+- ``sections`` (one function per notebook section: measure, record, claim; the paper's numbers in
+  ``PAPER``), ``plots`` (figures; ``FIGURES`` and its Korean table ``KO``), ``plan`` (GPU plan).
+
+This module exports the retention names only: importing ``reproduce.retnet.retention`` (as the fresh
+process of a training-cost point does) runs this file first, and must not import transformers (the
+model) or matplotlib (the plots). Import those from their modules.
 
 Reference implementation consulted for facts (no code copied): torchscale 0.3.0 (Microsoft).
 """
 
-from __future__ import annotations
+from .retention import (
+    MODES,
+    MultiScaleRetention,
+    RetentionConfig,
+    RetentionState,
+    RetNetBlock,
+    decay_mask,
+    decay_rates,
+    decay_row_sum,
+    retention_chunkwise,
+    retention_parallel,
+    retention_recurrent,
+    rotate,
+)
 
-import importlib
-
-# Lazy attributes: ``reproduce.retnet.retention`` imports torch only, and a fresh process that needs
-# just retention (the training-cost points) must not pay for importing transformers.
-_EXPORTS = {
-    "model": ("RetNetCache", "RetNetConfig", "RetNetForCausalLM", "RetNetModel", "count_parameters"),
-    "retention": ("MODES", "MultiScaleRetention", "RetentionState", "decay_mask", "decay_rates", "decay_row_sum",
-                  "retention_chunkwise", "retention_parallel", "retention_recurrent", "rotate"),
-    "plots": ("FIGURES", "KO"),
-}
-_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
-_MODULES = ("experiments", "model", "plots", "retention", "sections")
-__all__ = sorted(_WHERE) + list(_MODULES)
-
-
-def __getattr__(name: str):
-    if name in _WHERE:
-        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
-    if name in _MODULES:
-        return importlib.import_module(f".{name}", __name__)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = ["MODES", "MultiScaleRetention", "RetNetBlock", "RetentionConfig", "RetentionState", "decay_mask",
+           "decay_rates", "decay_row_sum", "retention_chunkwise", "retention_parallel", "retention_recurrent", "rotate"]

@@ -32,7 +32,8 @@ from transformers import GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as hf_init
 from transformers.utils import ModelOutput
 
-from .retention import MODES, Decay, HeadNorm, Mode, MultiScaleRetention, RetentionState, RetNetBlock, decay_rates
+from .retention import (MODES, Mode, MultiScaleRetention, RetentionConfig, RetentionState, RetNetBlock, check_retention,
+                        decay_rates)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,23 +92,12 @@ class RetNetConfig(PreTrainedConfig):
 
     def validate_architecture(self):
         """Part of ``@strict`` validation: refuse values that cannot build a RetNet."""
-        checks = {
-            "decay": self.decay in Decay.__args__,
-            "head_norm": self.head_norm in HeadNorm.__args__,
-            "forward_mode": self.forward_mode in ("parallel", "chunkwise"),
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ValueError(f"RetNetConfig.{name}={getattr(self, name)!r} is not allowed")
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "value_factor", "ffn_factor", "chunk_size"):
+        if self.forward_mode not in ("parallel", "chunkwise"):
+            raise ValueError(f"RetNetConfig.forward_mode={self.forward_mode!r} is not allowed: parallel or chunkwise")
+        for name in ("vocab_size", "num_hidden_layers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"RetNetConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"RetNetConfig: hidden_size {self.hidden_size} is not a multiple of num_heads {self.num_heads}")
-        if self.use_rotation and self.key_dim % 2:
-            raise ValueError(f"RetNetConfig: rotation needs an even key dim, got {self.key_dim}")
-        if not self.norm_eps >= 0:
-            raise ValueError(f"RetNetConfig.norm_eps must be >= 0, got {self.norm_eps}")
+        check_retention(self, "RetNetConfig")
 
     @property
     def key_dim(self) -> int:
@@ -116,6 +106,11 @@ class RetNetConfig(PreTrainedConfig):
     @property
     def value_dim(self) -> int:
         return self.key_dim * self.value_factor
+
+    @property
+    def retention(self) -> RetentionConfig:
+        """The fields multi-scale retention and the block read, as a :class:`RetentionConfig`."""
+        return RetentionConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(RetentionConfig)})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,16 +180,17 @@ class RetNetPreTrainedModel(PreTrainedModel):
 
         With the per-head GroupNorm output at unit scale, this keeps the retention branch's output
         (xavier out_proj) on the scale of the residual stream (embeddings of std d^-1/2), so no Table 6
-        row wins by initial scale alone. ``zero_mixer`` zeroes ``out_proj`` (the no-mixer control).
+        row wins by initial scale alone. A frozen ``out_proj`` (the no-mixer control: ``zero_mixer``, which
+        ``MultiScaleRetention`` reads) stays zero.
         """
         if isinstance(module, MultiScaleRetention):  # visited after its Linear children: overrides their init
             for proj in (module.q_proj, module.k_proj, module.v_proj, module.g_proj):
                 if proj is not None:
                     hf_init.xavier_uniform_(proj.weight, gain=2**-2.5)
-            if self.config.zero_mixer:
-                hf_init.zeros_(module.out_proj.weight)
-            else:
+            if module.out_proj.weight.requires_grad:
                 hf_init.xavier_uniform_(module.out_proj.weight)
+            else:  # frozen by MultiScaleRetention (the no-mixer control): back to zero after its Linear's init
+                hf_init.zeros_(module.out_proj.weight)
             # gamma is a non-persistent buffer: rebuild it from the config
             hf_init.copy_(module.gamma, decay_rates(self.config.num_heads, self.config.decay, torch.float64))
         elif isinstance(module, nn.Embedding):
@@ -223,7 +219,7 @@ class RetNetModel(RetNetPreTrainedModel):
     def __init__(self, config: RetNetConfig):
         super().__init__(config)
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(RetNetBlock(config) for _ in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(RetNetBlock(config.retention) for _ in range(config.num_hidden_layers))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.norm_eps)
         self.gradient_checkpointing = False  # set by gradient_checkpointing_enable(): recompute blocks in backward
         self.post_init()

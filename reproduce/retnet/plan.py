@@ -31,34 +31,32 @@ import torch
 from reproduce import plan as P
 from reproduce import runtime
 
-from . import experiments as ex
+from . import baselines
+from .costs import DECODERS, TRAINING_KINDS
+from .retention import RetentionConfig, RetNetBlock
 
 WIKITEXT103_BYTES = 0.32e9  # Salesforce/wikitext wikitext-103-raw-v1 parquet: train 2 files ~ 310 MB, valid/test ~ 0.7 MB each
 DECODE_STEP_S = 0.03  # ours: one launch-bound decode step of a 24-layer model (tens of kernels per layer)
-DECODE_WARMUP = 2  # experiments.decode_cost's warm-up steps
+DECODE_WARMUP = 2  # costs.decode_cost's warm-up steps
 
 
 def _zeros(*shape, dtype=torch.long):
     return torch.zeros(*shape, dtype=dtype, device="meta")
 
 
-def lm_shape(params) -> ex.LMShape:
-    return ex.LMShape(vocab_size=params.lm_vocab, hidden_size=params.lm_hidden, num_layers=params.lm_layers,
+def lm_shape(params) -> baselines.LMShape:
+    return baselines.LMShape(vocab_size=params.lm_vocab, hidden_size=params.lm_hidden, num_layers=params.lm_layers,
                       num_heads=params.lm_heads, gamma_schedule=params.gamma_schedule, head_norm=params.head_norm)
 
 
-def _build(shape: ex.LMShape, variant: str):
+def _build(shape: baselines.LMShape, variant: str):
     from transformers import LlamaForCausalLM
 
     from .model import RetNetForCausalLM
 
-    if ex.VARIANTS[variant] is None:
-        return LlamaForCausalLM._from_config(ex.transformer_config(shape), attn_implementation="sdpa")
-    model = RetNetForCausalLM(ex.retnet_config(shape, variant))
-    if variant == ex.CONTROL:  # its mixer's output projection is frozen (experiments.build_model)
-        for layer in model.model.layers:
-            layer.retention.out_proj.weight.requires_grad_(False)
-    return model
+    if baselines.VARIANTS[variant] is None:
+        return LlamaForCausalLM._from_config(baselines.transformer_config(shape), attn_implementation="sdpa")
+    return RetNetForCausalLM(baselines.retnet_config(shape, variant))  # the control's out_proj frozen by its MSR
 
 
 def _lm_step(batch: int, length: int):
@@ -69,12 +67,12 @@ def _lm_step(batch: int, length: int):
     return run
 
 
-def _block(shape: ex.LMShape, variant: str):
+def _block(shape: baselines.LMShape, variant: str):
     """One block of the variant (what a checkpoint recomputes), with its run at (micro, T, D)."""
-    if ex.VARIANTS[variant] is None:
+    if baselines.VARIANTS[variant] is None:
         from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
-        cfg = ex.transformer_config(shape)
+        cfg = baselines.transformer_config(shape)
         cfg._attn_implementation = "sdpa"
 
         def build():
@@ -89,12 +87,10 @@ def _block(shape: ex.LMShape, variant: str):
                 return out.float().square().mean()
             return run
         return build, run_at
-    from .retention import RetNetBlock
-
-    config = ex.retnet_config(shape, variant)
+    config = baselines.retnet_config(shape, variant)
 
     def build():
-        return RetNetBlock(config)
+        return RetNetBlock(config.retention)
 
     def run_at(batch, length):
         def run(m):
@@ -104,7 +100,7 @@ def _block(shape: ex.LMShape, variant: str):
     return build, run_at
 
 
-def lm_activation_bytes(shape: ex.LMShape, variant: str, micro: int, length: int, checkpointing: bool) -> tuple[float, P.StepCost]:
+def lm_activation_bytes(shape: baselines.LMShape, variant: str, micro: int, length: int, checkpointing: bool) -> tuple[float, P.StepCost]:
     """Bytes one micro-batch's step keeps for backward (with checkpointing: at the peak, while one block is
     recomputed), and the whole model's meta step cost."""
     full = P.step_cost(lambda: _build(shape, variant), _lm_step(micro, length))
@@ -137,7 +133,7 @@ def lm_sections(params) -> P.SectionPlan:
     worst_overheads = P.Overheads()
     runs = {v: 0 for v in params.variants}
     for v in params.variants:  # the sweep's runs (family rows, first seed) and every other (variant, seed)
-        family = ex.FAMILY[v]
+        family = baselines.FAMILY[v]
         runs[v] = len(params.seeds) - (1 if v == family else 0) + (len(params[f"lm_lrs_{family}"]) if v == family else 0)
     for v in params.variants:
         peak, full, overheads = lm_step(params, v)
@@ -166,7 +162,7 @@ def _dtype_bytes(params) -> int:
 
 def decode_section(params) -> P.SectionPlan:
     """Figure 6: weights of both models and every point's cache at once, in the precision's dtype."""
-    shape = ex.LMShape(vocab_size=1024, hidden_size=params.cost_hidden, num_layers=params.cost_layers,
+    shape = baselines.LMShape(vocab_size=1024, hidden_size=params.cost_hidden, num_layers=params.cost_layers,
                        num_heads=params.cost_heads, gamma_schedule=params.gamma_schedule, head_norm=params.head_norm)
     b = _dtype_bytes(params)
     with torch.device("meta"):
@@ -181,12 +177,12 @@ def decode_section(params) -> P.SectionPlan:
     state = len(lengths) * L * B * H * K * (K + 1) * b
     transient = 2 * 2 * H * K * (max(lengths) + steps) * B * b  # a DynamicCache's concatenation: one layer copied
     peak = sum(sizes.values()) * b + kv + state + transient
-    points = len(lengths) * len(ex.DECODERS)
+    points = len(lengths) * len(DECODERS)
     flops = steps * B * sum(2 * sizes["transformer"] + 4 * L * D * n for n in lengths) * 2  # two Transformer caches
     flops += steps * B * len(lengths) * 2 * sizes["retnet"]
     return P.SectionPlan(
         section="2. Inference cost (Figure 6)",
-        what=f"{points} decode points ({', '.join(ex.DECODERS)}) x lengths {lengths} x batch {B}, {steps} steps each",
+        what=f"{points} decode points ({', '.join(DECODERS)}) x lengths {lengths} x batch {B}, {steps} steps each",
         parameters=max(sizes.values()), peak_bytes=peak, flops=flops, other_hours=points * steps * DECODE_STEP_S / 3600,
         fix="lower decode_batch or the longest decode_lengths (every point's cache is held at once)",
         notes=f"weights and caches in {b * 8}-bit floats (precision={params.precision})")
@@ -194,19 +190,14 @@ def decode_section(params) -> P.SectionPlan:
 
 def training_cost_section(params) -> P.SectionPlan:
     """Table 4: one block per (kind, length), a step on the meta device; the largest peak and all FLOPs."""
-    from .retention import RetNetBlock
-
-    fields = ex.block_fields(params.train_hidden, params.train_heads, params.train_chunk)
-    import types
-
-    cfg = types.SimpleNamespace(**fields)
+    cfg = RetentionConfig(hidden_size=params.train_hidden, num_heads=params.train_heads, chunk_size=params.train_chunk)
     d, B = params.train_hidden, params.train_batch
     worst, worst_kind, worst_params, flops, n = 0.0, "", 0, 0.0, 0
     for length in params.train_lengths:
-        for kind in ex.TRAINING_KINDS:
+        for kind in TRAINING_KINDS:
             if kind.startswith("attention"):
                 def build(kind=kind):
-                    return ex.TransformerBlock(d, params.train_heads, fused=kind == "attention")
+                    return baselines.TransformerBlock(d, params.train_heads, fused=kind == "attention")
 
                 def run(m):
                     return m(torch.zeros(B, length, d, device="meta", requires_grad=True)).square().mean()
@@ -227,7 +218,7 @@ def training_cost_section(params) -> P.SectionPlan:
             n += 1
     return P.SectionPlan(
         section="3. Training cost (Table 4)",
-        what=f"{n} points ({', '.join(ex.TRAINING_KINDS)}) x lengths {params.train_lengths}, batch {B}, "
+        what=f"{n} points ({', '.join(TRAINING_KINDS)}) x lengths {params.train_lengths}, batch {B}, "
              f"{1 + params.train_reps} steps each",
         parameters=12 * d * d, peak_bytes=worst, flops=flops,
         fix="lower train_batch or the longest train_lengths",

@@ -1,9 +1,9 @@
 """Figures of the RetNet notebook, drawn only from recorded values (``run.measured``).
 
 Each function takes ``(measured, lang)`` and returns a Figure; text goes through ``KO``.
-Keys read: ``lm.sweep`` and ``lm.chosen_lr`` (the lr sweep), ``fig6.decode`` (rows of :func:`experiments.decode_cost`), ``table4.training`` (rows of
-:func:`experiments.training_cost`), ``lm.table`` and ``lm.runs`` (:func:`sections.lm_table`, with the
-paper's perplexity as ``paper_ppl``, and :func:`experiments.train_language_models`).
+Keys read: ``lm.sweep`` and ``lm.chosen_lr`` (the lr sweep), ``fig6.decode`` (rows of :func:`costs.decode_cost`),
+``table4.training`` (rows of :func:`costs.training_cost`), ``lm.table`` and ``lm.runs`` (:func:`sections.lm_table`,
+with the paper's perplexity as ``paper_ppl``, and :func:`language_models.train_language_models`).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def plot_training_cost(measured, lang="en"):
         ax.set_xlabel(_("Sequence length (tokens)"))
         ax.set_ylabel(_(ylabel))
         ax.set_ylim(bottom=0)
-    ax_mem.legend()
+    ax_mem.legend(loc="upper left", fontsize=8)
     fig.suptitle(_("Training cost vs length (Table 4 shape)"))
     return fig
 
@@ -113,7 +113,7 @@ def plot_lm_perplexity(measured, lang="en"):
     """Table 5 shape: validation perplexity of the Transformer, RetNet and linear attention, and the
     no-mixer control (grey)."""
     _ = figures.translator(KO, lang)
-    from .experiments import CONTROL, TABLE5
+    from .baselines import CONTROL, TABLE5
 
     rows = [r for r in measured["lm.table"] if r["variant"] in TABLE5 + (CONTROL,)]
     fig, ax = figures.subplots()
@@ -133,7 +133,7 @@ def plot_lm_perplexity(measured, lang="en"):
 def plot_ablations(measured, lang="en"):
     """Table 6 shape: each ablation's perplexity change relative to full RetNet, ours beside the paper's."""
     _ = figures.translator(KO, lang)
-    from .experiments import ABLATIONS
+    from .baselines import ABLATIONS
 
     table = {r["variant"]: r for r in measured["lm.table"]}
     full = table["retnet"]
@@ -156,7 +156,7 @@ def plot_ablations(measured, lang="en"):
 def plot_lm_curves(measured, lang="en"):
     """Training loss of every model (mean over seeds at each logged step)."""
     _ = figures.translator(KO, lang)
-    from .experiments import CONTROL, LABELS, TABLE5
+    from .baselines import CONTROL, LABELS, TABLE5
 
     runs = measured["lm.runs"]
     fig, ax = figures.subplots()
@@ -176,7 +176,7 @@ def plot_lm_curves(measured, lang="en"):
 def plot_lr_sweep(measured, lang="en"):
     """The learning-rate sweep: selection-window perplexity vs peak lr per family (first seed)."""
     _ = figures.translator(KO, lang)
-    from .experiments import LABELS
+    from .baselines import LABELS
 
     sweep = measured["lm.sweep"]
     fig, ax = figures.subplots()

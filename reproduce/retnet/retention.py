@@ -19,8 +19,9 @@ The forms therefore agree before GroupNorm too, which is what lets the "- GroupN
 decode recurrently.
 
 This module imports torch only (no transformers), so that the training-cost measurements can
-start a fresh process per point cheaply. ``MultiScaleRetention`` and ``RetNetBlock`` (§2.3) take any
-object with the attributes of :class:`reproduce.retnet.model.RetNetConfig` they read (``MSR_FIELDS``).
+start a fresh process per point cheaply. ``MultiScaleRetention`` and ``RetNetBlock`` (§2.3) are
+configured by a :class:`RetentionConfig` (plain values: it pickles into such a process without
+transformers); the language model's ``RetNetConfig.retention`` gives its own.
 """
 
 from __future__ import annotations
@@ -37,8 +38,6 @@ Decay = Literal["paper", "eq8", "single", "none"]
 HeadNorm = Literal["groupnorm", "rmsnorm", "none"]
 Mode = Literal["parallel", "chunkwise", "recurrent"]
 MODES: tuple[str, ...] = ("parallel", "chunkwise", "recurrent")
-MSR_FIELDS = ("hidden_size", "num_heads", "key_dim", "value_dim", "decay", "use_gate", "head_norm",
-              "normalize_retention", "use_rotation", "rotation_base", "norm_eps", "chunk_size", "ffn_factor", "zero_mixer")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -57,7 +56,11 @@ def decay_rates(num_heads: int, schedule: Decay = "paper", dtype=torch.float64) 
     if num_heads < 1:
         raise ValueError(f"num_heads must be >= 1, got {num_heads}")
     if schedule == "paper":
-        return 1 - torch.exp(torch.linspace(math.log(1 / 32), math.log(1 / 512), num_heads, dtype=dtype))
+        # the device said explicitly: transformers' from_pretrained swaps torch.linspace for a CPU-default
+        # wrapper while it builds on the meta device, and when that is the first `with torch.device(...)`
+        # of the process, torch caches the wrapper, so linspace ignores every later device context
+        where = torch.get_default_device()
+        return 1 - torch.exp(torch.linspace(math.log(1 / 32), math.log(1 / 512), num_heads, dtype=dtype, device=where))
     if schedule == "eq8":
         return 1 - torch.pow(torch.tensor(2.0, dtype=dtype), -5 - torch.arange(num_heads, dtype=dtype))
     if schedule == "single":
@@ -237,6 +240,58 @@ def retention_chunkwise(
 # ---------------------------------------------------------------------------------------------
 # Multi-scale retention (§2.2) and the RetNet block (§2.3)
 # ---------------------------------------------------------------------------------------------
+def check_retention(config, owner: str) -> None:
+    """Refuse values that cannot build multi-scale retention, naming the field (``owner.field``).
+
+    ``RetentionConfig`` checks itself with it, and ``RetNetConfig`` checks its retention fields with it.
+    """
+    for name, allowed in (("decay", Decay.__args__), ("head_norm", HeadNorm.__args__)):
+        if getattr(config, name) not in allowed:
+            raise ValueError(f"{owner}.{name}={getattr(config, name)!r} is not allowed; expected one of {allowed}")
+    for name in ("hidden_size", "num_heads", "value_factor", "ffn_factor", "chunk_size"):
+        if getattr(config, name) < 1:
+            raise ValueError(f"{owner}.{name} must be >= 1, got {getattr(config, name)}")
+    if config.hidden_size % config.num_heads:
+        raise ValueError(f"{owner}: hidden_size {config.hidden_size} is not a multiple of num_heads {config.num_heads}")
+    if config.use_rotation and config.key_dim % 2:
+        raise ValueError(f"{owner}: rotation needs an even key dim, got {config.key_dim}")
+    if not config.norm_eps >= 0:
+        raise ValueError(f"{owner}.norm_eps must be >= 0, got {config.norm_eps}")
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """What ``MultiScaleRetention`` and ``RetNetBlock`` read; defaults are the paper's 1.3B model (§3.1),
+    as in ``RetNetConfig`` (which gives its own as ``RetNetConfig.retention``). Bad values raise an
+    error naming them.
+    """
+
+    hidden_size: int = 2048  # D
+    num_heads: int = 8  # H; d_k = D / H = 256 (§3.1)
+    value_factor: int = 2  # value dim = 2 d (§2.3)
+    ffn_factor: int = 2  # FFN intermediate = 2 d (§2.3)
+    decay: Decay = "paper"
+    use_gate: bool = True
+    head_norm: HeadNorm = "groupnorm"
+    normalize_retention: bool = True  # the §2.2 score normalisers
+    use_rotation: bool = True
+    rotation_base: float = 10000.0
+    norm_eps: float = 1e-6
+    chunk_size: int = 512  # L of the chunkwise form
+    zero_mixer: bool = False  # the no-mixer control: out_proj zero and frozen (embeddings + FFN only)
+
+    def __post_init__(self) -> None:
+        check_retention(self, "RetentionConfig")
+
+    @property
+    def key_dim(self) -> int:  # K
+        return self.hidden_size // self.num_heads
+
+    @property
+    def value_dim(self) -> int:  # V
+        return self.key_dim * self.value_factor
+
+
 class HeadRMSNorm(nn.Module):
     """Per-head RMSNorm without affine weights: torchscale 0.3.0's choice where the paper says GroupNorm."""
 
@@ -257,8 +312,10 @@ class MultiScaleRetention(nn.Module):
     MSR(X) = (swish(X W_G) ⊙ GroupNorm(head_1, ..., head_h)) W_O.
     """
 
-    def __init__(self, config):
+    def __init__(self, config: RetentionConfig):
         super().__init__()
+        if not isinstance(config, RetentionConfig):
+            raise TypeError(f"MultiScaleRetention takes a RetentionConfig (RetNetConfig.retention), not {type(config).__name__}")
         self.config = config
         h, d, k, v = config.num_heads, config.hidden_size, config.key_dim, config.value_dim
         self.q_proj = nn.Linear(d, h * k, bias=False)
@@ -266,7 +323,7 @@ class MultiScaleRetention(nn.Module):
         self.v_proj = nn.Linear(d, h * v, bias=False)
         self.g_proj = nn.Linear(d, h * v, bias=False) if config.use_gate else None
         self.out_proj = nn.Linear(h * v, d, bias=False)
-        if config.zero_mixer:  # the no-mixer control: out_proj stays zero (set by the model's init), frozen
+        if config.zero_mixer:  # the no-mixer control, here only: out_proj zero and frozen (the model's init keeps it)
             nn.init.zeros_(self.out_proj.weight)
             self.out_proj.weight.requires_grad_(False)
         if config.head_norm == "groupnorm":
@@ -320,7 +377,7 @@ class MultiScaleRetention(nn.Module):
 class RetNetBlock(nn.Module):
     """Pre-LN block, §2.3: Y = MSR(LN(X)) + X;  X' = FFN(LN(Y)) + Y,  FFN(X) = gelu(X W1) W2."""
 
-    def __init__(self, config):
+    def __init__(self, config: RetentionConfig):
         super().__init__()
         d = config.hidden_size
         self.retention_norm = nn.LayerNorm(d, eps=config.norm_eps)

@@ -19,9 +19,21 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from reproduce import distributed
+from reproduce.hub import HubError
+from reproduce.rundir import MemoryRows, Rows
+
 from . import appendix_e
 from .appendix_e import MaskedPass
 from .policies import EvictionCache, EvictionSpec, attach, make_cache
+
+
+def once(rows: Rows, key: str, compute, timed: bool = False):
+    """``compute()`` as row ``key`` of ``rows`` (:mod:`reproduce.rundir`): computed once, on the main
+    process when several run (:func:`reproduce.distributed.on_main`), and read back by a rerun when
+    ``rows`` is the run's state (``timed``: the row holds timings, kept per thread count)."""
+    return rows.row(key, lambda: distributed.on_main(compute), fmt="pickle", timed=timed)
+
 
 # ----------------------------------------------------------------------------- model and text
 @dataclass
@@ -42,7 +54,7 @@ def load_model(name: str, device: torch.device | str = "cpu", dtype: torch.dtype
     Eager attention returns the probabilities TOVA and H2O score by. ``dtype``: the weights' dtype
     (None: float32; the paper ran LLaMA-2 in half precision, the gpu profile loads bf16 through
     ``precision``). A hub id while the hub is offline fails at once with
-    ``reproduce.hf.HubOfflineError`` naming the packaged alternative; a gated or missing hub model
+    ``reproduce.hub.HubError`` (kind "offline") naming the packaged alternative; a gated or missing hub model
     fails in one line naming the fix.
     """
     from reproduce import hf
@@ -59,7 +71,7 @@ def load_model(name: str, device: torch.device | str = "cpu", dtype: torch.dtype
                                                dtype=dtype or torch.float32)
             source, extra = hf.hub_or_local(name)  # the tokenizer through the same offline-aware path
             tokenizer = AutoTokenizer.from_pretrained(source, **extra)
-        except hf.HubOfflineError:
+        except HubError:  # offline and not cached: its own one-line message
             raise
         except OSError as err:  # gated, missing, or no tokenizer files: one line naming the fix
             raise ModelUnavailable(name, err) from err
@@ -162,21 +174,17 @@ def spec_key(spec: EvictionSpec) -> str:
     return f"{spec.policy}_C{spec.budget}" + (f"_i{spec.sinks}" if spec.policy == "window_sink" else "")
 
 
-def _compute(compute, key):
-    return compute()
-
-
 def budget_sweep(model, ids: torch.Tensor, budgets: Sequence[int], policies: Sequence[str], sinks: int = 4,
                  batch_size: int = 1, collect: EvictionSpec | None = None, picture_layers: Sequence[int] = (),
-                 window_budgets: Sequence[int] | None = None, block: int = 128, row=None) -> Sweep:
+                 window_budgets: Sequence[int] | None = None, block: int = 128, rows: Rows = MemoryRows(),
+                 key: str = "sweep") -> Sweep:
     """Figure 3: perplexity of every (policy, C) by the App. E masked pass, plus the full cache.
 
     The plain Window runs at ``window_budgets`` (default: ``budgets``). The per-token NLLs of each
     pass are also reduced to per-block means (``block`` tokens; see :class:`Sweep`). ``collect``
-    is added to the sweep if absent. ``row(compute, key)``: how one configuration's pass is run
-    (default: at once); a section passes ``run.state.row`` so that a rerun skips finished ones.
-    ``key`` is :func:`spec_key` of the configuration; the result is a dict ``ppl``, ``block_nll``,
-    ``keeper`` (the :class:`MaskedPass` of ``collect``, else None).
+    is added to the sweep if absent. Each configuration's pass is row ``<key>-<spec_key>`` of
+    ``rows`` (:func:`once`; a section passes ``run.state``, so that a rerun skips finished ones): a
+    dict ``ppl``, ``block_nll``, ``keeper`` (the :class:`MaskedPass` of ``collect``, else None).
     """
     def budgets_of(p):
         return window_budgets if p == "window" and window_budgets is not None else budgets
@@ -196,9 +204,8 @@ def budget_sweep(model, ids: torch.Tensor, budgets: Sequence[int], policies: Seq
                          for i in range(0, len(ids), batch_size)])
         return {"ppl": perplexity(nll), "block_nll": block_nll(nll, block), "keeper": keeper if spec == collect else None}
 
-    run_row = row or _compute
     for spec in tqdm(specs, desc="Figure 3: masked passes", unit="config"):
-        done = run_row(lambda spec=spec: one(spec), spec_key(spec))
+        done = once(rows, rows.key(key, spec_key(spec)), lambda spec=spec: one(spec))
         if spec == collect:
             if done["keeper"] is None:  # a row kept by a sweep that did not collect (same NLLs): collect now
                 done = one(spec)

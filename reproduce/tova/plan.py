@@ -27,6 +27,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from reproduce.configs.tova import SPEC
 from reproduce.plan import SectionPlan, step_cost
 
 from .policies import POLICIES
@@ -183,7 +184,7 @@ def sections(params) -> list[SectionPlan]:
     download = (LLAMA2_7B_DOWNLOAD if params.model == "meta-llama/Llama-2-7b-hf" else 0.0)
     data = PG19_TEST_DOWNLOAD if params.corpus == "pg19" else 0.0
     out = [SectionPlan(
-        "1. Perplexity vs C", f"{passes} App. E passes x {n} passages of L={L} ({', '.join(params.policies)} at C in "
+        SPEC.section("Figure 3"), f"{passes} App. E passes x {n} passages of L={L} ({', '.join(params.policies)} at C in "
         f"{sweep}, Window at {params.window_budgets}, the full cache)", s.parameters, fig3_peak,
         passes * n * L * per_token, download_bytes=download + data, other_hours=decisions,
         fix="batch_size (passages per masked pass)",
@@ -199,7 +200,7 @@ def sections(params) -> list[SectionPlan]:
 
     T, C = min(params.stream_tokens, L), params.stream_budget
     out.append(SectionPlan(
-        "1b. App. E == streaming", f"{T - C} decode steps through a TOVA cache of C={C} + one App. E pass of {T} tokens",
+        SPEC.section("App. E"), f"{T - C} decode steps through a TOVA cache of C={C} + one App. E pass of {T} tokens",
         s.parameters, weights + kv_bytes(s, C + 1) + max(eager_prefill_bytes(s, C), pass_transient_bytes(s, T, 1, C)),
         2 * T * per_token, other_hours=(T - C) * DECODE_STEP_S / 3600 + _decision_hours(s, T, [C], 1),
         fix="stream_budget / stream_tokens"))
@@ -207,13 +208,13 @@ def sections(params) -> list[SectionPlan]:
     B, steps, budgets = params.throughput_batch, params.throughput_steps, params.throughput_budgets
     cmax = max(budgets)
     out.append(SectionPlan(
-        "2. Resources", f"TOVA prefill of C tokens + {steps + 1} decode steps at batch {B}, C in {budgets}",
+        SPEC.section("Table 1"), f"TOVA prefill of C tokens + {steps + 1} decode steps at batch {B}, C in {budgets}",
         s.parameters, weights + kv_bytes(s, cmax + 1, B) + kv_bytes(s, cmax + 1) + eager_prefill_bytes(s, cmax),
         sum(C + (steps + 1) * B for C in budgets) * per_token,
         other_hours=len(budgets) * (steps + 1) * DECODE_STEP_S / 3600, fix="throughput_batch (or the largest throughput_budgets)",
         notes=f"KV cache at C={cmax}: {kv_bytes(s, cmax, 1) / 1e9:.2f} GB per sequence"))
 
-    out.append(SectionPlan("3. What TOVA keeps", f"from Figure 3's collecting pass (TOVA at C={params.analysis_budget})",
+    out.append(SectionPlan(SPEC.section("§6 / Figure 8"), f"from Figure 3's collecting pass (TOVA at C={params.analysis_budget})",
                            s.parameters, 0.0, 0.0, notes="no GPU work"))
 
     P, G = min(params.gen_prompt_tokens, L), params.gen_new_tokens

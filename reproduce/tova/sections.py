@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from reproduce import claims, distributed, runtime
+from reproduce import claims, runtime
+from reproduce.configs.tova import SPEC
 
 from . import experiments as ex
 from .policies import LABELS, EvictionSpec
@@ -55,12 +56,6 @@ SINKS_REMOVE = 0.5  # "keeping the first tokens removes the Window's failure": m
 FIRST_TOKEN_KEPT = 0.9  # "almost always kept": at least 90 % of later steps
 STREAM_TOL = 1e-3  # App. E vs streaming, relative PPL gap, float32 model
 STREAM_TOL_HALF = 1e-2  # the same in a bf16/fp16 model (unit roundoff 3.9e-3 / 4.9e-4: a few roundings apart)
-
-SEC_PPL = "1. Perplexity vs C"
-SEC_HEADLINE = "1a. The paper's point: L = 4096, C = 512"
-SEC_STREAM = "1b. App. E == streaming"
-SEC_RESOURCES = "2. Resources"
-SEC_KEPT = "3. What TOVA keeps"
 
 
 def _paper_ppl(policy: str, C: int) -> str | None:
@@ -97,15 +92,6 @@ def weights_dtype(params, device):
     """The dtype the model is loaded in: bf16 (or fp16) on a GPU under ``precision`` (the paper ran
     LLaMA-2 in half precision), float32 on the CPU unless asked otherwise."""
     return runtime.autocast_dtype(params.precision, device)
-
-
-def row(run, section: str, timed: bool = False):
-    """``row(compute, key)`` for :func:`reproduce.tova.experiments.budget_sweep` and the sections: computed
-    once (on the main process when several run), kept in ``run.state`` so that a rerun skips it
-    (``timed``: the row holds timings, kept per thread count)."""
-    def compute_once(compute, key):
-        return run.state.row(run.state.key(section, key), lambda: distributed.on_main(compute), fmt="pickle", timed=timed)
-    return compute_once
 
 
 def passages(params, tokenizer, length: int, n: int):
@@ -146,7 +132,7 @@ def perplexity_vs_budget(params, run, text: Text) -> Figure3:
     sweep = ex.budget_sweep(text.model, text.ids, budgets, params.policies, sinks=params.sinks,
                             batch_size=params.batch_size, collect=EvictionSpec("tova", params.analysis_budget),
                             picture_layers=(0, n_layers // 2, n_layers - 1), window_budgets=params.window_budgets,
-                            block=params.nll_block, row=row(run, "fig3"))
+                            block=params.nll_block, rows=run.state, key="fig3")
     ppl = sweep.ppl
     run.record("fig3.ppl", {p: ppl[p] for p in params.policies})
     run.record("fig3.full_ppl", ppl["full"])
@@ -197,7 +183,7 @@ def claim_perplexity(params, run, block_nll: dict, books: list[str]) -> None:
             continue
         name = LABELS[other].format(sinks=params.sinks)
         for C in budgets:
-            run.claim(f"fig3_tova_le_{other}_C{C}", artifact="Figure 3", section=SEC_PPL,
+            run.claim(f"fig3_tova_le_{other}_C{C}", artifact="Figure 3", section=SPEC.section("Figure 3"),
                       text=f"PPL(TOVA) / PPL({name}) at C={C}",
                       ours=claims.ppl_ratio(block_nll["tova"][C], block_nll[other][C], "books", books),
                       relation="<=", threshold=1.0,
@@ -207,7 +193,7 @@ def claim_perplexity(params, run, block_nll: dict, books: list[str]) -> None:
         c0 = min(params.window_budgets)
         w, f = PAPER["table3"]["window"][64], PAPER["full_ppl"]
         ratio = claims.ppl_ratio(block_nll["window"][c0], full, "books", books)
-        c = run.claim("fig3_window_explodes", artifact="Figure 3", section=SEC_PPL,
+        c = run.claim("fig3_window_explodes", artifact="Figure 3", section=SPEC.section("Figure 3"),
                       text=f"PPL(Window) / PPL(full cache) at C={c0}",
                       ours=ratio, relation=">=", threshold=WINDOW_EXPLODES,
                       source=(f"ours: the paper does not define 'explodes'; we read it as at least {WINDOW_EXPLODES:g}x "
@@ -225,7 +211,7 @@ def claim_perplexity(params, run, block_nll: dict, books: list[str]) -> None:
         c0 = min(params.window_budgets)
         pw, ps, f = PAPER["table3"]["window"][64], PAPER["table3"]["window_sink"][64], PAPER["full_ppl"]
         paper_share = math.log(ps / f) / math.log(pw / f)
-        run.claim("fig3_sinks_remove_window_failure", artifact="Figure 3", section=SEC_PPL,
+        run.claim("fig3_sinks_remove_window_failure", artifact="Figure 3", section=SPEC.section("Figure 3"),
                   text=(f"excess NLL over the full cache of Window+{params.sinks}, as a share of the Window's, at C={c0}: "
                         f"(NLL(Window+{params.sinks}) - NLL(full)) / (NLL(Window) - NLL(full))"),
                   ours=claims.cluster_bootstrap([block_nll["window_sink"][c0], block_nll["window"][c0], full],
@@ -264,7 +250,7 @@ def headline(params, run, text: Text, figure3: Figure3 | None = None) -> Headlin
         sweep = figure3.sweep
     else:
         sweep = ex.budget_sweep(text.model, ids.to(text.ids.device), [C], ["tova"], batch_size=params.batch_size,
-                                block=params.nll_block, row=row(run, f"headline-L{L}-n{params.headline_passages}"))
+                                block=params.nll_block, rows=run.state, key=f"headline-L{L}-n{params.headline_passages}")
     run.record("headline.sources", sources)
     run.record("headline.length", L)
     run.record("headline.budget", C)
@@ -288,7 +274,7 @@ def claim_headline(params, run, block_nll: dict, books: list[str]) -> None:
     margin = params.full_margin_rel
     t, f = PAPER["table3"]["tova"][512], PAPER["full_ppl"]
     n = len(block_nll["full"])
-    run.claim("fig3_tova_near_full", artifact="Figure 3 / Table 3", section=SEC_HEADLINE,
+    run.claim("fig3_tova_near_full", artifact="Figure 3 / Table 3", section=SPEC.section("Headline"),
               text=f"PPL(TOVA at C={C} of L={L}) / PPL(full cache)",
               ours=claims.ppl_ratio(block_nll["tova"], block_nll["full"], "books", books), relation="<=",
               threshold=1.0 + margin,
@@ -301,18 +287,24 @@ def claim_headline(params, run, block_nll: dict, books: list[str]) -> None:
 
 
 # ------------------------------------------------------------------------------- 1b. App. E == streaming
-def streaming(params, run, text: Text) -> dict:
+@dataclass
+class Stream:
+    measured: dict  # ex.streaming_check's, plus the budget and the model's dtype
+    table: pd.DataFrame  # the same, one value per line
+
+
+def streaming(params, run, text: Text) -> Stream:
     """One passage streamed through a ``TOVACache`` vs the App. E pass on the same tokens; speed of both."""
     spec = EvictionSpec("tova", params.stream_budget)
-    stream = row(run, "stream")(lambda: ex.streaming_check(text.model, text.ids[:1, : params.stream_tokens], spec),
-                                ex.spec_key(spec))
+    stream = ex.once(run.state, run.state.key("stream", ex.spec_key(spec)),
+                     lambda: ex.streaming_check(text.model, text.ids[:1, : params.stream_tokens], spec))
     stream["budget"] = params.stream_budget
     stream["dtype"] = str(text.model.dtype).removeprefix("torch.")
     run.record("stream", stream)
     if stream["max_stored"] != params.stream_budget:
         raise AssertionError(f"the streaming cache holds {stream['max_stored']} tokens, not C={params.stream_budget}")
     claim_streaming(params, run, stream)
-    return stream
+    return Stream(stream, pd.Series(stream).to_frame("value"))
 
 
 def stream_gap(stream: dict) -> float:
@@ -324,7 +316,7 @@ def claim_streaming(params, run, stream: dict) -> None:
     dtype = stream.get("dtype", "float32")
     half = dtype in ("bfloat16", "float16")
     tol = STREAM_TOL_HALF if half else STREAM_TOL
-    run.claim("appE_equals_streaming", artifact="App. E", section=SEC_STREAM,
+    run.claim("appE_equals_streaming", artifact="App. E", section=SPEC.section("App. E"),
               text=f"|PPL(streaming TOVA cache) / PPL(App. E masked pass) - 1| at C={params.stream_budget}",
               ours=stream_gap(stream), relation="<=", threshold=tol,
               source=(f"ours: the two are the same computation (App. E); in the {dtype} model eager attention and the "
@@ -348,7 +340,7 @@ def resources(params, run, text: Text) -> Table1:
                                                        params.throughput_batch, params.throughput_steps, params.kv_budget_mb))
         return {**res, "load": load}
 
-    res = row(run, "table1", timed=True)(measure, "tova")
+    res = ex.once(run.state, run.state.key("table1", "tova"), measure, timed=True)
     run.record("table1", res)
     claim_resources(params, run, res)
     table = pd.DataFrame({"KV MB / sequence": res["kv_mb_per_seq"], "max batch": res["max_batch"],
@@ -365,7 +357,7 @@ def claim_resources(params, run, res: dict) -> None:
     budgets = params.throughput_budgets
     per_token = [res["kv_bytes_per_seq"][c] / c for c in budgets]
     t1 = PAPER["table1"]
-    run.claim("table1_kv_proportional_to_C", artifact="Table 1", section=SEC_RESOURCES,
+    run.claim("table1_kv_proportional_to_C", artifact="Table 1", section=SPEC.section("Table 1"),
               text="KV-cache bytes per cached token, largest / smallest over C (bytes of the cache tensors)",
               ours=max(per_token) / min(per_token), relation="~=", threshold=1.0, tol=1e-6,
               source="paper: Table 1 (KV memory proportional to C); tol 1e-6 ours: integer byte counts, float division",
@@ -375,7 +367,7 @@ def claim_resources(params, run, res: dict) -> None:
     ratio = claims.paired_bootstrap(  # tokens/s at lo / tokens/s at hi = median step time at hi / at lo
         [res["step_ms"][hi], res["step_ms"][lo]],
         lambda a, b, axis=-1: np.median(a, axis=axis) / np.median(b, axis=axis), "timed decode steps")
-    run.claim("table1_throughput_rises", artifact="Table 1", section=SEC_RESOURCES,
+    run.claim("table1_throughput_rises", artifact="Table 1", section=SPEC.section("Table 1"),
               text=f"decode throughput at C={lo} / at C={hi} (batch {params.throughput_batch}, median step time)",
               ours=ratio, relation=">", threshold=1.0,
               source="paper: Table 1 (throughput falls as C grows)",
@@ -407,7 +399,7 @@ def what_tova_keeps(params, run, text: Text, figure3: Figure3) -> Kept:
 def claim_kept(params, run, kept: dict) -> None:
     """The first token is almost always kept; punctuation and newlines outlive other tokens (passages as units)."""
     first = kept["first_token_by_passage"]
-    c = run.claim("kept_first_token", artifact="§6 / Figure 8", section=SEC_KEPT,
+    c = run.claim("kept_first_token", artifact="§6 / Figure 8", section=SPEC.section("§6 / Figure 8"),
                   text=f"survival of the first token (fraction of later steps kept, mean over layers, C={params.analysis_budget})",
                   ours=claims.t_interval(first, "passages"), relation=">=", threshold=FIRST_TOKEN_KEPT,
                   source=f"ours: the paper's 'almost always kept' (§6) read as >= {FIRST_TOKEN_KEPT:.0%} of later steps",
@@ -422,7 +414,7 @@ def claim_kept(params, run, kept: dict) -> None:
         if not pairs:
             continue
         skipped = len(by_passage[cls]) - len(pairs)
-        run.claim(f"kept_{cls}", artifact="§6 / Figure 8", section=SEC_KEPT,
+        run.claim(f"kept_{cls}", artifact="§6 / Figure 8", section=SPEC.section("§6 / Figure 8"),
                   text=f"survival of {cls} tokens minus that of other tokens (C={params.analysis_budget})",
                   ours=claims.paired_t([a for a, _ in pairs], [b for _, b in pairs], what="passages"),
                   relation=">", threshold=0.0, source=f"paper: §6 / Figure 8 ({cls} kept more often than other tokens)",
@@ -442,8 +434,8 @@ def generation(params, run, text: Text) -> Generation:
     prompt = text.ids[-1:, : params.gen_prompt_tokens]
     specs = [EvictionSpec("full")] + [EvictionSpec(p, params.gen_budget, params.sinks) if p == "window_sink"
                                       else EvictionSpec(p, params.gen_budget) for p in params.policies]
-    texts = row(run, "generation")(lambda: ex.generate_each(text.model, text.tokenizer, prompt, specs,
-                                                             params.gen_new_tokens), f"C{params.gen_budget}")
+    texts = ex.once(run.state, run.state.key("generation", f"C{params.gen_budget}"),
+                    lambda: ex.generate_each(text.model, text.tokenizer, prompt, specs, params.gen_new_tokens))
     tail = text.tokenizer.decode(prompt[0, -60:])
     run.record("generation", {"prompt_tail": tail, "texts": texts})
     run.save_partial()  # no claim here: save the section's record now

@@ -5,8 +5,11 @@ recipe (EN-DE training with Adam + eq. 3 schedule, label smoothing, beam search,
 averaging; BLEU with sacrebleu) and Table 3's model variations (A)-(E) at small scale, plus the
 attention maps of Figures 3-5.
 
-Modules: ``model`` (eqs. 1-3, §3), ``decoding`` (§6.1 beam search, checkpoint averaging),
-``table1`` (§4 measurements), ``experiments`` (training and evaluation runs), ``plots`` (figures).
+Modules, bottom-up: ``model`` (eqs. 1-3, §3), ``decoding`` (§6.1 beam search, checkpoint
+averaging), ``table1`` (§4 measurements), ``data`` (§5.1 sentence pairs and batches),
+``experiments`` (training and evaluation runs), ``sections`` (one function per notebook section:
+measure, record, claim; the paper's numbers in ``PAPER``), ``variations`` (section 4: Table 3's
+rows, their runs in the worker pool and §6.2's claims), ``plots`` (figures), ``plan`` (GPU plan).
 
 Reference implementations consulted for facts (no code copied): tensor2tensor (the authors'),
 the Annotated Transformer (Harvard NLP), ``torch.nn.Transformer``, fairseq's beam search.

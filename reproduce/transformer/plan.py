@@ -14,9 +14,11 @@ from __future__ import annotations
 import torch
 
 from reproduce import plan
+from reproduce.configs.transformer import SPEC
 
-from . import experiments as ex
+from .data import PAD_ID
 from .model import Transformer, TransformerConfig, label_smoothed_loss
+from .variations import table3_config
 
 PLAN_LENGTH = 32  # tokens per padded sentence in a length-bucketed batch (WMT14 averages ~27-30 BPE tokens)
 WMT14_DOWNLOAD = 0.82e9  # bytes of wmt/wmt14 de-en parquet files (the issue's measurement)
@@ -29,7 +31,7 @@ def _step(cfg: TransformerConfig, tokens: int) -> plan.StepCost:
     def run(model):
         src = torch.zeros(rows, PLAN_LENGTH, dtype=torch.long, device="meta")
         tgt = torch.zeros(rows, PLAN_LENGTH + 1, dtype=torch.long, device="meta")
-        return label_smoothed_loss(model(src, tgt[:, :-1]), tgt[:, 1:], cfg.label_smoothing, ex.PAD_ID)
+        return label_smoothed_loss(model(src, tgt[:, :-1]), tgt[:, 1:], cfg.label_smoothing, PAD_ID)
 
     return plan.step_cost(lambda: Transformer(cfg), run)
 
@@ -50,10 +52,10 @@ def sections(params) -> list[plan.SectionPlan]:
                              n_heads=params.n_heads, p_drop=params.p_drop, label_smoothing=params.label_smoothing, max_len=512)
     wmt = params.corpus == "wmt14"
     autocast = plan.gpu_autocast(params)  # bf16 autocast with fp32 weights (sections._precision on a GPU)
-    out = [plan.SectionPlan("2. Table 1 measured", f"one layer of width {params.t1_width} at n up to {max(params.t1_lengths)}",
+    out = [plan.SectionPlan(SPEC.section("Table 1"), f"one layer of width {params.t1_width} at n up to {max(params.t1_lengths)}",
                             0, 4 * params.t1_width * max(params.t1_lengths) * 8, 0.0,
                             other_hours=len(params.t1_lengths) * 5 / 3600)]
-    table2 = _training("3. Table 2 recipe", base, params.steps, params.batch_tokens, params.grad_accum, autocast=autocast)
+    table2 = _training(SPEC.section("Table 2"), base, params.steps, params.batch_tokens, params.grad_accum, autocast=autocast)
     table2.download_bytes = WMT14_DOWNLOAD if wmt else 0.0
     out.append(table2)
     t3_base = TransformerConfig(vocab_size=vocab if not params.t3_train_pairs else params.t3_vocab_size,
@@ -62,13 +64,13 @@ def sections(params) -> list[plan.SectionPlan]:
     pairs = (params.t3_train_pairs or (WMT14_TRAIN_PAIRS if wmt else params.train_pairs or 17_000))
     t3_tokens = params.t3_batch_tokens or params.batch_tokens
     steps = params.t3_epochs * max(1, pairs * PLAN_LENGTH // t3_tokens)
-    rows = [_training(f"4. Table 3 row {row}", ex.table3_config(t3_base, row), steps, t3_tokens, params.grad_accum,
+    rows = [_training(f"4. Table 3 row {row}", table3_config(t3_base, row), steps, t3_tokens, params.grad_accum,
                       runs=len(params.t3_seeds), autocast=autocast) for row in params.t3_rows]
     biggest = max(rows, key=lambda r: r.peak_bytes)
     # Table 3's worker process trains beside Table 2 on the same GPU (one process): their peaks add up.
     beside = table2.peak_bytes if params.t3_workers else 0.0
     out.append(plan.SectionPlan(
-        "4. Table 3 variations", f"{len(params.t3_rows)} rows x {len(params.t3_seeds)} seeds x {steps:,} steps "
+        SPEC.section("Table 3"), f"{len(params.t3_rows)} rows x {len(params.t3_seeds)} seeds x {steps:,} steps "
         f"({params.t3_epochs} epochs of {pairs:,} pairs, {t3_tokens:,} tokens per side)", biggest.parameters,
         biggest.peak_bytes + beside, sum(r.flops for r in rows), fix=biggest.fix,
         overheads=biggest.overheads + table2.overheads if beside else biggest.overheads,

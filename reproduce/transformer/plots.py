@@ -17,7 +17,7 @@ KO = {
     "Learning rate": "학습률",
     "Eq. (3) learning-rate schedule": "식 (3) 학습률 스케줄",
     "paper": "논문",
-    "ours": "우리",
+    "ours": "우리 결과",
     "warmup": "워밍업",
     "Head": "헤드",
     "Encoder self-attention, last layer": "인코더 셀프 어텐션, 마지막 층",
@@ -39,9 +39,9 @@ KO = {
     "last, beam": "마지막, 빔",
     "averaged, greedy": "평균, 탐욕",
     "averaged, beam": "평균, 빔",
-    "Dev perplexity (ours)": "개발셋 퍼플렉서티 (우리)",
+    "Dev perplexity (ours)": "개발셋 퍼플렉서티 (우리 결과)",
     "Dev perplexity (paper)": "개발셋 퍼플렉서티 (논문)",
-    "Dev BLEU (ours)": "개발셋 BLEU (우리)",
+    "Dev BLEU (ours)": "개발셋 BLEU (우리 결과)",
     "each seed": "시드별 값",
     "Dev BLEU (paper)": "개발셋 BLEU (논문)",
     "Table 3 variations": "표 3 변형",
@@ -210,11 +210,13 @@ def plot_table3_curves(measured, lang="en"):
 
 
 def plot_table3(measured, lang="en"):
+    """Table 3 variations: dev perplexity and BLEU per row, ours (bars, each seed a dot) beside the paper's."""
     _ = figures.translator(KO, lang)
     table = measured["t3.table"]
     rows = list(table)
     x = np.arange(len(rows))
     fig, axes = figures.subplots(2, 1, height=6.5, sharex=True)
+    handles = []
     for ax, ours_key, paper_key, ours_label, paper_label in (
         (axes[0], "dev_ppl", "paper_ppl", "Dev perplexity (ours)", "Dev perplexity (paper)"),
         (axes[1], "dev_bleu", "paper_bleu", "Dev BLEU (ours)", "Dev BLEU (paper)"),
@@ -227,8 +229,9 @@ def plot_table3(measured, lang="en"):
         twin = ax.twinx()
         twin.plot(x, [table[r][paper_key] for r in rows], "D", color=figures.PALETTE[1], label=_(paper_label))
         twin.set_ylabel(_(paper_label))
-        handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-        ax.legend(handles=handles, fontsize=8, loc="upper left")
+        handles += ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    unique = {h.get_label(): h for h in handles}  # below the panels: no bar or axis label covered
+    fig.legend(unique.values(), unique.keys(), loc="outside lower center", ncols=3, fontsize=8)
     axes[1].set_xticks(x, rows, rotation=30, ha="right")
     fig.suptitle(_("Table 3 variations"))
     return fig
