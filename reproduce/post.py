@@ -107,7 +107,9 @@ def _verdict(c: Mapping[str, Any], lang: str) -> str:
 
 
 def _reason(c: Mapping[str, Any]) -> str:
-    parts = []
+    ours, relation = claims.estimate_text(c["ours"]), claims.relation_text(c)
+    parts = {"inconclusive": [f"the interval of ours, {ours}, reaches across {relation}"],
+             "contradicted": [f"ours, {ours}, is on the other side of {relation}"]}.get(c["verdict"], [])
     pre = c.get("precondition")
     if pre and not pre["holds"]:
         parts.append(f"{pre['text']} = {claims.short_text(pre['value'])} (needs {pre['relation']} {claims.short_text(pre['threshold'])})")
