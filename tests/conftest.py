@@ -64,3 +64,29 @@ def run_profile(paper: str, profile: str, overrides: dict, out, timeout: int = 3
     wall = time.perf_counter() - t0
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads((out / "results" / paper / f"{profile}.json").read_text()), wall
+
+
+class KeptRows:
+    """``reproduce.rundir.Rows`` kept in memory as a rerun finds them on disk: each row computed once
+    (``computed`` lists them), then read back; with a ``root``, each row has a checkpoint folder."""
+
+    def __init__(self, root=None):
+        self.root, self.kept, self.computed = root, {}, []
+
+    def row(self, key, compute, fmt="json", timed=False):
+        if key not in self.kept:
+            self.computed.append(key)
+            self.kept[key] = compute()
+        return self.kept[key]
+
+    def has_row(self, key, fmt="json"):
+        return key in self.kept
+
+    def checkpoint_dir(self, key):
+        return None if self.root is None else self.root / key
+
+    def key(self, *parts):
+        from reproduce.rundir import row_key
+
+        return row_key(*parts)
+

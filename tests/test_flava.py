@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import KeptRows
 from reproduce.data import scenes
 from reproduce.flava import ablation as A
 from reproduce.flava import data as D
@@ -25,7 +26,6 @@ from reproduce.flava import pretraining as P
 from reproduce.flava import sections as S
 from reproduce.flava import tokenisers as T
 from reproduce.flava.masking import BlockMasking, mask_text
-from reproduce.rundir import MemoryRows
 
 TINY = M.FlavaSizes(image_size=32, patch_size=8, hidden=32, heads=2, mlp=64, image_layers=1, text_layers=1,
                     multimodal_layers=1, projection_dim=16, codebook_size=16, vocab_size=200, max_text_len=20)
@@ -306,25 +306,6 @@ def _stub_evaluation(monkeypatch) -> None:
     monkeypatch.setattr(E, "loss_windows", lambda values: values)
 
 
-class _KeptRows(MemoryRows):
-    """``Rows`` kept in memory as a rerun finds them on disk, each row with a checkpoint folder."""
-
-    def __init__(self, root):
-        self.root, self.kept, self.computed = root, {}, []
-
-    def row(self, key, compute, fmt="json", timed=False):
-        if key not in self.kept:
-            self.computed.append(key)
-            self.kept[key] = compute()
-        return self.kept[key]
-
-    def has_row(self, key, fmt="json"):
-        return key in self.kept
-
-    def checkpoint_dir(self, key):
-        return self.root / key
-
-
 def test_the_ablation_keeps_each_row_and_seed_in_rows_and_checkpoints_where_rows_give_a_folder(monkeypatch, tmp_path):
     from reproduce import config
 
@@ -338,7 +319,7 @@ def test_the_ablation_keeps_each_row_and_seed_in_rows_and_checkpoints_where_rows
     monkeypatch.setattr(E, "pretrain", fake_pretrain)
     monkeypatch.setattr(E, "BatchSampler", lambda *args: None)
     _stub_evaluation(monkeypatch)
-    rows = _KeptRows(tmp_path)
+    rows = KeptRows(tmp_path)
     first, _ = E.run_ablation(params, data=None, ev=_FAKE_EV, device="cpu", rows=rows)
     assert rows.computed == ["table3-untrained-0", "table3-MIM-0"]
     assert [(c.checkpoint_dir, c.checkpoint_every) for c in cfgs] == [(tmp_path / "table3-MIM-0", 2)]

@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO_ROOT, run_profile, subprocess_env
+from conftest import REPO_ROOT, KeptRows, run_profile, subprocess_env
 from reproduce import config, hub, plan
 from reproduce.tova import experiments, plan as tova_plan, policies
 from reproduce.tova.policies import EvictionSpec
@@ -145,21 +145,6 @@ def test_gpu_budgets_that_would_crash_late_are_refused(overrides, match):
 def test_sweep_rows_are_skipped_when_kept():
     """A rerun reads each (policy, C) row back instead of running its pass; the numbers are the same."""
     from transformers import LlamaConfig, LlamaForCausalLM
-
-    from reproduce.rundir import MemoryRows
-
-    class KeptRows(MemoryRows):  # keeps every row, in memory, as a run's state keeps them on disk
-        def __init__(self):
-            self.kept, self.computed = {}, []
-
-        def row(self, key, compute, fmt="json", timed=False):
-            if key not in self.kept:
-                self.computed.append(key)
-                self.kept[key] = compute()
-            return self.kept[key]
-
-        def has_row(self, key, fmt="json"):
-            return key in self.kept
 
     cfg = LlamaConfig(vocab_size=99, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, attn_implementation="eager")
