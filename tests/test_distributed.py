@@ -76,7 +76,7 @@ def test_a_run_of_two_processes_says_so_and_trains(tmp_path):
 
 
 # --- a slow step on the main process must not trip the process group's timeout ---------------------
-def _slow_main_worker(rank: int, port: int, timeout_s: str, queue) -> None:
+def _slow_main_worker(rank: int, port: int, timeout_s: str, queue, start) -> None:
     import time
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
@@ -90,12 +90,13 @@ def _slow_main_worker(rank: int, port: int, timeout_s: str, queue) -> None:
     from reproduce.retnet import data as rdata
 
     try:
+        start.wait(60)  # imports done on both: the group's short timeout measures the test, not a slow start
         distributed.init("cpu")
         group_timeout = dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu")).options._timeout
 
         def slow_corpus(vocab_size, hub, source):  # rank 0 streams and tokenizes WikiText-103: longer than the timeout
             if distributed.is_main():
-                time.sleep(6)
+                time.sleep(4)
             return f"corpus of process {distributed.rank()}"
 
         rdata._hub_corpus = slow_corpus
@@ -114,8 +115,8 @@ def _slow_main(timeout_s: str):
     import torch
 
     ctx = torch.multiprocessing.get_context("spawn")
-    queue, port = ctx.Queue(), _free_port()
-    procs = [ctx.Process(target=_slow_main_worker, args=(r, port, timeout_s, queue)) for r in range(2)]
+    queue, port, start = ctx.Queue(), _free_port(), ctx.Barrier(2)
+    procs = [ctx.Process(target=_slow_main_worker, args=(r, port, timeout_s, queue, start)) for r in range(2)]
     for p in procs:
         p.start()
     results = sorted(queue.get(timeout=120) for _ in procs)
@@ -128,7 +129,7 @@ def test_the_process_group_waits_hours_and_a_slow_main_step_does_not_trip_it():
     """Bug: the group had NCCL's 10-minute watchdog, and RetNet's ranks 1-7 waited in a barrier while
     rank 0 streamed and tokenised WikiText-103: past the timeout every process aborted, each rerun the
     same way. Now the group's timeout is hours, and the others wait on the store, outside any
-    collective: a 6 s step on the main process passes a group whose collectives time out after 2 s."""
+    collective: a 4 s step on the main process passes a group whose collectives time out after 2 s."""
     default = _slow_main("")
     assert [r[1] for r in default] == [3 * 3600, 3 * 3600], default
     short = _slow_main("2")
