@@ -146,7 +146,7 @@ class RunDir:
         if timed:
             import torch
 
-            key = f"{key}.threads={torch.get_num_threads()}"
+            key = f"{key}.threads={distributed.broadcast(torch.get_num_threads())}"  # one name on every process
         path = self.row_path(key, fmt)
         # Decided by the main process for all: a process that saw the file the main one has just written
         # would skip the barrier below that the main one waits in.

@@ -195,7 +195,8 @@ def setup(params, deterministic: bool = True) -> Runtime:
         torch.use_deterministic_algorithms(True, warn_only=True)
     threads = set_threads(params["threads"])
     _RUN_DEVICE[:] = [device]
-    offline = hub_offline(probe=params.profile == "gpu")  # only the gpu profile reads the hub: probe it there
+    # only the gpu profile reads the hub: probe it there, once, and give every process the main one's answer
+    offline = distributed.broadcast(hub_offline(probe=params.profile == "gpu"))
     return Runtime(device=device, seed=params["seed"], threads=threads, offline=offline)
 
 

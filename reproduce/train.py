@@ -273,6 +273,9 @@ def train(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
     from .runtime import pick_device
 
     device = pick_device(cfg.device)
+    if distributed.world_size() > 1 and device.type != pick_device("auto").type:
+        raise ValueError(f"TrainConfig.device={cfg.device!r}, but this run's processes share {pick_device('auto')}: "
+                         "several processes train on the run's device (device='auto')")
     accelerator = make_accelerator(device.type, mixed_precision=cfg.mixed_precision, grad_accum=cfg.grad_accum,
                                    find_unused_parameters=cfg.find_unused_parameters)
     model, optimizer = accelerator.prepare(model, optimizer)

@@ -129,3 +129,13 @@ def test_overrides_accept_python_literals_as_written_in_the_parameters_cell():
     assert params["t3_rows"] == ["base"]
     with pytest.raises(config.ParamError, match=r"""e\.g\. -p "t3_rows=\['base'\]"; JSON works too"""):
         config.resolve("transformer", "smoke", {"t3_rows": "base"})
+
+
+def test_flava_micro_batches_are_checked_per_process_before_the_run(monkeypatch):
+    """micro_batch is per process (reproduce.train.accumulation): a batch that splits on one GPU but not on
+    two is refused when the parameters are resolved, not after data preparation and the untrained row."""
+    values = {"batch_size": 12, "micro_batch": 4, "n_pairs": 64, "n_images": 64, "n_text": 64}
+    assert config.resolve("flava", "smoke", values)["micro_batch"] == 4
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ParamError, match=r"micro_batch.*4 per process on 2 processes does not split batch_size 12; use one of \[2, 3, 6\]"):
+        config.resolve("flava", "smoke", values)

@@ -38,6 +38,13 @@ def _batches_fit(values) -> str | None:
                     f"micro-batches make one update); e.g. micro_batch={fits}")
         if micro < 2:
             return f"parameter 'micro_batch': {micro} leaves no in-batch negative for GC; use micro_batch >= 2 (or 0)"
+        from reproduce import distributed
+
+        n = distributed.world_size()  # per process: a forward takes micro_batch x N rows (reproduce.train.accumulation)
+        if micro * n < b and b % (micro * n):
+            fits = [m for m in range(2, b // n + 1) if b % (m * n) == 0]
+            return (f"parameter 'micro_batch': {micro} per process on {n} processes does not split batch_size {b}; "
+                    f"use one of {fits}")
     for name in ("n_pairs", "n_images", "n_text"):
         if values[name] < b:
             return f"parameter '{name}': {values[name]} is smaller than batch_size {b} (a batch draws distinct rows); raise {name} or lower batch_size"

@@ -177,8 +177,9 @@ def train_language_model(train_ids: np.ndarray, valid_ids: np.ndarray, shape: LM
                               keep_checkpoints=1, log_dir=options.log_dir, device=str(where))
     result = trainer.train(model, optimizer, batches(train_ids, budget.batch, budget.length, seed, micro), lm_loss, cfg,
                            scheduler=scheduler, tokens_in="input_ids")
-    result.accelerator.free_memory()  # drop the optimizer's state (2 x the weights): evaluation does not need it
-    del optimizer
+    optimizer.state.clear()  # AdamW's state (2 x the weights): evaluation does not need it; the scheduler and
+    result.accelerator.free_memory(optimizer, scheduler)  # the accelerator's checkpoint list still hold the optimizer
+    del optimizer, scheduler
     amp = runtime.autocast_dtype(options.precision, where)
 
     def evaluate() -> tuple[list[float], list[float]]:

@@ -111,6 +111,9 @@ def train_translation(
     )  # eq. (3); LambdaLR counts from 0, the paper's step_num from 1
     every = recipe.checkpoint_every or recipe.steps
     eval_fn = (lambda m: {"dev_ppl": perplexity(m, data.dev)}) if eval_every else None
+    if checkpoint_dir is None and distributed.world_size() > 1:  # every process must find the main one's checkpoints
+        raise ValueError("several processes train: pass checkpoint_dir (a folder every process sees), e.g. "
+                         "run.state.checkpoint_dir(key)")
     with contextlib.ExitStack() as stack:
         ckpt_dir = checkpoint_dir if checkpoint_dir is not None else stack.enter_context(
             tempfile.TemporaryDirectory(dir=paths.cache_dir(), prefix="transformer-ckpt-"))
