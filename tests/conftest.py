@@ -90,3 +90,28 @@ class KeptRows:
 
         return row_key(*parts)
 
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(target, args, world: int = 2, timeout: float = 120) -> list:
+    """Run ``target(*args(rank, port, queue))`` in ``world`` spawned processes (one rendezvous port); each
+    puts one result on the queue. Returns the results sorted, once every process exited with 0."""
+    import torch
+
+    ctx = torch.multiprocessing.get_context("spawn")
+    queue, port = ctx.Queue(), free_port()
+    procs = [ctx.Process(target=target, args=args(rank, port, queue)) for rank in range(world)]
+    for p in procs:
+        p.start()
+    results = sorted(queue.get(timeout=timeout) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0, f"process exited with {p.exitcode}"
+    return results

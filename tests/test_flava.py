@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import random
-import socket
 import statistics
 
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import KeptRows
+from conftest import KeptRows, run_ranks
 from reproduce.data import scenes
 from reproduce.flava import ablation as A
 from reproduce.flava import data as D
@@ -108,12 +107,6 @@ def test_contrastive_loss_equals_naive_computation():
     assert ours.item() == pytest.approx(naive_contrastive(image, text, 2.6592), abs=1e-12)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _gathered_worker(rank: int, world: int, port: int, image: torch.Tensor, text: torch.Tensor, weight: torch.Tensor, queue):
     import torch.distributed as dist
 
@@ -141,15 +134,7 @@ def test_gathered_contrastive_loss_on_two_processes_equals_one_process_on_the_co
     single = O.global_contrastive_loss(F.normalize(image @ w, dim=-1), F.normalize(text @ w, dim=-1), torch.tensor(2.0, dtype=torch.float64))
     single.backward()
 
-    ctx = torch.multiprocessing.get_context("spawn")
-    queue, port = ctx.Queue(), _free_port()
-    procs = [ctx.Process(target=_gathered_worker, args=(r, 2, port, image, text, weight, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = sorted(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = run_ranks(_gathered_worker, lambda r, port, queue: (r, 2, port, image, text, weight, queue))
     mean_loss = sum(loss for _, loss, _ in results) / 2  # DDP averages the per-process losses' gradients
     assert mean_loss == pytest.approx(single.item(), abs=1e-12)
     for _, _, grad in results:
@@ -1194,15 +1179,7 @@ def test_uneven_shards_and_mined_negatives_on_two_processes_equal_one_process(sa
                                      itm_negatives="mined", generator=torch.Generator().manual_seed(0)).itm
 
     bounds = [0, 5, 8]
-    ctx = torch.multiprocessing.get_context("spawn")
-    queue, port = ctx.Queue(), _free_port()
-    procs = [ctx.Process(target=_flava_worker, args=(r, 2, port, bounds, batch, (image, text, weight), queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    results = sorted(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    results = run_ranks(_flava_worker, lambda r, port, queue: (r, 2, port, bounds, batch, (image, text, weight), queue))
     share = [(bounds[r + 1] - bounds[r]) / 8 for r in range(2)]  # train() weights each share's loss by its rows
     assert sum(s * loss for s, (_, loss, _, _) in zip(share, results)) == pytest.approx(single.item(), abs=1e-12)
     np.testing.assert_allclose(sum(grad for _, _, grad, _ in results) / 2, w.grad.numpy(), atol=1e-12)  # DDP's average

@@ -858,16 +858,7 @@ def test_each_process_trains_on_a_micro_batch_of_the_configured_size():
     """lm_micro_batch is per process (bug: it was split over the processes, so lm_micro_batch=4 on 8
     GPUs left ranks 4-7 computing weight-0 dummy rows). 8 rows, micro-batch 2, 2 processes: every
     forward on every process sees 2 rows, and a step accumulates 2 of them."""
-    ctx = torch.multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    procs = [ctx.Process(target=_micro_batch_worker, args=(r, port, queue)) for r in range(2)]
-    for p in procs:
-        p.start()
-    seen = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    from conftest import run_ranks
+
+    seen = dict(run_ranks(_micro_batch_worker, lambda r, port, queue: (r, port, queue)))
     assert seen == {0: [2, 2, 2, 2], 1: [2, 2, 2, 2]}  # 2 steps x 2 micro-batches of 2 rows, on each process
