@@ -4,7 +4,8 @@ Real queries and keys: one layer of SmolLM2-135M over passages of a novel (the f
 For each policy and C, in one run and on the same tensors:
 
 - old: what the pass did before (``(B, H, T, T)`` logits, then the Python loop of
-  ``appendix_e.tova_mask`` / ``h2o_mask``), and that loop alone on precomputed logits;
+  ``appendix_e.tova_mask`` / ``h2o_mask``), and that loop alone on precomputed logits (both in
+  float64 now: the tie rule of ``appendix_e``);
 - new: ``appendix_e.evictions`` (blocked logits over the candidates, compiled replay).
 
 Prints the seconds of each (median of ``--repeats``), the ratios old / new, and whether the kept
@@ -20,21 +21,9 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
-from transformers import AttentionInterface
 
 from reproduce.tova import appendix_e, experiments as ex
 from reproduce.tova.policies import EvictionSpec
-
-CAPTURED: dict = {}
-
-
-def _capture(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
-    if module.layer_idx == CAPTURED["layer"]:
-        CAPTURED.update(query=query.clone(), key=key.clone(), scaling=scaling)
-    out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=True)
-    return out.transpose(1, 2).contiguous(), None
-
 
 def timed(fn, repeats: int):
     times, out = [], None
@@ -59,15 +48,7 @@ def main() -> None:
     loaded = ex.load_model("smollm2")
     model = loaded.model
     ids, _ = ex.load_passages("novels", loaded.tokenizer, args.length, args.batch, seed=0)
-    AttentionInterface.register("tova_capture", _capture)
-    CAPTURED["layer"] = args.layer
-    previous = model.config._attn_implementation
-    model.config._attn_implementation = "tova_capture"
-    try:
-        model.model(input_ids=ids, use_cache=False)
-    finally:
-        model.config._attn_implementation = previous
-    q, k, scaling = CAPTURED["query"], CAPTURED["key"], CAPTURED["scaling"]
+    q, k, scaling = ex.layer_queries_keys(model, ids, args.layer)
     B, H, T, _ = q.shape
     Hk = k.shape[1]
     appendix_e.evictions(q[:1, :, :80], k[:1, :, :80], EvictionSpec("tova", 8), scaling)  # compile (or load) once
@@ -79,10 +60,9 @@ def main() -> None:
             spec = EvictionSpec(policy, C)
 
             def old():
-                logits = torch.matmul(q, k.repeat_interleave(H // Hk, dim=1).transpose(2, 3)) * scaling
-                return appendix_e.policy_mask(logits, spec, Hk)
+                return appendix_e.policy_mask(appendix_e.decision_logits(q, k, scaling), spec, Hk)
 
-            logits = torch.matmul(q, k.repeat_interleave(H // Hk, dim=1).transpose(2, 3)) * scaling
+            logits = appendix_e.decision_logits(q, k, scaling)
             old_s, ref = timed(old, args.repeats)
             loop_s, _ = timed(lambda: appendix_e.policy_mask(logits, spec, Hk), args.repeats)
             new_s, last = timed(lambda: appendix_e.evictions(q, k, spec, scaling), args.repeats)

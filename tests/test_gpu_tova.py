@@ -26,7 +26,7 @@ TINY = {"passages": 2, "length": 64, "budgets": [8, 16], "window_budgets": [8], 
         "headline_length": 64, "headline_budget": 8, "headline_passages": 2, "stream_tokens": 40, "stream_budget": 8,
         "analysis_budget": 8, "throughput_budgets": [8, 16], "throughput_batch": 2, "throughput_steps": 2,
         "kv_budget_mb": 1.0, "gen_budget": 8, "gen_prompt_tokens": 32, "gen_new_tokens": 4, "threads": 1,
-        "device": "cpu"}
+        "sensitivity_budgets": [8], "sensitivity_passages": 2, "device": "cpu"}
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +203,8 @@ def test_gpu_profile_runs_on_local_stand_ins(tmp_path, pg19_folder, tiny_llama_d
     assert m["headline.ppl"]["full"] == m["fig3.full_ppl"]  # the same passages: Figure 3's passes
     assert m["table1"]["budgets"] == [8, 16] and len(m["generation"]["texts"]) == 5
     ids = {c["id"] for c in record["claims"]}
-    assert {"fig3_tova_near_full", "appE_equals_streaming", "table1_kv_proportional_to_C", "kept_first_token"} <= ids
+    assert {"fig3_tova_near_full", "headline_tova_le_window_sink", "appE_equals_streaming", "table1_kv_proportional_to_C",
+            "kept_first_token_layers"} <= ids
+    assert "sensitivity" in next(c for c in record["claims"] if c["id"] == "fig3_tova_le_h2o_C8")["note"]
     assert not (out / "runs" / "tova" / "gpu" / "rows").exists()  # the kept rows are dropped once the record is saved
     print(f"gpu wiring run: {wall:.1f} s")

@@ -38,6 +38,10 @@ def test_notebook_source_is_clean(path):
         ast.literal_eval(node.value)  # literals only
     names = {t.id for node in tree.body for t in node.targets}
     assert "profile" in names
+    spec = next((config.get_spec(p) for p in config.PAPERS if config.get_spec(p).notebook == path.name), None)
+    if spec is not None:  # a paper notebook: every parameter of its spec, so that JupyterLab users see them all
+        missing = sorted(set(spec.schema) - names)
+        assert not missing, f"the parameters cell lacks {missing}"
     code = [c for c in cells if c["cell_type"] == "code"]
     assert "summary" in code[-1].get("metadata", {}).get("tags", []), "the last code cell is tagged 'summary'"
     assert "run.save()" in "".join(code[-1]["source"])

@@ -298,6 +298,22 @@ def test_appendix_e_equals_streaming_on_real_text(smollm2, novel_ids, spec):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("policy", ["tova", "h2o"])
+def test_fast_decisions_equal_the_definition_on_real_text_at_C512(policy):
+    """The tie rule (appendix_e: decisions in float64 in both forms) on real queries and keys of the
+    float32 model the record runs: not one decision differs at C = 512 of 2048 (in float32, H2O's
+    accumulated scores tied to rounding in 6 of 18,420 decisions here)."""
+    loaded = experiments.load_model("smollm2")  # float32, as in the cpu record
+    ids, _ = experiments.load_passages("novels", loaded.tokenizer, length=2048, n=1, seed=0)
+    q, k, scaling = experiments.layer_queries_keys(loaded.model, ids, layer=15)
+    spec = EvictionSpec(policy, 512)
+    reference = appendix_e.policy_mask(appendix_e.decision_logits(q, k, scaling), spec, k.shape[1])
+    reference_last = torch.where(reference, torch.arange(2048)[:, None], -1).amax(dim=-2)  # B, Hm, T
+    last = appendix_e.evictions(q, k, spec, scaling)
+    assert (reference_last != last).sum().item() == 0
+
+
+@pytest.mark.slow
 def test_generate_with_each_policy(smollm2, novel_ids):
     prompt = novel_ids[:1, :20]
     texts = experiments.generate_each(smollm2.model, smollm2.tokenizer, prompt, all_specs(8), new_tokens=3)
@@ -326,22 +342,36 @@ DECISION_CASES = [  # B, H, Hk, T, D, C
 ]
 
 
-@pytest.mark.parametrize("policy", ["tova", "h2o"])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+@pytest.mark.parametrize("policy,scope", [("tova", ""), ("h2o", ""), ("tova", "head"), ("h2o", "layer")])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("case", DECISION_CASES, ids=lambda c: "B{}H{}Hk{}T{}D{}C{}".format(*c))
-def test_fast_decisions_equal_the_step_by_step_definition(policy, dtype, case):
-    """``evictions`` (blocked logits, compiled replay) keeps exactly the sets of ``tova_mask`` / ``h2o_mask``."""
+def test_fast_decisions_equal_the_step_by_step_definition(policy, scope, dtype, case):
+    """``evictions`` (blocked logits, compiled replay) keeps exactly the sets of ``tova_mask`` /
+    ``h2o_mask``, at both scopes (a set per layer or per KV head), from q/k in any dtype."""
     B, H, Hk, T, D, C = case
     g = torch.Generator().manual_seed(T * 31 + C)
-    q, k = torch.randn(B, H, T, D, generator=g, dtype=dtype), torch.randn(B, Hk, T, D, generator=g, dtype=dtype)
+    q, k = torch.randn(B, H, T, D, generator=g).to(dtype), torch.randn(B, Hk, T, D, generator=g).to(dtype)
     scale = D**-0.5
-    logits = q @ k.repeat_interleave(H // Hk, dim=1).transpose(2, 3) * scale
-    spec = EvictionSpec(policy, C)
-    reference = appendix_e.policy_mask(logits, spec, Hk)
+    spec = EvictionSpec(policy, C, scope=scope)
+    reference = appendix_e.policy_mask(appendix_e.decision_logits(q, k, scale), spec, Hk)
+    heads = Hk if (policy == "h2o") != (scope != "") else 1
+    assert reference.shape[1] == heads
     for block in (1, 7, 64):  # steps replayed K at a time: any K gives the same decisions
         last = appendix_e.evictions(q, k, spec, scale, block=block)
-        assert last.shape == (B, Hk if policy == "h2o" else 1, T)
+        assert last.shape == (B, heads, T)
         assert torch.equal(appendix_e.mask_from_last(last).expand_as(reference), reference), block
+
+
+def test_scope_names_one_spec():
+    """The paper's own scope has one spelling (equal specs, one row key); other scopes only in App. E."""
+    assert EvictionSpec("h2o", 8, scope="head") == EvictionSpec("h2o", 8)
+    assert EvictionSpec("tova", 8, scope="layer") == EvictionSpec("tova", 8)
+    assert experiments.spec_key(EvictionSpec("h2o", 8, scope="layer")) == "h2o_C8_perlayer"
+    assert "one set per head" in str(EvictionSpec("tova", 8, scope="head"))
+    with pytest.raises(ValueError, match="scope applies to TOVA and H2O only"):
+        EvictionSpec("window", 8, scope="head")
+    with pytest.raises(ValueError, match="only the App. E pass"):
+        policies.make_cache(EvictionSpec("tova", 8, scope="head"))
 
 
 def test_a_collecting_sweep_keeps_every_batch(tiny):
@@ -396,6 +426,8 @@ def test_budget_sweep_block_nlls_are_paired_per_passage(tiny):
 
 # ----------------------------------------------------------------------------- claim logic, synthetic measurements
 def smoke_run(**overrides):
+    if "passages" in overrides:  # the sensitivity passes reuse Figure 3's first passages
+        overrides.setdefault("sensitivity_passages", min(overrides["passages"], 2))
     params = config.resolve("tova", "smoke", overrides)
     return params, results.Run(params)
 
@@ -502,6 +534,42 @@ def test_headline_claim_at_the_papers_point(verdict, shift, wobble):
     assert "7.41 vs 7.16" in claim.paper and claim.source.startswith("ours:")
 
 
+@pytest.mark.parametrize("verdict, tova, sink", [("holds", 0.02, 0.08), ("contradicted", 0.08, 0.02),
+                                                ("inconclusive", 0.05, 0.05)])
+def test_headline_relation_tova_below_window_sink(verdict, tova, sink):
+    """The relation the paper's Table 3 shows at C = 512 of 4096 (TOVA 7.41, Window+4 7.73), books as units."""
+    params, run = smoke_run()
+    base = [3.0 + 0.3 * math.sin(i) for i in range(48)]
+    data = {"full": base, "tova": blocks(base, tova, 0.01, period=8), "window_sink": blocks(base, sink, period=8)}
+    sections.claim_headline(params, run, data, books(48, 8))
+    claim = next(c for c in run.claims if c.id == "headline_tova_le_window_sink")
+    assert claim.verdict == verdict and claim.ours.n == 6 and claim.source.startswith("paper:")
+    assert claim.ours.value == pytest.approx(math.exp(tova - sink))
+    assert "7.41 vs 7.73" in claim.paper
+
+
+def test_sensitivity_notes_say_which_factor_moves_the_ordering():
+    """The BOS and scope passes: ratios TOVA/H2O on the first passages, in the note of TOVA <= H2O at their C."""
+    params, run = smoke_run(passages=4)
+    data = fake_block_nll(params, 0.12, 0.1, 0.3, 2.0)  # H2O ahead on every book
+    C = params.sensitivity_budgets[0]
+    k = 2 * BOOK  # the first 2 passages (sensitivity_passages = 2), one book of 10 blocks each
+    sens = {"passages": 2, "budgets": [C], "blocks_per_passage": BOOK, "bos_token_id": 1,
+            "bos": {f"tova_C{C}": blocks(data["full"][:k], 0.1, 0.002), f"h2o_C{C}": blocks(data["full"][:k], 0.1)},
+            "scope": {f"h2o_C{C}_perlayer": blocks(data["full"][:k], 0.2),
+                      f"tova_C{C}_perhead": blocks(data["full"][:k], 0.12)}}
+    sections.claim_perplexity(params, run, data, books(40), sens)
+    note = next(c for c in run.claims if c.id == f"fig3_tova_le_h2o_C{C}").note
+    assert "as in Figure 3 1.0202" in note and "(H2O ahead)" in note
+    assert "H2O: one set per layer 0.9231" in note and "(TOVA ahead)" in note
+    assert "moves the ordering: BOS token prepended, H2O: one set per layer" in note  # BOS: no clear order
+    assert "TOVA: one set per KV head" not in note.split("moves the ordering")[1]
+    table = sections.sensitivity_table(sens, data, books(40))
+    assert list(table.index) == list(sections.SENSITIVITY_ROWS) and list(table.columns) == [f"C = {C}"]
+    other = next(c for c in run.claims if c.id == f"fig3_tova_le_h2o_C{params.budgets[0]}")
+    assert "sensitivity" not in other.note  # only at the sensitivity budgets
+
+
 def test_window_by_position_is_the_mean_over_passages():
     from reproduce.tova import plots
 
@@ -548,24 +616,49 @@ KEPT_CASES = {  # verdict -> (first-token survival per passage, punctuation, new
 }
 
 
+FIRST_BY_LAYER = {  # verdict -> first-token survival, layers x passages (30 layers, 4 passages)
+    "holds": [[0.97, 0.98, 0.99, 0.96]] * 30,
+    "contradicted": [[0.99] * 4] * 20 + [[0.2, 0.1, 0.15, 0.2]] * 10,  # a third of the layers drop it
+    "inconclusive": [[0.99] * 4] * 26 + [[0.85, 0.97, 0.85, 0.97]] * 4,  # 4 layers on the edge: 26/30 or 30/30
+}
+
+
 @pytest.mark.parametrize("verdict", KEPT_CASES)
 def test_kept_claims(verdict):
     params, run = smoke_run(passages=4)
     first, punct, newline, other = KEPT_CASES[verdict]
-    kept = {"first_token_by_passage": first, "first_token_by_layer": [0.9] * 30,
+    matrix = FIRST_BY_LAYER[verdict]
+    kept = {"first_token_by_passage": first, "first_token_by_layer": [sum(r) / 4 for r in matrix],
+            "first_token_by_layer_passage": matrix,
             "class_survival_by_passage": {"first token": first, "punctuation": punct, "newline": newline, "other": other}}
     sections.claim_kept(params, run, kept)
-    assert verdicts(run) == dict.fromkeys(("kept_first_token", "kept_punctuation", "kept_newline"), verdict)
+    assert verdicts(run) == dict.fromkeys(("kept_first_token_layers", "kept_punctuation", "kept_newline"), verdict)
     newline_claim = next(c for c in run.claims if c.id == "kept_newline")
     assert newline_claim.ours.n == 3 and "left out" in newline_claim.note  # a passage without newlines is unpaired
+    layers = next(c for c in run.claims if c.id == "kept_first_token_layers")
+    assert "29: " in layers.note  # every layer's value, whatever the verdict
+
+
+def test_the_first_token_claim_cannot_hide_a_layer_in_the_mean():
+    """Two of 30 layers that drop the first token pass a mean >= 0.9, not the per-layer claim (>= 90 % of layers
+    would allow 3): with 4 such layers it is contradicted, books as units."""
+    params, run = smoke_run(passages=4)
+    matrix = [[1.0] * 4] * 26 + [[0.2, 0.15, 0.25, 0.2]] * 4
+    kept = {"first_token_by_layer": [sum(r) / 4 for r in matrix], "first_token_by_layer_passage": matrix,
+            "class_survival_by_passage": {"punctuation": [0.6] * 4, "newline": [None] * 4, "other": [0.2] * 4}}
+    assert sum(kept["first_token_by_layer"]) / 30 >= 0.89  # the old mean over layers: near its bar
+    sections.claim_kept(params, run, kept, ["emma", "emma", "persuasion", "persuasion"])
+    claim = next(c for c in run.claims if c.id == "kept_first_token_layers")
+    assert claim.verdict == "contradicted" and claim.ours.n == 2  # two books
 
 
 def test_one_passage_gives_no_interval():
     params, run = smoke_run(passages=1)
     kept = {"first_token_by_passage": [0.99], "first_token_by_layer": [0.99] * 30,
+            "first_token_by_layer_passage": [[0.99]] * 30,
             "class_survival_by_passage": {"punctuation": [0.6], "newline": [None], "other": [0.2]}}
     sections.claim_kept(params, run, kept)
-    assert verdicts(run) == {"kept_first_token": "inconclusive", "kept_punctuation": "inconclusive"}
+    assert verdicts(run) == {"kept_first_token_layers": "inconclusive", "kept_punctuation": "inconclusive"}
 
 
 def test_stable_values_hold_only_machine_independent_values():
@@ -586,7 +679,8 @@ def test_stable_values_hold_only_machine_independent_values():
 
 @pytest.mark.parametrize("overrides, match", [
     ({"budgets": [8, 96]}, "below length"), ({"window_budgets": [200]}, "below length"),
-    ({"headline_budget": 128}, "headline_budget"), ({"throughput_budgets": [8, 96]}, "passages \\* length"),
+    ({"headline_budget": 128}, "headline_budget"), ({"throughput_budgets": [8, 200]}, "passages \\* length"),
+    ({"sensitivity_budgets": [96]}, "sensitivity_budgets"), ({"sensitivity_passages": 3}, "sensitivity_passages=3 exceeds"),
     ({"analysis_budget": 96}, "analysis_budget"), ({"nll_block": 150, "length": 200}, "headline_length"),
 ])
 def test_budgets_that_would_crash_late_are_refused_before_the_run(overrides, match):

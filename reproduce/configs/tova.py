@@ -26,6 +26,8 @@ def _budgets_below_length(values) -> str | None:
     if max(values["throughput_budgets"]) >= tokens:
         return (f"throughput_budgets={values['throughput_budgets']}: Table 1 prefills C tokens of the passages and "
                 f"decodes the next one, so every C must be below passages * length = {tokens}")
+    if max(values["sensitivity_budgets"]) >= L:
+        return f"sensitivity_budgets={values['sensitivity_budgets']} must stay below length={L}"
     for name in ("stream_budget", "analysis_budget", "gen_budget"):
         if values[name] >= L:
             return f"{name}={values[name]} must stay below length={L}"
@@ -33,6 +35,13 @@ def _budgets_below_length(values) -> str | None:
     if values["stream_budget"] >= streamed:
         return (f"stream_budget={values['stream_budget']} must stay below the {streamed} streamed tokens "
                 f"(min(stream_tokens={values['stream_tokens']}, length={L})): the state never fills otherwise")
+    return None
+
+
+def _sensitivity_within_passages(values) -> str | None:
+    if values["sensitivity_passages"] > values["passages"]:
+        return (f"sensitivity_passages={values['sensitivity_passages']} exceeds passages={values['passages']}: the "
+                "sensitivity passes reuse Figure 3's first passages")
     return None
 
 
@@ -71,11 +80,12 @@ SPEC = PaperSpec(
         "pg19_config": Param("str", "", "config of pg19_dataset ('' = its default)"),
         "pg19_split": Param("str", "test", "split of pg19_dataset (the paper: test)"),
         "pg19_text_column": Param("str", "text", "column of pg19_dataset holding a book's text"),
-        "passages": Param("int", 6, "chunks of L tokens for Figure 3 (non-overlapping, spread over the books, several "
-                          "per book when more than the books)", min=1, max=256),
+        "passages": Param("int", 14, "chunks of L tokens for Figure 3 (non-overlapping, spread over the books: one "
+                          "of each book per round, so 14 = two from each of the 7 packaged novels)", min=1, max=256),
         "length": Param("int", 2048, "chunk length L in tokens of the budget sweep (the paper: 4096)", min=16),
-        "budgets": Param("list[int]", [64, 128, 256, 512, 1024], "multi-state sizes C for Figure 3", min=2, min_len=1),
-        "window_budgets": Param("list[int]", [64, 128, 256], "C values of the plain Window, which explodes once the "
+        "budgets": Param("list[int]", [64, 256, 512], "multi-state sizes C for Figure 3 (C = L/8 is always added)",
+                         min=2, min_len=1),
+        "window_budgets": Param("list[int]", [64], "C values of the plain Window, which explodes once the "
                                 "first tokens leave (the paper's Table 3 reports it at C=64 only)", min=2, min_len=1),
         "policies": Param("list[str]", list(POLICIES), "eviction policies compared with the full cache",
                           choices=POLICIES, min_len=1),
@@ -86,7 +96,13 @@ SPEC = PaperSpec(
         "headline_length": Param("int", 4096, "L of the paper's headline point (its chunk length; SmolLM2 reads 8k)",
                                  min=16),
         "headline_budget": Param("int", 512, "C of the headline point (the paper: 512 = L/8)", min=2),
-        "headline_passages": Param("int", 3, "chunks of headline_length tokens for the headline point", min=1, max=256),
+        "headline_passages": Param("int", 6, "chunks of headline_length tokens for the headline point (one per book "
+                                   "while there are books)", min=1, max=256),
+        "sensitivity_budgets": Param("list[int]", [256, 512], "C values of the sensitivity passes (TOVA vs H2O with a "
+                                     "BOS token prepended, and with each policy's kept sets at the other's scope)",
+                                     min=2, min_len=1),
+        "sensitivity_passages": Param("int", 7, "the first passages of Figure 3 used by the sensitivity passes (7: one "
+                                      "from each book)", min=1, max=256),
         "full_margin_rel": Param("float", 0.05, "TOVA at the headline point within this relative PPL margin of the "
                                  "full cache (the paper: 7.41 vs 7.16, +3.5%)", min=0.0, max=1.0),
         "stream_tokens": Param("int", 512, "tokens streamed through the Cache objects (speed + equality check)", min=16),
@@ -102,17 +118,20 @@ SPEC = PaperSpec(
     },
     profiles={
         "smoke": {
-            "threads": 1, "passages": 1, "length": 96, "budgets": [8, 16, 32], "window_budgets": [8, 16],
-            "batch_size": 1, "nll_block": 16, "headline_length": 128, "headline_budget": 16, "headline_passages": 1,
+            "threads": 1, "passages": 2, "length": 96, "budgets": [8, 16, 32], "window_budgets": [8, 16],
+            "batch_size": 1, "nll_block": 16, "headline_length": 128, "headline_budget": 16, "headline_passages": 2,
+            "sensitivity_budgets": [16], "sensitivity_passages": 2,
             "stream_tokens": 40, "stream_budget": 8, "analysis_budget": 12,
             "throughput_budgets": [8, 32], "throughput_batch": 2, "throughput_steps": 2,
             "gen_budget": 8, "gen_prompt_tokens": 32, "gen_new_tokens": 4,
         },
-        "cpu": {"threads": 1},  # a shared 2-core machine: a second thread mostly waits (see appendix_e.one_thread)
+        # two threads: on 2 idle cores a masked pass of 4 x 2048 tokens takes 28 s instead of 45-58 s with one
+        # (the decisions' step-by-step loops stay on one thread: appendix_e.one_thread)
+        "cpu": {"threads": 2},
         "gpu": {
             "model": "meta-llama/Llama-2-7b-hf", "corpus": "pg19", "passages": 32, "length": 4096,
             "budgets": [64, 128, 256, 512, 1024, 2048], "window_budgets": [64, 128, 256, 512, 1024, 2048], "batch_size": 1,
-            "headline_passages": 32, "threads": 0, "stream_tokens": 2048, "stream_budget": 512,
+            "headline_passages": 32, "sensitivity_passages": 8, "threads": 0, "stream_tokens": 2048, "stream_budget": 512,
             "analysis_budget": 512, "throughput_budgets": [256, 512, 1024, 2048, 4096], "throughput_batch": 8,
             "throughput_steps": 64, "kv_budget_mb": 16384.0, "gen_budget": 512, "gen_prompt_tokens": 2048,
             "gen_new_tokens": 128,
@@ -125,7 +144,7 @@ SPEC = PaperSpec(
         "Table 1": "2. Resources",
         "§6 / Figure 8": "3. What TOVA keeps",
     },
-    checks=(_blocks_fit, _budgets_below_length),
+    checks=(_blocks_fit, _budgets_below_length, _sensitivity_within_passages),
     hub_datasets=hub_datasets,
     hub_models=hub_models,
     plots="reproduce.tova.plots",

@@ -12,6 +12,9 @@ one (``tests/test_tova.py`` checks it against the Cache objects on real text).
 - TOVA: state ``K_t`` (``|K_t| <= C``); query ``t`` attends over ``K_{t-1} + {t}``; the token with
   the lowest head-averaged probability of query ``t`` is dropped (§3.3). One decision per step.
 - H2O: the same per KV head, with scores accumulated over all queries so far.
+- Scope (``EvictionSpec.scope``, for the sensitivity passes): the paper's TOVA keeps one set per
+  layer and H2O one per KV head; ``scope="head"`` gives TOVA a set per KV head (scored by that
+  head's query heads), ``scope="layer"`` gives H2O one set per layer (scored by all heads).
 
 Every policy's mask has one compact form: ``last[b, m, j]``, the last step at which token ``j`` is
 in the state (``T - 1`` if never dropped), so that ``M[t, j] = j <= t <= last[j]``.
@@ -19,16 +22,20 @@ in the state (``T - 1`` if never dropped), so that ``M[t, j] = j <= t <= last[j]
 The TOVA/H2O decisions come in two forms that give the same kept sets (``tests/test_tova.py``):
 
 - :func:`tova_mask` / :func:`h2o_mask`, the definition step by step: a Python loop over ``t`` on
-  the precomputed ``(B, H, T, T)`` logits, probabilities as eager attention computes them (softmax
-  in float32). Readable, and the reference of the tests and ``benchmarks/tova_decisions.py``.
+  the precomputed ``(B, H, T, T)`` logits (:func:`decision_logits`), each step's softmax over its
+  exact candidates. Readable, and the reference of the tests and ``benchmarks/tova_decisions.py``.
 - :func:`evictions`, the fast form used by the pass: steps go by blocks of ``K``. The candidates of
   steps ``t0 .. t0+K-1`` all lie in ``U`` = the state at ``t0`` plus the ``K`` new tokens, so one
   small matmul gives the logits of those ``K`` queries over ``U`` (no ``T x T`` matrix), one
   vectorised ``exp`` their exponentials, and a compiled loop (numba) replays the ``K`` decisions,
-  normalising each step over its exact candidate set (sums in float64). Since the probabilities
-  are rounded differently from the float32 softmax, the two forms could part only where two
-  candidates' scores agree to rounding (~1e-7 relative); the benchmark counts such decisions on
-  real text.
+  normalising each step over its exact candidate set.
+
+One tie rule in both forms, on every machine: the decisions are computed in float64 from the
+layer's queries and keys (whatever the model's dtype), and the lowest score is dropped, the first
+in slot order on an exact tie. The two forms round differently only at float64's ~1e-16, so they
+part only where two scores agree to that (none on real text: ``benchmarks/tova_decisions.py`` and
+a test at C = 512 count them). In float32, H2O's accumulated scores tie to rounding often enough
+to part (6 of 18,420 decisions at C = 512 before this rule).
 
 Shapes: ``B`` batch, ``H`` query heads, ``Hk`` KV heads, ``G = H / Hk``, ``T`` chunk length,
 ``D`` head dim, ``C`` budget; ``Hm`` the head dimension of a mask (1 when all heads share it).
@@ -66,13 +73,32 @@ def band_mask(T: int, spec: EvictionSpec, device=None) -> torch.Tensor:
     raise ValueError(f"policy {spec.policy!r} has no band mask; use tova_mask or h2o_mask")
 
 
-def _row_probs(logits: torch.Tensor, t: int, candidates: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Probabilities of query ``t`` over ``candidates`` (``B, Hm, n``), as eager attention computes them."""
+DECISION_DTYPE = torch.float64  # the dtype of every keep/evict decision (the tie rule in the module docstring)
+
+
+def decision_logits(query: torch.Tensor, key: torch.Tensor, scaling: float) -> torch.Tensor:
+    """``(B, H, T, T)`` logits the step-by-step definitions decide on: ``(q * scaling) @ k.T`` in
+    :data:`DECISION_DTYPE`, each KV head repeated for its query heads (as :func:`evictions` computes them)."""
+    H, Hk = query.shape[1], key.shape[1]
+    q = query.to(DECISION_DTYPE) * scaling
+    return q @ key.to(DECISION_DTYPE).repeat_interleave(H // Hk, dim=1).transpose(2, 3)
+
+
+def mask_heads(spec: EvictionSpec, kv_heads: int) -> int:
+    """``Hm``, the number of kept sets per layer: 1 (TOVA; H2O with ``scope="layer"``) or ``kv_heads``
+    (H2O; TOVA with ``scope="head"``)."""
+    scope = spec.scope or ("head" if spec.policy == "h2o" else "layer")
+    return kv_heads if scope == "head" else 1
+
+
+def _row_probs(logits: torch.Tensor, t: int, candidates: torch.Tensor) -> torch.Tensor:
+    """Probabilities (``B, Hm, H/Hm, n``) of query ``t`` over ``candidates`` (``B, Hm, n``), each query
+    head's softmax over exactly its candidates, in :data:`DECISION_DTYPE`."""
     B, H, _, _ = logits.shape
     Hm = candidates.shape[1]
     row = logits[:, :, t, :].view(B, Hm, H // Hm, -1)  # B, Hm, H/Hm, T
     row = row.gather(-1, candidates.unsqueeze(2).expand(-1, -1, H // Hm, -1))  # B, Hm, H/Hm, n
-    return F.softmax(row, dim=-1, dtype=torch.float32).to(dtype)
+    return F.softmax(row, dim=-1, dtype=DECISION_DTYPE)
 
 
 @contextlib.contextmanager
@@ -88,57 +114,61 @@ def one_thread() -> Iterator[None]:
 
 
 @one_thread()
-def tova_mask(logits: torch.Tensor, budget: int) -> torch.Tensor:
-    """TOVA's visibility mask ``(B, 1, T, T)``, decided step by step from ``logits`` (``B, H, T, T``).
+def tova_mask(logits: torch.Tensor, budget: int, heads: int = 1) -> torch.Tensor:
+    """TOVA's visibility mask ``(B, heads, T, T)``, decided step by step from ``logits`` (``B, H, T, T``;
+    :func:`decision_logits`).
 
     Rows ``0..C`` see their whole prefix (no eviction before the state holds C + 1 tokens). From
     ``t = C`` on, query ``t`` attends over the ``C`` kept tokens plus itself, then the candidate
-    with the lowest head-averaged probability is dropped (§3.3; it may be ``t`` itself).
+    with the lowest head-averaged probability is dropped (§3.3; it may be ``t`` itself). ``heads``:
+    1 (the paper: one set per layer, all heads averaged) or the KV heads (one set per KV head,
+    averaged over its query heads); the sum over heads ranks as the mean does.
     """
     B, H, T, _ = logits.shape
-    C = budget
-    mask = torch.ones(T, T, dtype=torch.bool, device=logits.device).tril().expand(B, 1, T, T).clone()
+    C, Hm = budget, heads
+    mask = torch.ones(T, T, dtype=torch.bool, device=logits.device).tril().expand(B, Hm, T, T).clone()
     if T <= C + 1:
         return mask
     mask[:, :, C + 1 :, :] = False
-    slots = torch.arange(C, device=logits.device).expand(B, C).clone()  # B, C: state after step C-1
-    newest = torch.empty(B, 1, dtype=torch.long, device=logits.device)
+    slots = torch.arange(C, device=logits.device).expand(B, Hm, C).clone()  # B, Hm, C: state after step C-1
+    newest = torch.empty(B, Hm, 1, dtype=torch.long, device=logits.device)
     for t in range(C, T):
-        candidates = torch.cat([slots, newest.fill_(t)], dim=1)  # B, C+1
-        mask[:, 0, t].scatter_(-1, candidates, True)
-        score = _row_probs(logits, t, candidates[:, None], logits.dtype).mean(dim=2)[:, 0]  # B, C+1: mean over heads
-        drop = score.argmin(dim=-1, keepdim=True)  # B, 1
-        slots = candidates.scatter(1, drop, candidates[:, C:])[:, :C]  # the newest token takes the dropped slot
+        candidates = torch.cat([slots, newest.fill_(t)], dim=-1)  # B, Hm, C+1
+        mask[:, :, t].scatter_(-1, candidates, True)
+        score = _row_probs(logits, t, candidates).sum(dim=2)  # B, Hm, C+1: summed over the set's heads
+        drop = score.argmin(dim=-1, keepdim=True)  # B, Hm, 1: the first lowest in slot order
+        slots = candidates.scatter(-1, drop, candidates[..., C:])[..., :C]  # the newest token takes the dropped slot
     return mask
 
 
 @one_thread()
-def h2o_mask(logits: torch.Tensor, budget: int, kv_heads: int) -> torch.Tensor:
-    """H2O's visibility mask ``(B, Hk, T, T)``: per KV head, ``C // 2`` recent + heavy hitters.
+def h2o_mask(logits: torch.Tensor, budget: int, heads: int) -> torch.Tensor:
+    """H2O's visibility mask ``(B, heads, T, T)``: per kept set, ``C // 2`` recent + heavy hitters.
 
-    Scores accumulate the probabilities each key receives from every query (summed over the ``G``
-    query heads sharing a KV head). Recent tokens (the last ``C // 2`` positions) are never evicted.
+    ``logits``: ``B, H, T, T`` (:func:`decision_logits`). ``heads``: the KV heads (the paper: a set
+    per KV head, scored by its ``G`` query heads) or 1 (one set per layer, scored by all heads).
+    Scores accumulate the probabilities each key receives from every query so far. Recent tokens
+    (the last ``C // 2`` positions) are never evicted.
     """
     B, H, T, _ = logits.shape
-    C, Hk, G = budget, kv_heads, H // kv_heads
+    C, Hm, G = budget, heads, H // heads
     recent = C // 2
     dev = logits.device
-    mask = torch.ones(T, T, dtype=torch.bool, device=dev).tril().expand(B, Hk, T, T).clone()
+    mask = torch.ones(T, T, dtype=torch.bool, device=dev).tril().expand(B, Hm, T, T).clone()
     if T <= C + 1:
         return mask
     mask[:, :, C + 1 :, :] = False
-    acc_dtype = torch.promote_types(logits.dtype, torch.float32)
     # Steps 0..C-1 keep everything: their accumulated scores are column sums of causal attention.
     head = logits[:, :, :C, :C].masked_fill(~mask[:, :1, :C, :C], float("-inf"))  # B, H, C, C
-    probs = F.softmax(head, dim=-1, dtype=torch.float32).to(logits.dtype).to(acc_dtype)
-    scores = torch.zeros(B, Hk, T, dtype=acc_dtype, device=dev)
-    scores[..., :C] = probs.view(B, Hk, G, C, C).sum(dim=(2, 3))  # B, Hk, C
-    slots = torch.arange(C, device=dev).expand(B, Hk, C).clone()  # B, Hk, C
-    newest = torch.empty(B, Hk, 1, dtype=torch.long, device=dev)
+    probs = F.softmax(head, dim=-1, dtype=DECISION_DTYPE)
+    scores = torch.zeros(B, Hm, T, dtype=DECISION_DTYPE, device=dev)
+    scores[..., :C] = probs.view(B, Hm, G, C, C).sum(dim=(2, 3))  # B, Hm, C
+    slots = torch.arange(C, device=dev).expand(B, Hm, C).clone()  # B, Hm, C
+    newest = torch.empty(B, Hm, 1, dtype=torch.long, device=dev)
     for t in range(C, T):
-        candidates = torch.cat([slots, newest.fill_(t)], dim=-1)  # B, Hk, C+1
+        candidates = torch.cat([slots, newest.fill_(t)], dim=-1)  # B, Hm, C+1
         mask[:, :, t].scatter_(-1, candidates, True)
-        received = _row_probs(logits, t, candidates, logits.dtype).to(acc_dtype).sum(dim=2)  # B, Hk, C+1
+        received = _row_probs(logits, t, candidates).sum(dim=2)  # B, Hm, C+1
         scores.scatter_add_(-1, candidates, received)
         ranked = scores.gather(-1, candidates).masked_fill(candidates > t - recent, float("inf"))  # recent: never
         drop = ranked.argmin(dim=-1, keepdim=True)  # B, Hk, 1
@@ -158,7 +188,7 @@ def _replay(E, ids, t0, scores, recent, last, h2o):  # pragma: no cover - compil
     """
     B, Hk, K, G, W = E.shape
     Hm, C = ids.shape[1], ids.shape[2]
-    per = Hk // Hm  # KV heads per mask head: TOVA scores with all heads, H2O each KV head alone
+    per = Hk // Hm  # KV heads per kept set: all of them (one set per layer) or one (a set per KV head)
     col = np.empty(C + 1, np.int64)  # candidate -> column of U
     tok = np.empty(C + 1, np.int64)  # candidate -> token id
     live = np.empty(W, np.float64)  # 1 where the column is a candidate of this step
@@ -183,7 +213,7 @@ def _replay(E, ids, t0, scores, recent, last, h2o):  # pragma: no cover - compil
                         for w in range(W):  # this head's softmax normaliser over the candidates
                             z += row[w] * live[w]
                         inv = 1.0 / z
-                        for w in range(W):  # TOVA: the sum over heads (the mean up to 1/H); H2O: a KV head's group
+                        for w in range(W):  # the sum over the set's heads (TOVA: the mean up to a constant)
                             score[w] += row[w] * inv
                 best, lowest = 0, np.inf
                 for j in range(C + 1):
@@ -202,48 +232,54 @@ def _replay(E, ids, t0, scores, recent, last, h2o):  # pragma: no cover - compil
                 ids[b, m, j] = tok[j]
 
 
+def _probs_over(q: torch.Tensor, k: torch.Tensor, offset: int) -> torch.Tensor:
+    """Softmax of ``K`` consecutive queries over ``W`` key columns (``B * Hk, K * G, W``).
+
+    ``q`` (``B, Hk, K, G, D``): the block's queries, scaled; ``k`` (``B, Hk, W, D``): the keys of the
+    columns; query ``i`` of the block sees column ``w`` only where ``w <= offset + i`` (H2O's first
+    ``C`` steps: causal over the prefix, ``offset = r0``; later blocks: the ``C`` slots and the new
+    tokens up to its own, ``offset = C``).
+    """
+    B, Hk, K, G, D = q.shape
+    W = k.shape[2]
+    hidden = torch.arange(W, device=k.device) > offset + torch.arange(K, device=k.device)[:, None, None]  # K, 1, W
+    bias = torch.zeros(K, G, W, dtype=q.dtype, device=k.device).masked_fill_(hidden, float("-inf"))
+    logits = torch.baddbmm(bias.reshape(K * G, W), q.reshape(B * Hk, K * G, D), k.reshape(B * Hk, W, D).transpose(1, 2))
+    return torch.softmax(logits, dim=-1)  # B*Hk, K*G, W
+
+
 def evictions(query: torch.Tensor, key: torch.Tensor, spec: EvictionSpec, scaling: float, block: int = 64) -> torch.Tensor:
-    """``last`` (``B, Hm, T``) of TOVA (``Hm = 1``) or H2O (``Hm = Hk``) from one layer's queries and keys.
+    """``last`` (``B, Hm, T``) of TOVA or H2O from one layer's queries and keys (``Hm``: :func:`mask_heads`).
 
     ``query`` (``B, H, T, D``), ``key`` (``B, Hk, T, D``), rotated. Equal to :func:`tova_mask` /
-    :func:`h2o_mask` on ``query @ key.T * scaling`` (see the module docstring).
+    :func:`h2o_mask` on :func:`decision_logits` (see the module docstring: decided in float64).
     """
     B, H, T, D = query.shape
     Hk = key.shape[1]
     G, C = H // Hk, spec.budget
     h2o = spec.policy == "h2o"
-    Hm = Hk if h2o else 1
+    Hm = mask_heads(spec, Hk)
     last = np.full((B, Hm, T), T - 1, dtype=np.int64)
     if T <= C + 1:
         return torch.from_numpy(last).to(key.device)
-    dtype = torch.promote_types(query.dtype, torch.float32)
-    q = (query.to(dtype) * scaling).view(B, Hk, G, T, D).transpose(2, 3).contiguous()  # B, Hk, T, G, D
-    k = key.to(dtype)
+    q = (query.to(DECISION_DTYPE) * scaling).view(B, Hk, G, T, D).transpose(2, 3)  # B, Hk, T, G, D
+    k = key.to(DECISION_DTYPE)
     ids = np.broadcast_to(np.arange(C), (B, Hm, C)).copy()  # the state after step C - 1
     scores = np.zeros((B, Hm, T), dtype=np.float64)
     if h2o:  # steps 0..C-1 keep everything: scores are column sums of causal attention, K rows at a time
-        causal = torch.zeros(block, G, C, dtype=dtype, device=key.device)  # row r0 + i sees keys <= r0 + i
-        received = torch.zeros(B, Hk, C, dtype=dtype, device=key.device)
+        received = torch.zeros(B, Hk, C, dtype=DECISION_DTYPE, device=key.device)
         for r0 in range(0, C, block):
             K = min(block, C - r0)
-            bias = causal[:K, :, : r0 + K].masked_fill(
-                torch.arange(r0 + K, device=key.device) > r0 + torch.arange(K, device=key.device)[:, None, None], float("-inf"))
-            logits = torch.baddbmm(bias.reshape(K * G, r0 + K), q[:, :, r0 : r0 + K].reshape(B * Hk, K * G, D),
-                                   k[:, :, : r0 + K].reshape(B * Hk, r0 + K, D).transpose(1, 2))  # B*Hk, K*G, r0+K
-            received[..., : r0 + K] += torch.softmax(logits, dim=-1).view(B, Hk, K * G, r0 + K).sum(dim=2)
-        scores[..., :C] = received.cpu().numpy()  # summed in the model's dtype, as the step-by-step form
-    future = torch.zeros(block, G, C + block, dtype=dtype, device=key.device)  # query i may not see U column C+i' > C+i
-    future.masked_fill_(torch.arange(C + block, device=key.device) > C + torch.arange(block, device=key.device)[:, None, None],
-                        float("-inf"))
+            probs = _probs_over(q[:, :, r0 : r0 + K], k[:, :, : r0 + K], offset=r0)  # B*Hk, K*G, r0+K
+            received[..., : r0 + K] += probs.view(B, Hk, K * G, r0 + K).sum(dim=2)
+        scores[..., :C] = received.view(B, Hm, Hk // Hm, C).sum(dim=2).cpu().numpy()
     for t0 in range(C, T, block):
         K = min(block, T - t0)
         new = torch.arange(t0, t0 + K, device=key.device).expand(B, Hm, K)
-        U = torch.cat([torch.from_numpy(ids).to(key.device), new], dim=-1).expand(B, Hk, C + K)  # B, Hk, C+K
+        U = torch.cat([torch.from_numpy(ids).to(key.device), new], dim=-1)  # B, Hm, C+K
+        U = U.repeat_interleave(Hk // Hm, dim=1)  # B, Hk, C+K: each KV head's candidates
         keys = k.gather(2, U[..., None].expand(-1, -1, -1, D))  # B, Hk, C+K, D
-        rows = q[:, :, t0 : t0 + K].reshape(B * Hk, K * G, D)
-        bias = future[:K, :, : C + K].reshape(K * G, C + K)
-        logits = torch.baddbmm(bias, rows, keys.view(B * Hk, C + K, D).transpose(1, 2))  # B*Hk, K*G, C+K
-        E = torch.softmax(logits, dim=-1).view(B, Hk, K, G, C + K).cpu().numpy()
+        E = _probs_over(q[:, :, t0 : t0 + K], keys, offset=C).view(B, Hk, K, G, C + K).cpu().numpy()
         _replay(E, ids, t0, scores, C // 2, last, h2o)
     return torch.from_numpy(last).to(key.device)
 
@@ -278,12 +314,13 @@ def policy_last(query: torch.Tensor, key: torch.Tensor, spec: EvictionSpec, scal
 
 
 def policy_mask(logits: torch.Tensor, spec: EvictionSpec, kv_heads: int) -> torch.Tensor:
-    """The step-by-step visibility mask of ``spec`` for one layer (``B, Hm, T, T``, Hm in {1, Hk})."""
+    """The step-by-step visibility mask of ``spec`` for one layer (``B, Hm, T, T``, Hm in {1, Hk}) from
+    :func:`decision_logits`."""
     T = logits.shape[-1]
     if spec.policy == "tova":
-        return tova_mask(logits, spec.budget)
+        return tova_mask(logits, spec.budget, mask_heads(spec, kv_heads))
     if spec.policy == "h2o":
-        return h2o_mask(logits, spec.budget, kv_heads)
+        return h2o_mask(logits, spec.budget, mask_heads(spec, kv_heads))
     return band_mask(T, spec, device=logits.device)
 
 

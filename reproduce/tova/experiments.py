@@ -132,6 +132,16 @@ def load_passages(corpus: str, tokenizer, length: int, n: int, seed: int = 0, *,
     raise ValueError(f"unknown corpus {corpus!r}; expected 'novels' or 'pg19'")
 
 
+def bos_token_id(tokenizer) -> int | None:
+    """The tokenizer's beginning-of-sequence token (None when it has none)."""
+    return getattr(tokenizer, "bos_token_id", None)
+
+
+def with_bos(ids: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """``ids`` (``n, L``) with ``bos_id`` prepended to every passage and its last token dropped (same L)."""
+    return torch.cat([torch.full_like(ids[:, :1], bos_id), ids[:, :-1]], dim=1)
+
+
 # ----------------------------------------------------------------------------- Figure 3
 def perplexity(nll: torch.Tensor) -> float:
     """exp(mean negative log-likelihood) over every predicted token."""
@@ -167,11 +177,39 @@ def block_nll(nll: torch.Tensor, block: int) -> list[float]:
     return nll[:, : n * block].double().reshape(B, n, block).mean(dim=-1).flatten().tolist()
 
 
+def block_books(sources: list[str], blocks_per_passage: int) -> list[str]:
+    """The book of every token block (``"emma @ token 94208"`` -> ``"emma"``), passage by passage: the
+    unit of the text claims' intervals (design.md: blocks inside passages are not independent)."""
+    return [s.split(" @ ")[0] for s in sources for _ in range(blocks_per_passage)]
+
+
 def spec_key(spec: EvictionSpec) -> str:
     """A file-name-safe name of ``spec`` (``tova_C512``, ``window_sink_C64_i4``, ``full``)."""
     if spec.policy == "full":
         return "full"
-    return f"{spec.policy}_C{spec.budget}" + (f"_i{spec.sinks}" if spec.policy == "window_sink" else "")
+    return (f"{spec.policy}_C{spec.budget}" + (f"_i{spec.sinks}" if spec.policy == "window_sink" else "")
+            + ("" if spec.default_scope else f"_per{spec.scope}"))
+
+
+def masked_pass(model, ids: torch.Tensor, spec: EvictionSpec, batch_size: int, block: int,
+                keeper: MaskedPass | None = None) -> dict:
+    """One App. E pass of ``spec`` over the passages ``ids``, ``batch_size`` at a time: ``ppl``,
+    ``block_nll`` (:func:`block_nll`) and ``keeper`` (``keeper`` when it collects, else None)."""
+    keeper = keeper if keeper is not None else MaskedPass(spec)
+    nll = torch.cat([appendix_e.nll(model, ids[i : i + batch_size], spec, keeper)  # B, L-1 per batch
+                     for i in range(0, len(ids), batch_size)])
+    return {"ppl": perplexity(nll), "block_nll": block_nll(nll, block), "keeper": keeper if keeper.collect else None}
+
+
+def spec_passes(model, ids: torch.Tensor, specs: Sequence[EvictionSpec], batch_size: int = 1, block: int = 128,
+                rows: Rows = MemoryRows(), key: str = "passes", desc: str = "masked passes") -> dict:
+    """``{spec_key: {"ppl", "block_nll"}}``: one App. E pass per spec over ``ids`` (each row
+    ``<key>-<spec_key>`` of ``rows``, as in :func:`budget_sweep`)."""
+    out = {}
+    for spec in tqdm(specs, desc=desc, unit="config"):
+        done = once(rows, rows.key(key, spec_key(spec)), lambda spec=spec: masked_pass(model, ids, spec, batch_size, block))
+        out[spec_key(spec)] = {"ppl": done["ppl"], "block_nll": done["block_nll"]}
+    return out
 
 
 def budget_sweep(model, ids: torch.Tensor, budgets: Sequence[int], policies: Sequence[str], sinks: int = 4,
@@ -199,10 +237,8 @@ def budget_sweep(model, ids: torch.Tensor, budgets: Sequence[int], policies: Seq
     collected = None
 
     def one(spec):
-        keeper = MaskedPass(spec, collect=spec == collect, picture_layers=tuple(picture_layers))
-        nll = torch.cat([appendix_e.nll(model, ids[i : i + batch_size], spec, keeper)  # B, L-1 per batch
-                         for i in range(0, len(ids), batch_size)])
-        return {"ppl": perplexity(nll), "block_nll": block_nll(nll, block), "keeper": keeper if spec == collect else None}
+        return masked_pass(model, ids, spec, batch_size, block,
+                           MaskedPass(spec, collect=spec == collect, picture_layers=tuple(picture_layers)))
 
     for spec in tqdm(specs, desc="Figure 3: masked passes", unit="config"):
         done = once(rows, rows.key(key, spec_key(spec)), lambda spec=spec: one(spec))
@@ -216,6 +252,31 @@ def budget_sweep(model, ids: torch.Tensor, budgets: Sequence[int], policies: Seq
             ppl[spec.policy][spec.budget] = done["ppl"]
             blocks[spec.policy][spec.budget] = done["block_nll"]
     return Sweep(ppl, blocks, block, (ids.shape[1] - 1) // block, collected)
+
+
+@torch.no_grad()
+def layer_queries_keys(model, ids: torch.Tensor, layer: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """``(query, key, scaling)`` of decoder layer ``layer`` in a full-cache forward of ``ids``: the
+    rotated ``(B, H, T, D)`` queries and ``(B, Hk, T, D)`` keys its eviction decisions read (for the
+    decision benchmark and the test of the tie rule on real text)."""
+    from transformers import AttentionInterface
+
+    captured: dict = {}
+
+    def capture(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+        if module.layer_idx == layer:
+            captured.update(query=query.clone(), key=key.clone(), scaling=scaling)
+        out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling, enable_gqa=True)
+        return out.transpose(1, 2).contiguous(), None
+
+    AttentionInterface.register("tova_capture", capture)
+    previous = model.config._attn_implementation
+    model.config._attn_implementation = "tova_capture"
+    try:
+        model.model(input_ids=ids, use_cache=False)
+    finally:
+        model.config._attn_implementation = previous
+    return captured["query"], captured["key"], captured["scaling"]
 
 
 def _sync(device: torch.device) -> None:
@@ -367,6 +428,7 @@ def kept_analysis(keeper: MaskedPass, ids: torch.Tensor, tokenizer, first_half_o
         "class_survival_by_passage": by_passage,  # class -> B values
         "first_token_by_layer": survival[:, :, 0].mean(dim=1).tolist(),  # layers
         "first_token_by_passage": survival[:, :, 0].mean(dim=0).tolist(),  # B
+        "first_token_by_layer_passage": survival[:, :, 0].tolist(),  # layers x B
         "mean_by_layer": survival[:, :, :limit].mean(dim=(1, 2)).tolist(),
         "occupancy": {str(l): [[round(v, 3) for v in row] for row in keeper.occupancy[l].tolist()]
                       for l in sorted(keeper.occupancy)},

@@ -190,12 +190,23 @@ def sections(params) -> list[SectionPlan]:
         fix="batch_size (passages per masked pass)",
         notes=f"shapes of {source}; decisions of {', '.join(scored) or 'no scored policy'} replayed on one CPU core")]
 
+    if "tova" in scored and "h2o" in scored:  # sensitivity: H2O and TOVA at the other's scope; with BOS (+ the full cache)
+        SB, SN = params.sensitivity_budgets, params.sensitivity_passages
+        spasses = 4 * len(SB) + 1
+        out.append(SectionPlan(
+            "1. Sensitivity passes", f"{spasses} App. E passes x {SN} passages of L={L} (TOVA and H2O at C in {SB}: "
+            "at the other's scope, and with a BOS token; the full cache with BOS)", s.parameters, fig3_peak,
+            spasses * SN * L * per_token, other_hours=4 * sum(_decision_hours(s, L, [c], SN) for c in SB),  # 2 policies x 2 factors
+            fix="sensitivity_passages"))
+
     HL, HC, HN = params.headline_length, params.headline_budget, params.headline_passages
-    shared = HL == L and HN == n and HC in budgets_of.get("tova", ())
+    hpolicies = ["tova"] + (["window_sink"] if "window_sink" in params.policies else [])
+    shared = HL == L and HN == n and all(HC in budgets_of.get(p, ()) for p in hpolicies)
     out.append(SectionPlan(
-        "1a. The paper's point", f"full cache + TOVA at C={HC} x {HN} chunks of L={HL}"
+        "1a. The paper's point", f"full cache + {' + '.join(hpolicies)} at C={HC} x {HN} chunks of L={HL}"
         + (" (Figure 3's rows: nothing new)" if shared else ""), s.parameters,
-        weights + pass_transient_bytes(s, HL, params.batch_size, HC), 0.0 if shared else 2 * HN * HL * per_token,
+        weights + pass_transient_bytes(s, HL, params.batch_size, HC),
+        0.0 if shared else (1 + len(hpolicies)) * HN * HL * per_token,
         other_hours=0.0 if shared else _decision_hours(s, HL, [HC], HN), fix="batch_size"))
 
     T, C = min(params.stream_tokens, L), params.stream_budget

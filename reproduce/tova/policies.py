@@ -54,15 +54,27 @@ LABELS = {"full": "Full cache", "window": "Window", "window_sink": "Window+{sink
 
 @dataclass(frozen=True)
 class EvictionSpec:
-    """A policy and its multi-state size ``budget`` (C); ``sinks`` is the i of Window+i (4 in §4.1)."""
+    """A policy and its multi-state size ``budget`` (C); ``sinks`` is the i of Window+i (4 in §4.1).
+
+    ``scope`` (TOVA and H2O, for the sensitivity passes): ``""`` is each paper's own (TOVA one kept
+    set per layer, H2O one per KV head); ``"layer"`` / ``"head"`` choose the other. Only the App. E
+    pass implements the non-default scopes; the streaming Caches keep each paper's own.
+    """
 
     policy: str
     budget: int | None = None
     sinks: int = 4
+    scope: str = ""
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
             raise ValueError(f"unknown policy {self.policy!r}; expected one of {POLICIES}")
+        if self.scope not in ("", "layer", "head"):
+            raise ValueError(f"scope must be '', 'layer' or 'head', got {self.scope!r}")
+        if self.scope and self.policy not in SCORED_POLICIES:
+            raise ValueError(f"scope applies to TOVA and H2O only, not {self.policy!r}")
+        if self.scope == ("head" if self.policy == "h2o" else "layer"):
+            object.__setattr__(self, "scope", "")  # the paper's own scope: one spelling, equal specs
         if self.policy == "full":
             if self.budget is not None:
                 raise ValueError("policy 'full' keeps every token; leave budget=None")
@@ -78,8 +90,14 @@ class EvictionSpec:
     def label(self) -> str:
         return LABELS[self.policy].format(sinks=self.sinks)
 
+    @property
+    def default_scope(self) -> bool:
+        """Whether the kept sets are the paper's own (TOVA per layer, H2O per KV head)."""
+        return not self.scope
+
     def __str__(self) -> str:
-        return self.label if self.budget is None else f"{self.label} (C={self.budget})"
+        scope = "" if self.default_scope else f", one set per {self.scope}"
+        return self.label if self.budget is None else f"{self.label} (C={self.budget}{scope})"
 
 
 # ----------------------------------------------------------------------------- per-layer state
@@ -348,6 +366,8 @@ CACHES: dict[str, type[EvictionCache]] = {
 
 def make_cache(spec: EvictionSpec) -> EvictionCache:
     """A fresh cache for ``spec``."""
+    if not spec.default_scope:
+        raise ValueError(f"{spec}: only the App. E pass (appendix_e.nll) keeps sets at a scope other than the paper's")
     if spec.policy == "full":
         return FullCache()
     if spec.policy == "window_sink":
