@@ -179,8 +179,8 @@ def test_gpu_profile_runs_on_a_local_wikitext(tmp_path, wikitext_folder):
     assert {r["variant"] for r in m["lm.runs"]} == {"transformer", "retnet", "no_mixer"}
     assert all(len(r["curve"]) >= 1 and r["tokens"] == 4 * 4 * 32 for r in m["lm.runs"])
     ids = {c["id"] for c in record["claims"]}
-    assert {"forms_equal", "fig6_speedup", "table4_throughput_vs_attention", "control_retnet_beats_no_mixer",
-            "table5_transformer_below_2b"} <= ids
+    assert {"forms_equal", "fig6_speedup_at_longest", "fig6_transformer_latency_grows", "table4_throughput_vs_attention",
+            "control_retnet_beats_no_mixer", "table5_transformer_below_2b"} <= ids
     assert not (out / "runs" / "retnet" / "gpu" / "rows").exists()  # the kept rows are dropped once the record is saved
     print(f"gpu wiring run: {wall:.1f} s")
 
@@ -214,8 +214,9 @@ def test_finished_lm_rows_are_read_back_not_retrained():
     shape = LMShape(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2)
     budget = lms.LMBudget(steps=2, batch=2, length=8, warmup=1, eval_windows=2, select_windows=2)
     rows = _Rows()
-    args = (corpus, shape, ["retnet", "no_mixer"], [0], {"retnet": [1e-3, 3e-3]}, budget)
-    first = lms.train_language_models(*args, device="cpu", rows=rows)
-    assert rows.computed == ["lm-retnet-0-0.001", "lm-retnet-0-0.003", "lm-no_mixer-0-" + f"{first['chosen_lr']['retnet']:g}"]
-    again = lms.train_language_models(*args, device="cpu", rows=rows)
-    assert len(rows.computed) == 3 and again == first
+    args = (corpus, shape, ["retnet", "no_mixer"], [0], {"retnet": [1e-3, 3e-3], "ablations": [1e-2]}, budget)
+    first = lms.train_language_models(*args, device="cpu", rows=rows, sweep_seed=9)
+    assert rows.computed == ["lm-retnet-9-0.001", "lm-retnet-9-0.003", "lm-no_mixer-0-0.01",
+                             "lm-retnet-0-" + f"{first['chosen_lr']['retnet']:g}"]  # the sweep on its own seed
+    again = lms.train_language_models(*args, device="cpu", rows=rows, sweep_seed=9)
+    assert len(rows.computed) == 4 and again == first

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from reproduce import retnet as rn
+from reproduce.retnet import lm_sections
 from reproduce.retnet.model import RetNetConfig, RetNetForCausalLM, count_parameters
 
 EXACT = 1e-10  # float64: the forms agree to ~1e-14; anything above 1e-10 is a bug, not rounding
@@ -264,7 +265,7 @@ def test_every_lm_row_has_twelve_d_squared_per_block_except_pure_ablations():
         layers = model.model.layers
         block_params[variant] = sum(p.numel() for p in layers.parameters() if p.dim() == 2)
     per_block = 12 * 48**2 * 2
-    for variant in ("retnet", "linear_attention", "no_groupnorm", "no_decay", "single_decay", "small_heads", "no_mixer"):
+    for variant in ("retnet", "linear_transformer", "no_groupnorm", "no_decay", "single_decay", "small_heads", "no_mixer"):
         assert block_params[variant] == per_block, variant
     assert block_params["no_gate"] == per_block - 2 * 2 * 48**2  # the gate's 2 d^2 per block, removed
     assert abs(block_params["transformer"] - per_block) <= 2 * 3 * 48  # SwiGLU I = round(8d/3)
@@ -332,7 +333,7 @@ def test_experiment_inputs_are_checked():
         lms.train_language_models(corpus, shape, ["retnet", "mamba"], [0], {"retnet": [1e-3]}, budget)
     with pytest.raises(ValueError, match="at least one seed"):
         lms.train_language_models(corpus, shape, ["retnet"], [], {"retnet": [1e-3]}, budget)
-    with pytest.raises(ValueError, match="one learning rate per family"):
+    with pytest.raises(ValueError, match="one learning rate per grid"):
         lms.train_language_models(corpus, shape, ["retnet", "transformer"], [0], {"retnet": [1e-3]}, budget)
     with pytest.raises(ValueError, match="workers"):
         lms.train_language_models(corpus, shape, ["retnet"], [0], {"retnet": [1e-3]}, budget, workers=0)
@@ -370,14 +371,15 @@ def test_window_nll_is_the_loss_of_each_window():
     assert lms.perplexity(model, ids, 8, 3) == pytest.approx(float(np.exp(np.mean(lms.window_nll(model, ids, 8, 0, 3)))))
 
 
-def test_choose_lr_takes_the_lowest_selection_perplexity_per_family():
+def test_choose_lr_takes_the_lowest_selection_perplexity_per_row():
     from reproduce.retnet import language_models as lms
 
-    sweep = [{"family": "retnet", "lr": 1e-3, "select_ppl": 50.0}, {"family": "retnet", "lr": 3e-3, "select_ppl": 45.0},
-             {"family": "transformer", "lr": 1e-3, "select_ppl": 40.0}, {"family": "transformer", "lr": 3e-3, "select_ppl": 41.0}]
-    assert lms.choose_lr(sweep) == {"retnet": 3e-3, "transformer": 1e-3}
-    diverged = [{"family": "retnet", "lr": 1e-1, "select_ppl": float("nan")}] + sweep
-    assert lms.choose_lr(diverged) == {"retnet": 3e-3, "transformer": 1e-3}
+    sweep = [{"variant": "retnet", "lr": 1e-3, "select_ppl": 50.0}, {"variant": "retnet", "lr": 3e-3, "select_ppl": 45.0},
+             {"variant": "no_groupnorm", "lr": 1e-3, "select_ppl": 40.0}, {"variant": "no_groupnorm", "lr": 3e-3, "select_ppl": 41.0}]
+    assert lms.choose_lr(sweep) == {"retnet": 3e-3, "no_groupnorm": 1e-3}  # two rows of one grid choose apart
+    diverged = [{"variant": "retnet", "lr": 1e-1, "select_ppl": float("nan")},
+                {"variant": "retnet", "lr": 3e-1, "select_ppl": None}] + sweep
+    assert lms.choose_lr(diverged) == {"retnet": 3e-3, "no_groupnorm": 1e-3}
 
 
 def _tiny_corpus():
@@ -387,24 +389,82 @@ def _tiny_corpus():
     return data.Corpus(None, rng.integers(0, 64, size=3000), rng.integers(0, 64, size=200), "synthetic")
 
 
-def test_lr_sweep_reuses_its_run_and_every_row_trains_at_its_familys_lr():
+def test_every_row_sweeps_its_own_lr_on_a_seed_the_record_does_not_report():
     from reproduce.retnet import baselines
     from reproduce.retnet import language_models as lms
 
     shape = baselines.LMShape(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2)
     budget = lms.LMBudget(steps=3, batch=2, length=8, warmup=1, eval_windows=4, select_windows=2)
-    out = lms.train_language_models(_tiny_corpus(), shape, ["retnet", "no_gate", "no_mixer"], [0, 1], {"retnet": [1e-3, 3e-2]},
-                                   budget, device="cpu")
-    assert [(r["variant"], r["lr"]) for r in out["sweep"]] == [("retnet", 1e-3), ("retnet", 3e-2)]
-    assert out["chosen_lr"] == lms.choose_lr(out["sweep"])
-    lr = out["chosen_lr"]["retnet"]
+    lrs = {"retnet": [1e-3, 3e-2], "ablations": [1e-3, 3e-2], "linear_transformer": [1e-2]}
+    variants = ["retnet", "linear_transformer", "no_gate", "no_mixer"]
+    out = lms.train_language_models(_tiny_corpus(), shape, variants, [0, 1], lrs, budget, device="cpu", sweep_seed=7)
+    swept = [(r["variant"], r["seed"], r["lr"]) for r in out["sweep"]]
+    assert swept == [(v, 7, lr) for v in ("retnet", "no_gate", "no_mixer") for lr in (1e-3, 3e-2)]  # one rate: no sweep
+    assert out["chosen_lr"] == {**lms.choose_lr(out["sweep"]), "linear_transformer": 1e-2}
     assert [(r["variant"], r["seed"], r["lr"]) for r in out["runs"]] == [
-        (v, s, lr) for v in ("retnet", "no_gate", "no_mixer") for s in (0, 1)]
-    first = next(r for r in out["sweep"] if r["lr"] == lr)
-    assert out["runs"][0] is first  # the sweep's run at the chosen lr is RetNet's first-seed run
-    assert all(len(r["window_nll"]) == 4 for r in out["runs"])
+        (v, s, out["chosen_lr"][v]) for v in variants for s in (0, 1)]  # each row at its own choice
+    assert not {id(r) for r in out["runs"]} & {id(r) for r in out["sweep"]}  # no sweep run is reported
+    assert all(len(r["window_nll"]) == 4 and len(r["position_nll"]) == 7 for r in out["runs"])
     control = [r for r in out["runs"] if r["variant"] == "no_mixer"]
     assert all(r["trainable_params"] < r["params"] for r in control)  # the frozen zero projections
+    for seed in (None, 1):  # a sweep needs its own seed, never a reported one
+        with pytest.raises(ValueError, match="sweep_seed"):
+            lms.train_language_models(_tiny_corpus(), shape, ["retnet"], [0, 1], lrs, budget, device="cpu", sweep_seed=seed)
+
+
+def test_the_sweep_seed_is_refused_among_the_reported_seeds():
+    from reproduce import config
+
+    with pytest.raises(ValueError, match="lm_sweep_seed"):
+        config.resolve("retnet", "smoke", {"seeds": [0, 1000], "lm_sweep_seed": 1000})
+    assert config.resolve("retnet", "cpu").lm_sweep_seed not in config.resolve("retnet", "cpu").seeds
+
+
+def test_position_nll_averages_each_position_over_the_windows():
+    from reproduce.retnet import language_models as lms
+
+    model = RetNetForCausalLM(_tiny_config()).eval()
+    ids = np.random.default_rng(0).integers(0, 99, size=100)
+    positions: list[float] = []
+    nll = lms.window_nll(model, ids, length=8, first=2, count=5, batch=2, positions=positions)
+    assert len(positions) == 7 and np.mean(positions) == pytest.approx(np.mean(nll), rel=1e-6)
+    with torch.no_grad():
+        first = [torch.nn.functional.cross_entropy(model(input_ids=torch.from_numpy(ids[w * 8:(w + 1) * 8]).long()[None])
+                                                   .logits[0, 0], torch.tensor(int(ids[w * 8 + 1]))).item()
+                 for w in range(2, 7)]
+    assert positions[0] == pytest.approx(np.mean(first), rel=1e-5)
+
+
+def test_linear_transformer_is_katharopoulos_causal_linear_attention():
+    """The parallel form equals eq. (9) of Katharopoulos et al. step by step: S_t, z_t sums of phi(k) v^T
+    and phi(k); out_t = phi(q_t)^T S_t / phi(q_t)^T z_t, with phi = elu + 1 > 0."""
+    from reproduce.retnet import baselines
+
+    torch.manual_seed(0)
+    layer = baselines.LinearAttention(16, 2).double()
+    x = torch.randn(2, 9, 16, dtype=torch.float64)
+    b, t, d, h = 2, 9, 16, 2
+    q, k, v = layer.qkv(x).view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+    q, k = baselines.elu_feature_map(q), baselines.elu_feature_map(k)
+    assert (q > 0).all() and (k > 0).all()
+    state = torch.zeros(b, h, d // h, d // h, dtype=torch.float64)
+    norm = torch.zeros(b, h, d // h, dtype=torch.float64)
+    outs = []
+    for i in range(t):
+        state = state + k[:, :, i, :, None] * v[:, :, i, None, :]  # S_t += phi(k_t) v_t^T
+        norm = norm + k[:, :, i]  # z_t += phi(k_t)
+        num = torch.einsum("bhk,bhkv->bhv", q[:, :, i], state)
+        outs.append(num / (torch.einsum("bhk,bhk->bh", q[:, :, i], norm)[..., None] + layer.EPS))
+    expected = layer.out(torch.stack(outs, 2).transpose(1, 2).reshape(b, t, d))
+    torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-12)
+    causal = layer(x[:, :5])  # the future does not leak
+    torch.testing.assert_close(causal, layer(x)[:, :5], rtol=0, atol=1e-12)
+    shape = baselines.LMShape(vocab_size=64, hidden_size=16, num_layers=2, num_heads=2)
+    model = baselines.build_model(shape, "linear_transformer", seed=0)
+    ids = torch.randint(0, 64, (2, 8))
+    out = model(input_ids=ids, labels=ids)
+    assert out.logits.shape == (2, 8, 64) and torch.isfinite(out.loss)
+    assert model.lm_head.weight is model.model.embed_tokens.weight
 
 
 @pytest.mark.slow
@@ -415,11 +475,20 @@ def test_two_worker_processes_train_like_one():
     shape = baselines.LMShape(vocab_size=64, hidden_size=16, num_layers=1, num_heads=2)
     budget = lms.LMBudget(steps=2, batch=2, length=8, warmup=1, eval_windows=2, select_windows=2)
     args = (_tiny_corpus(), shape, ["transformer", "retnet"], [0, 1], {"transformer": [1e-3, 1e-2], "retnet": [1e-2]}, budget)
-    one = lms.train_language_models(*args, workers=1, device="cpu")
-    two = lms.train_language_models(*args, workers=2, device="cpu")
+    one = lms.train_language_models(*args, workers=1, device="cpu", sweep_seed=5)
+    two = lms.train_language_models(*args, workers=2, device="cpu", sweep_seed=5)
     assert one["chosen_lr"] == two["chosen_lr"]
     key = lambda r: (r["variant"], r["seed"], r["lr"], r["valid_ppl"], r["window_nll"])  # noqa: E731
     assert [key(r) for r in one["runs"]] == [key(r) for r in two["runs"]]
+
+
+def test_training_cost_times_every_point_in_interleaved_rounds():
+    from reproduce.retnet import costs
+
+    rows = costs.training_cost([16, 32], 16, 2, 1, 8, 5, threads=1, kinds=["chunkwise", "attention"])
+    assert [(r["kind"], r["length"]) for r in rows] == [(k, n) for n in (16, 32) for k in ("chunkwise", "attention")]
+    assert all(r["timing"] == "interleaved" and len(r["step_s"]) == 5 and r["tokens_per_s"] > 0 for r in rows)
+    assert all(r["peak_mib"] >= 0 for r in rows)
 
 
 def test_retention_config_is_the_models_and_builds_the_same_block():
@@ -471,8 +540,10 @@ def test_variants_are_declared_once():
     assert tuple(baselines.VARIANTS) == tuple(VARIANTS) == tuple(SPEC.params["variants"].choices)
     assert set(baselines.TABLE5) | set(baselines.ABLATIONS) | {baselines.CONTROL} == set(VARIANTS)
     assert not set(baselines.TABLE5) & set(baselines.ABLATIONS) and baselines.CONTROL not in baselines.MIXERS
-    assert set(baselines.FAMILY.values()) <= set(baselines.TABLE5)  # each lr family is swept on its own Table 5 row
+    assert all(f"lm_lrs_{grid}" in SPEC.params for grid in baselines.FAMILY.values())  # each row's lr grid
+    assert {baselines.FAMILY[v] for v in baselines.ABLATIONS + (baselines.CONTROL,)} == {"ablations"}
     assert set(sections.PAPER["ppl_200m"]) == set(VARIANTS)
+    assert set(baselines.ARCHITECTURE.values()) == {"transformer", "linear_transformer", "retnet"}
 
 
 # --- initialisation (torchscale 0.3.0) and the no-mixer control --------------------------------------
@@ -589,9 +660,10 @@ def test_timing_claims_measured_beside_other_work_are_not_testable():
     run = _run()
     sections.claim_inference_cost(run, _decode_rows(flat, flat, [10 * x for x in flat]), busy)
     got = _verdicts(run)
-    assert got["fig6_speedup"] == got["fig6_retnet_latency_flat"] == "not testable"
+    assert got["fig6_speedup_at_longest"] == got["fig6_retnet_latency_flat"] == "not testable"
+    assert got["fig6_transformer_latency_grows"] == "not testable"
     assert got["fig6_state_flat"] == "holds"  # byte counts do not depend on the load
-    speedup = next(c for c in run.claims if c.id == "fig6_speedup")
+    speedup = next(c for c in run.claims if c.id == "fig6_speedup_at_longest")
     assert speedup.precondition.value == 1 and "timed beside python (pid 7, 98 %)" in speedup.note
     run = _run()
     sections.claim_training_cost(run, _training_rows(10.0, 20.0, 40.0, 200.0, 100.0), None)  # load not measured
@@ -603,16 +675,21 @@ def test_inference_cost_claims_hold_are_contradicted_or_inconclusive():
 
     flat = [1.00, 1.02, 0.98, 1.01, 0.99, 1.00, 1.03, 0.97]
     run = _run()  # flat RetNet, Transformer 10x slower at the longest length, bytes flat / linear
-    sections.claim_inference_cost(run, _decode_rows(flat, flat, [10 * x for x in flat]), IDLE)
-    assert _verdicts(run) == {"fig6_retnet_latency_flat": "holds", "fig6_speedup": "holds",
-                              "fig6_state_flat": "holds", "fig6_kv_linear": "holds"}
+    moved = [{"model": m, "length": n, "bytes": b} for m, n, b in
+             (("retnet", 16, 4e6), ("retnet", 64, 4e6), ("transformer_static", 16, 5e6), ("transformer_static", 64, 20e6))]
+    sections.claim_inference_cost(run, _decode_rows(flat, flat, [10 * x for x in flat]), IDLE, moved)
+    assert _verdicts(run) == {"fig6_retnet_latency_flat": "holds", "fig6_speedup_at_longest": "holds",
+                              "fig6_transformer_latency_grows": "holds", "fig6_state_flat": "holds",
+                              "fig6_kv_linear": "holds"}
     assert run.claims[0].ours.noisy and run.claims[0].ours.n == len(flat)  # paired bootstrap over rounds
-    assert not run.claims[2].ours.noisy and not run.claims[3].ours.noisy  # byte ratios are exact
+    assert not run.claims[3].ours.noisy and not run.claims[4].ours.noisy  # byte ratios are exact
     assert "StaticCache" in run.claims[1].text and run.claims[1].ours.value == pytest.approx(10.0)
+    assert run.claims[2].ours.value == pytest.approx(10.0)  # StaticCache latency 10x from 16 to 64 tokens
+    assert "20.0 / 4.0 MB per step = 5.00x" in run.claims[1].note and "= 4.00x" in run.claims[2].note
 
     run = _run()  # DynamicCache the faster one here: the claim takes it (the strongest baseline)
     sections.claim_inference_cost(run, _decode_rows(flat, flat, [10 * x for x in flat], dynamic_slower=0.4), IDLE)
-    speedup = next(c for c in run.claims if c.id == "fig6_speedup")
+    speedup = next(c for c in run.claims if c.id == "fig6_speedup_at_longest")
     assert "DynamicCache" in speedup.text and speedup.ours.value == pytest.approx(4.0) and "StaticCache: 10" in speedup.note
 
     run = _run()  # RetNet latency doubles, the Transformer is no faster than RetNet; state grows, KV does not
@@ -623,6 +700,84 @@ def test_inference_cost_claims_hold_are_contradicted_or_inconclusive():
     run = _run()  # one noisy round at 1.1x, one at 1.3x: the interval straddles 1.2
     sections.claim_inference_cost(run, _decode_rows([1.0, 1.0], [1.1, 1.3], [10.0, 10.0]), IDLE)
     assert _verdicts(run)["fig6_retnet_latency_flat"] == "inconclusive"
+
+    # the Transformer 4x slower at 64 tokens: above the 3.3 bars; 3x: below both
+    for times, verdict in (([4.0] * 5, "holds"), ([3.0] * 5, "contradicted")):
+        run = _run()
+        sections.claim_inference_cost(run, _decode_rows([1.0] * 5, [1.0] * 5, times), IDLE)
+        got = _verdicts(run)
+        assert got["fig6_speedup_at_longest"] == got["fig6_transformer_latency_grows"] == verdict
+
+
+def test_figure6_bars_are_the_bytes_model_at_the_cpu_profile_shape_halved():
+    """SPEEDUP_MIN and STATIC_GROWTH_MIN, registered before the run, recomputed from the bytes model."""
+    import math
+
+    from reproduce import config
+    from reproduce.retnet import costs, sections
+    from reproduce.retnet.baselines import LMShape
+
+    cpu = config.resolve("retnet", "cpu")
+    shape = LMShape(vocab_size=1024, hidden_size=cpu.cost_hidden, num_layers=cpu.cost_layers, num_heads=cpu.cost_heads)
+    lengths, batch, room = cpu.decode_lengths, cpu.decode_batch, 2 + cpu.decode_steps  # room: warmup 2 + timed steps
+    assert (shape.hidden_size, shape.num_layers, shape.num_heads, batch, room) == (512, 2, 4, 8, 12)
+    moved = {(m, n): costs.decode_bytes_per_step(shape, batch, n, m, room=room)
+             for m in ("retnet", "transformer_static", "transformer_dynamic") for n in (min(lengths), max(lengths))}
+    assert moved["retnet", 256] == moved["retnet", 4096] == pytest.approx(44.1e6, rel=1e-3)
+    assert moved["transformer_static", 4096] == pytest.approx(296.5e6, rel=1e-3)
+    assert moved["transformer_dynamic", 4096] > moved["transformer_static", 4096]  # the bar holds for either cache
+    speedup = moved["transformer_static", 4096] / moved["retnet", 4096]
+    growth = moved["transformer_static", 4096] / moved["transformer_static", 256]
+    assert math.floor(10 * speedup * sections.BYTES_MODEL_DISCOUNT) / 10 == sections.SPEEDUP_MIN == 3.3
+    assert math.floor(10 * growth * sections.BYTES_MODEL_DISCOUNT) / 10 == sections.STATIC_GROWTH_MIN == 3.3
+
+
+def test_recurrent_step_in_place_equals_the_allocating_one_and_needs_no_grad():
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 3, 5, 4, dtype=torch.float64), torch.randn(2, 3, 5, 4, dtype=torch.float64), \
+        torch.randn(2, 3, 5, 8, dtype=torch.float64)
+    gamma = rn.decay_rates(3)
+    start = rn.RetentionState(torch.randn(2, 3, 4, 8, dtype=torch.float64), torch.randn(2, 3, 4, dtype=torch.float64))
+    kept = rn.RetentionState(start.kv.clone(), start.key_sum.clone())
+    fresh, s_fresh = rn.retention_recurrent(q, k, v, gamma, start, 7)
+    assert torch.equal(start.kv, kept.kv) and torch.equal(start.key_sum, kept.key_sum)  # the input state untouched
+    with torch.no_grad():
+        owned, s_owned = rn.retention_recurrent(q, k, v, gamma, start, 7, in_place=True)
+    assert torch.equal(owned, fresh) and torch.equal(s_owned.kv, s_fresh.kv) and s_owned.kv is start.kv
+    with pytest.raises(ValueError, match="no_grad"):
+        rn.retention_recurrent(q, k, v, gamma, start, 7, in_place=True)
+    with torch.inference_mode():  # a state made under inference_mode, stepped later under no_grad only
+        made = rn.RetentionState(kept.kv.clone(), kept.key_sum.clone())
+    with torch.no_grad():
+        later, s_later = rn.retention_recurrent(q, k, v, gamma, made, 7, in_place=True)
+    assert torch.equal(later, fresh) and s_later.kv is not made.kv  # it allocates instead of failing
+
+
+def test_decode_benchmark_reference_step_decodes_the_same_logits():
+    """benchmarks/retnet_decode.py's pre-#26 step (its 'before' rows) computes what the current one does."""
+    import contextlib
+    import importlib.util
+
+    from reproduce.retnet import retention
+    from reproduce.retnet.model import RetNetCache
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "retnet_decode.py"
+    spec = importlib.util.spec_from_file_location("retnet_decode_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch.manual_seed(0)
+    model = RetNetForCausalLM(_tiny_config(norm_eps=1e-12)).double().eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 9))
+    logits = {}
+    with torch.no_grad():
+        for name, context in (("now", contextlib.nullcontext), ("before", bench._step_before)):
+            cache, steps = RetNetCache(model.config.num_hidden_layers), []
+            with context():
+                for t in range(ids.shape[1]):
+                    steps.append(model(ids[:, t : t + 1], cache=cache, use_cache=True, mode="recurrent").logits)
+            logits[name] = torch.cat(steps, dim=1)
+    assert retention.rotate is not bench._rotate_before  # the swap is undone
+    assert (logits["now"] - logits["before"]).abs().max() < EXACT
 
 
 def _training_rows(chunkwise_mib, attention_mib, parallel_mib, chunkwise_tps, attention_tps, unfused_mib=None,
@@ -658,6 +813,15 @@ def test_training_cost_claims_memory_exact_throughput_over_timed_steps():
     run = _run()
     sections.claim_training_cost(run, rows, IDLE)
     assert next(c for c in run.claims if c.id == "table4_throughput_vs_attention").verdict == "inconclusive"
+    for r in rows:  # interleaved rounds: a slow round slows both kernels; paired, the ratio stays clear of 1
+        r["timing"] = "interleaved"
+        r["step_s"] = {"attention": [0.20, 0.60, 0.21, 0.50, 0.19], "chunkwise": [0.10, 0.31, 0.10, 0.26, 0.09]}.get(
+            r["kind"], [0.1] * 5)
+    run = _run()
+    sections.claim_training_cost(run, rows, IDLE)
+    tput = next(c for c in run.claims if c.id == "table4_throughput_vs_attention")
+    assert "interleaved rounds" in tput.ours.method and tput.ours.low > 1.0 and tput.verdict == "holds"
+    assert "5 interleaved rounds" in tput.note
     run = _run()  # chunkwise above unfused attention and parallel, memory x4 per doubling (quadratic), slower
     sections.claim_training_cost(run, _training_rows(30.0, 10.0, 20.0, 50.0, 100.0, unfused_mib=20.0, chunkwise_growth=4.0), IDLE)
     assert set(_verdicts(run).values()) == {"contradicted"}
@@ -677,27 +841,27 @@ _CONTROL_WORSE = [200, 210, 230]  # a no-mixer control every mixer row below bea
 def test_language_modelling_claims_are_paired_by_seed():
     from reproduce.retnet import sections
 
-    run = _run()  # RetNet below linear attention and above the Transformer on every seed
-    sections.claim_language_modelling(run, _lm_runs({"transformer": [90, 100, 110], "retnet": [100, 111, 121],
-                                                     "linear_attention": [120, 133, 146], "no_mixer": _CONTROL_WORSE}),
+    run = _run()  # RetNet below the Linear Transformer and above the Transformer on every seed
+    lm_sections.claim_language_modelling(run, _lm_runs({"transformer": [90, 100, 110], "retnet": [100, 111, 121],
+                                                     "linear_transformer": [120, 133, 146], "no_mixer": _CONTROL_WORSE}),
                                       "tiny")
     assert _verdicts(run) == {"control_transformer_beats_no_mixer": "holds", "control_retnet_beats_no_mixer": "holds",
-                              "control_linear_attention_beats_no_mixer": "holds", "table5_retnet_beats_linear": "holds",
+                              "control_linear_transformer_beats_no_mixer": "holds", "table5_retnet_beats_linear_transformer": "holds",
                               "table5_transformer_below_2b": "not testable"}  # the paper's crossover is about ~2B models
     below = next(c for c in run.claims if c.id == "table5_transformer_below_2b")
     assert below.precondition.value < 1e-3 and below.precondition.threshold == 2.0
-    assert next(c for c in run.claims if c.id == "table5_retnet_beats_linear").ours.method.startswith("paired t over 3 seeds")
+    assert next(c for c in run.claims if c.id == "table5_retnet_beats_linear_transformer").ours.method.startswith("paired t over 3 seeds")
 
     run = _run()  # the opposite on every seed
-    sections.claim_language_modelling(run, _lm_runs({"transformer": [120, 133, 146], "retnet": [100, 111, 121],
-                                                     "linear_attention": [90, 100, 110], "no_mixer": _CONTROL_WORSE}),
+    lm_sections.claim_language_modelling(run, _lm_runs({"transformer": [120, 133, 146], "retnet": [100, 111, 121],
+                                                     "linear_transformer": [90, 100, 110], "no_mixer": _CONTROL_WORSE}),
                                       "tiny")
-    assert _verdicts(run)["table5_retnet_beats_linear"] == "contradicted"
+    assert _verdicts(run)["table5_retnet_beats_linear_transformer"] == "contradicted"
 
     run = _run()  # seeds disagree: the seed means would say "better"; pairing says "cannot tell"
-    sections.claim_language_modelling(run, _lm_runs({"retnet": [100, 150, 120], "linear_attention": [110, 140, 125],
+    lm_sections.claim_language_modelling(run, _lm_runs({"retnet": [100, 150, 120], "linear_transformer": [110, 140, 125],
                                                      "no_mixer": [300, 450, 360]}), "tiny")
-    assert _verdicts(run)["table5_retnet_beats_linear"] == "inconclusive"
+    assert _verdicts(run)["table5_retnet_beats_linear_transformer"] == "inconclusive"
 
 
 def test_each_ordering_is_judged_where_its_own_rows_beat_the_control():
@@ -705,30 +869,30 @@ def test_each_ordering_is_judged_where_its_own_rows_beat_the_control():
     not testable, and only those; every row's control result is a claim of its own."""
     from reproduce.retnet import sections
 
-    rows = {"transformer": [90, 100, 110], "retnet": [100, 111, 121], "linear_attention": [120, 133, 146],
+    rows = {"transformer": [90, 100, 110], "retnet": [100, 111, 121], "linear_transformer": [120, 133, 146],
             "no_gate": [105, 116, 126]}
-    control = [115, 125, 140]  # beats linear attention on every seed, loses to the others
+    control = [115, 125, 140]  # beats the Linear Transformer on every seed, loses to the others
     run = _run()
-    sections.claim_language_modelling(run, _lm_runs({**rows, "no_mixer": control}), "tiny")
-    sections.claim_ablations(run, _lm_runs({**rows, "no_mixer": control}), "tiny")
+    lm_sections.claim_language_modelling(run, _lm_runs({**rows, "no_mixer": control}), "tiny")
+    lm_sections.claim_ablations(run, _lm_runs({**rows, "no_mixer": control}), "tiny")
     verdicts = _verdicts(run)
-    assert verdicts["control_linear_attention_beats_no_mixer"] == "contradicted"
+    assert verdicts["control_linear_transformer_beats_no_mixer"] == "contradicted"
     assert verdicts["control_retnet_beats_no_mixer"] == verdicts["control_no_gate_beats_no_mixer"] == "holds"
-    assert verdicts["table5_retnet_beats_linear"] == "not testable"  # linear attention did not learn to mix
+    assert verdicts["table5_retnet_beats_linear_transformer"] == "not testable"  # the Linear Transformer did not learn to mix
     assert verdicts["table6_no_gate"] == "holds"  # its rows did: the gate of the other claim does not block it
-    pre = next(c for c in run.claims if c.id == "table5_retnet_beats_linear").precondition
+    pre = next(c for c in run.claims if c.id == "table5_retnet_beats_linear_transformer").precondition
     assert not pre.holds and pre.value > 1.0 and pre.source.startswith("ours:")
 
     run = _run()  # no control trained: the precondition cannot be measured
-    sections.claim_language_modelling(run, _lm_runs(rows), "tiny")
-    assert _verdicts(run) == {"table5_retnet_beats_linear": "not testable", "table5_transformer_below_2b": "not testable"}
+    lm_sections.claim_language_modelling(run, _lm_runs(rows), "tiny")
+    assert _verdicts(run) == {"table5_retnet_beats_linear_transformer": "not testable", "table5_transformer_below_2b": "not testable"}
     assert run.claims[0].precondition.value is None
 
     run = _run()  # one seed: no interval anywhere, so nothing is testable
-    sections.claim_language_modelling(run, _lm_runs({"retnet": [100], "linear_attention": [200], "no_mixer": [300]}), "tiny")
+    lm_sections.claim_language_modelling(run, _lm_runs({"retnet": [100], "linear_transformer": [200], "no_mixer": [300]}), "tiny")
     assert _verdicts(run) == {"control_retnet_beats_no_mixer": "inconclusive",
-                              "control_linear_attention_beats_no_mixer": "inconclusive",
-                              "table5_retnet_beats_linear": "not testable"}
+                              "control_linear_transformer_beats_no_mixer": "inconclusive",
+                              "table5_retnet_beats_linear_transformer": "not testable"}
 
 
 def test_ablation_claims_hold_are_contradicted_or_inconclusive():
@@ -737,19 +901,19 @@ def test_ablation_claims_hold_are_contradicted_or_inconclusive():
     runs = _lm_runs({"retnet": [100, 110, 120], "no_gate": [105, 116, 126], "no_groupnorm": [95, 104, 114],
                      "no_decay": [101, 108, 123], "transformer": [1, 1, 1], "no_mixer": _CONTROL_WORSE})
     run = _run()
-    sections.claim_ablations(run, runs, "tiny")
+    lm_sections.claim_ablations(run, runs, "tiny")
     assert _verdicts(run) == {"table6_no_gate": "holds", "table6_no_groupnorm": "contradicted",
                               "table6_no_decay": "inconclusive"}
-    assert [r["variant"] for r in sections.ablation_rows(runs)] == ["− swish gate", "− GroupNorm", "− γ decay"]
+    assert [r["variant"] for r in lm_sections.ablation_rows(runs)] == ["− swish gate", "− GroupNorm", "− γ decay"]
     run = _run()
-    sections.claim_ablations(run, _lm_runs({"no_gate": [1, 2]}), "tiny")  # no full RetNet: nothing to compare
-    assert run.claims == [] and sections.ablation_rows(_lm_runs({"no_gate": [1, 2]})) == []
+    lm_sections.claim_ablations(run, _lm_runs({"no_gate": [1, 2]}), "tiny")  # no full RetNet: nothing to compare
+    assert run.claims == [] and lm_sections.ablation_rows(_lm_runs({"no_gate": [1, 2]})) == []
 
 
 def test_lm_table_gives_each_row_its_mean_interval_and_lr():
     from reproduce.retnet import sections
 
-    table = sections.lm_table(_lm_runs({"retnet": [100.0, 110.0, 120.0], "no_mixer": [200.0, 200.0, 200.0]}))
+    table = lm_sections.lm_table(_lm_runs({"retnet": [100.0, 110.0, 120.0], "no_mixer": [200.0, 200.0, 200.0]}))
     retnet, control = table
     assert retnet["ppl_mean"] == pytest.approx(110.0) and retnet["ppl_low"] < 100 < 120 < retnet["ppl_high"]
     assert retnet["lr"] == 3e-3 and retnet["paper_ppl"] == 26.05 and control["paper_ppl"] is None
@@ -759,13 +923,48 @@ def test_lr_sweep_figure_draws_a_rate_that_diverged():
     """A swept rate whose run diverged is recorded with a null perplexity; the figure still draws."""
     from reproduce.retnet import plots
 
-    measured = {"lm.sweep": [{"family": "retnet", "lr": 1e-2, "select_ppl": 40.0},
-                             {"family": "retnet", "lr": 1e-1, "select_ppl": None},
-                             {"family": "transformer", "lr": 3e-3, "select_ppl": 36.0}],
-                "lm.chosen_lr": {"retnet": 1e-2, "transformer": 3e-3}}
+    measured = {"lm.sweep": [{"variant": "retnet", "lr": 1e-2, "select_ppl": 40.0},
+                             {"variant": "retnet", "lr": 1e-1, "select_ppl": None},
+                             {"variant": "transformer", "lr": 3e-3, "select_ppl": 36.0}],
+                "lm.chosen_lr": {"retnet": 1e-2, "transformer": 3e-3}, "lm.sweep_seed": 1000}
     fig = plots.plot_lr_sweep(measured)
     fig.canvas.draw()
-    assert len(fig.axes[0].lines) == 4  # a curve and its chosen rate per family
+    assert len(fig.axes[0].lines) == 4  # a curve and its chosen rate per row
+
+
+@pytest.mark.parametrize("lang", ["en", "ko"])
+def test_table5_table6_and_position_figures_draw_without_collisions(lang):
+    """Table 5's labels do not overlap; Table 6 draws each ratio's interval and verdict; the position
+    figure draws one curve per row (and a note for records that have none)."""
+    import matplotlib.pyplot as plt
+
+    from reproduce import figures
+    from reproduce.retnet import sections
+
+    ppl = {"transformer": [40, 41, 42], "retnet": [45, 46, 47], "linear_transformer": [55, 56, 58],
+           "no_gate": [47, 48, 50], "no_groupnorm": [44, 46, 46], "no_decay": [50, 51, 53], "single_decay": [46, 47, 48],
+           "small_heads": [46, 48, 49], "no_mixer": [60, 61, 62]}
+    runs = [{**r, "position_nll": [5.0 - 0.01 * i for i in range(127)]} for r in _lm_runs(ppl)]
+    run = _run()
+    lm_sections.claim_ablations(run, runs, "tiny")
+    measured = {"lm.table": lm_sections.lm_table(runs), "lm.position_nll": lm_sections.position_nll(runs),
+                "lm.ablation_claims": [{"variant": c.id.removeprefix("table6_"), **c.ours.to_dict(), "verdict": c.verdict,
+                                        "paper_ratio": 1.05} for c in run.claims]}
+    first, control = measured["lm.table"][0], measured["lm.table"][-1]
+    assert first["vs_control_low"] < first["vs_control"] < first["vs_control_high"] < 1 and control["vs_control"] is None
+    for name in ("retnet_table5_perplexity", "retnet_table6_ablations", "retnet_lm_position_nll"):
+        fig = figures.render("retnet", name, measured, lang=lang)
+        try:
+            assert figures.text_collisions(fig) == [], name
+            if name == "retnet_table6_ablations":
+                texts = [t.get_text() for t in fig.axes[0].texts]
+                assert len(texts) == 5 and all(t for t in texts)  # one verdict per ablation
+            if name == "retnet_lm_position_nll":
+                assert len(fig.axes[0].lines) == len(ppl)
+        finally:
+            plt.close(fig)
+    fig = figures.render("retnet", "retnet_lm_position_nll", {}, lang=lang)  # an earlier record: a note
+    plt.close(fig)
 
 
 def test_stable_values_hold_no_timing():

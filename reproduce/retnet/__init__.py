@@ -2,18 +2,20 @@
 
 Reproduces (as relations at small scale): the equality of the three forms of retention (§2.1,
 eqs. 5-7), inference cost vs length (Figure 6), training cost vs length (Table 4), language
-modelling against a Transformer and linear attention (Table 5) and the ablations of Table 6.
+modelling against a Transformer and the Linear Transformer of Katharopoulos et al. (Table 5) and the
+ablations of Table 6.
 
 Modules, bottom-up:
 
 - ``retention`` (§2.1-2.3: decay, rotation, the three forms, MSR and the block, ``RetentionConfig``;
   torch only);
 - ``model`` (§2.3: ``RetNetConfig`` and the Hugging Face LM with its recurrent cache);
-- ``baselines`` (the Table 5/6 rows and their builders; the Transformer blocks of Table 4);
+- ``baselines`` (the Table 5/6 rows and their builders, the Linear Transformer; the Transformer blocks
+  of Table 4);
 - ``data`` (the language-modelling text), ``costs`` (sections 1-3: forms, decode and training cost),
   ``language_models`` (sections 4-5: the lr sweep and the LM runs): measurements, no claims;
-- ``sections`` (one function per notebook section: measure, record, claim; the paper's numbers in
-  ``PAPER``), ``plots`` (figures; ``FIGURES`` and its Korean table ``KO``), ``plan`` (GPU plan).
+- ``sections`` (one function per notebook section 1-3: measure, record, claim; the paper's numbers in
+  ``PAPER``), ``lm_sections`` (sections 4-5, Tables 5 and 6), ``plots`` (figures; ``FIGURES`` and its Korean table ``KO``), ``plan`` (GPU plan).
 
 This module exports the retention names only: importing ``reproduce.retnet.retention`` (as the fresh
 process of a training-cost point does) runs this file first, and must not import transformers (the

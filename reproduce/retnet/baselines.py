@@ -8,11 +8,16 @@ their builders, and the Transformer blocks that Table 4's training cost measures
   model at a shared width, depth and heads (RetNet and its ablations: :mod:`reproduce.retnet.model`;
   the Transformer: transformers' ``LlamaForCausalLM``, SDPA);
 - :class:`SoftmaxAttention`, :class:`TransformerBlock`: a pre-LN Transformer block of RetNet's 12 d^2
-  weights, with fused (SDPA) or unfused (math) softmax attention: Table 4's two Transformer columns.
+  weights, with fused (SDPA) or unfused (math) softmax attention: Table 4's two Transformer columns;
+- :class:`LinearAttention`, :class:`LinearTransformerForCausalLM`: Table 5's Linear Transformer
+  (Katharopoulos et al., 2020, arXiv:2006.16236, eqs. 6 and 9): feature map elu(x) + 1 on queries
+  and keys, a positive normaliser, in the same pre-LN block of 12 d^2 weights.
 
 Deviations from the paper: its Transformer baseline is not specified beyond its size; ours is
 LLaMA-style (pre-RMSNorm, RoPE, SwiGLU FFN of 8d/3) for the LMs, and a pre-LN block with rotation and
-a GELU FFN of 4d for Table 4, both with RetNet's 12 d^2 weights per block (§2.3).
+a GELU FFN of 4d for Table 4, both with RetNet's 12 d^2 weights per block (§2.3). The Linear
+Transformer's block is Table 4's block with linear attention in place of softmax attention and no
+rotation (Katharopoulos et al. use no position encoding inside the kernel: order enters through causality).
 
 Imports torch only at the top (transformers inside the builders): a fresh training-cost process
 (:func:`reproduce.retnet.costs.training_cost`) builds its blocks without importing transformers.
@@ -33,13 +38,15 @@ from .retention import rotate
 # --------------------------------------------------------------------------------------------------
 # The rows of Tables 5/6 and the control
 # --------------------------------------------------------------------------------------------------
-VARIANTS: dict[str, dict | None] = {name: overrides for name, (_, _, _, overrides) in _ROWS.items()}  # None: the Transformer
+VARIANTS: dict[str, dict | None] = {name: overrides for name, (_, _, _, overrides) in _ROWS.items()}  # None: not a RetNet
 LABELS: dict[str, str] = {name: label for name, (_, label, _, _) in _ROWS.items()}
 FAMILY: dict[str, str] = {name: family for name, (_, _, family, _) in _ROWS.items()}  # whose swept lr a row uses
 TABLE5 = tuple(name for name, (table, _, _, _) in _ROWS.items() if table == "Table 5")
 ABLATIONS = tuple(name for name, (table, _, _, _) in _ROWS.items() if table == "Table 6")
 CONTROL = "no_mixer"  # embeddings + FFN only: what a model learns without mixing tokens
 MIXERS = tuple(name for name in _ROWS if name != CONTROL)
+# Which model a row is: transformers' LLaMA, the Linear Transformer below, or RetNet (with the row's overrides).
+ARCHITECTURE: dict[str, str] = {name: ("retnet" if overrides is not None else name) for name, overrides in VARIANTS.items()}
 
 
 @dataclass(frozen=True)
@@ -92,8 +99,10 @@ def build_model(shape: LMShape, variant: str, seed: int, dtype=torch.float32):
     from .model import RetNetForCausalLM
 
     torch.manual_seed(seed)
-    if VARIANTS[variant] is None:
+    if ARCHITECTURE[variant] == "transformer":
         model = LlamaForCausalLM._from_config(transformer_config(shape), attn_implementation="sdpa")
+    elif ARCHITECTURE[variant] == "linear_transformer":
+        model = LinearTransformerForCausalLM(shape)
     else:
         model = RetNetForCausalLM(retnet_config(shape, variant))
     return model.to(dtype)
@@ -145,3 +154,88 @@ class TransformerBlock(nn.Module):
     def forward(self, x):
         y = self.attention(self.attention_norm(x)) + x
         return self.ffn(self.ffn_norm(y)) + y
+
+
+# --------------------------------------------------------------------------------------------------
+# Table 5's Linear Transformer (Katharopoulos et al., 2020)
+# --------------------------------------------------------------------------------------------------
+def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
+    """phi(x) = elu(x) + 1 > 0 — Katharopoulos et al. (2020), eq. (7)."""
+    return torch.nn.functional.elu(x) + 1
+
+
+class LinearAttention(nn.Module):
+    """Causal linear attention (4 d^2 weights) — Katharopoulos et al. (2020), eq. (9):
+
+        out_t = phi(q_t)^T S_t / (phi(q_t)^T z_t),  S_t = sum_{j<=t} phi(k_j) v_j^T,  z_t = sum_{j<=t} phi(k_j)
+
+    computed in its parallel form, (phi(Q) phi(K)^T masked causally) V / row sums: every weight is
+    positive, so the normaliser is too (unlike retention's signed scores, §2.2).
+    """
+
+    EPS = 1e-6  # guards the division only; the normaliser is > 0 for every row
+
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(hidden_size, 3 * hidden_size, bias=False)
+        self.out = nn.Linear(hidden_size, hidden_size, bias=False)
+
+    def forward(self, x):
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)  # 3 x (B, H, T, K)
+        q, k = elu_feature_map(q), elu_feature_map(k)
+        causal = torch.ones(t, t, dtype=torch.bool, device=x.device).tril()  # (T, T)
+        weights = (q @ k.transpose(-1, -2)).masked_fill(~causal, 0.0)  # (B, H, T, T): phi(q_t)^T phi(k_j), j <= t
+        y = (weights @ v) / (weights.sum(-1, keepdim=True) + self.EPS)  # (B, H, T, K)
+        return self.out(y.transpose(1, 2).reshape(b, t, d))  # (B, T, D)
+
+
+class LinearTransformerBlock(nn.Module):
+    """Pre-LN block of 12 d^2 weights: linear attention (4 d^2) + GELU FFN of 4d (8 d^2), as Table 4's block."""
+
+    def __init__(self, hidden_size: int, num_heads: int):
+        super().__init__()
+        self.attention_norm = nn.LayerNorm(hidden_size)
+        self.attention = LinearAttention(hidden_size, num_heads)
+        self.ffn_norm = nn.LayerNorm(hidden_size)
+        self.ffn = nn.Sequential(nn.Linear(hidden_size, 4 * hidden_size, bias=False), nn.GELU(),
+                                 nn.Linear(4 * hidden_size, hidden_size, bias=False))
+
+    def forward(self, x):
+        y = self.attention(self.attention_norm(x)) + x
+        return self.ffn(self.ffn_norm(y)) + y
+
+
+@dataclass
+class LinearTransformerOutput:
+    loss: torch.Tensor | None
+    logits: torch.Tensor
+
+
+class LinearTransformerForCausalLM(nn.Module):
+    """A decoder LM of :class:`LinearTransformerBlock` s at the shared shape: embeddings (std d^-1/2, as
+    RetNet's), blocks, final LayerNorm, output projection tied to the embeddings. Called as the other
+    rows are (``model(input_ids=..., labels=...)``: ``.loss`` shifts the labels inside, ``.logits``)."""
+
+    def __init__(self, shape: LMShape):
+        super().__init__()
+        d = shape.hidden_size
+        self.model = nn.Module()
+        self.model.embed_tokens = nn.Embedding(shape.vocab_size, d)
+        self.model.layers = nn.ModuleList(LinearTransformerBlock(d, shape.num_heads) for _ in range(shape.num_layers))
+        self.model.norm = nn.LayerNorm(d)
+        self.lm_head = nn.Linear(d, shape.vocab_size, bias=False)
+        nn.init.normal_(self.model.embed_tokens.weight, std=d**-0.5)
+        self.lm_head.weight = self.model.embed_tokens.weight  # tied, as the other rows
+
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, **_) -> LinearTransformerOutput:
+        x = self.model.embed_tokens(input_ids)  # (B, T, D)
+        for layer in self.model.layers:
+            x = layer(x)
+        logits = self.lm_head(self.model.norm(x))  # (B, T, vocab)
+        loss = None
+        if labels is not None:
+            loss = nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                                               labels[:, 1:].reshape(-1), ignore_index=-100)
+        return LinearTransformerOutput(loss, logits)

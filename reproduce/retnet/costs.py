@@ -7,7 +7,8 @@ here plots, writes files or claims.
 
 1. :func:`forms_agree` — §2.1 eqs. (5)-(7): parallel == recurrent == chunkwise.
 2. :func:`decode_cost` — Figure 6: per-token latency and memory of decoding vs length (RetNet's
-   state vs transformers' StaticCache and DynamicCache); :func:`decode_summary`.
+   state vs transformers' StaticCache and DynamicCache); :func:`decode_summary`; the bytes a step
+   moves (:func:`decode_bytes_per_step`), the model the Figure 6 bars are derived from.
 3. :func:`training_cost` — Table 4: training throughput and peak memory vs length (parallel and
    chunkwise retention, fused and unfused softmax attention); :func:`training_summary`.
 
@@ -23,12 +24,13 @@ of a training-cost point imports this module, :mod:`.baselines` and :mod:`.reten
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import math
 import multiprocessing
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -123,7 +125,8 @@ BASELINES = ("transformer_static", "transformer_dynamic")
 
 def decode_cost(shape: LMShape, lengths: Sequence[int], batch: int, steps: int, warmup: int = 2,
                 device: torch.device | str = "cpu", decoders: Sequence[str] = tuple(DECODERS),
-                dtype: torch.dtype = torch.float32) -> list[dict]:
+                dtype: torch.dtype = torch.float32,
+                retnet_variants: Mapping[str, Callable[[], contextlib.AbstractContextManager]] | None = None) -> list[dict]:
     """Per-token decode latency (median of ``steps``; every step's time in ``step_ms``, in round order)
     and state/cache bytes after ``length`` tokens.
 
@@ -134,17 +137,27 @@ def decode_cost(shape: LMShape, lengths: Sequence[int], batch: int, steps: int, 
     round times one step of every (decoder, length) point, so a busy neighbour on a shared machine
     slows all points alike instead of whichever was running. ``dtype``: of the weights, states and
     caches (bf16 on a GPU under ``precision='auto'``; the byte counts scale with it).
+    ``retnet_variants``: further RetNet rows, name -> a context entered around each of their steps
+    (outside the timed region), interleaved with the others: ``benchmarks/retnet_decode.py`` times the
+    previous implementation of the recurrent step this way, in the same run as the current one.
     """
+    variants = dict(retnet_variants or {})
+    clash = [v for v in variants if v in DECODERS]
+    if clash:
+        raise ValueError(f"retnet_variants {clash} reuse decoder names; known decoders: {', '.join(DECODERS)}")
     unknown = [d for d in decoders if d not in DECODERS]
     if unknown:
         raise ValueError(f"unknown decoder(s) {unknown}; known: {', '.join(DECODERS)}")
     device = torch.device(device)
     models = {row: build_model(shape, row, seed=0, dtype=dtype).to(device).eval() for row in dict.fromkeys(DECODERS[d][0] for d in decoders)}
-    points = [(name, length) for length in lengths for name in decoders]
+    if variants and "retnet" not in models:
+        models["retnet"] = build_model(shape, "retnet", seed=0, dtype=dtype).to(device).eval()
+    kinds = {**{d: DECODERS[d] for d in decoders}, **{v: ("retnet", "recurrent state") for v in variants}}
+    points = [(name, length) for length in lengths for name in kinds]
     caches, tokens, memory = {}, {}, {}
     for name, length in points:
-        model = models[DECODERS[name][0]]
-        if name == "retnet":
+        model = models[kinds[name][0]]
+        if kinds[name][0] == "retnet":
             caches[name, length] = _retnet_cache_at(model, batch, length, device, dtype)
             memory[name, length] = caches[name, length].nbytes
         else:
@@ -156,21 +169,52 @@ def decode_cost(shape: LMShape, lengths: Sequence[int], batch: int, steps: int, 
     with torch.inference_mode():
         for step in range(warmup + steps):
             for name, length in points:
-                model, cache, token = models[DECODERS[name][0]], caches[name, length], tokens[name, length]
-                _sync(device)
-                begin = time.perf_counter()
-                if name == "retnet":
-                    out = model(token, cache=cache, use_cache=True, mode="recurrent")
-                else:
-                    out = model(input_ids=token, cache=cache, use_cache=True)
-                tokens[name, length] = out.logits[:, -1:].argmax(-1)  # (B, 1)
-                _sync(device)
+                model, cache, token = models[kinds[name][0]], caches[name, length], tokens[name, length]
+                with variants.get(name, contextlib.nullcontext)():
+                    _sync(device)
+                    begin = time.perf_counter()
+                    if kinds[name][0] == "retnet":
+                        out = model(token, cache=cache, use_cache=True, mode="recurrent")
+                    else:
+                        out = model(input_ids=token, cache=cache, use_cache=True)
+                    tokens[name, length] = out.logits[:, -1:].argmax(-1)  # (B, 1)
+                    _sync(device)
+                    elapsed = time.perf_counter() - begin
                 if step >= warmup:
-                    times[name, length].append(time.perf_counter() - begin)
-    return [{"model": name, "cache": DECODERS[name][1], "length": length, "batch": batch,
+                    times[name, length].append(elapsed)
+    return [{"model": name, "cache": kinds[name][1], "length": length, "batch": batch,
              "latency_ms": 1000 * statistics.median(times[name, length]),
              "step_ms": [1000 * t for t in times[name, length]], "memory_bytes": memory[name, length]}
             for name, length in points]
+
+
+def decode_bytes_per_step(shape: LMShape, batch: int, length: int, decoder: str, room: int = 0,
+                          element_bytes: int = 4) -> int:
+    """Bytes one decode step must move through memory: the bytes model of the Figure 6 bars.
+
+    Compulsory traffic only, each byte counted once (caches, fixed per-op costs and arithmetic left out):
+    - weights, read once by every decoder: ``12 d^2`` per block (§2.3; the Transformer rows have the
+      same, ``baselines``) and the tied output projection ``vocabulary x d`` (one embedding row: negligible);
+    - ``retnet``: its state (``S``: ``H x K x V`` and ``z``: ``H x K`` per layer and sequence, eq. 6) read
+      once and written once, whatever ``length``;
+    - ``transformer_static``: every key and value slot of the StaticCache read once (SDPA reads all
+      ``length + room`` preallocated slots under a mask; writing one token's key/value is negligible);
+    - ``transformer_dynamic``: the keys and values read once, plus the copy ``torch.cat`` makes of them
+      every step (read and written): three times the cache.
+    """
+    d, layers = shape.hidden_size, shape.num_layers
+    weights = layers * 12 * d * d + shape.vocab_size * d
+    if decoder == "retnet":
+        key_dim = d // shape.num_heads
+        value_dim = 2 * key_dim  # value_factor 2 (§2.3), as retnet_config builds it
+        moved = 2 * layers * batch * shape.num_heads * key_dim * (value_dim + 1)
+    elif decoder == "transformer_static":
+        moved = layers * 2 * batch * (length + room) * d  # keys and values, (B, H, S, K) each per layer
+    elif decoder == "transformer_dynamic":
+        moved = 3 * layers * 2 * batch * length * d
+    else:
+        raise ValueError(f"unknown decoder {decoder!r}; known: {', '.join(DECODERS)}")
+    return element_bytes * (weights + moved)
 
 
 def strongest_baseline(rows: list[dict]) -> str:
@@ -267,6 +311,8 @@ def _training_point(kind: str, length: int, block: RetentionConfig, batch: int, 
     before = _rss_kib("VmRSS")
     run(x).square().mean().backward()  # the measured step: the process's first, so nothing is cached yet
     peak = _rss_kib("VmHWM")
+    if not reps:  # the memory only: training_cost times the points interleaved, in another process
+        return {"kind": kind, "length": length, "peak_mib": max(peak - before, 0) / 1024, "hwm_reset": hwm_reset}
     step_s = _timed_steps(lambda: run(x).square().mean().backward(), reps, device)  # after the first, warm, step
     return {"kind": kind, "length": length, "tokens_per_s": batch * length / statistics.fmean(step_s),
             "peak_mib": max(peak - before, 0) / 1024, "hwm_reset": hwm_reset, "step_s": step_s}
@@ -288,8 +334,11 @@ def training_cost(lengths: Sequence[int], hidden: int, heads: int, batch: int, c
                   device: torch.device | str = "cpu", autocast: torch.dtype | None = None) -> list[dict]:
     """Throughput and peak memory of one training step of one block (12 d^2 weights) vs sequence length.
 
-    On CPU each point runs in a fresh process (:func:`_in_fresh_process`), so one point's allocations
-    cannot hide another's peak; on GPU ``torch.cuda.max_memory_allocated`` measures it in this process.
+    On CPU each point's peak memory is measured in a fresh process (:func:`_in_fresh_process`), so one
+    point's allocations cannot hide another's peak; the timing then runs in one further process,
+    ``reps`` rounds interleaved over every point (:func:`_interleaved_steps`: a machine that slows down
+    for a while slows every kernel's same round, so the rounds pair the kernels). On GPU
+    ``torch.cuda.max_memory_allocated`` measures the peak in this process and the steps are timed there.
     ``kinds``: a RetNet block with ``parallel`` / ``chunkwise`` retention (eqs. 5 and 7; its
     :class:`RetentionConfig` is the paper's at this width, heads and chunk), and a Transformer block
     with softmax ``attention`` (fused SDPA) or ``attention_unfused`` (math); all blocks have 12 d^2 weights.
@@ -305,8 +354,50 @@ def training_cost(lengths: Sequence[int], hidden: int, heads: int, batch: int, c
             if device.type == "cuda":  # max_memory_allocated is per process already
                 rows.append(_training_point(kind, length, block, batch, reps, 0, seed, str(device), autocast))
             else:
-                rows.append(_in_fresh_process(_training_point, kind, length, block, batch, reps, threads, seed))
+                rows.append(_in_fresh_process(_training_point, kind, length, block, batch, 0, threads, seed))
+    if device.type != "cuda":
+        points = [(r["kind"], r["length"]) for r in rows]
+        timed = _in_fresh_process(_interleaved_steps, points, block, batch, reps, threads, seed)
+        for r, step_s in zip(rows, timed):
+            r.update(step_s=step_s, tokens_per_s=batch * r["length"] / statistics.fmean(step_s), timing="interleaved")
     return rows
+
+
+def _training_step(kind: str, length: int, block: RetentionConfig, batch: int, device: torch.device):
+    """One forward+backward of one block of ``kind`` on a fixed random input (a closure)."""
+    hidden = block.hidden_size
+    if kind not in TRAINING_KINDS:
+        raise ValueError(f"unknown training-cost kind {kind!r}; known: {', '.join(TRAINING_KINDS)}")
+    if kind in ("attention", "attention_unfused"):
+        layer = TransformerBlock(hidden, block.num_heads, fused=kind == "attention").to(device)
+        run = layer
+    else:
+        layer = RetNetBlock(block).to(device)
+
+        def run(x, mode=kind):  # "parallel" or "chunkwise"
+            return layer(x, mode, None, 0)[0]
+
+    x = torch.randn(batch, length, hidden, device=device, requires_grad=True)
+    return lambda: run(x).square().mean().backward()
+
+
+def _interleaved_steps(points: Sequence[tuple[str, int]], block: RetentionConfig, batch: int, reps: int,
+                       threads: int, seed: int) -> list[list[float]]:
+    """Seconds of ``reps`` steps of every (kind, length) point, in rounds: round r times one step of each
+    point in turn (after one untimed warm-up step each), so rounds pair the points (design.md: >= 5
+    interleaved repetitions). Run in a fresh process on the CPU."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    device = torch.device("cpu")
+    steps = [_training_step(kind, length, block, batch, device) for kind, length in points]
+    for step in steps:
+        step()  # warm-up: allocator and kernels
+    out: list[list[float]] = [[] for _ in points]
+    for _ in range(reps):
+        for i, step in enumerate(steps):
+            out[i] += _timed_steps(step, 1, device)
+    return out
 
 
 def _in_fresh_process(fn, *args):

@@ -1,18 +1,20 @@
 """The RetNet notebook's small language models (arXiv:2307.08621, Tables 5 and 6): train one, sweep the
-learning rate per model family, train every row at its family's rate, tabulate.
+learning rate of every row on a seed of its own, train every row at its chosen rate, tabulate.
 
 - :class:`LMBudget` (what every run gets) and :class:`LMRunOptions` (how it trains: memory,
   precision, checkpoints); :func:`train_language_model` trains one row with the shared accelerate
-  loop (:mod:`reproduce.train`) and scores it on validation windows (:func:`window_nll`);
-- :func:`train_language_models`: the lr sweep, then every (row, seed), as jobs of the shared worker
+  loop (:mod:`reproduce.train`) and scores it on validation windows (:func:`window_nll`: per window
+  and per position inside the windows);
+- :func:`train_language_models`: the lr sweep of each row, then every (row, seed), as jobs of the shared worker
   pool (:class:`reproduce.pool.Pool`, :class:`LMRun`), each kept through the :class:`Rows` protocol;
 - :func:`lm_table`: one row per variant, with its interval.
 
 The text (:class:`Corpus`, :func:`batches`) comes from :mod:`reproduce.retnet.data`.
 
 Deviations from the paper (scale): models of a few hundred thousand parameters trained for 1000
-steps on seven public-domain novels instead of 200M-6.7B models on 100B tokens; CPU instead of
-A100 GPUs; one short lr sweep per model family (the paper gives its recipe, not a sweep).
+steps on five public-domain novels (the packaged corpus's training split) instead of 200M-6.7B
+models on 100B tokens; CPU instead of A100 GPUs; one short lr sweep per row (the paper gives its
+recipe, not a sweep).
 """
 
 from __future__ import annotations
@@ -69,12 +71,14 @@ class LMBudget:
 
 
 def window_nll(model, ids: np.ndarray, length: int, first: int, count: int, batch: int = 16,
-               autocast: torch.dtype | None = None) -> list[float]:
+               autocast: torch.dtype | None = None, positions: list[float] | None = None) -> list[float]:
     """Mean next-token NLL (nats) of each of ``count`` non-overlapping windows, from window ``first``.
 
     Window w covers ``ids[w * length:(w + 1) * length]`` and scores its ``length - 1`` next tokens.
     Runs on the model's device (``autocast``: the dtype of ``torch.autocast`` there, None = fp32);
-    the loss is taken in fp32.
+    the loss is taken in fp32. ``positions`` (a list, filled here): the mean NLL at each position
+    over the windows, entry i for the token at position i + 1, predicted from i + 1 tokens of context
+    (what a mixer does with its context: the no-mixer control's curve is flat).
     """
     if first < 0 or count < 1:
         raise ValueError(f"need first >= 0 and count >= 1, got first={first}, count={count}")
@@ -85,6 +89,7 @@ def window_nll(model, ids: np.ndarray, length: int, first: int, count: int, batc
     device = next(model.parameters()).device
     rows = torch.from_numpy(ids[first * length:(first + count) * length].reshape(count, length)).long()  # (N, T)
     out: list[float] = []
+    position_sum = torch.zeros(length - 1, dtype=torch.float64)  # (T-1,)
     model.eval()
     amp = torch.autocast(device.type, dtype=autocast) if autocast is not None else contextlib.nullcontext()
     with torch.no_grad(), amp:
@@ -93,6 +98,9 @@ def window_nll(model, ids: np.ndarray, length: int, first: int, count: int, batc
             logits = model(input_ids=chunk).logits[:, :-1].float()  # (b, T-1, vocab)
             nll = F.cross_entropy(logits.transpose(1, 2), chunk[:, 1:], reduction="none")  # (b, T-1)
             out += nll.mean(-1).tolist()
+            position_sum += nll.sum(0).double().cpu()
+    if positions is not None:
+        positions[:] = (position_sum / count).tolist()
     return out
 
 
@@ -132,7 +140,10 @@ class LMRunOptions:
 
 
 def enable_checkpointing(model) -> None:
-    """Activation checkpointing per block, for either family (transformers' own mechanism)."""
+    """Activation checkpointing per block, for the Transformer and RetNet rows (transformers' own mechanism)."""
+    if not hasattr(model, "gradient_checkpointing_enable"):
+        raise ValueError(f"{type(model).__name__} has no activation checkpointing; set lm_checkpointing=False or "
+                         "leave this row out of variants")
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     else:
@@ -147,8 +158,9 @@ def train_language_model(train_ids: np.ndarray, valid_ids: np.ndarray, shape: LM
 
     Same budget for every row: ``steps`` x ``batch`` x ``length`` tokens, AdamW (beta2 0.98, weight
     decay 0.01, as in §3.1's setup), linear warm-up over ``budget.warmup`` steps, then linear decay
-    to 0. Returns the curve, the per-window validation NLLs and perplexity, and the selection
-    windows' perplexity (evaluated once, on the main process, on the model's device).
+    to 0. Returns the curve, the per-window validation NLLs and perplexity, the mean NLL at each
+    position of the validation windows (``position_nll``), and the selection windows' perplexity
+    (evaluated once, on the main process, on the model's device).
     ``checkpoint_dir``: where this run checkpoints (every ``options.checkpoint_every`` steps) and
     resumes from.
     """
@@ -182,16 +194,18 @@ def train_language_model(train_ids: np.ndarray, valid_ids: np.ndarray, shape: LM
     del optimizer, scheduler
     amp = runtime.autocast_dtype(options.precision, where)
 
-    def evaluate() -> tuple[list[float], list[float]]:
-        return (window_nll(model, valid_ids, budget.length, 0, budget.eval_windows, options.eval_batch, amp),
+    def evaluate() -> tuple[list[float], list[float], list[float]]:
+        positions: list[float] = []
+        return (window_nll(model, valid_ids, budget.length, 0, budget.eval_windows, options.eval_batch, amp, positions),
                 window_nll(model, valid_ids, budget.length, budget.eval_windows, budget.select_windows,
-                           options.eval_batch, amp))
+                           options.eval_batch, amp), positions)
 
-    nll, select = distributed.on_main(evaluate)
+    nll, select, positions = distributed.on_main(evaluate)
     return {"variant": variant, "family": FAMILY[variant], "seed": seed, "lr": lr, "params": count_parameters(model),
             "trainable_params": count_parameters_trainable(model),
             "valid_ppl": math.exp(statistics.fmean(nll)), "select_ppl": math.exp(statistics.fmean(select)),
-            "window_nll": [round(x, 5) for x in nll], "final_train_loss": result.final_loss,
+            "window_nll": [round(x, 5) for x in nll], "position_nll": [round(x, 5) for x in positions],
+            "final_train_loss": result.final_loss,
             "tokens": steps * budget.batch * budget.length,
             "curve": [{"step": h["step"], "loss": h["loss"]} for h in result.history]}
 
@@ -202,17 +216,16 @@ def count_parameters_trainable(model: nn.Module) -> int:
 
 
 def choose_lr(sweep: Sequence[dict]) -> dict[str, float]:
-    """Per family: the swept lr whose run has the lowest perplexity on the selection windows (a run
-    that diverged, with a non-finite perplexity, never wins)."""
+    """Per row (``variant``): the swept lr whose run has the lowest perplexity on the selection windows
+    (a run that diverged, with a non-finite perplexity, never wins)."""
     def score(r: dict) -> float:
-        return r["select_ppl"] if math.isfinite(r["select_ppl"]) else math.inf
+        return r["select_ppl"] if r["select_ppl"] is not None and math.isfinite(r["select_ppl"]) else math.inf
 
     best: dict[str, dict] = {}
     for r in sweep:
-        if r["family"] not in best or score(r) < score(best[r["family"]]):
-            best[r["family"]] = r
-    return {family: r["lr"] for family, r in best.items()}
-
+        if r["variant"] not in best or score(r) < score(best[r["variant"]]):
+            best[r["variant"]] = r
+    return {variant: r["lr"] for variant, r in best.items()}
 
 
 def run_key(rows: Rows, variant: str, seed: int, lr: float) -> str:
@@ -243,17 +256,19 @@ class LMRun:
 def train_language_models(corpus: Corpus, shape: LMShape, variants: Sequence[str], seeds: Sequence[int],
                           lrs: dict[str, Sequence[float]], budget: LMBudget, workers: int = 1,
                           device: str = "auto", options: LMRunOptions = LMRunOptions(),
-                          rows: Rows = MemoryRows()) -> dict:
-    """Sweep the lr per family, then train every (variant, seed) at its family's chosen lr.
+                          rows: Rows = MemoryRows(), sweep_seed: int | None = None) -> dict:
+    """Sweep the lr of every row on ``sweep_seed``, then train every (variant, seed) at its row's chosen lr.
 
-    The sweep trains each family's own row (Transformer, RetNet, linear attention) on the first seed
-    at every lr of ``lrs[family]``; the lowest selection-window perplexity chooses (:func:`choose_lr`). The
-    sweep's run at the chosen lr is that row's first-seed run (same seed, same lr: the same run).
-    Every row sees the same windows in the same order for a given seed. ``workers`` > 1 trains in
-    that many spawned single-threaded processes of :class:`reproduce.pool.Pool` (CPU; never under
-    several processes: then in this one), their output in ``<options.log_dir>/workers.log``; a
-    family's remaining runs are submitted as soon as its sweep is done. Returns ``{"sweep",
-    "chosen_lr", "runs"}``; runs in (variant, seed) order.
+    Each row sweeps the grid ``lrs[FAMILY[row]]`` (Transformer, RetNet, Linear Transformer, and one
+    grid shared by the Table 6 rows and the control, each row choosing on its own) on ``sweep_seed``,
+    a seed none of ``seeds`` is (design.md: calibration on seeds disjoint from the record's); the
+    lowest selection-window perplexity chooses (:func:`choose_lr`, windows disjoint from the reported
+    ones). A grid of one rate needs no sweep: the row trains at it. Every row sees the same windows
+    in the same order for a given seed. ``workers`` > 1 trains in that many spawned single-threaded
+    processes of :class:`reproduce.pool.Pool` (CPU; never under several processes: then in this
+    one), their output in ``<options.log_dir>/workers.log``; a row's reported runs are submitted as
+    soon as its sweep is done. Returns ``{"sweep", "chosen_lr", "runs"}`` (``chosen_lr`` per row;
+    runs in (variant, seed) order).
 
     ``rows`` (:class:`reproduce.rundir.Rows`, e.g. the run's :class:`~reproduce.rundir.RunDir`): each
     (variant, seed, lr) training is one of its rows (:func:`run_key`), checkpointing into the row's
@@ -265,10 +280,14 @@ def train_language_models(corpus: Corpus, shape: LMShape, variants: Sequence[str
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
-    families = list(dict.fromkeys(FAMILY[v] for v in variants))  # each family's own row is its namesake
-    if not seeds or any(not lrs.get(f) for f in families):
-        raise ValueError(f"train_language_models needs at least one seed and one learning rate per family "
-                         f"({', '.join(families)}); got seeds {list(seeds)}, lrs {dict(lrs)}")
+    grids = list(dict.fromkeys(FAMILY[v] for v in variants))
+    if not seeds or any(not lrs.get(g) for g in grids):
+        raise ValueError(f"train_language_models needs at least one seed and one learning rate per grid "
+                         f"({', '.join(grids)}); got seeds {list(seeds)}, lrs {dict(lrs)}")
+    swept = [v for v in variants if len(lrs[FAMILY[v]]) > 1]
+    if swept and (sweep_seed is None or sweep_seed in seeds):
+        raise ValueError(f"the lr sweep of {swept} needs a sweep_seed that is not one of seeds {list(seeds)} "
+                         f"(got {sweep_seed}): the rate is chosen on a seed the record does not report")
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     available = (corpus.valid_ids.size - 1) // budget.length
@@ -282,30 +301,30 @@ def train_language_models(corpus: Corpus, shape: LMShape, variants: Sequence[str
     def job(variant: str, seed: int, lr: float) -> LMRun:
         return LMRun(run_key(rows, variant, seed, lr), shape, variant, seed, lr, budget, where, options)
 
-    first = seeds[0]
-    sweep = {family: [job(family, first, lr) for lr in lrs[family]] for family in families}
-    rest = {family: [(v, s) for v in variants if FAMILY[v] == family for s in seeds if not (v == family and s == first)]
-            for family in families}
-    chosen: dict[str, float] = {}
+    sweep = {v: [job(v, sweep_seed, lr) for lr in lrs[FAMILY[v]]] for v in swept}
+    chosen: dict[str, float] = {v: lrs[FAMILY[v]][0] for v in variants if v not in sweep}  # one rate: no choice
     log_path = Path(options.log_dir) / "workers.log" if options.log_dir else None
     with Pool(rows, workers, shared=(corpus.train_ids, corpus.valid_ids), log_path=log_path,
               desc="language models") as pool:
-        # the family with the most runs waiting on its sweep goes first, so the short ones fill the tail
-        for family in sorted(families, key=lambda f: -len(rest[f])):
-            for j in sweep[family]:
-                pool.submit(j)
-        left = {family: len(jobs) for family, jobs in sweep.items()}
+        for v in variants:  # rows without a sweep start at once; the others' sweeps first
+            if v in sweep:
+                for j in sweep[v]:
+                    pool.submit(j)
+            else:
+                for s in seeds:
+                    pool.submit(job(v, s, chosen[v]))
+        left = {v: len(jobs) for v, jobs in sweep.items()}
         for done, _ in pool.as_completed():
-            family = FAMILY[done.variant]
-            if done in sweep[family]:
-                left[family] -= 1
-                if not left[family]:  # this family's sweep is complete: choose its lr, start its runs
-                    chosen[family] = choose_lr([pool.results[j.key] for j in sweep[family]])[family]
-                    for v, s in rest[family]:
-                        pool.submit(job(v, s, chosen[family]))
+            v = done.variant
+            if v in sweep and done in sweep[v]:
+                left[v] -= 1
+                if not left[v]:  # this row's sweep is complete: choose its lr, start its reported runs
+                    chosen[v] = choose_lr([pool.results[j.key] for j in sweep[v]])[v]
+                    for s in seeds:
+                        pool.submit(job(v, s, chosen[v]))
         results = pool.results
-    return {"sweep": [results[j.key] for family in families for j in sweep[family]], "chosen_lr": chosen,
-            "runs": [results[run_key(rows, v, s, chosen[FAMILY[v]])] for v in variants for s in seeds]}
+    return {"sweep": [results[j.key] for v in swept for j in sweep[v]], "chosen_lr": {v: chosen[v] for v in variants},
+            "runs": [results[run_key(rows, v, s, chosen[v])] for v in variants for s in seeds]}
 
 
 def lm_table(runs: list[dict]) -> list[dict]:

@@ -120,7 +120,9 @@ class RetNetCache:
     """Per-layer :class:`RetentionState` s plus the number of tokens seen: generate()'s cache.
 
     Its size is fixed (``H x K x (V + 1)`` numbers per layer and sequence) whatever the length:
-    decoding is O(1) memory per step. ``get_seq_length()`` returns the tokens seen, which drive the
+    decoding is O(1) memory per step. The cache owns its states: a recurrent step without autograd
+    updates them in place (no state-sized allocation per step), so a state read out of it before a step
+    changes with the step. ``get_seq_length()`` returns the tokens seen, which drive the
     positions of the rotation.
     """
 
@@ -233,13 +235,15 @@ class RetNetModel(RetNetPreTrainedModel):
     def forward(self, input_ids: Tensor, mode: Mode, cache: RetNetCache | None) -> Tensor:
         x = self.embed_tokens(input_ids)  # (B, T, D)
         offset = cache.seen_tokens if cache is not None else 0
+        # a RetNetCache owns its states: without autograd, a recurrent step updates them in place
+        in_place = cache is not None and not torch.is_grad_enabled()
         for i, layer in enumerate(self.layers):
             state = cache.layers[i] if cache is not None else None
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 # only the block's input is kept; its activations are recomputed in the backward pass
                 x, state = self._gradient_checkpointing_func(layer.__call__, x, mode, state, offset)
             else:
-                x, state = layer(x, mode, state, offset)
+                x, state = layer(x, mode, state, offset, in_place)
             if cache is not None:
                 cache.layers[i] = state
         if cache is not None:

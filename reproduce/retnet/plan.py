@@ -54,8 +54,10 @@ def _build(shape: baselines.LMShape, variant: str):
 
     from .model import RetNetForCausalLM
 
-    if baselines.VARIANTS[variant] is None:
+    if baselines.ARCHITECTURE[variant] == "transformer":
         return LlamaForCausalLM._from_config(baselines.transformer_config(shape), attn_implementation="sdpa")
+    if baselines.ARCHITECTURE[variant] == "linear_transformer":
+        return baselines.LinearTransformerForCausalLM(shape)
     return RetNetForCausalLM(baselines.retnet_config(shape, variant))  # the control's out_proj frozen by its MSR
 
 
@@ -69,7 +71,17 @@ def _lm_step(batch: int, length: int):
 
 def _block(shape: baselines.LMShape, variant: str):
     """One block of the variant (what a checkpoint recomputes), with its run at (micro, T, D)."""
-    if baselines.VARIANTS[variant] is None:
+    if baselines.ARCHITECTURE[variant] == "linear_transformer":
+        def build_linear():
+            return baselines.LinearTransformerBlock(shape.hidden_size, shape.num_heads)
+
+        def run_linear_at(batch, length):
+            def run(m):
+                x = torch.zeros(batch, length, shape.hidden_size, device="meta", requires_grad=True)
+                return m(x).square().mean()
+            return run
+        return build_linear, run_linear_at
+    if baselines.ARCHITECTURE[variant] == "transformer":
         from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
 
         cfg = baselines.transformer_config(shape)
@@ -132,9 +144,9 @@ def lm_sections(params) -> P.SectionPlan:
     worst_peak, worst_params, worst_variant, flops = 0.0, 0, "", 0.0
     worst_overheads = P.Overheads()
     runs = {v: 0 for v in params.variants}
-    for v in params.variants:  # the sweep's runs (family rows, first seed) and every other (variant, seed)
-        family = baselines.FAMILY[v]
-        runs[v] = len(params.seeds) - (1 if v == family else 0) + (len(params[f"lm_lrs_{family}"]) if v == family else 0)
+    for v in params.variants:  # every row's sweep (its grid on the sweep seed; none for a grid of one rate) and seeds
+        grid = len(params[f"lm_lrs_{baselines.FAMILY[v]}"])
+        runs[v] = len(params.seeds) + (grid if grid > 1 else 0)
     for v in params.variants:
         peak, full, overheads = lm_step(params, v)
         if peak + sum(P.memory_terms(overheads).values()) > worst_peak + sum(P.memory_terms(worst_overheads).values()):

@@ -2,15 +2,19 @@
 
 Each function takes ``(measured, lang)`` and returns a Figure; text goes through ``KO``.
 Keys read: ``lm.sweep`` and ``lm.chosen_lr`` (the lr sweep), ``fig6.decode`` (rows of :func:`costs.decode_cost`),
-``table4.training`` (rows of :func:`costs.training_cost`), ``lm.table`` and ``lm.runs`` (:func:`sections.lm_table`,
-with the paper's perplexity as ``paper_ppl``, and :func:`language_models.train_language_models`).
+``table4.training`` (rows of :func:`costs.training_cost`), ``lm.table`` and ``lm.runs`` (:func:`lm_sections.lm_table`,
+with the paper's perplexity as ``paper_ppl``, and :func:`language_models.train_language_models`),
+``lm.ablation_claims`` (Table 6's ratios, intervals and verdicts) and ``lm.position_nll`` (NLL by position).
+Records written before a key existed draw what they have (older rows keep their recorded labels).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 
 from reproduce import figures
+from reproduce.claims import from_json
 
 KO = {
     "Sequence length (tokens)": "시퀀스 길이 (토큰)",
@@ -24,6 +28,7 @@ KO = {
     "Peak learning rate": "최대 학습률",
     "Perplexity on the selection windows": "선택용 구간의 퍼플렉서티",
     "Learning-rate sweep (first seed)": "학습률 탐색 (첫 번째 시드)",
+    "Learning-rate sweep (sweep seed)": "학습률 탐색 (탐색용 시드)",
     "dashed: no-mixer control": "점선: 믹서 없는 대조군",
     "Decoding cost vs length (Figure 6 shape)": "길이에 따른 디코딩 비용 (그림 6 형태)",
     "Training throughput (tokens/s)": "학습 처리량 (토큰/초)",
@@ -45,6 +50,16 @@ KO = {
     "Transformer": "트랜스포머",
     "RetNet": "RetNet",
     "Linear attention": "선형 어텐션",
+    "Linear Transformer": "선형 트랜스포머",
+    "Tokens of context": "문맥 토큰 수",
+    "Mean NLL at this position (nats)": "이 위치의 평균 NLL (nats)",
+    "Context use: NLL by position in the validation windows": "문맥 활용: 검증 윈도우 안 위치별 NLL",
+    "not recorded in this record": "이 기록에는 없음",
+    "PPL / full RetNet (95 % interval over seeds)": "PPL / 전체 RetNet (시드에 대한 95 % 구간)",
+    "holds": "성립",
+    "contradicted": "반증",
+    "inconclusive": "판정 불가",
+    "not testable": "검증 불가",
     "− swish gate": "− swish 게이트",
     "− GroupNorm": "− GroupNorm",
     "− γ decay": "− γ 감쇠",
@@ -56,6 +71,15 @@ _DECODE = {"retnet": "RetNet (recurrent)", "transformer_static": "Transformer (S
            "transformer_dynamic": "Transformer (DynamicCache)"}
 _TRAIN = {"parallel": "Retention, parallel", "chunkwise": "Retention, chunkwise", "attention": "Softmax attention (SDPA)",
           "attention_unfused": "Softmax attention, unfused (math)"}
+
+
+_OLD_LABELS = {"linear_attention": "Linear attention"}  # rows of earlier records, no longer trained
+
+
+def _label(variant: str) -> str:
+    from .baselines import LABELS
+
+    return LABELS.get(variant) or _OLD_LABELS.get(variant, variant)
 
 
 def _series(rows, key, value):
@@ -131,32 +155,70 @@ def plot_lm_perplexity(measured, lang="en"):
 
 
 def plot_ablations(measured, lang="en"):
-    """Table 6 shape: each ablation's perplexity change relative to full RetNet, ours beside the paper's."""
+    """Table 6 shape: each ablation's PPL / full RetNet's with its 95 % interval over seeds and its verdict,
+    beside the paper's ratio (records without ``lm.ablation_claims``: the ratio of the means)."""
     _ = figures.translator(KO, lang)
     from .baselines import ABLATIONS
 
     table = {r["variant"]: r for r in measured["lm.table"]}
-    full = table["retnet"]
-    rows = [r for v, r in table.items() if v in ABLATIONS]
+    claimed = measured.get("lm.ablation_claims")
+    if claimed is None:  # an earlier record: no intervals recorded
+        full = table["retnet"]
+        claimed = [{"variant": v, "value": r["ppl_mean"] / full["ppl_mean"], "low": None, "high": None,
+                    "verdict": None, "paper_ratio": r["paper_ppl"] / full["paper_ppl"]}
+                   for v, r in table.items() if v in ABLATIONS]
     fig, ax = figures.subplots()
-    y = list(range(len(rows)))
-    ours = [100 * (r["ppl_mean"] / full["ppl_mean"] - 1) for r in rows]
-    paper = [100 * (r["paper_ppl"] / full["paper_ppl"] - 1) for r in rows]
-    ax.barh([i + 0.2 for i in y], ours, height=0.4, label=_("ours"), color=figures.PALETTE[0])
-    ax.barh([i - 0.2 for i in y], paper, height=0.4, label=_("paper (200M)"), color=figures.PALETTE[1])
-    ax.axvline(0, color="black", linewidth=0.8)
-    ax.set_yticks(y, [_(r["label"]) for r in rows])
-    ax.invert_yaxis()
-    ax.set_xlabel(_("Perplexity change vs full RetNet (%)"))
+    y = list(range(len(claimed)))
+    ours = [c["value"] for c in claimed]
+    bounds = [(from_json(c["low"]), from_json(c["high"])) for c in claimed]  # "inf": no interval (one seed)
+    finite = [(lo, hi) if lo is not None and hi is not None and math.isfinite(lo) and math.isfinite(hi) else (v, v)
+              for v, (lo, hi) in zip(ours, bounds)]
+    err = [[v - lo for v, (lo, _hi) in zip(ours, finite)], [hi - v for v, (_lo, hi) in zip(ours, finite)]]
+    ax.errorbar(ours, [i - 0.15 for i in y], xerr=err, fmt="o", capsize=5, color=figures.PALETTE[0], label=_("ours"))
+    ax.plot([c["paper_ratio"] for c in claimed], [i + 0.15 for i in y], "D", color=figures.PALETTE[1],
+            label=_("paper (200M)"))
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    for i, (c, (_lo, hi)) in enumerate(zip(claimed, finite)):
+        if c["verdict"]:
+            ax.annotate(_(c["verdict"]), (hi, i - 0.15), xytext=(6, 0), textcoords="offset points", va="center",
+                        fontsize=8)
+    ax.set_yticks(y, [_(_label(c["variant"])) for c in claimed])
+    ax.set_ylim(len(claimed) - 0.5, -0.5)
+    right = max(hi for _lo, hi in finite)
+    ax.set_xlim(right=right + 0.25 * (right - min(lo for lo, _hi in finite) + 0.05))
+    ax.set_xlabel(_("PPL / full RetNet (95 % interval over seeds)"))
     ax.set_title(_("Ablations (Table 6 shape)"))
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=2, frameon=False)
+    return fig
+
+
+def plot_position_nll(measured, lang="en"):
+    """Context use shown directly: the mean NLL at each position of the validation windows, per row (mean
+    over seeds). A row that uses its context falls with position; the no-mixer control stays flat."""
+    _ = figures.translator(KO, lang)
+    from .baselines import ABLATIONS, CONTROL
+
+    curves = measured.get("lm.position_nll") or {}
+    fig, ax = figures.subplots()
+    if not curves:
+        ax.text(0.5, 0.5, _("not recorded in this record"), transform=ax.transAxes, ha="center", va="center")
+    for variant, nll in curves.items():
+        style = "--" if variant == CONTROL else ":" if variant in ABLATIONS else "-"
+        color = "0.5" if variant == CONTROL else None
+        ax.plot(range(1, len(nll) + 1), nll, style, color=color, linewidth=1.2, label=_(_label(variant)))
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(_("Tokens of context"))
+    ax.set_ylabel(_("Mean NLL at this position (nats)"))
+    ax.set_title(_("Context use: NLL by position in the validation windows"))
+    if curves:
+        ax.legend(ncols=2, fontsize=7)
     return fig
 
 
 def plot_lm_curves(measured, lang="en"):
     """Training loss of every model (mean over seeds at each logged step)."""
     _ = figures.translator(KO, lang)
-    from .baselines import CONTROL, LABELS, TABLE5
+    from .baselines import CONTROL, TABLE5
 
     runs = measured["lm.runs"]
     fig, ax = figures.subplots()
@@ -165,7 +227,7 @@ def plot_lm_curves(measured, lang="en"):
         steps = [p["step"] for p in curves[0]]
         loss = [statistics.fmean(c[i]["loss"] for c in curves) for i in range(len(steps))]
         style = "-" if variant in TABLE5 else "--" if variant == CONTROL else ":"
-        ax.plot(steps, loss, style, label=_(LABELS[variant]))
+        ax.plot(steps, loss, style, label=_(_label(variant)))
     ax.set_xlabel(_("Training step"))
     ax.set_ylabel(_("Training loss"))
     ax.set_title(_("Training curves (mean over seeds)"))
@@ -174,23 +236,26 @@ def plot_lm_curves(measured, lang="en"):
 
 
 def plot_lr_sweep(measured, lang="en"):
-    """The learning-rate sweep: selection-window perplexity vs peak lr per family (first seed)."""
+    """The learning-rate sweep: selection-window perplexity vs peak lr per row (sweep seed), its choice starred."""
     _ = figures.translator(KO, lang)
-    from .baselines import LABELS
+    from .baselines import ABLATIONS, CONTROL
 
     sweep = measured["lm.sweep"]
     fig, ax = figures.subplots()
-    for family in dict.fromkeys(r["family"] for r in sweep):
-        rows = sorted((r for r in sweep if r["family"] == family), key=lambda r: r["lr"])
+    for variant in dict.fromkeys(r["variant"] for r in sweep):
+        rows = sorted((r for r in sweep if r["variant"] == variant), key=lambda r: r["lr"])
         ppl = {r["lr"]: float("nan") if r["select_ppl"] is None else r["select_ppl"] for r in rows}  # None: diverged
-        ax.plot(list(ppl), list(ppl.values()), marker="o", label=_(LABELS[family]))
-        chosen = measured["lm.chosen_lr"][family]
-        ax.plot([chosen], [ppl[chosen]], marker="*", markersize=14, color=ax.lines[-1].get_color())
+        style = "--" if variant == CONTROL else ":" if variant in ABLATIONS else "-"
+        ax.plot(list(ppl), list(ppl.values()), style, marker="o", label=_(_label(variant)))
+        chosen = measured["lm.chosen_lr"].get(variant)
+        if chosen in ppl:
+            ax.plot([chosen], [ppl[chosen]], marker="*", markersize=14, color=ax.lines[-1].get_color())
     ax.set_xscale("log")
     ax.set_xlabel(_("Peak learning rate"))
     ax.set_ylabel(_("Perplexity on the selection windows"))
-    ax.set_title(_("Learning-rate sweep (first seed)"))
-    ax.legend()
+    ax.set_title(_("Learning-rate sweep (first seed)" if "lm.sweep_seed" not in measured else
+                   "Learning-rate sweep (sweep seed)"))
+    ax.legend(ncols=2, fontsize=7)
     return fig
 
 
@@ -201,4 +266,5 @@ FIGURES = {
     "retnet_table6_ablations": plot_ablations,
     "retnet_lm_curves": plot_lm_curves,
     "retnet_lm_lr_sweep": plot_lr_sweep,
+    "retnet_lm_position_nll": plot_position_nll,
 }

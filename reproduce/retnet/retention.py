@@ -26,6 +26,7 @@ transformers); the language model's ``RetNetConfig.retention`` gives its own.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -93,6 +94,18 @@ def decay_row_sum(gamma: Tensor, positions: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # Rotation of Q and K (the Theta of eq. 5): xPos-style relative position, RoPE frequencies
 # ---------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=64)
+def rotation_frequencies(dim: int, base: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """theta_j = base^(-2j / dim), j = 0 .. dim/2 - 1: RoPE's frequencies. Shape (K/2,).
+
+    Computed once per (dim, base, dtype, device) and shared: a decode step would otherwise rebuild
+    them for every layer and token (the same expression, so the same bits as before). Created
+    outside any inference mode, so a table first built while decoding can still serve training.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        return base ** (-torch.arange(0, dim, 2, device=device, dtype=dtype) / dim)
+
+
 def rotate(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
     """x_n e^{i n theta} on interleaved pairs (x0, x1), (x2, x3), ... — Q ⊙ Θ and K ⊙ Θ̄, eq. (5).
 
@@ -103,7 +116,7 @@ def rotate(x: Tensor, positions: Tensor, base: float = 10000.0) -> Tensor:
     0..2047 would collapse to 641 distinct angles; cos and sin are then cast to x's dtype.
     """
     dim, exact = x.shape[-1], torch.promote_types(x.dtype, torch.float32)
-    theta = base ** (-torch.arange(0, dim, 2, device=x.device, dtype=exact) / dim)  # (K/2,)
+    theta = rotation_frequencies(dim, base, exact, x.device)  # (K/2,), built once per (dim, base, dtype, device)
     angle = positions.to(device=x.device, dtype=exact)[:, None] * theta[None, :]  # (T, K/2), fp32 or fp64
     cos, sin = angle.cos().to(x.dtype), angle.sin().to(x.dtype)
     even, odd = x[..., 0::2], x[..., 1::2]  # (B, H, T, K/2) each
@@ -171,21 +184,35 @@ def retention_parallel(q: Tensor, k: Tensor, v: Tensor, gamma: Tensor, normalize
 
 
 def retention_recurrent(
-    q: Tensor, k: Tensor, v: Tensor, gamma: Tensor, state: RetentionState, offset: int, normalize: bool = True
+    q: Tensor, k: Tensor, v: Tensor, gamma: Tensor, state: RetentionState, offset: int, normalize: bool = True,
+    in_place: bool = False,
 ) -> tuple[Tensor, RetentionState]:
     """Recurrent retention, eq. (6), one token at a time: S_n = gamma S_{n-1} + K_n^T V_n, o_n = Q_n S_n.
 
     q, k: (B, H, T, K); v: (B, H, T, V); ``offset`` = tokens already in ``state``.
     Returns (B, H, T, V) and the state after the last token.
+
+    The state update is fused: ``gamma S`` is the one new tensor of a step and ``K_n^T V_n`` is added
+    into it in place (``addcmul_``), instead of three full-size temporaries (the outer product, the
+    decayed state, their sum). On a CPU the temporaries, not the arithmetic, dominated the step (each a
+    fresh multi-MB allocation). The state passed in is not modified, unless ``in_place``: then its
+    tensors (which must belong to the caller alone, as a decode cache's do, and need no gradient) are
+    decayed and updated where they are, and no state-sized tensor is allocated at all.
     """
+    if in_place and torch.is_grad_enabled():
+        raise ValueError("retention_recurrent(in_place=True) runs under torch.no_grad() or inference_mode only: "
+                         "autograd keeps the state of every token")
+    # a state made under inference_mode cannot change outside it: then the step allocates, as without in_place
+    in_place = in_place and (torch.is_inference_mode_enabled() or not state.kv.is_inference())
     g = gamma.to(q.dtype)
+    decay_kv, decay_sum = g[None, :, None, None], g[None, :, None]  # (1, H, 1, 1), (1, H, 1)
     kv, key_sum = state.kv, state.key_sum
     outs, score_sums = [], []
     for t in range(q.shape[-2]):
         q_t, k_t, v_t = q[:, :, t], k[:, :, t], v[:, :, t]  # (B, H, K), (B, H, K), (B, H, V)
-        kv = g[None, :, None, None] * kv + k_t[..., :, None] * v_t[..., None, :]  # (B, H, K, V)
-        key_sum = g[None, :, None] * key_sum + k_t  # (B, H, K)
-        outs.append(torch.einsum("bhk,bhkv->bhv", q_t, kv))  # (B, H, V)
+        kv = (kv.mul_(decay_kv) if in_place else decay_kv * kv).addcmul_(k_t[..., :, None], v_t[..., None, :])  # (B, H, K, V)
+        key_sum = (key_sum.mul_(decay_sum) if in_place else decay_sum * key_sum).add_(k_t)  # (B, H, K)
+        outs.append((q_t[..., None, :] @ kv)[..., 0, :])  # (B, H, 1, K) @ (B, H, K, V) -> (B, H, V)
         score_sums.append((q_t * key_sum).sum(-1))  # (B, H)
     out = torch.stack(outs, dim=2)  # (B, H, T, V)
     if normalize:
@@ -346,9 +373,14 @@ class MultiScaleRetention(nn.Module):
         return q, k, v
 
     def forward(
-        self, x: Tensor, mode: Mode = "parallel", state: RetentionState | None = None, offset: int = 0
+        self, x: Tensor, mode: Mode = "parallel", state: RetentionState | None = None, offset: int = 0,
+        in_place: bool = False,
     ) -> tuple[Tensor, RetentionState | None]:
-        """x: (B, T, D) -> (B, T, D), and the state after the last token (``None`` in parallel mode)."""
+        """x: (B, T, D) -> (B, T, D), and the state after the last token (``None`` in parallel mode).
+
+        ``in_place``: the recurrent form may update ``state`` where it is (a decode cache's own state,
+        under no_grad; see :func:`retention_recurrent`).
+        """
         c = self.config
         q, k, v = self._project(x, offset)
         gamma = self.gamma.to(x.dtype)
@@ -360,7 +392,7 @@ class MultiScaleRetention(nn.Module):
             if state is None:
                 state = RetentionState.zeros(x.shape[0], gamma, c.key_dim, c.value_dim, like=x)
             if mode == "recurrent":
-                y, new_state = retention_recurrent(q, k, v, gamma, state, offset, c.normalize_retention)
+                y, new_state = retention_recurrent(q, k, v, gamma, state, offset, c.normalize_retention, in_place)
             elif mode == "chunkwise":
                 y, new_state = retention_chunkwise(q, k, v, gamma, c.chunk_size, state, offset, c.normalize_retention)
             else:
@@ -387,7 +419,7 @@ class RetNetBlock(nn.Module):
             nn.Linear(d, config.ffn_factor * d, bias=False), nn.GELU(), nn.Linear(config.ffn_factor * d, d, bias=False)
         )
 
-    def forward(self, x: Tensor, mode: Mode, state: RetentionState | None, offset: int):
-        y, state = self.retention(self.retention_norm(x), mode, state, offset)
+    def forward(self, x: Tensor, mode: Mode, state: RetentionState | None, offset: int, in_place: bool = False):
+        y, state = self.retention(self.retention_norm(x), mode, state, offset, in_place)
         y = y + x
         return self.ffn(self.ffn_norm(y)) + y, state
