@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import textwrap
 
 from reproduce import figures
 from reproduce.claims import from_json
@@ -146,9 +147,11 @@ def plot_lm_perplexity(measured, lang="en"):
     err = [[r["ppl_mean"] - r["ppl_min"] for r in rows], [r["ppl_max"] - r["ppl_mean"] for r in rows]]
     colors = ["0.6" if r["variant"] == CONTROL else figures.PALETTE[i] for i, r in enumerate(rows)]
     ax.bar(x, means, yerr=err, capsize=6, color=colors)
-    ax.set_xticks(list(x), [_(r["label"]) for r in rows])
+    # long names on two lines, so the labels stay level and apart at blog width
+    ax.set_xticks(list(x), [textwrap.fill(_(r["label"]), 16) for r in rows])
     ax.set_ylabel(_("Validation perplexity"))
     ax.set_title(_("Small language models (Table 5 shape)"))
+    ax.set_ylim(0, max(r["ppl_max"] for r in rows) * 1.2)  # headroom: the note never touches a bar or whisker
     ax.text(0.99, 0.98, _("bars: mean over seeds; whiskers: min-max"), transform=ax.transAxes, ha="right", va="top",
             fontsize=9)
     return fig
