@@ -35,7 +35,7 @@ TINY: dict[str, dict[str, Any]] = {
                "lm_micro_batch": 2},
     "tova": {"length": 48, "budgets": [8, 16], "window_budgets": [8], "nll_block": 16, "headline_length": 48,
              "headline_budget": 8, "stream_tokens": 40, "stream_budget": 8, "analysis_budget": 8,
-             "throughput_budgets": [8, 16], "gen_budget": 8, "gen_prompt_tokens": 32},
+             "throughput_budgets": [8, 16], "gen_budget": 8, "gen_prompt_tokens": 32, "sensitivity_budgets": [8]},
 }
 TOVA_TINY_LLAMA = {"vocab_size": 99, "hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 2,
                    "num_attention_heads": 6, "num_key_value_heads": 2}  # tests/test_tova.py's tiny model
