@@ -141,12 +141,15 @@ class SoftmaxAttention(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-LN Transformer block of 12 d^2 weights (attention 4 d^2 + GELU FFN of 4d): RetNet's budget (§2.3)."""
+    """Pre-LN Transformer block of 12 d^2 weights (attention 4 d^2 + GELU FFN of 4d): RetNet's budget (§2.3).
 
-    def __init__(self, hidden_size: int, num_heads: int, fused: bool = True):
+    ``attention``: the token mixer (default: :class:`SoftmaxAttention`, Table 4's Transformer; Table 5's
+    Linear Transformer passes :class:`LinearAttention`, :func:`linear_transformer_block`)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, fused: bool = True, attention: nn.Module | None = None):
         super().__init__()
         self.attention_norm = nn.LayerNorm(hidden_size)
-        self.attention = SoftmaxAttention(hidden_size, num_heads, fused)
+        self.attention = attention if attention is not None else SoftmaxAttention(hidden_size, num_heads, fused)
         self.ffn_norm = nn.LayerNorm(hidden_size)
         self.ffn = nn.Sequential(nn.Linear(hidden_size, 4 * hidden_size, bias=False), nn.GELU(),
                                  nn.Linear(4 * hidden_size, hidden_size, bias=False))
@@ -191,20 +194,9 @@ class LinearAttention(nn.Module):
         return self.out(y.transpose(1, 2).reshape(b, t, d))  # (B, T, D)
 
 
-class LinearTransformerBlock(nn.Module):
+def linear_transformer_block(hidden_size: int, num_heads: int) -> TransformerBlock:
     """Pre-LN block of 12 d^2 weights: linear attention (4 d^2) + GELU FFN of 4d (8 d^2), as Table 4's block."""
-
-    def __init__(self, hidden_size: int, num_heads: int):
-        super().__init__()
-        self.attention_norm = nn.LayerNorm(hidden_size)
-        self.attention = LinearAttention(hidden_size, num_heads)
-        self.ffn_norm = nn.LayerNorm(hidden_size)
-        self.ffn = nn.Sequential(nn.Linear(hidden_size, 4 * hidden_size, bias=False), nn.GELU(),
-                                 nn.Linear(4 * hidden_size, hidden_size, bias=False))
-
-    def forward(self, x):
-        y = self.attention(self.attention_norm(x)) + x
-        return self.ffn(self.ffn_norm(y)) + y
+    return TransformerBlock(hidden_size, num_heads, attention=LinearAttention(hidden_size, num_heads))
 
 
 @dataclass
@@ -214,7 +206,7 @@ class LinearTransformerOutput:
 
 
 class LinearTransformerForCausalLM(nn.Module):
-    """A decoder LM of :class:`LinearTransformerBlock` s at the shared shape: embeddings (std d^-1/2, as
+    """A decoder LM of :func:`linear_transformer_block` s at the shared shape: embeddings (std d^-1/2, as
     RetNet's), blocks, final LayerNorm, output projection tied to the embeddings. Called as the other
     rows are (``model(input_ids=..., labels=...)``: ``.loss`` shifts the labels inside, ``.logits``)."""
 
@@ -223,7 +215,7 @@ class LinearTransformerForCausalLM(nn.Module):
         d = shape.hidden_size
         self.model = nn.Module()
         self.model.embed_tokens = nn.Embedding(shape.vocab_size, d)
-        self.model.layers = nn.ModuleList(LinearTransformerBlock(d, shape.num_heads) for _ in range(shape.num_layers))
+        self.model.layers = nn.ModuleList(linear_transformer_block(d, shape.num_heads) for _ in range(shape.num_layers))
         self.model.norm = nn.LayerNorm(d)
         self.lm_head = nn.Linear(d, shape.vocab_size, bias=False)
         nn.init.normal_(self.model.embed_tokens.weight, std=d**-0.5)

@@ -73,7 +73,7 @@ def _block(shape: baselines.LMShape, variant: str):
     """One block of the variant (what a checkpoint recomputes), with its run at (micro, T, D)."""
     if baselines.ARCHITECTURE[variant] == "linear_transformer":
         def build_linear():
-            return baselines.LinearTransformerBlock(shape.hidden_size, shape.num_heads)
+            return baselines.linear_transformer_block(shape.hidden_size, shape.num_heads)
 
         def run_linear_at(batch, length):
             def run(m):
