@@ -682,6 +682,7 @@ def test_stable_values_hold_only_machine_independent_values():
     ({"budgets": [8, 96]}, "below length"), ({"window_budgets": [200]}, "below length"),
     ({"headline_budget": 128}, "headline_budget"), ({"throughput_budgets": [8, 200]}, "passages \\* length"),
     ({"sensitivity_budgets": [96]}, "sensitivity_budgets"), ({"sensitivity_passages": 3}, "sensitivity_passages=3 exceeds"),
+    ({"sensitivity_budgets": [16, 24]}, r"\[24\] not in Figure 3's C values"),
     ({"analysis_budget": 96}, "analysis_budget"), ({"nll_block": 150, "length": 200}, "headline_length"),
 ])
 def test_budgets_that_would_crash_late_are_refused_before_the_run(overrides, match):

@@ -39,9 +39,15 @@ def _budgets_below_length(values) -> str | None:
 
 
 def _sensitivity_within_passages(values) -> str | None:
+    """The sensitivity passes are compared with Figure 3's own TOVA and H2O passes: same passages, same C."""
     if values["sensitivity_passages"] > values["passages"]:
         return (f"sensitivity_passages={values['sensitivity_passages']} exceeds passages={values['passages']}: the "
                 "sensitivity passes reuse Figure 3's first passages")
+    sweep = sorted(set(values["budgets"]) | {values["length"] // 8})
+    outside = [c for c in values["sensitivity_budgets"] if c not in sweep]
+    if outside:
+        return (f"sensitivity_budgets={values['sensitivity_budgets']}: {outside} not in Figure 3's C values {sweep} "
+                "(budgets plus length // 8), whose TOVA and H2O passes they are compared with")
     return None
 
 
