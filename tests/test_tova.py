@@ -492,7 +492,8 @@ def test_perplexity_claims(verdict):
 
 
 def test_perplexity_claims_render_the_paper_table():
-    params, run = smoke_run(budgets=[64], window_budgets=[64], length=1024, nll_block=128, headline_length=1024)
+    params, run = smoke_run(budgets=[64], window_budgets=[64], length=1024, nll_block=128, headline_length=1024,
+                           sensitivity_budgets=[128])
     sections.claim_perplexity(params, run, fake_block_nll(params, 0.0, 0.1, 0.1, 3.0), books(40))
     paper = {c.id: c.paper for c in run.claims}
     assert paper["fig3_tova_le_window_sink_C64"] == "9.53 vs 10.28 at C=64 (L=4096)"
