@@ -284,7 +284,7 @@ _FAKE_EV = type("Ev", (), {"retrieval_captions": ["c"]})()
 
 def _stub_evaluation(monkeypatch) -> None:
     """run_ablation's evaluation stubbed: every domain scores 50, nothing is drawn."""
-    monkeypatch.setattr(E, "evaluate", lambda model, row, ev, seed, finetune: {d: {"average": 50.0} for d in (row or A.table3_rows()["FLAVA"]).domains})
+    monkeypatch.setattr(E, "evaluate", lambda model, row, ev, seed, finetune, qa_finetune=None: {d: {"average": 50.0} for d in (row or A.table3_rows()["FLAVA"]).domains})
     monkeypatch.setattr(E, "itm_accuracy", lambda model, ev: {"accuracy": 50.0, "low": 45.0, "high": 55.0, "n": 10})
     monkeypatch.setattr(E, "similarity_matrix", lambda model, ev: [[0.0]])
     monkeypatch.setattr(E, "retrieval_examples", lambda model, ev, seed: [])
@@ -306,8 +306,8 @@ def test_the_ablation_keeps_each_row_and_seed_in_rows_and_checkpoints_where_rows
     _stub_evaluation(monkeypatch)
     rows = KeptRows(tmp_path)
     first, _ = E.run_ablation(params, data=None, ev=_FAKE_EV, device="cpu", rows=rows)
-    assert rows.computed == ["table3-untrained-0", "table3-MIM-0"]
-    assert [(c.checkpoint_dir, c.checkpoint_every) for c in cfgs] == [(tmp_path / "table3-MIM-0", 2)]
+    assert rows.computed == ["table3-MIM-0", "table3-untrained-0"]  # the rows first, the untrained reference last
+    assert [(str(c.checkpoint_dir), c.checkpoint_every) for c in cfgs] == [(str(tmp_path / "table3-MIM-0"), 2)]
     again, _ = E.run_ablation(params, data=None, ev=_FAKE_EV, device="cpu", rows=rows)  # a rerun: every row read back
     assert again == first and len(cfgs) == 1
     E.run_ablation(params, data=None, ev=_FAKE_EV, device="cpu")  # MemoryRows: nothing kept, no checkpoints
@@ -379,7 +379,10 @@ def _run(**overrides):
     return results.Run(config.resolve("flava", "smoke", overrides))
 
 
-def _table3_claims(per_seed: dict[str, list[float]], controls: bool = True) -> dict:
+LEARNT_ITM = {"FLAVA_MM": [{"seed": s, "accuracy": a, "low": a - 3, "high": a + 3, "n": 600} for s, a in enumerate([80.0, 84.0, 82.0])]}
+
+
+def _table3_claims(per_seed: dict[str, list[float]], controls: bool = True, itm: dict = LEARNT_ITM) -> dict:
     """``table3_claims`` on rows whose every domain and macro take the given per-seed values (seeds 0, 1, ...).
 
     ``controls``: add the untrained row (10 on every seed) and the MIM / MLM source rows (20), so that
@@ -390,7 +393,7 @@ def _table3_claims(per_seed: dict[str, list[float]], controls: bool = True) -> d
     run = _run()
     seeds = [{"row": n, "seed": i, **{d: m for d in V.DOMAINS}, "macro": m} for n, v in per_seed.items() for i, m in enumerate(v)]
     tasks = {n: {f"{d}/task": statistics.fmean(v) for d in V.DOMAINS} for n, v in per_seed.items()}
-    S.claim_table3(run, seeds, tasks)
+    S.claim_table3(run, seeds, tasks, itm)
     return {c.id: c for c in run.claims}
 
 
@@ -1053,7 +1056,7 @@ def test_controls_hold_and_gate_the_table3_claims_on_rows_that_learnt():
                                    "FLAVA": up, A.INIT_ROW: {**up, "macro": [52.0, 53.0, 52.5]}})
     run = _run()
     S.claim_controls(run, seeds)
-    S.claim_table3(run, seeds, {})
+    S.claim_table3(run, seeds, {}, LEARNT_ITM)
     c = {x.id: x for x in run.claims}
     assert {k: c[k].verdict for k in c if k.startswith("control_")} == {
         "control_mim_vision": "holds", "control_mlm_language": "holds", "control_flava_vision": "holds",
@@ -1061,6 +1064,10 @@ def test_controls_hold_and_gate_the_table3_claims_on_rows_that_learnt():
     assert all(c[k].source.startswith("ours: control") for k in c if k.startswith("control_"))
     assert c["table3_mm_beats_c_multimodal"].verdict == "holds"
     assert c["table3_mm_beats_c_language"].verdict == "not testable"  # neither row beat the untrained one
+    unlearnt = _run()
+    S.claim_table3(unlearnt, seeds, {}, {"FLAVA_MM": [{"seed": s, "accuracy": 50.0, "low": 46.0, "high": 54.0, "n": 600}
+                                                     for s in range(3)]})
+    assert next(x for x in unlearnt.claims if x.id == "table3_mm_beats_c_multimodal").verdict == "not testable"  # ITM at chance
     assert c["table3_init_improves_full"].verdict == "holds" and c["table3_init_improves_full"].precondition.holds
     assert "untrained" not in c["table3_full_best_macro"].text
     gains = S.gain_table(seeds, {d: {"average": 10.0} for d in V.DOMAINS})

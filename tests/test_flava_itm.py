@@ -14,6 +14,7 @@ function of the pair (the multimodal encoder) reaches 100 %. Tiny sizes, one thr
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -128,3 +129,55 @@ def test_itm_gradient_reaches_the_head_and_the_fusion_encoder(data):
         norm = sum(float(p.grad.norm()) for p in module.parameters() if p.grad is not None)
         assert norm > 0, name
     assert float(f.multimodal_model.cls_token.grad.norm()) > 0
+
+
+# ---------------------------------------------------------------------------------------------------
+# The options that made ITM learn (calibration/flava/itm_ladder.md, rung r): itm_pair and multimodal_lr
+# ---------------------------------------------------------------------------------------------------
+def test_unmasked_itm_reads_the_unmasked_pair_in_both_forms(data):
+    """ITM on the unmasked pair: with sampled negatives one more forward of the restored texts; with mined
+    negatives GC's own states re-paired (``multimodal_encode``). Both equal the ITM head on a plain
+    forward of the unmasked image and text (exact up to float32 round-off), and differ from the masked pass."""
+    sampler = D.BatchSampler(data, TINY, batch_size=8, seed=SEED, itm_negative_prob=0.5, itm_hard_fraction=0.5)
+    batch = sampler.paired()
+    assert (batch.itm_ids_masked != O.unmasked_itm_ids(batch)).any()  # something was masked
+    model = M.build_model(TINY, SEED).eval()
+    with torch.no_grad():
+        plain = model.flava(input_ids=O.unmasked_itm_ids(batch), attention_mask=batch.itm_attention_mask,
+                            pixel_values=batch.pixel_values)
+        want = torch.nn.functional.cross_entropy(model.itm_head(plain.multimodal_embeddings), batch.itm_labels)
+        got = O.losses(model, batch, O.Objectives(itm=True), itm_pair="unmasked").itm
+        masked = O.losses(model, batch, O.Objectives(itm=True), itm_pair="masked").itm
+        assert torch.allclose(got, want, atol=1e-6) and not torch.allclose(masked, want, atol=1e-4)
+        matched = D.BatchSampler(data, TINY, batch_size=8, seed=SEED, itm_negative_prob=0.0).paired()
+        states = model.flava(input_ids=matched.input_ids, attention_mask=matched.attention_mask,
+                             pixel_values=matched.pixel_values)
+        direct = O.multimodal_encode(model, states.image_output.hidden_states[-1], states.text_output.hidden_states[-1],
+                                     matched.attention_mask)
+        assert torch.allclose(direct, states.multimodal_embeddings, atol=1e-5)
+        # mined + unmasked never reads the masked pass: hiding every token and patch changes nothing
+        hidden = replace(matched, itm_ids_masked=torch.full_like(matched.itm_ids_masked, data.tokenizer.mask_token_id),
+                         bool_masked_pos=torch.ones_like(matched.bool_masked_pos))
+        both = O.Objectives(gc=True, itm=True)
+
+        def mined(b, pair):
+            return O.losses(model, b, both, itm_negatives="mined", generator=torch.Generator().manual_seed(0), itm_pair=pair).itm
+
+        assert torch.equal(mined(matched, "unmasked"), mined(hidden, "unmasked"))
+        assert not torch.equal(mined(matched, "masked"), mined(hidden, "masked"))
+    with pytest.raises(ValueError, match="itm_pair"):
+        O.losses(model, batch, O.Objectives(itm=True), itm_pair="half")
+
+
+def test_multimodal_lr_moves_exactly_the_fusion_parts_to_their_own_rate():
+    model = M.build_model(TINY, SEED)
+    cfg = P.FlavaTrainConfig(steps=10, batch_size=8, warmup=1, lr=1e-3, multimodal_lr=1e-4)
+    rate = {id(p): g["lr"] for g in P.optimizer(model, cfg).param_groups for p in g["params"]}
+    for name, p in model.named_parameters():
+        fusion = name.startswith(tuple(part + "." for part in P.MULTIMODAL_PARTS))
+        assert rate[id(p)] == (1e-4 if fusion else 1e-3), name
+    assert any(n.startswith("flava.multimodal_model.") for n, _ in model.named_parameters())
+    one = P.optimizer(model, P.FlavaTrainConfig(steps=10, batch_size=8, warmup=1, lr=1e-3))
+    assert {g["lr"] for g in one.param_groups} == {1e-3}  # 0: the paper's one rate
+    with pytest.raises(ValueError, match="multimodal_lr"):
+        P.FlavaTrainConfig(steps=10, batch_size=8, warmup=1, multimodal_lr=-1.0)

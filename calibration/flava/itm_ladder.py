@@ -9,6 +9,9 @@ Rungs (one process, one thread, one at a time):
      t chosen on a separate validation split, scored on the same test pairs as a and b.
   j  GC + ITM trained jointly (unmasked, easy negatives).
   w  warm start: ITM (unmasked, easy negatives) continuing rung c's GC-trained model.
+  r  the record's FLAVA_MM row (GC + MMM + ITM, mined negatives) with ITM on the unmasked pair and the
+     fusion parts at their own lr (``--mm_lr``): the options ``itm_pair`` and ``multimodal_lr``;
+     ``r:FLAVA`` for full FLAVA.
   m  (reference) ITM only on the *masked* pair as training draws it (block-masked image, BERT-masked
      text), the same easy negatives: isolates what the masking costs.
 
@@ -129,6 +132,28 @@ def itm_rung(name: str, params, sizes, data, tests, unmask: bool, seed: int, obj
     return out
 
 
+def record_rung(params, sizes, data, tests, seed: int, mm_lr: float, row_name: str = "FLAVA_MM") -> dict:
+    """The record's row as ``experiments.run_ablation`` trains it (mined negatives, the profile's sampler),
+    with ITM on the unmasked pair (``itm_pair='unmasked'``) and the fusion parts at ``mm_lr``."""
+    from reproduce.flava.ablation import table3_rows
+
+    row = table3_rows(params.p_paired, params.p_images, params.p_text)[row_name]
+    sampler = D.BatchSampler(data, sizes, params.batch_size, seed, 0.0, params.itm_hard_fraction)
+    model = build_model(sizes, seed)
+    cfg = P.FlavaTrainConfig(steps=P.row_steps(row, params.steps), batch_size=params.batch_size, lr=params.lr,
+                             warmup=params.warmup, weight_decay=params.weight_decay, itm_negatives="mined", seed=seed,
+                             itm_pair="unmasked", multimodal_lr=mm_lr)
+    t0 = time.perf_counter()
+    history = P.pretrain(model, row, sampler, cfg, device="cpu")
+    out = {"rung": f"r ({row_name} as the record trains it, mined neg., ITM unmasked, fusion lr {mm_lr:g})",
+           "steps": cfg.steps, "train_s": time.perf_counter() - t0,
+           "train_itm_windows": P.loss_windows(history["itm"], 10)}
+    for kind, (images, ids, mask, y) in tests.items():
+        p = V.itm_match_probability(model, images, ids, mask)
+        out[kind] = {"accuracy": score((p > 0.5) == y.astype(bool))}
+    return out
+
+
 def contrastive_rung(params, sizes, data, val, tests, seed: int, keep: list | None = None) -> dict:
     row = AblationRow("FLAVA_C", O.Objectives(gc=True), {"paired": 1.0}, ("multimodal",))
     sampler = D.BatchSampler(data, sizes, params.batch_size, seed, itm_negative_prob=0.0, itm_hard_fraction=0.0)
@@ -167,6 +192,7 @@ def main() -> None:
     ap.add_argument("--n_pairs", type=int, default=10_000, help="training pairs (cpu profile: 10,000)")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (cpu profile: 1e-3)")
     ap.add_argument("--mm_layers", type=int, default=None, help="multimodal layers of every rung but b (cpu profile: 1)")
+    ap.add_argument("--mm_lr", type=float, default=1e-4, help="rung r: peak lr of the fusion parts (multimodal_lr)")
     ap.add_argument("--n_test", type=int, default=600, help="held-out pairs per test set (cpu profile's n_probe: 600)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -196,6 +222,8 @@ def main() -> None:
         elif r == "j":
             res = itm_rung(f"j (GC + ITM jointly, unmasked, easy neg., {sizes.multimodal_layers} mm layer(s))", params, sizes, data, tests, True, args.seed,
                            O.Objectives(gc=True, itm=True))
+        elif r.startswith("r"):  # r or r:<row>: the record's row with ITM unmasked and the fusion lr --mm_lr
+            res = record_rung(params, sizes, data, tests, args.seed, args.mm_lr, r[2:] or "FLAVA_MM")
         elif r == "c":
             res = contrastive_rung(params, sizes, data, val, tests, args.seed, keep=gc_models)
         elif r == "w":  # warm start: ITM from the GC model of rung c (run c first in the same call)

@@ -239,6 +239,7 @@ class ProbeTask:
     train_y: np.ndarray
     test: tuple
     test_y: np.ndarray
+    texts: tuple | None = None  # (train, test) texts where a baseline reads them (scene_qa: the questions)
 
 
 @dataclass
@@ -250,6 +251,91 @@ class EvalData:
     retrieval_ids: Tensor  # (R, L)
     retrieval_mask: Tensor
     retrieval_captions: list[str]
+    scene_qa: ProbeTask | None = None  # fine-tuned fused task (inputs: uint8 images, ids, mask), ``scene_qa``
+    cloze: ProbeTask | None = None  # frozen-probe cloze on held-out novel sentences (inputs: ids, mask, position)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The fused task (issue #28): questions about generated scenes whose answer needs image and text
+# ---------------------------------------------------------------------------------------------------
+QA_ANSWERS = tuple(scenes.COLOURS)  # answer classes: the 8 colours
+_SIDE = {"to the left of": ("left", "right"), "to the right of": ("right", "left"), "above": ("top", "bottom"),
+         "below": ("bottom", "top")}  # where objects[0] and objects[1] stand (scenes._centres)
+
+
+def scene_qa(n: int, size: int, seed: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """``n`` two-object scenes (two different colours) with one question each about the colour of one
+    of the two objects, picked by where it stands ("what colour is the left object", from the scene's
+    relation) or, where the two sizes differ, by its size ("what colour is the large object"). The
+    question alone does not tell which of 8 colours it is, and the image alone does not tell which of
+    its two objects is asked about: the answer needs both (VQAv2's role in Table 3, a stand-in; colour
+    and place, not shape, because at 32 px a shape is a few pixels). Returns uint8 images
+    ``(n, S, S, 3)``, questions and answer ids (into ``QA_ANSWERS``)."""
+    rng = np.random.default_rng(seed)
+    sampler = scenes.SceneSampler("train", two_object_prob=1.0)
+    kept: list = []
+    while len(kept) < n:  # keep scenes whose two objects differ in colour
+        sc = sampler.sample(rng)
+        if sc.objects[0].colour != sc.objects[1].colour:
+            kept.append(sc)
+    backgrounds = scenes.textured_backgrounds(scenes.texture_tile(size, rng))
+    images = np.stack([scenes.render(sc, size, rng, backgrounds=backgrounds) for sc in kept])  # (n, S, S, 3)
+    questions, answers = [], []
+    for sc in kept:
+        k = int(rng.integers(2))
+        by_size = sc.objects[0].size != sc.objects[1].size and rng.random() < 0.5
+        where = sc.objects[k].size if by_size else _SIDE[sc.relation][k]
+        questions.append(f"what colour is the {where} object")
+        answers.append(QA_ANSWERS.index(sc.objects[k].colour))
+    return images, questions, np.asarray(answers, dtype=np.int64)
+
+
+def question_prior_accuracy(train_q: list[str], train_y: np.ndarray, test_q: list[str], test_y: np.ndarray) -> float:
+    """The unimodal (question-only) baseline, exactly: each test question answered with the most frequent
+    answer of the same question in the train split (the best any text-only model fitted there can do
+    on questions it has seen; unseen questions count as wrong). In %."""
+    from collections import Counter
+
+    best = {q: Counter(y for qq, y in zip(train_q, train_y) if qq == q).most_common(1)[0][0] for q in set(train_q)}
+    return 100.0 * float(np.mean([best.get(q, -1) == y for q, y in zip(test_q, test_y)]))
+
+
+# ---------------------------------------------------------------------------------------------------
+# The cloze task (issue #28): a masked frequent word of a held-out sentence, read off a frozen encoder
+# ---------------------------------------------------------------------------------------------------
+CLOZE_WORDS = 20  # answer classes: the most frequent whole-word tokens of the task's train sentences
+
+
+def cloze_task(tokenizer, sentences_: list[str], max_len: int, n_train: int, rng: np.random.Generator,
+               n_words: int = CLOZE_WORDS) -> tuple[ProbeTask, list[str]]:
+    """One position per sentence whose token is among the ``n_words`` most frequent alphabetic
+    whole-word tokens of the train sentences is replaced by [MASK]; the label is which word it was.
+    Inputs: ``(ids, mask, position)``. Sentences without such a token are dropped. Returns the task
+    and its words."""
+    from collections import Counter
+
+    ids, mask = tokenize(tokenizer, sentences_, max_len)
+    tokens = [tokenizer.convert_ids_to_tokens(row.tolist()) for row in ids]
+    special = set(tokenizer.all_special_tokens)
+    counts = Counter(t for row in tokens[:n_train] for t in row if t not in special and t.isalpha())
+    words = [w for w, _ in counts.most_common(n_words)]
+    index = {tokenizer.convert_tokens_to_ids(w): k for k, w in enumerate(words)}
+    keep, pos, y = [], [], []
+    for i, row in enumerate(ids.tolist()):
+        at = [j for j, t in enumerate(row) if t in index and mask[i, j]]
+        if at:
+            j = at[int(rng.integers(len(at)))]
+            keep.append(i)
+            pos.append(j)
+            y.append(index[row[j]])
+    keep_t, pos_t = torch.tensor(keep), torch.tensor(pos)
+    masked = ids[keep_t].clone()
+    masked[torch.arange(len(keep)), pos_t] = tokenizer.mask_token_id
+    y_arr = np.asarray(y, dtype=np.int64)
+    cut = int(np.searchsorted(np.asarray(keep), n_train))  # sentences of the train part stay in train
+    tr, te = slice(0, cut), slice(cut, len(keep))
+    return ProbeTask((masked[tr], mask[keep_t][tr], pos_t[tr]), y_arr[tr], (masked[te], mask[keep_t][te], pos_t[te]),
+                     y_arr[te]), words
 
 
 def replaced_token_pools(tokenizer) -> tuple[np.ndarray, np.ndarray]:
@@ -324,4 +410,13 @@ def build_eval_data(data: PretrainData, sizes: FlavaSizes, n_probe: int, n_retri
     itm = ProbeTask((), np.zeros(0), (itm_scenes.images, itm_ids, itm_mask), (~swapped).astype(np.int64))
     retrieval = scenes.make_scenes(n_retrieval, s, seed + 104, scenes.SceneSampler("test"))
     r_ids, r_mask = tokenize(tok, retrieval.captions, L)
-    return EvalData(vision, language, itm, retrieval.images, r_ids, r_mask, retrieval.captions)
+    # the fused task: fine-tuned scene questions (train: 2 x n_probe, test: n_probe)
+    qa_images, qa_q, qa_y = scene_qa(3 * n_probe, s, seed + 106)
+    qa_ids, qa_mask = tokenize(tok, qa_q, L)
+    tr, te = slice(0, 2 * n_probe), slice(2 * n_probe, 3 * n_probe)
+    qa = ProbeTask((qa_images[tr], qa_ids[tr], qa_mask[tr]), qa_y[tr], (qa_images[te], qa_ids[te], qa_mask[te]), qa_y[te],
+                   texts=(qa_q[tr], qa_q[te]))
+    # the cloze task: held-out Austen sentences after those of the other language tasks
+    cloze_text = austen[n_probe + k : n_probe + k + 4 * n_probe]  # ~2 x n_probe train / test: a 20-way probe
+    cloze, _ = cloze_task(tok, cloze_text, L, len(cloze_text) // 2, rng)
+    return EvalData(vision, language, itm, retrieval.images, r_ids, r_mask, retrieval.captions, qa, cloze)

@@ -11,8 +11,9 @@ Everything here returns plain data; the claims are made in ``reproduce.flava.sec
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +23,7 @@ from reproduce.data import pmd
 from reproduce.flava import objectives
 from reproduce.flava.ablation import INIT_ROW, AblationRow, encoder_state, missing_init_sources, table3_rows
 from reproduce.flava.data import BatchSampler, EvalData, PretrainData, TextSources, build_eval_data, build_pretrain_data, text_sources
-from reproduce.flava.evaluation import (DOMAINS, FinetuneConfig, contrastive_embeddings, evaluate, itm_accuracy,  # noqa: F401
+from reproduce.flava.evaluation import (CLOZE, DOMAINS, SCENE_QA, FinetuneConfig, contrastive_embeddings, evaluate, itm_accuracy,  # noqa: F401
                                         macro_average, png_base64, retrieval_examples, retrieval_recalls,
                                         similarity_matrix)
 from reproduce.flava.model import FLAVA_FULL, FlavaSizes, build_model, load_flava_full
@@ -106,12 +107,89 @@ def finetune_from(params) -> FinetuneConfig:
     return FinetuneConfig(steps=params.finetune_steps, lr=params.finetune_lr, warmup=params.finetune_steps // 10)
 
 
+def qa_finetune_from(params) -> FinetuneConfig:
+    return FinetuneConfig(steps=params.qa_finetune_steps, lr=params.finetune_lr, warmup=params.qa_finetune_steps // 10)
+
+
+@dataclass(frozen=True, eq=False)
+class AblationJob:
+    """One (Table 3 row, seed) of the ablation, or the seed's untrained reference: a job of
+    ``reproduce.pool.Pool``. ``shared`` is ``(PretrainData, EvalData)``, handed to each worker once;
+    ``parts`` holds the trained encoders row 6 starts from (``encoder_state`` of its source rows)."""
+
+    key: str
+    row: str
+    seed: int
+    params: Any
+    device: str
+    show: bool  # this row and seed draw the figures' extras (similarities, retrieval examples)
+    keep: tuple[str, ...] = ()  # parts later rows copy from this one (``INIT_PARTS`` names)
+    parts: dict = field(default_factory=dict)  # (row, part, seed) -> encoder_state, for row 6
+    log_dir: str | None = None
+
+    def run(self, shared, checkpoint_dir: str | None) -> dict:
+        data, ev = shared
+        if self.row == UNTRAINED:
+            return _untrained(self, ev)
+        return _trained_row(self, data, ev, checkpoint_dir)
+
+
+def _untrained(job: AblationJob, ev: EvalData) -> dict:
+    params = job.params
+    model = build_model(sizes_from(params), job.seed).to(runtime.pick_device(job.device)).eval()
+    scores, itm = distributed.on_main(lambda: (evaluate(model, None, ev, job.seed, finetune=finetune_from(params),
+                                                        qa_finetune=qa_finetune_from(params)), itm_accuracy(model, ev)))
+    return {"run": RowRun(UNTRAINED, job.seed, scores, macro_average(scores), {}, 0.0, itm)}
+
+
+def _trained_row(job: AblationJob, data: PretrainData, ev: EvalData, checkpoint_dir: str | None) -> dict:
+    import time
+
+    params, name, seed = job.params, job.row, job.seed
+    sizes, row = sizes_from(params), rows_from(params)[job.row]
+    dev = runtime.pick_device(job.device)
+    out = {"extras": {}, "parts": {}}
+    model = build_row_model(sizes, row, seed, job.parts).to(dev)
+    if job.show:
+        out["extras"]["similarity_before"] = similarity_matrix(model, ev)
+    mined = params.itm_negatives == "mined"
+    sampler = BatchSampler(data, sizes, params.batch_size, seed, 0.0 if mined else params.itm_negative_prob,
+                           params.itm_hard_fraction)
+    every = params.get("checkpoint_every", 0) if checkpoint_dir is not None else 0
+    cfg = FlavaTrainConfig(steps=row_steps(row, params.steps), batch_size=params.batch_size,
+                           micro_batch=params.get("micro_batch", 0), lr=params.lr, warmup=params.warmup,
+                           weight_decay=params.weight_decay, itm_negatives=params.itm_negatives, seed=seed,
+                           itm_pair=params.itm_pair, multimodal_lr=params.multimodal_lr,
+                           mixed_precision=runtime.mixed_precision(params.get("precision", "auto"), dev),
+                           checkpoint_every=every, checkpoint_dir=checkpoint_dir if every else None, log_dir=job.log_dir)
+    t0 = time.perf_counter()
+    history = pretrain(model, row, sampler, cfg, job.device)
+    train_s = time.perf_counter() - t0
+    out["parts"] = {part: encoder_state(model, part) for part in job.keep}
+    # the probes and fine-tuned heads run once, on the main process; every process gets the scores
+    scores, itm = distributed.on_main(lambda: (evaluate(model, row, ev, seed, finetune=finetune_from(params),
+                                                        qa_finetune=qa_finetune_from(params)),
+                                               itm_accuracy(model, ev) if row.objectives.paired else None))
+    losses = {k: loss_windows(v) for k, v in history.items() if not all(math.isnan(x) for x in v)}
+    out["run"] = RowRun(name, seed, scores, macro_average(scores), losses, train_s, itm)
+    if job.show:
+        out["extras"].update(row=name, similarity_after=similarity_matrix(model, ev),
+                             similarity_captions=ev.retrieval_captions[: len(out["extras"]["similarity_before"])],
+                             retrieval_examples=retrieval_examples(model, ev, seed=params.seed))
+    return out
+
+
 def run_ablation(params, data: PretrainData, ev: EvalData, device: str = "auto", rows: Rows = MemoryRows(),
                  log_dir: str | Path | None = None) -> tuple[list[RowRun], dict]:
     """Train and evaluate every requested row for every seed (the same budget: ``steps`` draws of the
     row's main source, see ``row_steps``). Rows that initialise from others (row 6) train after them,
     from their trained encoders of the same seed. The untrained reference (``UNTRAINED``: the seed's
-    random initialisation, every domain, the same tasks) comes first.
+    random initialisation, every domain, the same tasks) is evaluated as the rows are.
+
+    Each (row, seed) is one job of ``reproduce.pool.Pool`` (``AblationJob``): with ``params.workers``
+    > 1 (CPU, one process) they run in that many spawned single-threaded processes, otherwise here,
+    one after the other; each job seeds itself, so where it runs changes no number. Row 6 of a seed is
+    submitted once its MIM and MLM rows are done.
 
     ``rows`` (``reproduce.rundir.Rows``; the sections pass ``run.state``): each (Table 3 row, seed) is
     one of its rows, computed once and read back by a rerun; where ``rows`` gives it a
@@ -124,64 +202,47 @@ def run_ablation(params, data: PretrainData, ev: EvalData, device: str = "auto",
     Returns the runs and, from full FLAVA (or the last paired row) of the first seed, the similarity
     matrix of held-out pairs before and after pretraining and a few zero-shot retrieval examples.
     """
-    from tqdm.auto import tqdm
+    from reproduce.pool import Pool
 
-    sizes, table, finetune = sizes_from(params), rows_from(params), finetune_from(params)
-    dev = runtime.pick_device(device)
+    table = rows_from(params)
     shown = next((n for n in ("FLAVA", "FLAVA_MM", "FLAVA_C", INIT_ROW) if n in table), None)
     wanted = {(src, part) for row in table.values() for part, src in row.init.items()}  # parts later rows copy
+    workers = params.workers
+    where = device if workers <= 1 or distributed.world_size() > 1 else "cpu"  # workers: single-threaded CPU processes
+    log = str(log_dir) if log_dir is not None else None
+
+    def job(name: str, seed: int, parts: dict | None = None) -> AblationJob:
+        keep = tuple(sorted(part for src, part in wanted if src == name))
+        return AblationJob(rows.key("table3", name, seed), name, seed, params, where,
+                           name == shown and seed == params.seeds[0], keep, parts or {}, log)
+
+    order = training_order(table)
+    waiting = [n for n in order if table[n].init]  # row 6: after its sources
     trained: dict[tuple[str, str, int], dict] = {}
+    got: dict[tuple[str, int], dict] = {}
+    worker_log = Path(log_dir) / "workers.log" if log_dir is not None else None
+    with Pool(rows, workers, shared=(data, ev), log_path=worker_log, fmt="pickle", desc="Table 3 rows x seeds") as pool:
+        # the row-6 sources first (row 6 waits for them), then the longest rows, the untrained reference last
+        first = [n for n in order if n not in waiting and any(src == n for src, _ in wanted)]
+        rest = sorted((n for n in order if n not in waiting and n not in first), key=lambda n: -row_steps(table[n], 1000) *
+                      len(table[n].objectives.names()))
+        for name in [*first, *rest, UNTRAINED]:
+            for seed in params.seeds:
+                pool.submit(job(name, seed))
+        for done, result in pool.as_completed():
+            got[(done.row, done.seed)] = result
+            for part, value in result.get("parts", {}).items():
+                trained[(done.row, part, done.seed)] = value
+            for name in waiting:
+                sources = set(table[name].init.values())
+                if done.row in sources and all((src, done.seed) in got for src in sources):
+                    parts = {k: v for k, v in trained.items() if k[2] == done.seed and k[0] in sources}
+                    pool.submit(job(name, done.seed, parts))
     runs, extras = [], {}
-    units = [(UNTRAINED, seed) for seed in params.seeds] + [(n, seed) for n in training_order(table) for seed in params.seeds]
-    precision = runtime.mixed_precision(params.get("precision", "auto"), dev)
-
-    def untrained(seed: int) -> dict:
-        model = build_model(sizes, seed).to(dev).eval()
-        scores, itm = distributed.on_main(lambda: (evaluate(model, None, ev, seed, finetune=finetune), itm_accuracy(model, ev)))
-        return {"run": RowRun(UNTRAINED, seed, scores, macro_average(scores), {}, 0.0, itm)}
-
-    def trained_row(name: str, seed: int, key: str) -> dict:
-        import time
-
-        row, out = table[name], {"extras": {}, "parts": {}}
-        model = build_row_model(sizes, row, seed, trained).to(dev)
-        if name == shown and seed == params.seeds[0]:
-            out["extras"]["similarity_before"] = similarity_matrix(model, ev)
-        sampler = BatchSampler(data, sizes, params.batch_size, seed, 0.0 if mined else params.itm_negative_prob,
-                               params.itm_hard_fraction)
-        checkpoints = rows.checkpoint_dir(key)  # None: the row is not kept, so no checkpoint to continue from
-        every = params.get("checkpoint_every", 0) if checkpoints is not None else 0
-        cfg = FlavaTrainConfig(steps=row_steps(row, params.steps), batch_size=params.batch_size,
-                               micro_batch=params.get("micro_batch", 0), lr=params.lr, warmup=params.warmup,
-                               weight_decay=params.weight_decay, itm_negatives=params.itm_negatives, seed=seed,
-                               mixed_precision=precision, checkpoint_every=every,
-                               checkpoint_dir=checkpoints if every else None, log_dir=log_dir)
-        t0 = time.perf_counter()
-        history = pretrain(model, row, sampler, cfg, device)
-        train_s = time.perf_counter() - t0
-        out["parts"] = {part: encoder_state(model, part) for src, part in wanted if src == name}
-        # the probes and fine-tuned heads run once, on the main process; every process gets the scores
-        scores, itm = distributed.on_main(lambda: (evaluate(model, row, ev, seed, finetune=finetune),
-                                                   itm_accuracy(model, ev) if row.objectives.paired else None))
-        losses = {k: loss_windows(v) for k, v in history.items() if not all(math.isnan(x) for x in v)}
-        out["run"] = RowRun(name, seed, scores, macro_average(scores), losses, train_s, itm)
-        if name == shown and seed == params.seeds[0]:
-            out["extras"].update(row=name, similarity_after=similarity_matrix(model, ev),
-                                 similarity_captions=ev.retrieval_captions[: len(out["extras"]["similarity_before"])],
-                                 retrieval_examples=retrieval_examples(model, ev, seed=params.seed))
-        return out
-
-    mined = params.itm_negatives == "mined"
-    for name, seed in tqdm(units, desc="Table 3 rows x seeds", unit=" row"):
-        key = rows.key("table3", name, seed)
-        compute = (lambda s=seed: untrained(s)) if name == UNTRAINED else (lambda n=name, s=seed, k=key: trained_row(n, s, k))
-        got = rows.row(key, compute, fmt="pickle")
-        runs.append(got["run"])
-        extras.update(got.get("extras", {}))
-        for part, value in got.get("parts", {}).items():
-            trained[(name, part, seed)] = value
-    order = [UNTRAINED, *table]
-    runs.sort(key=lambda r: order.index(r.row))  # the table in the requested order, seeds in order within a row
+    for name in [UNTRAINED, *table]:  # the table in the requested order, seeds in order within a row
+        for seed in params.seeds:
+            runs.append(got[(name, seed)]["run"])
+            extras.update(got[(name, seed)].get("extras", {}))
     return runs, extras
 
 
@@ -292,10 +353,14 @@ def try_flava_full(ev: EvalData | None = None, model_id: str = FLAVA_FULL, devic
 
 
 
+NEW_TASKS = (("language", CLOZE), ("multimodal", SCENE_QA))  # issue #28's tasks, claimed one by one
+
+
 def per_seed(runs: list[RowRun]) -> list[dict]:
     """Each run's domain averages and macro average (the spread over seeds behind ``table3``)."""
     return [{"row": r.row, "seed": r.seed, **{d: r.scores.get(d, {}).get("average", 0.0) for d in DOMAINS}, "macro": r.macro,
-             **({"itm": r.itm["accuracy"]} if r.itm else {})} for r in runs]
+             **({"itm": r.itm["accuracy"]} if r.itm else {}),
+             **{task: r.scores[d][task] for d, task in NEW_TASKS if task in r.scores.get(d, {})}} for r in runs]
 
 
 def itm_table(runs: list[RowRun]) -> dict[str, list[dict[str, float]]]:

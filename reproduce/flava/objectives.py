@@ -28,7 +28,8 @@ loss code below is checked against ``FlavaForPreTraining.forward`` on batches wi
 References consulted: Hugging Face's ``FlavaForPreTraining`` (losses, heads), torchmultimodal's FLAVA
 (temperature clamp), ALBEF (Li et al., NeurIPS 2021, §3.2: mined ITM negatives).
 
-Deviations from the paper: none in the losses. Image tokens and masking: see ``reproduce.flava.tokenisers``
+Deviations from the paper: none in the losses by default; ``itm_pair="unmasked"`` (the cpu profile, issue #28)
+classifies the unmasked pair for ITM instead of the masked one. Image tokens and masking: see ``reproduce.flava.tokenisers``
 and ``reproduce.flava.masking``.
 """
 
@@ -212,6 +213,7 @@ def text_losses(model, batch: TextBatch, objectives: Objectives) -> FlavaLossTer
 
 
 ITM_NEGATIVES = ("sampled", "mined")
+ITM_PAIRS = ("masked", "unmasked")  # which pass ITM reads: FLAVA's masked multimodal pass, or the unmasked pair
 
 
 def mine_hard_negatives(similarity: Tensor, same: Tensor, generator: torch.Generator | None = None
@@ -269,8 +271,15 @@ def multimodal_encode(model, image_states: Tensor, text_states: Tensor, attentio
                                         return_dict=True).last_hidden_state
 
 
+def unmasked_itm_ids(batch: PairedBatch) -> Tensor:
+    """The ITM texts before text masking, ``(B, L)``: ``mlm_labels`` hold the original id wherever BERT's
+    masking picked a token (whether it became [MASK], a random token or stayed)."""
+    return batch.itm_ids_masked.where(batch.mlm_labels.eq(CE_IGNORE), batch.mlm_labels)
+
+
 def paired_losses(model, batch: PairedBatch, objectives: Objectives, gather: bool = True,
-                  itm_negatives: str = "sampled", generator: torch.Generator | None = None) -> FlavaLossTerms:
+                  itm_negatives: str = "sampled", generator: torch.Generator | None = None,
+                  itm_pair: str = "masked") -> FlavaLossTerms:
     """GC on the unmasked pair; ITM on the masked multimodal pass; MMM on its matched pairs (§3.1).
 
     ``itm_negatives``: "sampled" reads the ITM pairs of the batch as they are (``itm_labels``: the
@@ -278,53 +287,76 @@ def paired_losses(model, batch: PairedBatch, objectives: Objectives, gather: boo
     hard negatives mined from this batch's GC similarities (``mine_hard_negatives``, ALBEF), so ITM
     sees B matched and B unmatched pairs. With several processes the negatives are mined from the
     gathered global batch, as ALBEF does: the same draws as one process on the whole batch.
+
+    ``itm_pair``: "masked" (FLAVA, Hugging Face) classifies h_CLS,M of the masked pass that MMM reads;
+    "unmasked" (a deviation, issue #28) classifies the multimodal encoding of the unmasked image and
+    text, so that the mask cannot hide the object or the word that tells a pair from its negative.
+    With mined negatives the unmasked pass is GC's own (its encoder states, re-paired): only the
+    multimodal encoder runs again.
     """
     if itm_negatives not in ITM_NEGATIVES:
         raise ValueError(f"itm_negatives must be one of {ITM_NEGATIVES}, got {itm_negatives!r}")
+    if itm_pair not in ITM_PAIRS:
+        raise ValueError(f"itm_pair must be one of {ITM_PAIRS}, got {itm_pair!r}")
     mined = objectives.itm and itm_negatives == "mined"
     if mined and not objectives.gc:
         raise ValueError("itm_negatives='mined' draws negatives from the GC similarities: turn GC on")
     if mined and not batch.itm_labels.bool().all():
         raise ValueError("itm_negatives='mined' expects matched pairs only (sample with itm_negative_prob=0)")
     terms = FlavaLossTerms()
+    gc_out = None
     if objectives.gc:
-        out = model.flava(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                          pixel_values=batch.pixel_values, skip_multimodal_encoder=True)
+        gc_out = model.flava(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                             pixel_values=batch.pixel_values, skip_multimodal_encoder=True)
         if model.training:
             model.flava.logit_scale.data.clamp_(0.0, LOGIT_SCALE_MAX)
-        image, text = contrastive_embeddings(model, out.image_embeddings, out.text_embeddings)
+        image, text = contrastive_embeddings(model, gc_out.image_embeddings, gc_out.text_embeddings)
         terms.global_contrastive = global_contrastive_loss(image, text, model.flava.logit_scale, gather=gather)
-    if objectives.mmm or objectives.itm:
+    out = None
+    if objectives.mmm or (objectives.itm and itm_pair == "masked"):
         out = model.flava(input_ids=batch.itm_ids_masked, attention_mask=batch.itm_attention_mask,
                           pixel_values=batch.pixel_values, bool_masked_pos=batch.bool_masked_pos)
-        mm = out.multimodal_embeddings  # (B, 1 + 1 + P + L, D): [CLS_M], image CLS, patches, text
+    if objectives.itm:
+        if itm_pair == "masked":
+            itm_out, mm = out, out.multimodal_embeddings  # (B, 1 + 1 + P + L, D): [CLS_M], image CLS, patches, text
+        elif mined:  # matched pairs only: the ITM texts are GC's captions, so GC's unmasked states serve
+            itm_out = gc_out
+            mm = multimodal_encode(model, gc_out.image_output.hidden_states[-1], gc_out.text_output.hidden_states[-1],
+                                   batch.attention_mask)
+        else:
+            itm_out = model.flava(input_ids=unmasked_itm_ids(batch), attention_mask=batch.itm_attention_mask,
+                                  pixel_values=batch.pixel_values)
+            mm = itm_out.multimodal_embeddings
         if mined:  # the negatives re-pair this pass's encoder states: only the multimodal encoder runs again
             ids, offset = gather_rows(batch.input_ids)  # mined from the global batch (ALBEF gathers first)
             i, t = mined_itm_pairs(ids, gather_rows(image.detach())[0], gather_rows(text.detach())[0], generator)
             mine = slice(offset, offset + batch.input_ids.shape[0])  # this process's negatives: (B,), (B,)
-            image_states = gather_rows(out.image_output.hidden_states[-1])[0]  # (N, 1 + P, D)
-            text_states, masks = gather_rows(out.text_output.hidden_states[-1])[0], gather_rows(batch.itm_attention_mask)[0]
+            image_states = gather_rows(itm_out.image_output.hidden_states[-1])[0]  # (N, 1 + P, D)
+            text_states, masks = gather_rows(itm_out.text_output.hidden_states[-1])[0], gather_rows(batch.itm_attention_mask)[0]
             neg = multimodal_encode(model, image_states[i[mine]], text_states[t[mine]], masks[t[mine]])
             logits = torch.cat([model.itm_head(mm), model.itm_head(neg)])  # (2B, 2)
             labels = torch.cat([batch.itm_labels, torch.zeros_like(batch.itm_labels)])  # (2B,)
             terms.itm = F.cross_entropy(logits, labels)
-        elif objectives.itm:
+        else:
             terms.itm = F.cross_entropy(model.itm_head(mm), batch.itm_labels)
-        if objectives.mmm:
-            pos = batch.itm_labels.bool() | ~batch.itm_labels.bool().any()  # matched pairs (all if none)
-            p = batch.bool_masked_pos.shape[1]
-            image_labels = batch.image_tokens.masked_fill(~batch.bool_masked_pos, CE_IGNORE)[pos]  # (B+, P)
-            terms.mmm_image = _masked_prediction(model.mmm_image_head, mm[pos][:, 2 : 2 + p], image_labels)
-            terms.mmm_text = _masked_prediction(model.mmm_text_head, mm[pos][:, -batch.mlm_labels.shape[1]:],
-                                                batch.mlm_labels[pos])
+    if objectives.mmm:
+        mm = out.multimodal_embeddings  # (B, 1 + 1 + P + L, D) of the masked pass
+        pos = batch.itm_labels.bool() | ~batch.itm_labels.bool().any()  # matched pairs (all if none)
+        p = batch.bool_masked_pos.shape[1]
+        image_labels = batch.image_tokens.masked_fill(~batch.bool_masked_pos, CE_IGNORE)[pos]  # (B+, P)
+        terms.mmm_image = _masked_prediction(model.mmm_image_head, mm[pos][:, 2 : 2 + p], image_labels)
+        terms.mmm_text = _masked_prediction(model.mmm_text_head, mm[pos][:, -batch.mlm_labels.shape[1]:],
+                                            batch.mlm_labels[pos])
     return terms
 
 
 def losses(model, batch: PairedBatch | ImageBatch | TextBatch, objectives: Objectives, gather: bool = True,
-           itm_negatives: str = "sampled", generator: torch.Generator | None = None) -> FlavaLossTerms:
-    """The losses ``objectives`` asks for on one batch of one source (``paired_losses`` for ``itm_negatives``)."""
+           itm_negatives: str = "sampled", generator: torch.Generator | None = None, itm_pair: str = "masked"
+           ) -> FlavaLossTerms:
+    """The losses ``objectives`` asks for on one batch of one source (``paired_losses`` for ``itm_negatives``
+    and ``itm_pair``)."""
     if isinstance(batch, PairedBatch):
-        return paired_losses(model, batch, objectives, gather, itm_negatives, generator)
+        return paired_losses(model, batch, objectives, gather, itm_negatives, generator, itm_pair)
     if isinstance(batch, ImageBatch):
         return image_losses(model, batch, objectives)
     if isinstance(batch, TextBatch):

@@ -153,8 +153,10 @@ def sections(params) -> list[P.SectionPlan]:
         train_flops += row_steps(row, params.steps) * per_update * len(params.seeds)
     evals = len(params.seeds) * (len(rows) + 1)
     eval_examples = 2 * params.n_probe * 2 + 2 * params.n_probe * 3 + params.n_probe * 2 + params.n_retrieval
+    qa_tokens = params.qa_finetune_steps * 32 * tokens + 3 * params.n_probe * tokens  # scene QA: whole model, batch 32
     eval_flops = evals * (_forward_flops(n_params, eval_examples * tokens)
-                          + 3 * _forward_flops(n_params // 3, 3 * params.finetune_steps * 32 * sizes.max_text_len))
+                          + 3 * _forward_flops(n_params // 3, 3 * params.finetune_steps * 32 * sizes.max_text_len)
+                          + 3 * _forward_flops(n_params, qa_tokens))
     peak = max(c.train_peak() for c in costs.values())
     # the fp32 logits of the widest head (MLM over the vocabulary, or MIM/MMM over the codebook, on every
     # position as the meta step), what cross-entropy reads beside the saved log-softmax (bf16 autocast: its copy)

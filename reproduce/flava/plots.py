@@ -1,6 +1,7 @@
 """FLAVA figures, drawn only from recorded values (``run.measured`` or results/flava/<profile>.json).
 
 Keys read: ``objectives.illustration``, ``table3.ours``, ``table3.paper``, ``table3.gains``, ``itm.heldout``,
+``table3.per_seed``, ``tasks.baselines``, ``table4.chance``,
 ``pretraining.losses``, ``retrieval.similarity``, ``retrieval.examples``.
 """
 
@@ -46,6 +47,11 @@ KO = {
     "Held-out ITM accuracy (%)": "보류 쌍 ITM 정확도 (%)",
     "chance": "우연 수준",
     "seed": "시드",
+    "Scene QA (fine-tuned on h_CLS,M)": "장면 QA (h_CLS,M 위에서 미세조정)",
+    "Cloze (frozen probe)": "빈칸 채우기 (고정 프로브)",
+    "Accuracy (%)": "정확도 (%)",
+    "question-only baseline": "질문만 보는 기준선",
+    "majority class": "최빈 클래스",
 }
 LOSS_ORDER = ("mim", "mlm", "global_contrastive", "itm", "mmm_image", "mmm_text")
 DOMAIN_LABELS = {"vision": "Vision", "language": "Language", "multimodal": "Multimodal", "macro": "Macro"}
@@ -214,7 +220,8 @@ def plot_gains(measured: dict, lang: str = "en"):
     axes[0].axhline(0, color="black", linewidth=0.8)
     axes[0].set_xticks(np.arange(len(rows)), rows, rotation=30, ha="right")
     axes[0].set_ylabel(_("Gain over the untrained\nmodel (points)"))
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=len(labels), fontsize=8)  # below: no bar covered
     for i, (row, per) in enumerate(itm.items()):
         for j, x in enumerate(per):
             axes[1].errorbar(i + (j - (len(per) - 1) / 2) * 0.15, x["accuracy"], yerr=[[x["accuracy"] - x["low"]], [x["high"] - x["accuracy"]]],
@@ -226,10 +233,37 @@ def plot_gains(measured: dict, lang: str = "en"):
     return fig
 
 
+def plot_tasks(measured: dict, lang: str = "en"):
+    """Issue #28's tasks per row: scene QA (the fused task) and cloze, each seed a dot and the mean a bar,
+    against the untrained row, the question-only baseline and the majority class."""
+    _ = figures.translator(KO, lang)
+    seeds, baselines = measured.get("table3.per_seed") or [], measured.get("tasks.baselines") or {}
+    chance = measured.get("table4.chance") or {}
+    fig, axes = figures.subplots(1, 2, height=4.0)
+    for ax, (domain, task, title) in zip(axes, (("multimodal", "scene QA", "Scene QA (fine-tuned on h_CLS,M)"),
+                                                ("language", "cloze", "Cloze (frozen probe)"))):
+        rows = [r for r in dict.fromkeys(x["row"] for x in seeds) if any(task in x for x in seeds if x["row"] == r)]
+        for i, row in enumerate(rows):
+            values = [x[task] for x in seeds if x["row"] == row and task in x]
+            ax.bar(i, float(np.mean(values)), 0.6, color=figures.PALETTE[0 if row == "untrained" else 1], alpha=0.7)
+            ax.scatter(np.full(len(values), i) + np.linspace(-0.15, 0.15, len(values)), values, s=12, color="black", zorder=3)
+        if task == "scene QA" and task in baselines:
+            ax.axhline(baselines[task], color="gray", linestyle=":", linewidth=1.2, label=_("question-only baseline"))
+        majority = chance.get(domain, {}).get(task)
+        if majority is not None:
+            ax.axhline(majority, color="gray", linestyle="--", linewidth=1, label=_("majority class"))
+        ax.set_xticks(np.arange(len(rows)), rows, rotation=30, ha="right")
+        ax.set_title(_(title), fontsize=10)
+        ax.set_ylabel(_("Accuracy (%)"))
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.32), ncols=2, frameon=False)  # below the axis
+    return fig
+
+
 FIGURES = {
     "flava_objectives_batch": plot_objectives,
     "flava_table3_ablation": plot_table3,
     "flava_gains_over_untrained": plot_gains,
+    "flava_new_tasks": plot_tasks,
     "flava_pretraining_losses": plot_losses,
     "flava_similarity_before_after": plot_similarity,
     "flava_zero_shot_retrieval": plot_retrieval,

@@ -24,7 +24,7 @@ from reproduce import train
 from reproduce.flava.ablation import AblationRow, initialise_from
 from reproduce.flava.data import BatchSampler
 from reproduce.flava.model import FlavaSizes, build_model
-from reproduce.flava.objectives import ITM_NEGATIVES, ImageBatch, Objectives, PairedBatch, TextBatch, losses
+from reproduce.flava.objectives import ITM_NEGATIVES, ITM_PAIRS, ImageBatch, Objectives, PairedBatch, TextBatch, losses
 
 LOSS_NAMES = ("mim", "mlm", "global_contrastive", "itm", "mmm_image", "mmm_text")
 
@@ -40,6 +40,8 @@ class FlavaTrainConfig(train.TrainConfig):
     weight_decay: float = 0.1
     itm_negatives: str = "sampled"  # "mined": ALBEF's hard negatives from the GC similarities (objectives.paired_losses)
     seed: int = 0  # the mined negatives' draws
+    itm_pair: str = "masked"  # "unmasked": ITM classifies the unmasked pair (objectives.paired_losses; issue #28)
+    multimodal_lr: float = 0.0  # peak lr of the fusion parts (MULTIMODAL_PARTS); 0 = lr, one lr for all (paper)
     forward_rows: int = field(init=False, default=0)  # rows of one forward over all processes (set from micro_batch)
 
     def __post_init__(self) -> None:
@@ -55,6 +57,10 @@ class FlavaTrainConfig(train.TrainConfig):
             raise ValueError(f"bad optimisation settings: lr={self.lr}, warmup={self.warmup}, wd={self.weight_decay}")
         if self.itm_negatives not in ITM_NEGATIVES:
             raise ValueError(f"itm_negatives must be one of {ITM_NEGATIVES}, got {self.itm_negatives!r}")
+        if self.itm_pair not in ITM_PAIRS:
+            raise ValueError(f"itm_pair must be one of {ITM_PAIRS}, got {self.itm_pair!r}")
+        if self.multimodal_lr < 0:
+            raise ValueError(f"multimodal_lr must be >= 0 (0 = lr), got {self.multimodal_lr}")
 
 
 class FlavaPretrainer(torch.nn.Module):
@@ -66,15 +72,16 @@ class FlavaPretrainer(torch.nn.Module):
 
     BATCHES = {"paired": PairedBatch, "images": ImageBatch, "text": TextBatch}
 
-    def __init__(self, model, objectives: Objectives, itm_negatives: str = "sampled", seed: int = 0):
+    def __init__(self, model, objectives: Objectives, itm_negatives: str = "sampled", seed: int = 0,
+                 itm_pair: str = "masked"):
         super().__init__()
-        self.model, self.objectives, self.itm_negatives = model, objectives, itm_negatives
+        self.model, self.objectives, self.itm_negatives, self.itm_pair = model, objectives, itm_negatives, itm_pair
         self.generator = torch.Generator().manual_seed(seed)  # the mined negatives' draws (CPU)
         self.last: dict[str, float] = {}
 
     def forward(self, source: str, **tensors: Tensor) -> Tensor:
         terms = losses(self.model, self.BATCHES[source](**tensors), self.objectives,
-                       itm_negatives=self.itm_negatives, generator=self.generator)
+                       itm_negatives=self.itm_negatives, generator=self.generator, itm_pair=self.itm_pair)
         self.last = {name: float(value.detach()) for name, value in terms.items()}
         return terms.total()
 
@@ -98,11 +105,23 @@ def batch_stream(sampler: BatchSampler, row: AblationRow, micro_batch: int = 0):
             yield {"source": source, **{k: v[start : start + step] for k, v in tensors.items()}}
 
 
+# The fusion parts: the multimodal encoder, the projections into it and the heads on its outputs.
+MULTIMODAL_PARTS = ("flava.multimodal_model", "flava.image_to_mm_projection", "flava.text_to_mm_projection",
+                    "itm_head", "mmm_image_head", "mmm_text_head")
+
+
 def optimizer(model, cfg: FlavaTrainConfig) -> torch.optim.AdamW:
-    """AdamW (Table A.2), no weight decay on biases, norms and embeddings."""
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embeddings" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embeddings" not in n)]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+    """AdamW (Table A.2), no weight decay on biases, norms and embeddings.
+
+    ``cfg.multimodal_lr`` (a deviation where it is not 0, issue #28): the fusion parts
+    (``MULTIMODAL_PARTS``) get their own peak lr; the schedule scales every group alike. Measured in
+    calibration/flava/itm_ladder.md: at the paper's 1e-3 ITM collapses to one class at our scale."""
+    groups: dict[tuple[float, float], list] = {}
+    for n, p in model.named_parameters():
+        decay = cfg.weight_decay if p.ndim >= 2 and "embeddings" not in n else 0.0
+        fusion = cfg.multimodal_lr and any(n == part or n.startswith(part + ".") for part in MULTIMODAL_PARTS)
+        groups.setdefault((cfg.multimodal_lr if fusion else cfg.lr, decay), []).append(p)
+    return torch.optim.AdamW([{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()],
                              lr=cfg.lr, betas=(0.9, 0.999))
 
 
@@ -128,7 +147,7 @@ def pretrain(model, row: AblationRow, sampler: BatchSampler, cfg: FlavaTrainConf
 
     opt = optimizer(model, cfg)
     sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup, cfg.steps // 2), cfg.steps)
-    trainer = FlavaPretrainer(model, row.objectives, cfg.itm_negatives, cfg.seed)
+    trainer = FlavaPretrainer(model, row.objectives, cfg.itm_negatives, cfg.seed, cfg.itm_pair)
     history: dict[str, list[float]] = {n: [] for n in (*LOSS_NAMES, "total")}
     checkpoint = train.latest_checkpoint(cfg.checkpoint_dir) if cfg.resume else None
     if checkpoint is not None:  # resume: the history up to the checkpoint and the generator's state there
