@@ -133,6 +133,23 @@ class FinetuneConfig:
             raise ValueError(f"bad fine-tuning settings: {self}")
 
 
+def _fit(params: list[Tensor], cfg: FinetuneConfig, n: int, loss_of, seed: int) -> None:
+    """``cfg.steps`` AdamW updates of ``params`` (linear warmup, then linear decay; gradients clipped
+    to norm 1), each on the loss ``loss_of(idx)`` of ``cfg.batch_size`` of the ``n`` training examples
+    drawn without replacement (``idx``: a LongTensor)."""
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: min((t + 1) / max(cfg.warmup, 1), max(0.0, (cfg.steps - t) / max(cfg.steps - cfg.warmup, 1))))
+    rng = np.random.default_rng(seed)
+    for _ in range(cfg.steps):
+        loss = loss_of(torch.from_numpy(rng.choice(n, min(cfg.batch_size, n), replace=False)))
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+
+
 def finetune_text(model, task: ProbeTask, cfg: FinetuneConfig = FinetuneConfig(), seed: int = 0) -> float:
     """Fine-tune a copy of the text encoder with a linear head on h_CLS,T on the task's train split;
     accuracy (%) on its test split. The model passed in is left unchanged."""
@@ -145,21 +162,14 @@ def finetune_text(model, task: ProbeTask, cfg: FinetuneConfig = FinetuneConfig()
     if cfg.freeze_embeddings:  # the token, position and type embeddings keep their pretrained values
         encoder.embeddings.requires_grad_(False)
     params = [p for p in (*encoder.parameters(), *head.parameters()) if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda t: min((t + 1) / max(cfg.warmup, 1), max(0.0, (cfg.steps - t) / max(cfg.steps - cfg.warmup, 1))))
     ids, mask = task.train
     y = torch.as_tensor(task.train_y, dtype=torch.long)
-    rng = np.random.default_rng(seed)
-    for _ in range(cfg.steps):
-        idx = torch.from_numpy(rng.choice(len(y), min(cfg.batch_size, len(y)), replace=False))
+
+    def loss_of(idx: Tensor) -> Tensor:
         hidden = encoder(input_ids=ids[idx].to(dev), attention_mask=mask[idx].to(dev)).last_hidden_state  # (b, L, D)
-        loss = F.cross_entropy(head(hidden[:, 0]), y[idx].to(dev))
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+        return F.cross_entropy(head(hidden[:, 0]), y[idx].to(dev))
+
+    _fit(params, cfg, len(y), loss_of, seed)
     encoder.eval()
     with torch.no_grad():
         ids, mask = task.test
@@ -180,26 +190,15 @@ def finetune_multimodal(model, task: ProbeTask, cfg: FinetuneConfig = FinetuneCo
     torch.manual_seed(seed)
     head = torch.nn.Linear(flava.config.multimodal_config.hidden_size,
                            int(max(task.train_y.max(), task.test_y.max())) + 1).to(dev)
-    params = [*flava.parameters(), *head.parameters()]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda t: min((t + 1) / max(cfg.warmup, 1), max(0.0, (cfg.steps - t) / max(cfg.steps - cfg.warmup, 1))))
     images, ids, mask = task.train
     y = torch.as_tensor(task.train_y, dtype=torch.long)
-    rng = np.random.default_rng(seed)
 
     def logits(images, ids, mask):
         o = flava(pixel_values=to_pixels(images).to(dev), input_ids=ids.to(dev), attention_mask=mask.to(dev))
         return head(o.multimodal_embeddings[:, 0])  # (b, classes) from h_CLS,M
 
-    for _ in range(cfg.steps):
-        idx = rng.choice(len(y), min(cfg.batch_size, len(y)), replace=False)
-        loss = F.cross_entropy(logits(images[idx], ids[idx], mask[idx]), y[idx].to(dev))
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
+    _fit([*flava.parameters(), *head.parameters()], cfg, len(y),
+         lambda idx: F.cross_entropy(logits(images[idx.numpy()], ids[idx], mask[idx]), y[idx].to(dev)), seed)
     flava.eval()
     with torch.no_grad():
         images, ids, mask = task.test

@@ -176,18 +176,24 @@ def _mean(values: Mapping[int, float]) -> float:
 
 def gains_markdown(gains: Mapping[str, Mapping[str, Any]]) -> str:
     """Markdown: each row's gain per domain over the untrained row [95 % CI] and over chance."""
+    return _gains_markdown(gains, list(E.DOMAINS), {d: "chance" for d in E.DOMAINS}, "over_chance")
+
+
+def _gains_markdown(gains: Mapping[str, Mapping[str, Any]], columns: list[str], baseline: Mapping[str, str],
+                    key: str) -> str:
+    """Markdown: per row and column, the gain over the untrained row [95 % CI] / over ``baseline`` (``key``)."""
     if not gains:
         return ""
-    lines = ["| Row | " + " | ".join(f"{d}: over untrained [95 % CI] / over chance" for d in E.DOMAINS) + " |",
-             "|---|" + "---|" * len(E.DOMAINS)]
+    lines = ["| Row | " + " | ".join(f"{c}: over untrained [95 % CI] / over {baseline[c]}" for c in columns) + " |",
+             "|---|" + "---|" * len(columns)]
     for row, g in gains.items():
         cells = []
-        for d in E.DOMAINS:
-            if d not in g:
+        for c in columns:
+            if c not in g:
                 cells.append("–")
                 continue
-            u = claims.Estimate.from_dict(g[d]["over_untrained"])
-            cells.append(f"{u.value:+.2f} [{u.low:+.2f}, {u.high:+.2f}] / {g[d]['over_chance']:+.2f}")
+            u = claims.Estimate.from_dict(g[c]["over_untrained"])
+            cells.append(f"{u.value:+.2f} [{u.low:+.2f}, {u.high:+.2f}] / {g[c][key]:+.2f}")
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -235,21 +241,7 @@ def task_gain_table(seeds: Sequence[Mapping[str, Any]], baselines: Mapping[str, 
 
 def task_gains_markdown(gains: Mapping[str, Mapping[str, Any]]) -> str:
     """Markdown: each row's gain on scene QA and cloze over the untrained row [95 % CI] and over the baseline."""
-    if not gains:
-        return ""
-    tasks = list(dict.fromkeys(t for g in gains.values() for t in g))
-    lines = ["| Row | " + " | ".join(f"{t}: over untrained [95 % CI] / over {TASK_BASELINE[t]}" for t in tasks) + " |",
-             "|---|" + "---|" * len(tasks)]
-    for row, g in gains.items():
-        cells = []
-        for t in tasks:
-            if t not in g:
-                cells.append("–")
-                continue
-            u = claims.Estimate.from_dict(g[t]["over_untrained"])
-            cells.append(f"{u.value:+.2f} [{u.low:+.2f}, {u.high:+.2f}] / {g[t]['over_baseline']:+.2f}")
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return _gains_markdown(gains, list(dict.fromkeys(t for g in gains.values() for t in g)), TASK_BASELINE, "over_baseline")
 
 
 def claim_tasks(run, seeds: Sequence[Mapping[str, Any]], itm: Mapping[str, Sequence[Mapping[str, float]]]) -> None:
