@@ -214,7 +214,7 @@ def cloze_features(model, ids: Tensor, mask: Tensor, position: Tensor, chunk: in
     for i in range(0, len(ids), chunk):
         hidden = model.flava.text_model(input_ids=ids[i : i + chunk].to(dev),
                                         attention_mask=mask[i : i + chunk].to(dev)).last_hidden_state  # (b, L, D)
-        out.append(hidden[torch.arange(hidden.shape[0]), position[i : i + chunk].to(dev)].cpu())
+        out.append(hidden[torch.arange(hidden.shape[0], device=dev), position[i : i + chunk].to(dev)].cpu())
     return torch.cat(out).numpy()
 
 
