@@ -22,6 +22,8 @@ from reproduce.configs.flava import SPEC
 from reproduce.flava import evaluation as V
 from reproduce.flava import experiments as E
 from reproduce.flava.ablation import INIT_ROW
+from reproduce.flava.gains import (TASK_BASELINE, gain_table, gains_markdown, per_seed_note,  # noqa: F401
+                                   paired_difference, per_seed_values, slug, task_gain_table, task_gains_markdown)
 from reproduce.flava import data as D
 from reproduce.flava.data import EvalData, PretrainData
 from reproduce.flava.model import FlavaSizes
@@ -156,48 +158,6 @@ ITM_ROW = "FLAVA_MM"  # the row whose ITM share Table 3 rows 3-4 measure
 ITM_CHANCE = 50.0  # balanced held-out pairs: true caption or a one-attribute swap
 
 
-def gain_table(seeds: Sequence[Mapping[str, Any]], chance: Mapping[str, Mapping[str, float]]) -> dict[str, dict]:
-    """Per trained row and domain it reports: the gain over the untrained row (paired by seed, t 95 %)
-    and over chance (mean over seeds minus the chance average), in points."""
-    rows = [r for r in dict.fromkeys(x["row"] for x in seeds) if r != UNTRAINED]
-    if UNTRAINED not in {x["row"] for x in seeds}:
-        return {}
-    out: dict[str, dict] = {}
-    for row in rows:
-        domains = [d for d in E.DOMAINS if any(x["row"] == row and x[d] for x in seeds)]
-        out[row] = {d: {"over_untrained": paired_difference(seeds, row, UNTRAINED, d).to_dict(),
-                        "over_chance": _mean(per_seed_values(seeds, row, d)) - chance[d]["average"]} for d in domains}
-    return out
-
-
-def _mean(values: Mapping[int, float]) -> float:
-    return math.fsum(values.values()) / len(values)
-
-
-def gains_markdown(gains: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown: each row's gain per domain over the untrained row [95 % CI] and over chance."""
-    return _gains_markdown(gains, list(E.DOMAINS), {d: "chance" for d in E.DOMAINS}, "over_chance")
-
-
-def _gains_markdown(gains: Mapping[str, Mapping[str, Any]], columns: list[str], baseline: Mapping[str, str],
-                    key: str) -> str:
-    """Markdown: per row and column, the gain over the untrained row [95 % CI] / over ``baseline`` (``key``)."""
-    if not gains:
-        return ""
-    lines = ["| Row | " + " | ".join(f"{c}: over untrained [95 % CI] / over {baseline[c]}" for c in columns) + " |",
-             "|---|" + "---|" * len(columns)]
-    for row, g in gains.items():
-        cells = []
-        for c in columns:
-            if c not in g:
-                cells.append("–")
-                continue
-            u = claims.Estimate.from_dict(g[c]["over_untrained"])
-            cells.append(f"{u.value:+.2f} [{u.low:+.2f}, {u.high:+.2f}] / {g[c][key]:+.2f}")
-        lines.append(f"| {row} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
 def claim_controls(run, seeds: Sequence[Mapping[str, Any]]) -> None:
     """Controls: row 6's source rows beat the untrained model in their own domain, and full FLAVA
     (row 5) in each of the three (paired difference over seeds, t 95 %)."""
@@ -208,42 +168,12 @@ def claim_controls(run, seeds: Sequence[Mapping[str, Any]]) -> None:
         run.claim(f"control_{row.lower()}_{domain}", artifact="Table 3, controls", section=SPEC.section("Table 3, controls"),
                   text=f"{row} minus the untrained model, {domain} average (paired difference over seeds)",
                   ours=paired_difference(seeds, row, UNTRAINED, domain), relation=">", threshold=0.0,
-                  source=CONTROL_SOURCE, note=_per_seed_note(seeds, row, UNTRAINED, domain))
+                  source=CONTROL_SOURCE, note=per_seed_note(seeds, row, UNTRAINED, domain))
 
 
 # Issue #28's tasks, each claimed for the rows that should have learnt what it needs
 TASK_CONTROLS = (("MLM", V.CLOZE), ("FLAVA_C", V.SCENE_QA), ("FLAVA_MM", V.SCENE_QA), ("FLAVA", V.SCENE_QA),
                  (INIT, V.SCENE_QA))
-TASK_BASELINE = {V.SCENE_QA: "question-only baseline (each test question's most frequent train answer)",
-                 V.CLOZE: "majority class"}
-
-
-def slug(name: str) -> str:
-    return name.lower().replace("+", "_").replace(" ", "_")
-
-
-def task_gain_table(seeds: Sequence[Mapping[str, Any]], baselines: Mapping[str, float]) -> dict[str, dict]:
-    """Per trained row and new task (scene QA, cloze): the gain over the untrained row (paired by seed,
-    t 95 %) and over the task's unimodal or majority baseline (mean over seeds minus it), in points."""
-    if UNTRAINED not in {x["row"] for x in seeds}:
-        return {}
-    out: dict[str, dict] = {}
-    for row in dict.fromkeys(x["row"] for x in seeds):
-        if row == UNTRAINED:
-            continue
-        for task in baselines:
-            if all(task in x for x in seeds if x["row"] == row):
-                out.setdefault(row, {})[task] = {
-                    "over_untrained": paired_difference(seeds, row, UNTRAINED, task).to_dict(),
-                    "over_baseline": _mean(per_seed_values(seeds, row, task)) - baselines[task]}
-    return out
-
-
-def task_gains_markdown(gains: Mapping[str, Mapping[str, Any]]) -> str:
-    """Markdown: each row's gain on scene QA and cloze over the untrained row [95 % CI] and over the baseline."""
-    return _gains_markdown(gains, list(dict.fromkeys(t for g in gains.values() for t in g)), TASK_BASELINE, "over_baseline")
-
-
 def claim_tasks(run, seeds: Sequence[Mapping[str, Any]], itm: Mapping[str, Sequence[Mapping[str, float]]]) -> None:
     """Controls: MLM beats the untrained model on cloze, and every multimodal row on scene QA (paired
     difference over seeds, t 95 %); the paper's VQAv2 ordering (Table 4: FLAVA_MM above FLAVA_C) on
@@ -255,7 +185,7 @@ def claim_tasks(run, seeds: Sequence[Mapping[str, Any]], itm: Mapping[str, Seque
         run.claim(f"control_{slug(row)}_{slug(task)}", artifact="Table 3, controls", section=SPEC.section("Table 3, controls"),
                   text=f"{row} minus the untrained model, {task} (paired difference over seeds)",
                   ours=paired_difference(seeds, row, UNTRAINED, task), relation=">", threshold=0.0,
-                  source=CONTROL_SOURCE, note=_per_seed_note(seeds, row, UNTRAINED, task))
+                  source=CONTROL_SOURCE, note=per_seed_note(seeds, row, UNTRAINED, task))
     if {"FLAVA_C", "FLAVA_MM", UNTRAINED} <= rows and all(V.SCENE_QA in x for x in seeds if x["row"] in ("FLAVA_C", "FLAVA_MM")):
         pre = mm_precondition(seeds, itm, V.SCENE_QA)
         diff = paired_difference(seeds, "FLAVA_MM", "FLAVA_C", V.SCENE_QA)
@@ -264,7 +194,7 @@ def claim_tasks(run, seeds: Sequence[Mapping[str, Any]], itm: Mapping[str, Seque
                        "stand-in (paired difference over seeds)",
                   ours=diff, relation=">", threshold=0.0, source=f"paper: Table 4, VQAv2 (FLAVA_MM above FLAVA_C)",
                   paper=f"{PAPER['vqa']['FLAVA_MM']:.2f} vs {PAPER['vqa']['FLAVA_C']:.2f} (VQAv2)",
-                  note=_per_seed_note(seeds, "FLAVA_MM", "FLAVA_C", V.SCENE_QA), precondition=pre)
+                  note=per_seed_note(seeds, "FLAVA_MM", "FLAVA_C", V.SCENE_QA), precondition=pre)
 
 
 def itm_margin(itm: Mapping[str, Sequence[Mapping[str, float]]]) -> float | None:
@@ -310,20 +240,6 @@ def itm_active(run) -> bool | None:
     return got[0].verdict == "holds" if got else None
 
 
-def per_seed_values(seeds: Sequence[Mapping[str, Any]], row: str, metric: str) -> dict[int, float]:
-    """``{seed: value}`` of one row's ``metric`` (a domain average or ``macro``) from ``per_seed`` records."""
-    return {int(r["seed"]): float(r[metric]) for r in seeds if r["row"] == row}
-
-
-def paired_difference(seeds: Sequence[Mapping[str, Any]], a: str, b: str, metric: str) -> claims.Estimate:
-    """``a - b`` on ``metric``, seed by seed (the rows share seeds), with its t 95 % interval."""
-    va, vb = per_seed_values(seeds, a, metric), per_seed_values(seeds, b, metric)
-    if set(va) != set(vb) or not va:
-        raise ValueError(f"rows {a!r} and {b!r} must share their seeds to be paired: {sorted(va)} vs {sorted(vb)}")
-    order = sorted(va)
-    return claims.paired_t([va[s] for s in order], [vb[s] for s in order])
-
-
 def claim_table3(run, seeds: Sequence[Mapping[str, Any]], tasks: Mapping[str, Mapping[str, float]],
                  itm: Mapping[str, Sequence[Mapping[str, float]]] | None = None) -> None:
     """Table 3's relations between rows, each judged on the paired difference over seeds (t 95 %
@@ -348,7 +264,7 @@ def claim_table3(run, seeds: Sequence[Mapping[str, Any]], tasks: Mapping[str, Ma
     def claim(id: str, artifact: str, text: str, a: str, b: str, metric: str, source: str,
               precondition: claims.Precondition | None = None, extra: str = "") -> None:
         diff = paired_difference(seeds, a, b, metric)
-        note = _per_seed_note(seeds, a, b, metric)
+        note = per_seed_note(seeds, a, b, metric)
         verdict = claims.judge(">", diff, 0.0, precondition=precondition)
         if verdict != "holds":
             why = _difference_note(a, b, metric, tasks) if metric in E.DOMAINS else _macro_note(a, b, seeds)
@@ -395,15 +311,6 @@ def claim_table3(run, seeds: Sequence[Mapping[str, Any]], tasks: Mapping[str, Ma
 
 _VERDICT_WORDS = {"contradicted": "contradicted at our scale", "inconclusive": "the seeds cannot tell",
                   "not testable": "not testable"}
-
-
-def _per_seed_note(seeds, a: str, b: str, metric: str) -> str:
-    va, vb = per_seed_values(seeds, a, metric), per_seed_values(seeds, b, metric)
-
-    def values(v: dict[int, float]) -> str:
-        return " / ".join(f"{v[s]:.2f}" for s in sorted(v)) + f" (mean {math.fsum(v.values()) / len(v):.2f})"
-
-    return f"{metric} per seed {sorted(va)}: {a} {values(va)}, {b} {values(vb)}"
 
 
 def _macro_note(a: str, b: str, seeds) -> str:
