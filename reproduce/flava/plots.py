@@ -234,8 +234,8 @@ def plot_gains(measured: dict, lang: str = "en"):
 
 
 def plot_tasks(measured: dict, lang: str = "en"):
-    """Issue #28's tasks per row: scene QA (the fused task) and cloze, each seed a dot and the mean a bar,
-    against the untrained row, the question-only baseline and the majority class."""
+    """Scene QA (the fused task) and cloze per row: each seed a dot, the mean a bar, beside the untrained row,
+    the question-only baseline and the majority class (issue #28's tasks)."""
     _ = figures.translator(KO, lang)
     seeds, baselines = measured.get("table3.per_seed") or [], measured.get("tasks.baselines") or {}
     chance = measured.get("table4.chance") or {}
