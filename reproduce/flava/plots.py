@@ -255,7 +255,11 @@ def plot_tasks(measured: dict, lang: str = "en"):
         ax.set_xticks(np.arange(len(rows)), rows, rotation=30, ha="right")
         ax.set_title(_(title), fontsize=10)
         ax.set_ylabel(_("Accuracy (%)"))
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.32), ncols=2, frameon=False)  # below the axis
+    handles = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, h)
+    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=len(handles), fontsize=8)  # below: no bar covered
     return fig
 
 
