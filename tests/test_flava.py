@@ -122,6 +122,7 @@ def _gathered_worker(rank: int, world: int, port: int, image: torch.Tensor, text
         loss.backward()
         dist.all_reduce(w.grad)  # what DDP does (sum here, divided below = DDP's average)
         queue.put((rank, loss.item(), (w.grad / world).numpy()))
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it (a SIGABRT seen once)
     finally:
         dist.destroy_process_group()
 
