@@ -187,7 +187,7 @@ def contrastive_rung(params, sizes, data, val, tests, seed: int, keep: list | No
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rungs", default="a,b,c", help="comma list of a, b, c, m")
-    ap.add_argument("--seed", type=int, default=101, help="data, model and sampler seed (the record uses 0, 1, 2)")
+    ap.add_argument("--seed", type=int, default=101, help="data, model and sampler seed (the record uses 0-3)")
     ap.add_argument("--steps", type=int, default=600, help="updates per rung (cpu profile: 600)")
     ap.add_argument("--n_pairs", type=int, default=10_000, help="training pairs (cpu profile: 10,000)")
     ap.add_argument("--lr", type=float, default=None, help="peak learning rate (cpu profile: 1e-3)")

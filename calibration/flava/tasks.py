@@ -28,7 +28,7 @@ from reproduce.flava import experiments as E
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seed", type=int, default=101, help="data and model seed (the record uses 0, 1, 2)")
+    ap.add_argument("--seed", type=int, default=101, help="data and model seed (the record uses 0-3)")
     ap.add_argument("--rows", default="MLM,FLAVA_C,FLAVA_MM")
     ap.add_argument("--set", nargs="*", default=[], help="cpu-profile overrides, name=value (JSON values)")
     args = ap.parse_args()

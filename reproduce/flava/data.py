@@ -291,9 +291,10 @@ def scene_qa(n: int, size: int, seed: int) -> tuple[np.ndarray, list[str], np.nd
 
 
 def question_prior_accuracy(train_q: list[str], train_y: np.ndarray, test_q: list[str], test_y: np.ndarray) -> float:
-    """The unimodal (question-only) baseline, exactly: each test question answered with the most frequent
-    answer of the same question in the train split (the best any text-only model fitted there can do
-    on questions it has seen; unseen questions count as wrong). In %."""
+    """The unimodal (question-only) baseline: each test question answered with the most frequent answer
+    of the same question in the train split (unseen questions count as wrong). In %. Where the answers
+    are near-uniform per question this prior overfits the train split and can land below the majority
+    class: report it beside the majority, not as the best text-only answer."""
     from collections import Counter
 
     best = {q: Counter(y for qq, y in zip(train_q, train_y) if qq == q).most_common(1)[0][0] for q in set(train_q)}
@@ -308,8 +309,9 @@ CLOZE_WORDS = 20  # answer classes: the most frequent whole-word tokens of the t
 
 def cloze_task(tokenizer, sentences_: list[str], max_len: int, n_train: int, rng: np.random.Generator,
                n_words: int = CLOZE_WORDS) -> tuple[ProbeTask, list[str]]:
-    """One position per sentence whose token is among the ``n_words`` most frequent alphabetic
-    whole-word tokens of the train sentences is replaced by [MASK]; the label is which word it was.
+    """One position per sentence whose token is among the ``n_words`` most frequent alphabetic tokens
+    of the train sentences is replaced by [MASK]; the label is which token it was. Alphabetic tokens
+    are words and, at a small vocabulary, some word-initial pieces (a ``##`` piece is never alphabetic).
     Inputs: ``(ids, mask, position)``. Sentences without such a token are dropped. Returns the task
     and its words."""
     from collections import Counter

@@ -57,7 +57,7 @@ def _gains_markdown(gains: Mapping[str, Mapping[str, Any]], columns: list[str], 
     return "\n".join(lines)
 
 
-TASK_BASELINE = {V.SCENE_QA: "question-only baseline (each test question's most frequent train answer)",
+TASK_BASELINE = {V.SCENE_QA: "question-only prior (each test question's most frequent train answer)",
                  V.CLOZE: "majority class"}
 
 

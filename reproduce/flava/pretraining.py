@@ -179,7 +179,7 @@ def pretrain(model, row: AblationRow, sampler: BatchSampler, cfg: FlavaTrainConf
     # the data-parallel wrapper must allow unused parameters: a Table 3 row trains only its objectives'
     # parts (MIM: the image encoder), and an update of one source leaves the other sources' heads
     # without gradients (DDP would refuse the next update)
-    loop = replace(cfg, log_every=max(1, cfg.steps // 10), desc=f"pretrain {row.name}", device=device,
+    loop = replace(cfg, log_every=max(1, cfg.steps // 10), desc=f"pretrain {row.name} seed {cfg.seed}", device=device,
                    find_unused_parameters=True)
     train.train(trainer, opt, batch_stream(sampler, row, cfg.forward_rows), loss_fn, loop, scheduler=sched)
     model.eval()
