@@ -11,6 +11,17 @@ Rungs (one per invocation, or a comma list, one process, one torch thread):
      so BEOLINGUS dev/test stay out); the same held-out Bible dev books.
   a with ``--p_drop 0.1 --tag _p01``: rung a with the paper's dropout instead of 0.3 (the runs are far from
      converged, so the question is whether the low-resource regulariser slows learning at this budget).
+     ``--seed 101`` repeats it on a second calibration seed (init and batch order; the data are the same).
+
+Source-blind control (``--source_blind``): the same model, data, seed, batches and schedule, but the
+encoder's output (the decoder's memory) is replaced by zeros everywhere -- in training, dev perplexity,
+greedy and beam decoding (``SourceBlindTransformer.encode``). With a zero memory every cross-attention key
+and value is its projection bias, so attention is uniform over identical vectors and returns the same
+vector for every sentence and every source length: the decoder is a target-side language model that reads
+nothing of the source. The only thing of the source that still reaches the output is the decoders' length
+cap (source tokens + 50), the same cap the model has. The encoder's parameters are built (so the decoder's
+initialisation is the same as the model's for the same seed) but never used. ``--compare RUN.json`` then
+reports RUN's hypotheses minus this run's, per decoding (same paired bootstrap as model - retrieval).
 
 Held-out books. ``reproduce.data.bible.aligned_pairs`` (the function ``de_en.bible_pairs`` uses) carries
 the book number of every verse pair (1 = Genesis .. 66 = Revelation), so no book identity has to be
@@ -38,6 +49,9 @@ Usage:
   .venv/bin/python calibration/transformer/data_ladder.py --rungs a --minutes 20
   .venv/bin/python calibration/transformer/data_ladder.py --rungs b --minutes 20
   .venv/bin/python calibration/transformer/data_ladder.py --rungs a --p_drop 0.1 --tag _p01 --minutes 18
+  .venv/bin/python calibration/transformer/data_ladder.py --rungs a --p_drop 0.1 --tag _p01 --minutes 18 --seed 101
+  .venv/bin/python calibration/transformer/data_ladder.py --rungs a --p_drop 0.1 --tag _p01_blind --source_blind \
+      --minutes 18 --steps 3523 --compare calibration/transformer/runs/a_p01_seed100.json
 Results (JSON with dev hypotheses) go to calibration/transformer/runs/<rung>_seed<seed>.json; the table
 and what it says: calibration/transformer/data_ladder.md.
 """
@@ -126,12 +140,23 @@ def retrieval(train: list[de_en.Pair], queries: list[str]) -> list[str]:
     return out
 
 
+# ---------------------------------------------------------------- source-blind control
+
+class SourceBlindTransformer(Transformer):
+    """The same Transformer with its encoder output replaced by zeros (see the module docstring)."""
+
+    def encode(self, src, need_weights: bool = False):
+        b, s = src.shape
+        return torch.zeros(b, s, self.cfg.d_model, device=src.device), []
+
+
 # ---------------------------------------------------------------- training
 
 def train_loop(cfg: TransformerConfig, data: tdata.TranslationData, seed: int, batch_tokens: int, warmup: int,
-               minutes: float, max_steps: int, ckpt_every: int, keep: int, eval_every: int, log) -> dict:
+               minutes: float, max_steps: int, ckpt_every: int, keep: int, eval_every: int, log,
+               model_cls: type = Transformer) -> dict:
     torch.manual_seed(seed)
-    model = Transformer(cfg)
+    model = model_cls(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=1.0, betas=(0.9, 0.98), eps=1e-9)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: noam_lr(i + 1, cfg.d_model, warmup))
     batches = tdata.token_batches(data.train, batch_tokens, seed)
@@ -163,7 +188,7 @@ def train_loop(cfg: TransformerConfig, data: tdata.TranslationData, seed: int, b
     if not ckpts or step % ckpt_every:
         ckpts.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         ckpts = ckpts[-keep:]
-    avg = Transformer(cfg)
+    avg = model_cls(cfg)
     avg.load_state_dict(average_checkpoints(ckpts))
     return {"model": model.eval(), "averaged": avg.eval(), "steps": step, "train_s": train_s, "eval_s": eval_s,
             "curve": curve, "n_averaged": len(ckpts)}
@@ -183,7 +208,7 @@ def run_rung(rung: str, args, log) -> dict:
     srcs = [p.en for p in data.dev.pairs]
     res: dict = {"rung": rung, "seed": args.seed, "train_pairs": len(corpus.train), "train_pairs_kept": len(data.train),
                  "sources": corpus.sources, "dev_books": DEV_BOOKS, "dev_sentences": len(refs), "vocab": data.vocab_size,
-                 "args": vars(args)}
+                 "source_blind": bool(args.source_blind), "args": vars(args)}
     copy_bleu, sig = experiments.bleu(srcs, refs)
     t0 = time.time()
     retr = retrieval(list(corpus.train), srcs)
@@ -194,7 +219,8 @@ def run_rung(rung: str, args, log) -> dict:
     cfg = TransformerConfig(vocab_size=data.vocab_size, n_layers=args.n_layers, d_model=args.d_model,
                             d_ff=args.d_ff, n_heads=args.heads, p_drop=args.p_drop, label_smoothing=args.ls)
     tr = train_loop(cfg, data, args.seed, args.batch_tokens, args.warmup, args.minutes, args.steps,
-                    args.ckpt_every, 5, args.eval_every, log)
+                    args.ckpt_every, 5, args.eval_every, log,
+                    SourceBlindTransformer if args.source_blind else Transformer)
     bpe = tdata.batches_per_epoch(data.train, args.batch_tokens, args.seed)
     res.update(batches_per_epoch=bpe, epochs=tr["steps"] / bpe)
     res.update(steps=tr["steps"], train_s=tr["train_s"], eval_during_train_s=tr["eval_s"], curve=tr["curve"],
@@ -214,6 +240,18 @@ def run_rung(rung: str, args, log) -> dict:
             res[name] = {"bleu": score, "minus_retrieval": d.value, "ci95": [d.low, d.high], "decode_s": time.time() - t0}
             log(f"{name}: dev BLEU {score:.2f}  minus retrieval {d.value:+.2f} [{d.low:+.2f}, {d.high:+.2f}]  "
                 f"dev ppl {ppl:.2f}  ({time.time() - t0:.0f}s)")
+    if args.compare:  # the named run's hypotheses minus this run's, per decoding both have
+        other = json.loads(Path(args.compare).read_text())
+        assert [s["ref"] for s in other["samples"]] == [refs[i] for i in range(0, len(refs), 100)], "different dev set"
+        res["compare"] = {"run": str(args.compare)}
+        for name, h in hyps.items():
+            if name == "retrieval" or name not in other["hypotheses"]:
+                continue
+            d = experiments.bleu_difference(other["hypotheses"][name], h, refs, resamples=1000, seed=0)
+            res["compare"][name] = {"other_bleu": other[name]["bleu"], "this_bleu": res[name]["bleu"],
+                                    "other_minus_this": d.value, "ci95": [d.low, d.high]}
+            log(f"compare {name}: {Path(args.compare).name} {other[name]['bleu']:.2f} minus this {res[name]['bleu']:.2f} "
+                f"= {d.value:+.2f} [{d.low:+.2f}, {d.high:+.2f}]")
     res["wall_s"] = time.time() - t_start
     res["samples"] = [{"en": srcs[i], "ref": refs[i], **{k: v[i] for k, v in hyps.items()}} for i in range(0, len(refs), 100)]
     OUT_DIR.mkdir(exist_ok=True)
@@ -244,6 +282,9 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=0.6)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--tag", default="", help="suffix of the output name for a variant of a rung, e.g. _p01")
+    ap.add_argument("--source_blind", action="store_true",
+                    help="control: the encoder output is replaced by zeros (the decoder never reads the source)")
+    ap.add_argument("--compare", default="", help="a run JSON: report its hypotheses minus this run's (paired bootstrap)")
     ap.add_argument("--dev_limit", type=int, default=0, help="smoke runs: score only the first N dev verses (0 = all)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
