@@ -169,6 +169,56 @@ def cluster_bootstrap(units: Sequence[Sequence[float]], clusters: Sequence[Any],
     return Estimate(value, float(lo), float(hi), method, k)
 
 
+def seeds_and_items(a: Sequence[Any], b: Sequence[Any], score: Callable[[Any], float], stat: str = "difference",
+                    what: str = "dev sentences", resamples: int = 1_000) -> Estimate:
+    """``score(a) - score(b)`` (or ``/`` with ``stat="ratio"``) over seeds, with a 95 % interval that
+    covers both sources of variation: the seeds (training) and the evaluation items (the dev set).
+
+    ``a[s]``, ``b[s]``: per-item additive statistics of seed ``s`` (items x k arrays, the same items in
+    the same order for every seed and both rows: e.g. each sentence's summed NLL and token count);
+    ``score`` maps their sum over items (a k-vector, or one resample's weighted sum) to the metric
+    (perplexity, corpus BLEU). Per seed, d_s = score(a_s) - score(b_s) (the log ratio for
+    ``"ratio"``). The seed part of the variance is the t interval's s^2 / k; the item part is the
+    variance of the seed-mean d over paired resamples of the items (the same draw for every seed and
+    both rows). Seeds see the same items, so the two are independent and add; the interval is
+    mean +- t_(k-1) * sqrt(s^2/k + var_items). Fewer than ``MIN_SEEDS`` seeds: no interval (as
+    :func:`t_interval`).
+    """
+    import numpy as np
+    from scipy import stats
+
+    if len(a) != len(b) or not a:
+        raise ValueError(f"seeds_and_items needs the same seeds for both rows, got {len(a)} and {len(b)}")
+    if stat not in ("difference", "ratio"):
+        raise ValueError(f"stat must be 'difference' or 'ratio', got {stat!r}")
+    A = [np.asarray(x, dtype=np.float64) for x in a]
+    B = [np.asarray(x, dtype=np.float64) for x in b]
+    n = len(A[0])
+    if any(len(x) != n for x in A + B):
+        raise ValueError("seeds_and_items: every seed and row needs one row of statistics per item")
+
+    def d(sa, sb) -> float:
+        return math.log(score(sa) / score(sb)) if stat == "ratio" else score(sa) - score(sb)
+
+    per_seed = [d(x.sum(0), y.sum(0)) for x, y in zip(A, B)]
+    k = len(per_seed)
+    mean = math.fsum(per_seed) / k
+    back = math.exp if stat == "ratio" else (lambda v: v)
+    units = tuple(back(v) for v in per_seed)
+    if k < MIN_SEEDS:
+        return Estimate(back(mean), -math.inf, math.inf, f"{k} seed(s): fewer than {MIN_SEEDS}, no interval by rule", k,
+                        units)
+    rng = np.random.default_rng(BOOTSTRAP_SEED)
+    draws = np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(resamples)])  # resamples, items
+    sums_a, sums_b = [draws @ x for x in A], [draws @ y for y in B]  # per seed: resamples x k
+    item_means = [math.fsum(d(sa[r], sb[r]) for sa, sb in zip(sums_a, sums_b)) / k for r in range(resamples)]
+    var_items = float(np.var(item_means, ddof=1))
+    var_seeds = math.fsum((v - mean) ** 2 for v in per_seed) / (k - 1) / k
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, k - 1)) * math.sqrt(var_seeds + var_items)
+    method = f"paired over {k} seeds (t) and {n} {what} (bootstrap){' (log ratio)' if stat == 'ratio' else ''}"
+    return Estimate(back(mean), back(mean - half), back(mean + half), method, k, units)
+
+
 def bootstrap_groups(groups: Sequence[Sequence[float]], statistic: Callable[[list], float | None], what: str,
                      resamples: int = 2_000) -> Estimate:
     """``statistic(groups)`` with a percentile-bootstrap 95 % interval, each group resampled on its own.

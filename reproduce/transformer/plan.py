@@ -20,6 +20,7 @@ from .data import PAD_ID
 from .model import Transformer, TransformerConfig, label_smoothed_loss
 from .variations import table3_config
 
+CORPUS_PAIRS = {"beolingus": 17_000, "bible": 28_742}  # training pairs (< 100 tokens a side) of the packaged corpora
 PLAN_LENGTH = 32  # tokens per padded sentence in a length-bucketed batch (WMT14 averages ~27-30 BPE tokens)
 WMT14_DOWNLOAD = 0.82e9  # bytes of wmt/wmt14 de-en parquet files (the issue's measurement)
 WMT14_TRAIN_PAIRS = 4_508_785  # the de-en train split
@@ -58,15 +59,18 @@ def sections(params) -> list[plan.SectionPlan]:
     table2 = _training(SPEC.section("Table 2"), base, params.steps, params.batch_tokens, params.grad_accum, autocast=autocast)
     table2.download_bytes = WMT14_DOWNLOAD if wmt else 0.0
     out.append(table2)
+    # Table 2's source-blind control: the same recipe and steps without an encoder, in Table 3's worker
+    blind = _training("3c. source-blind control (Table 2)", base.replace(source_blind=True), params.steps,
+                      params.batch_tokens, params.grad_accum, autocast=autocast)
     t3_base = TransformerConfig(vocab_size=vocab if not params.t3_train_pairs else params.t3_vocab_size,
                                 n_layers=params.t3_n_layers, d_model=params.t3_d_model, d_ff=params.t3_d_ff, n_heads=8,
                                 p_drop=params.p_drop, label_smoothing=params.label_smoothing, max_len=512)
-    pairs = (params.t3_train_pairs or (WMT14_TRAIN_PAIRS if wmt else params.train_pairs or 17_000))
+    pairs = (params.t3_train_pairs or (WMT14_TRAIN_PAIRS if wmt else params.train_pairs or CORPUS_PAIRS[params.corpus]))
     t3_tokens = params.t3_batch_tokens or params.batch_tokens
     steps = params.t3_epochs * max(1, pairs * PLAN_LENGTH // t3_tokens)
     rows = [_training(f"4. Table 3 row {row}", table3_config(t3_base, row), steps, t3_tokens, params.grad_accum,
                       runs=len(params.t3_seeds), autocast=autocast) for row in params.t3_rows]
-    biggest = max(rows, key=lambda r: r.peak_bytes)
+    biggest = max([*rows, blind], key=lambda r: r.peak_bytes)
     # Table 3's worker process trains beside Table 2 on the same GPU (one process): their peaks add up.
     beside = table2.peak_bytes if params.t3_workers else 0.0
     out.append(plan.SectionPlan(
@@ -74,7 +78,7 @@ def sections(params) -> list[plan.SectionPlan]:
         f"({params.t3_epochs} epochs of {pairs:,} pairs, {t3_tokens:,} tokens per side)", biggest.parameters,
         biggest.peak_bytes + beside, sum(r.flops for r in rows), fix=biggest.fix,
         overheads=biggest.overheads + table2.overheads if beside else biggest.overheads,
-        notes=f"largest row: {biggest.section.removeprefix('4. Table 3 row ')}"
+        notes=f"largest job of the worker: {biggest.section.removeprefix('4. Table 3 row ')}"
               + ("; peak includes the Table 2 training beside it (t3_workers >= 1)" if beside else "")))
     # Decoding (§6.1): Table 2 test BLEU for last + averaged checkpoints x beam + greedy, Table 3 dev BLEU per
     # row and seed (beam). FLOPs: 2 x parameters per generated token and beam entry (outputs ~ PLAN_LENGTH
@@ -82,14 +86,15 @@ def sections(params) -> list[plan.SectionPlan]:
     # up to input + 50 steps.
     t2_tokens = params.test_size * PLAN_LENGTH
     t3_tokens_dev = params.t3_dev_size * PLAN_LENGTH
-    flops = 2 * table2.parameters * t2_tokens * 2 * (params.beam + 1) + sum(
+    flops = 2 * table2.parameters * t2_tokens * (2 * (params.beam + 1) + params.beam) + sum(
         2 * r.parameters * t3_tokens_dev * params.beam * len(params.t3_seeds) for r in rows)
-    batches = 2 * 2 * -(-params.test_size // 64) + len(rows) * len(params.t3_seeds) * -(-params.t3_dev_size // 64)
+    batches = (2 * 2 + 1) * -(-params.test_size // 64) + len(rows) * len(params.t3_seeds) * -(-params.t3_dev_size // 64)
     kv_cache = 2 * 64 * params.beam * (PLAN_LENGTH + 50) * base.d_model * base.n_layers * 4 * 2  # self + cross, fp32
     out.append(plan.SectionPlan(
-        "3b. decoding / BLEU", f"test BLEU of {params.test_size:,} sentences x 4 (Table 2), dev BLEU of "
+        "3b. decoding / BLEU", f"test BLEU of {params.test_size:,} sentences x 4 + the source-blind control (Table 2), dev BLEU of "
         f"{params.t3_dev_size:,} x {len(rows) * len(params.t3_seeds)} runs (Table 3), beam {params.beam}",
         table2.parameters, table2.parameters * 4 * (params.average_last + 2) + kv_cache, flops,
         other_hours=batches * (PLAN_LENGTH + 50) * 2e-3 / 3600, fix="average_last (checkpoints kept in memory)"))
-    out.insert(2, out.pop())  # in notebook order: Table 2's decoding follows its training
+    out.insert(2, out.pop())  # in notebook order: Table 2's decoding follows its training, then its control
+    out.insert(3, blind)
     return out

@@ -5,6 +5,7 @@ Each function takes ``(measured, lang)`` and returns a matplotlib Figure; texts 
 
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 from reproduce import figures
@@ -53,6 +54,14 @@ KO = {
     "best epoch": "최적 에포크",
     "no dropout (P_drop = 0)": "드롭아웃 없음 (P_drop = 0)",
     "base (P_drop = 0.1)": "기본 (P_drop = 0.1)",
+    "copy the source": "원문 복사",
+    "nearest training sentence": "가장 가까운 학습 문장",
+    "source-blind model": "원문을 못 보는 모델",
+    "Test BLEU (95 % interval over sentences)": "테스트 BLEU (문장 단위 95 % 구간)",
+    "Dev perplexity vs base (%)": "기본 대비 개발셋 퍼플렉서티 (%)",
+    "Dev BLEU vs base (%)": "기본 대비 개발셋 BLEU (%)",
+    "ours (mean over seeds)": "우리 결과 (시드 평균)",
+    "source-blind control": "원문을 못 보는 대조군",
 }
 
 
@@ -152,12 +161,25 @@ def plot_table1_path(measured, lang="en"):
     return fig
 
 
+T2_SYSTEMS = (  # test BLEU bars, bottom to top: controls first, then the 2x2 of §6.1
+    ("copy", "copy the source"), ("retrieval", "nearest training sentence"), ("source_blind", "source-blind model"),
+    ("last_greedy", "last, greedy"), ("last_beam", "last, beam"), ("averaged_greedy", "averaged, greedy"),
+    ("averaged_beam", "averaged, beam"),
+)
+
+
 def plot_table2(measured, lang="en"):
+    """Training loss, the dev learning curve, and test BLEU of the 2x2 and of the controls, with intervals."""
     _ = figures.translator(KO, lang)
     losses = np.array(measured["t2.train_loss"])
-    bleu = measured["t2.bleu"]
+    bleu = dict(measured["t2.bleu"])
+    intervals = dict(measured.get("t2.bleu_intervals") or {})
+    if "t2.source_blind" in measured:
+        bleu["source_blind"] = measured["t2.source_blind"]["bleu"]
     curve = measured.get("t2.dev_curve") or {"steps": [], "dev_ppl": []}
-    fig, axes = figures.subplots(1, 3, height=3.8)
+    fig = plt.figure(figsize=(figures.WIDTH_IN, 7.0), layout="constrained")  # the BLEU bars get a full-width row
+    panels = fig.subplot_mosaic([["loss", "curve"], ["bleu", "bleu"]], height_ratios=[1, 1.2])
+    axes = [panels["loss"], panels["curve"], panels["bleu"]]
     window = max(1, len(losses) // 50)
     smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
     axes[0].plot(np.arange(1, len(losses) + 1), losses, alpha=0.3)
@@ -168,13 +190,17 @@ def plot_table2(measured, lang="en"):
     axes[1].set_yscale("log")
     axes[1].set_xlabel(_("Training step"))
     axes[1].set_ylabel(_("Dev perplexity"))
-    names = ("last_greedy", "last_beam", "averaged_greedy", "averaged_beam")
-    labels = [_(n.replace("_", ", ")) for n in names]
-    values = [bleu[n] for n in names]
-    bars = axes[2].bar(range(4), values, color=figures.PALETTE[:4])
-    axes[2].bar_label(bars, fmt="%.1f")
-    axes[2].set_xticks(range(4), labels, rotation=20)
-    axes[2].set_ylabel(_("Test BLEU"))
+    shown = [(k, label) for k, label in T2_SYSTEMS if k in bleu]
+    y = np.arange(len(shown))
+    values = np.array([bleu[k] for k, _l in shown])
+    low = np.array([intervals.get(k, {}).get("low", bleu[k]) for k, _l in shown])
+    high = np.array([intervals.get(k, {}).get("high", bleu[k]) for k, _l in shown])
+    colors = ["0.7" if k in ("copy", "retrieval", "source_blind") else figures.PALETTE[0] for k, _l in shown]
+    bars = axes[2].barh(y, values, color=colors, xerr=[values - low, high - values], capsize=3)
+    axes[2].bar_label(bars, fmt="%.1f", padding=4)
+    axes[2].set_yticks(y, [_(label) for _k, label in shown])
+    axes[2].set_xlabel(_("Test BLEU (95 % interval over sentences)"))
+    axes[2].set_xlim(0, max(high.max(), values.max()) * 1.25 + 0.5)
     fig.suptitle(_("Table 2 recipe at small scale"))
     return fig
 
@@ -210,30 +236,36 @@ def plot_table3_curves(measured, lang="en"):
 
 
 def plot_table3(measured, lang="en"):
-    """Table 3 variations: dev perplexity and BLEU per row, ours (bars, each seed a dot) beside the paper's."""
+    """Table 3 variations on one comparable scale: each row's change from its own base, in %, for dev
+    perplexity and dev BLEU (ours: the mean as a bar, each seed a dot; the paper's as a diamond). The
+    source-blind control is left out of the bars (it has no paper row) and named in the title."""
     _ = figures.translator(KO, lang)
     table = measured["t3.table"]
-    rows = list(table)
+    rows = [r for r in table if r not in ("base", "source-blind")]
+    base = table["base"]
+    paper_base = {"ppl": base.get("paper_ppl"), "bleu": base.get("paper_bleu")}
     x = np.arange(len(rows))
     fig, axes = figures.subplots(2, 1, height=6.5, sharex=True)
-    handles = []
-    for ax, ours_key, paper_key, ours_label, paper_label in (
-        (axes[0], "dev_ppl", "paper_ppl", "Dev perplexity (ours)", "Dev perplexity (paper)"),
-        (axes[1], "dev_bleu", "paper_bleu", "Dev BLEU (ours)", "Dev BLEU (paper)"),
-    ):
-        ax.bar(x, [table[r][ours_key] for r in rows], color=figures.PALETTE[0], label=_(ours_label))
-        seeds = [(i, v) for i, r in enumerate(rows) for v in table[r].get(f"{ours_key}_per_seed", [])]
-        if any(len(table[r].get(f"{ours_key}_per_seed", [])) > 1 for r in rows):  # the spread over seeds
-            ax.plot([i for i, _v in seeds], [v for _i, v in seeds], "o", ms=3, color="black", label=_("each seed"))
-        ax.set_ylabel(_(ours_label))
-        twin = ax.twinx()
-        twin.plot(x, [table[r][paper_key] for r in rows], "D", color=figures.PALETTE[1], label=_(paper_label))
-        twin.set_ylabel(_(paper_label))
-        handles += ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    unique = {h.get_label(): h for h in handles}  # below the panels: no bar or axis label covered
-    fig.legend(unique.values(), unique.keys(), loc="outside lower center", ncols=3, fontsize=8)
+    for ax, key, paper_key, label in ((axes[0], "dev_ppl", "ppl", "Dev perplexity vs base (%)"),
+                                      (axes[1], "dev_bleu", "bleu", "Dev BLEU vs base (%)")):
+        ours = [100 * (table[r][key] / base[key] - 1) if base[key] else np.nan for r in rows]
+        ax.bar(x, ours, color=figures.PALETTE[0], label=_("ours (mean over seeds)"))
+        dots = [(i, 100 * (v / b - 1)) for i, r in enumerate(rows)
+                for v, b in zip(table[r].get(f"{key}_per_seed", []), base.get(f"{key}_per_seed", [])) if b]
+        if dots:
+            ax.plot([i for i, _v in dots], [v for _i, v in dots], "o", ms=3, color="black", label=_("each seed"))
+        paper = [100 * (table[r][f"paper_{paper_key}"] / paper_base[paper_key] - 1)
+                 if table[r].get(f"paper_{paper_key}") and paper_base[paper_key] else np.nan for r in rows]
+        ax.plot(x, paper, "D", color=figures.PALETTE[1], label=_("paper"))
+        ax.axhline(0, color="0.3", lw=0.8)
+        ax.set_ylabel(_(label))
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncols=3, fontsize=8)
     axes[1].set_xticks(x, rows, rotation=30, ha="right")
-    fig.suptitle(_("Table 3 variations"))
+    title = _("Table 3 variations")
+    if "source-blind" in table and base["dev_ppl"]:
+        title += f" ({_('source-blind control')}: PPL {100 * (table['source-blind']['dev_ppl'] / base['dev_ppl'] - 1):+.0f} %)"
+    fig.suptitle(title)
     return fig
 
 

@@ -12,11 +12,14 @@ The paper's numbers are in :data:`reproduce.transformer.sections.PAPER`.
 from __future__ import annotations
 
 import dataclasses
+import math
 import statistics
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from reproduce import claims
 from reproduce.configs.transformer import SPEC, TABLE3_ROWS
@@ -24,9 +27,9 @@ from reproduce.pool import Pool
 from reproduce.rundir import MemoryRows, Rows, row_key
 
 from . import data as td
-from .experiments import Recipe, evaluate_bleu, perplexity, train_translation
+from .experiments import Recipe, bleu_from_stats, bleu_stats, evaluate_bleu, perplexity, sentence_nll, train_translation
 from .model import TransformerConfig, count_parameters
-from .sections import PAPER, mixed_precision
+from .sections import PAPER, mixed_precision, source_blind_job
 
 # ------------------------------------------------------------------------------------------------
 # The rows as config changes, each (row, seed) run a job of the pool
@@ -45,6 +48,8 @@ def table3_config(base: TransformerConfig, row: str) -> TransformerConfig:
     group, _, change = row.partition(": ")
     if row == "base":
         return base
+    if row == "source-blind":  # the control every row is checked against: no information from the source
+        return base.replace(source_blind=True)
     if group == "A":
         h = int(change.removeprefix("h="))
         return base.replace(n_heads=h)
@@ -80,6 +85,12 @@ class RowResult:
     train_loss: float
     wall_time_s: float
     curve: list[dict[str, float]] = field(default_factory=list)  # {"step", "dev_ppl"}
+    # per dev sentence (the units of the dev-set half of the intervals): NLL after the last step and at the
+    # best point, wordpieces, sacrebleu statistics of the beam output
+    dev_nll: list[float] = field(default_factory=list)
+    best_dev_nll: list[float] = field(default_factory=list)
+    dev_tokens: list[int] = field(default_factory=list)
+    dev_bleu_stats: list[list[int]] = field(default_factory=list)
 
 
 def run_table3_row(
@@ -94,12 +105,17 @@ def run_table3_row(
     cfg = table3_config(base, row)
     trained = train_translation(cfg, data, recipe, device=device, desc=f"Table 3 {row} seed {recipe.seed}",
                                 eval_every=eval_every, checkpoint_dir=checkpoint_dir)
-    dev_bleu = evaluate_bleu(trained.model, data, "dev", beam, alpha)["bleu"]
+    decoded = evaluate_bleu(trained.model, data, "dev", beam, alpha)
+    nll, tokens = sentence_nll(trained.model, data.dev)
     curve = trained.curve or [{"step": recipe.steps, "dev_ppl": perplexity(trained.model, data.dev)}]
     best = min(curve, key=lambda c: c["dev_ppl"])
+    known = {step: v for step, v in trained.dev_nll.items()}  # a resumed run lacks the evaluations before the crash
+    best_known = min(known, key=lambda k: next(c["dev_ppl"] for c in curve if c["step"] == k)) if known else None
     return RowResult(
         row, recipe.seed, sum(p.numel() for p in trained.model.parameters()), curve[-1]["dev_ppl"], best["dev_ppl"],
-        int(best["step"]), dev_bleu, sum(trained.losses[-10:]) / len(trained.losses[-10:]), trained.wall_time_s, curve,
+        int(best["step"]), decoded["bleu"], sum(trained.losses[-10:]) / len(trained.losses[-10:]), trained.wall_time_s,
+        curve, nll.tolist(), known[best_known] if best_known is not None else nll.tolist(), tokens.tolist(),
+        bleu_stats(decoded["hypotheses"], [p.de for p in data.dev.pairs]).tolist(),
     )
 
 
@@ -117,8 +133,8 @@ class Table3Job:
     device: str
     eval_every: int = 0
 
-    def run(self, data: td.TranslationData, checkpoint_dir: str | None) -> dict:
-        result = run_table3_row(self.row, self.base, data, self.recipe, self.beam, self.alpha, self.device,
+    def run(self, shared: dict, checkpoint_dir: str | None) -> dict:
+        result = run_table3_row(self.row, self.base, shared["table3"], self.recipe, self.beam, self.alpha, self.device,
                                 self.eval_every, checkpoint_dir)
         return dataclasses.asdict(result)
 
@@ -132,8 +148,7 @@ def table3_jobs(variations: Sequence[str], seeds: Sequence[int], base: Transform
             for row in variations for seed in seeds]
 
 
-def start_table3_rows(jobs: Sequence[Table3Job], data: td.TranslationData, rows: Rows = MemoryRows(),
-                      workers: int = 1) -> Pool:
+def start_table3_rows(jobs: Sequence, shared: dict, rows: Rows = MemoryRows(), workers: int = 1) -> Pool:
     """Start ``jobs`` in ``workers`` single-threaded processes and return at once, so that this process
     can train something else meanwhile (the cpu profile trains Table 2); wait with ``Pool.wait``.
 
@@ -142,7 +157,7 @@ def start_table3_rows(jobs: Sequence[Table3Job], data: td.TranslationData, rows:
     row) and one stored by an interrupted run is read back instead of trained. ``workers`` 0 or 1, or
     several processes (torchrun): the jobs run here, in order, when waited for (:mod:`reproduce.pool`).
     """
-    pool = Pool(rows, workers, shared=data, help=True, desc="Table 3")  # worker output goes nowhere, as before
+    pool = Pool(rows, workers, shared=shared, help=True, desc="Table 3")  # shared: {"table3": data, ...}  # worker output goes nowhere, as before
     for job in jobs:
         pool.submit(job)
     return pool
@@ -159,7 +174,7 @@ def run_table3_rows(
     cpu profile does (tested) — only the wall time does.
     """
     jobs = table3_jobs(variations, seeds, base, recipe, beam, alpha, device, eval_every)
-    with start_table3_rows(jobs, data, rows, workers) as pool:
+    with start_table3_rows(jobs, {"table3": data}, rows, workers) as pool:
         return [RowResult(**r) for r in pool.wait()]
 
 
@@ -172,7 +187,8 @@ def table3_data(params, data: td.TranslationData) -> td.TranslationData:
     """Table 3's training set: a subset small enough to train to convergence in the budget, with its
     own vocabulary (``t3_train_pairs`` 0: Table 2's data, as the paper, with ``t3_dev_size`` dev pairs)."""
     if params.t3_train_pairs:
-        return td.subset_data(data.corpus, params.t3_train_pairs, params.t3_vocab_size, params.t3_dev_size)
+        return td.subset_data(data.corpus, params.t3_train_pairs, params.t3_vocab_size, params.t3_dev_size,
+                              max_words=params.t3_max_words)
     dev = td.hash_order(data.corpus.dev)[: params.t3_dev_size]
     return td.TranslationData(data.tokenizer, data.train, td.encode_pairs(data.tokenizer, dev, 10**6), data.test, data.corpus)
 
@@ -192,6 +208,7 @@ class Table3Runs:
     base: TransformerConfig
     recipe: Recipe
     steps_per_epoch: int
+    jobs: list[Table3Job] = field(default_factory=list)  # the pool's Table 3 jobs (it also runs Table 2's control)
 
 
 def start_table3(params, run, data: td.TranslationData, device: str = "auto") -> Table3Runs:
@@ -209,7 +226,9 @@ def start_table3(params, run, data: td.TranslationData, device: str = "auto") ->
                     grad_accum=params.grad_accum, mixed_precision=mixed_precision(params))
     base = table3_base(params, sub.vocab_size)
     jobs = table3_jobs(params.t3_rows, params.t3_seeds, base, recipe, params.beam, params.alpha, device, epoch)
-    return Table3Runs(start_table3_rows(jobs, sub, run.state, params.t3_workers), sub, base, recipe, epoch)
+    control = source_blind_job(params, data.vocab_size, device)  # first: a worker takes it at once
+    pool = start_table3_rows([control, *jobs], {"table2": data, "table3": sub}, run.state, params.t3_workers)
+    return Table3Runs(pool, sub, base, recipe, epoch, jobs)
 
 
 @dataclass
@@ -232,11 +251,12 @@ def run_table3(params, run, started: Table3Runs) -> Table3:
     claim_table3_params(run, counts)
     sub, base, recipe, epoch = started.data, started.base, started.recipe, started.steps_per_epoch
     with started.pool as pool:
-        finished = [RowResult(**r) for r in pool.wait()]  # rows in order, each row's seeds in order
+        pool.wait()
+        finished = [RowResult(**pool.results[job.key]) for job in started.jobs]  # rows in order, seeds in order
     results = defaultdict(list)
     for r in finished:
         results[r.row].append(r)
-    table, curves = {}, {}
+    table, curves, items = {}, {}, {}
     for row, rs in results.items():
         cfg = table3_config(base, row)
         table[row] = {
@@ -250,18 +270,21 @@ def run_table3(params, run, started: Table3Runs) -> Table3:
             "dev_bleu": statistics.fmean(r.dev_bleu for r in rs), "dev_bleu_per_seed": [r.dev_bleu for r in rs],
             "train_loss": statistics.fmean(r.train_loss for r in rs),
             "wall_time_s": sum(r.wall_time_s for r in rs),
-            "paper_ppl": PAPER["table3"][row]["ppl"], "paper_bleu": PAPER["table3"][row]["bleu"],
+            "paper_ppl": PAPER["table3"].get(row, {}).get("ppl"), "paper_bleu": PAPER["table3"].get(row, {}).get("bleu"),
         }
+        items[row] = {"nll": [r.dev_nll for r in rs], "best_nll": [r.best_dev_nll for r in rs],
+                      "tokens": rs[0].dev_tokens, "bleu_stats": [r.dev_bleu_stats for r in rs]}
         curves[row] = {"epochs": [c["step"] / epoch for c in rs[0].curve],
                        "dev_ppl_per_seed": [[c["dev_ppl"] for c in r.curve] for r in rs]}
     run.record("t3.table", table)
     run.record("t3.curves", curves)
+    run.record("t3.dev_items", items)
     run.record("t3.base", {"n_layers": base.n_layers, "d_model": base.d_model, "d_ff": base.d_ff, "n_heads": base.n_heads,
                            "steps": recipe.steps, "epochs": params.t3_epochs, "steps_per_epoch": epoch,
                            "warmup": recipe.warmup, "batch_tokens": recipe.batch_tokens, "seeds": list(params.t3_seeds),
                            "workers": params.t3_workers, "train_pairs": len(sub.train), "vocab_size": sub.vocab_size,
-                           "dev_pairs": len(sub.dev)})
-    claim_table3(run, table)
+                           "dev_pairs": len(sub.dev), "max_words": params.t3_max_words})
+    claim_table3(run, table, items)
     return Table3(counts, table)
 
 
@@ -279,15 +302,29 @@ OVERFIT_RISE = 1.05  # ours, fixed before the first run: "overfitting reached" =
 # is 5 % above the run's best epoch, on every seed (a rise past the epoch-to-epoch wobble of a converged curve)
 
 
-def claim_table3(run, table: dict[str, dict]) -> None:
+READS_TEXT = "compared rows: dev PPL over the source-blind row's, seed by seed (the largest)"
+READS_SOURCE = ("ours: issue #31 — a row difference means something only between rows that read the source; "
+                "fixed before the run")
+ALL_TEXT = "conditions that fail, of: {}"  # several preconditions as one: how many fail (the note gives each)
+
+
+def _all_of(*pres: claims.Precondition) -> claims.Precondition:
+    failed = sum(not p.holds for p in pres)
+    return claims.Precondition(ALL_TEXT.format("; ".join(f"{p.text} {p.relation} {p.threshold:g}" for p in pres)),
+                               failed, "<=", 0.0, "; ".join(dict.fromkeys(p.source for p in pres)))
+
+
+def claim_table3(run, table: dict[str, dict], items: dict[str, dict] | None = None) -> None:
     """§6.2's statements, each only when the rows it needs were run.
 
     Rows share their seeds (same initialisation seed, same batches), so "row X is worse than row Y"
-    is judged on the per-seed differences X - Y with a paired t 95 % interval: holds when the whole
-    interval is above 0, contradicted when below, inconclusive otherwise (one seed: inconclusive).
-    Every quality statement is judged twice: on the dev PPL after the last epoch and on the best
-    epoch's (the runs are long enough to converge, and a row that overfits has its best earlier).
-    BLEU differences are judged only when BLEU itself is high enough to carry a signal (a precondition).
+    is judged on the per-seed differences X - Y. With the per-sentence dev statistics (``items``,
+    ``t3.dev_items``) the 95 % interval covers the seeds and the dev sentences
+    (:func:`reproduce.claims.seeds_and_items`); without them, the seeds only (paired t). Holds when
+    the whole interval is above 0, contradicted when below, inconclusive otherwise (< 3 seeds:
+    inconclusive). Every quality statement is judged twice: on the dev PPL after the last epoch and
+    on the best epoch's. Every claim's precondition: the rows compared read the source (dev PPL below
+    the source-blind row's on every seed); BLEU differences also need BLEU high enough to carry a signal.
     """
     art = "Table 3 / §6.2"
     s = SPEC.section(art)
@@ -299,28 +336,57 @@ def claim_table3(run, table: dict[str, dict]) -> None:
              f"~{base.get('batch_tokens', '?')} tokens) per row at d_model {base['d_model']}, N {base['N']} "
              "(paper: 100k steps of ~25k tokens at d_model 512, N 6)")
     paper = PAPER["table3"]
+    items = items or {}
 
     def per_seed(row: str, metric: str) -> dict[int, float]:
         return dict(zip(table[row]["seeds"], table[row][f"{metric}_per_seed"]))
 
+    def unit_stats(row: str, metric: str, seed: int):
+        k = table[row]["seeds"].index(seed)
+        it = items[row]
+        if metric == "dev_bleu":
+            return it["bleu_stats"][k]
+        return np.column_stack([it["nll" if metric == "dev_ppl" else "best_nll"][k], it["tokens"]])
+
     def paired(row: str, than: str, metric: str = "dev_ppl", stat: str = "difference") -> claims.Estimate:
         a, b = per_seed(row, metric), per_seed(than, metric)
         seeds = sorted(set(a) & set(b))
+        if row in items and than in items:
+            score = bleu_from_stats if metric == "dev_bleu" else (lambda v: math.exp(v[0] / v[1]))
+            return claims.seeds_and_items([unit_stats(row, metric, k) for k in seeds],
+                                          [unit_stats(than, metric, k) for k in seeds], score, stat)
         return claims.paired_t([a[k] for k in seeds], [b[k] for k in seeds], stat=stat)
+
+    def reads(*rows: str, metric: str = "dev_ppl") -> claims.Precondition:
+        """Every compared row's dev PPL below the source-blind row's, seed by seed (the largest ratio)."""
+        blind = per_seed("source-blind", metric) if "source-blind" in table else {}
+        ratios = [per_seed(r, metric)[k] / blind[k] for r in rows for k in per_seed(r, metric) if k in blind]
+        return claims.Precondition(READS_TEXT, max(ratios) if ratios else None, "<", 1.0, READS_SOURCE)
 
     def note(row: str, than: str, metric: str = "dev_ppl", why: str = "") -> str:
         def values(r: str) -> str:
             return f"{r}: {metric} {_fmt(table[r][f'{metric}_per_seed'])}, BLEU {_fmt(table[r]['dev_bleu_per_seed'])}"
-        return f"{values(row)}; {values(than)} (per seed). {why}{scale}"
+        blind = (f"source-blind: {metric} {_fmt(table['source-blind'][f'{metric}_per_seed'])}. "
+                 if "source-blind" in table else "source-blind row not run. ")
+        return f"{values(row)}; {values(than)} (per seed). {blind}{why}{scale}"
 
-    def worse(id: str, text: str, row: str, than: str, source: str, **kw) -> None:
-        """Two claims: ``row`` has a higher dev perplexity than ``than``, after the last epoch and at the best."""
+    def worse(id: str, text: str, row: str, than: str, source: str, also: dict | None = None) -> None:
+        """Two claims: ``row`` has a higher dev perplexity than ``than``, after the last epoch and at the best;
+        ``also``: metric -> a further precondition."""
         for metric, suffix, when in (("dev_ppl", "", "last epoch"), ("best_dev_ppl", "_best", "best epoch")):
+            pre = reads(row, than, metric=metric)
+            if also and metric in also:
+                pre = _all_of(pre, also[metric])
             run.claim(id + suffix, artifact=art, section=s, text=f"{text} (dev PPL at the {when}, paired over seeds)",
                       ours=paired(row, than, metric), relation=">", threshold=0.0, source=source,
                       paper=f"PPL {paper[row]['ppl']} vs {paper[than]['ppl']}", note=note(row, than, metric),
-                      **(kw.get(metric) or {}))
+                      precondition=pre)
 
+    if "source-blind" in table:
+        run.claim("t3_base_reads_source", artifact=art, section=s,
+                  text="the Table 3 base reads its source: dev PPL ratio base / source-blind after the last epoch",
+                  ours=paired("base", "source-blind", stat="ratio"), relation="<", threshold=1.0, source=READS_SOURCE,
+                  paper="the paper reports no such control", note=note("base", "source-blind"))
     heads = [r for r in table if r == "base" or r.startswith("A: ")]
     for row, id, what in (("A: h=1", "t3_one_head_worse", "single-head attention is worse than the best other head count"),
                           ("A: h=32", "t3_too_many_heads_worse", "quality drops off with too many heads: h=32 is worse "
@@ -332,10 +398,16 @@ def claim_table3(run, table: dict[str, dict]) -> None:
     if "B: d_k/4" in table:
         worse("t3_small_dk_hurts", "reducing the key size d_k (to 1/4) hurts: higher dev PPL than base",
               "B: d_k/4", "base", source="paper: Table 3 rows (B), §6.2")
+    big = [r for r in ("C: N+", "C: d_model*2", "C: d_ff*2") if r in table]
+    if big:  # the paper's direction: a bigger model beats base
+        best_big = min(big, key=lambda r: table[r]["best_dev_ppl"])  # chosen by mean best dev PPL when several
+        worse("t3_bigger_better", f"bigger models are better: base has a higher dev PPL than the bigger row ({best_big}"
+              f"{', the best of ' + ', '.join(big) if len(big) > 1 else ''})", "base", best_big,
+              source="paper: Table 3 rows (C), §6.2")
     small = [r for r in ("C: d_model/2", "C: N-", "C: d_ff/2") if r in table]
     if small:
         best_small = min(small, key=lambda r: table[r]["best_dev_ppl"])
-        worse("t3_bigger_better", "bigger models are better: the best smaller row run (" + ", ".join(small) +
+        worse("t3_smaller_worse", "smaller models are worse: the best smaller row run (" + ", ".join(small) +
               ") has a higher dev PPL than base", best_small, "base", source="paper: Table 3 rows (C), §6.2")
     if "D: P_drop=0.0" in table:
         no_drop = table["D: P_drop=0.0"]
@@ -352,19 +424,20 @@ def claim_table3(run, table: dict[str, dict]) -> None:
                                        OVERFIT_RISE, overfit_source)
         worse("t3_dropout_helps", "dropout helps: without it, dev PPL is higher than base",
               "D: P_drop=0.0", "base", source="paper: Table 3 rows (D), §6.2 ('dropout is very helpful')",
-              dev_ppl={"precondition": overfits})
+              also={"dev_ppl": overfits})
     if "D: ls=0.0" in table:  # §5.4: label smoothing "hurts perplexity ... but improves accuracy and BLEU"
         worse("t3_ls_hurts_ppl", "label smoothing hurts perplexity: base (ε_ls 0.1) has a higher dev PPL than ε_ls = 0",
               "base", "D: ls=0.0", source="paper: §5.4 (label smoothing 'hurts perplexity')")
+        bleu_ok = claims.Precondition("dev BLEU of base (mean over seeds)", base["dev_bleu"], ">=", 5.0,
+                                      "ours: below BLEU 5 BLEU moves more between seeds than between "
+                                      "Table 3 rows at this scale (issue #14)")
         run.claim("t3_ls_helps_bleu", artifact=art, section=s,
                   text="label smoothing improves BLEU: base (ε_ls 0.1) has a higher dev BLEU than ε_ls = 0 "
                        "(BLEU difference after the last epoch, paired over seeds)",
                   ours=paired("base", "D: ls=0.0", metric="dev_bleu"), relation=">", threshold=0.0,
                   source="paper: §5.4 (label smoothing 'improves accuracy and BLEU score')",
                   paper=f"BLEU {paper['base']['bleu']} vs {paper['D: ls=0.0']['bleu']}", note=note("base", "D: ls=0.0"),
-                  precondition=claims.Precondition("dev BLEU of base (mean over seeds)", base["dev_bleu"], ">=", 5.0,
-                                                   "ours: below BLEU 5 BLEU moves more between seeds than between "
-                                                   "Table 3 rows at this scale (issue #14)"))
+                  precondition=_all_of(reads("base", "D: ls=0.0"), bleu_ok))
     if "E: learned" in table:
         for metric, suffix, when in (("dev_ppl", "", "last epoch"), ("best_dev_ppl", "_best", "best epoch")):
             run.claim("t3_learned_positions_equal" + suffix, artifact=art, section=s,
@@ -373,7 +446,7 @@ def claim_table3(run, table: dict[str, dict]) -> None:
                       ours=paired("E: learned", "base", metric, stat="ratio"), relation="~=", threshold=1.0, tol=0.05,
                       source="ours: the paper finds 'nearly identical results'; ±5% fixed before the first run",
                       paper=f"PPL {paper['E: learned']['ppl']} vs {paper['base']['ppl']}",
-                      note=note("E: learned", "base", metric))
+                      note=note("E: learned", "base", metric), precondition=reads("E: learned", "base", metric=metric))
 
 
 def _fmt(values: list[float]) -> str:
@@ -397,7 +470,7 @@ def table3_markdown(table: dict[str, dict]) -> str:
         best = v.get("best_dev_ppl", v["dev_ppl"])
         epochs = " / ".join(f"{e:g}" for e in v.get("best_epoch_per_seed", []))
         lines.append(f"| {row} | {v['N']} | {v['d_model']} | {v['d_ff']} | {v['h']} | {v['d_k']} | {v['d_v']} | {v['P_drop']} | "
-                     f"{v['eps_ls']} | {v['params'] / 1e6:.2f}M | {v['paper_ppl']} | {ours(v['dev_ppl'], v['dev_ppl_per_seed'])} | "
+                     f"{v['eps_ls']} | {v['params'] / 1e6:.2f}M | {v['paper_ppl'] or '–'} | {ours(v['dev_ppl'], v['dev_ppl_per_seed'])} | "
                      f"{ours(best, v.get('best_dev_ppl_per_seed', v['dev_ppl_per_seed']))} | {epochs} | "
-                     f"{v['paper_bleu']} | {ours(v['dev_bleu'], v['dev_bleu_per_seed'])} |")
+                     f"{v['paper_bleu'] or '–'} | {ours(v['dev_bleu'], v['dev_bleu_per_seed'])} |")
     return "\n".join(lines)
