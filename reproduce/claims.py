@@ -181,8 +181,10 @@ def seeds_and_items(a: Sequence[Any], b: Sequence[Any], score: Callable[[Any], f
     ``"ratio"``). The seed part of the variance is the t interval's s^2 / k; the item part is the
     variance of the seed-mean d over paired resamples of the items (the same draw for every seed and
     both rows). Seeds see the same items, so the two are independent and add; the interval is
-    mean +- t_(k-1) * sqrt(s^2/k + var_items). Fewer than ``MIN_SEEDS`` seeds: no interval (as
-    :func:`t_interval`).
+    mean +- t_(k-1) * sqrt(s^2/k + var_items): the seeds' quantile for both parts, so the interval is
+    never narrower than the seeds-only t interval (conservative: Welch-Satterthwaite's degrees of
+    freedom would shrink it when the items dominate). Fewer than ``MIN_SEEDS`` seeds: no interval
+    (as :func:`t_interval`).
     """
     import numpy as np
     from scipy import stats

@@ -89,7 +89,6 @@ def test_source_blind_model_does_not_see_its_source():
     cfg = TransformerConfig(vocab_size=50, n_layers=2, d_model=16, d_ff=32, n_heads=4, max_len=32, p_drop=0.0)
     blind = Transformer(cfg.replace(source_blind=True)).eval()
     assert len(blind.encoder) == 0  # no encoder layer: nothing of it would be trained
-    assert all(p.requires_grad for p in blind.parameters())
     src_a, src_b = torch.tensor([[5, 6, 7, 2]]), torch.tensor([[9, 9, 11, 2]])
     tgt = torch.tensor([[1, 8, 12]])
     assert torch.equal(blind(src_a, tgt), blind(src_b, tgt))  # different sources, same length: same output
@@ -216,3 +215,62 @@ def test_table3_subset_can_keep_only_short_pairs():
     assert sub.corpus.sources["max_words"] == 5
     with pytest.raises(ValueError, match="at most 3 words"):
         td.subset_data(corpus, 10, 70, 4, max_words=3)
+
+
+def test_table3_claims_with_dev_sentences_pair_seeds_by_value_and_cover_the_sentences():
+    """The record's path: per-sentence NLL in ``items``; seeds listed in different orders by the two rows."""
+    from reproduce import config, results
+    from reproduce.transformer import variations
+    from tests.test_transformer import _t3_row
+
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(5, 20, 50)
+    nll = {(row, seed): tokens * (lvl + 0.01 * seed + rng.normal(0, 0.05, 50))
+           for row, lvl in (("base", 4.0), ("A: h=1", 4.2), ("source-blind", 4.6)) for seed in (0, 1, 2)}
+    ppl = lambda row, seed: math.exp(nll[row, seed].sum() / tokens.sum())  # noqa: E731
+    order = {"base": [0, 1, 2], "A: h=1": [2, 0, 1], "source-blind": [1, 2, 0]}
+    table, items = {}, {}
+    for row, seeds in order.items():
+        table[row] = _t3_row([ppl(row, k) for k in seeds], [0.5] * 3) | {"seeds": seeds}
+        items[row] = {"nll": [nll[row, k].tolist() for k in seeds], "best_nll": [nll[row, k].tolist() for k in seeds],
+                      "tokens": tokens.tolist(), "bleu_stats": [[] for _ in seeds]}
+    run = results.Run(config.resolve("transformer", "smoke"))
+    variations.claim_table3(run, table, items)
+    got = {c.id: c for c in run.claims}
+    pairs = lambda row: [np.column_stack([nll[row, k], tokens]) for k in (0, 1, 2)]  # noqa: E731
+    want = claims.seeds_and_items(pairs("A: h=1"), pairs("base"), lambda v: math.exp(v[0] / v[1]))
+    one = got["t3_one_head_worse"]
+    assert one.ours.value == pytest.approx(want.value) and one.ours.low == pytest.approx(want.low)
+    assert "dev sentences" in one.ours.method and one.verdict == "holds"
+    assert one.precondition.holds and one.precondition.value == pytest.approx(
+        max(ppl(r, k) / ppl("source-blind", k) for r in ("A: h=1", "base") for k in (0, 1, 2)))
+    items["A: h=1"]["best_nll"][0] = []  # a resumed run that lost its best point's sentences: seeds only
+    run = results.Run(config.resolve("transformer", "smoke"))
+    variations.claim_table3(run, table, items)
+    best = {c.id: c for c in run.claims}["t3_one_head_worse_best"]
+    assert best.ours.method.startswith("paired t over 3 seeds")
+
+
+def test_the_control_job_is_waited_for_before_table3_jobs_queued_behind_it():
+    from dataclasses import dataclass
+
+    from reproduce.pool import Pool
+    from reproduce.transformer import sections
+
+    ran = []
+
+    @dataclass(frozen=True)
+    class Job:
+        key: str
+
+        def run(self, shared, checkpoint_dir):
+            ran.append(self.key)
+            return {"key": self.key, "data": shared["table2"]}
+
+    with Pool(workers=0, shared={"table2": "t2", "table3": "t3"}) as pool:
+        for key in (sections.SOURCE_BLIND_KEY, "table3-base-0", "table3-base-1"):
+            pool.submit(Job(key))
+        assert sections.wait_for(pool, sections.SOURCE_BLIND_KEY) == {"key": sections.SOURCE_BLIND_KEY, "data": "t2"}
+        assert ran == [sections.SOURCE_BLIND_KEY]  # the Table 3 jobs have not run yet
+        assert [r["key"] for r in pool.wait()] == [sections.SOURCE_BLIND_KEY, "table3-base-0", "table3-base-1"]
+        assert sections.wait_for(pool, sections.SOURCE_BLIND_KEY)["key"] == sections.SOURCE_BLIND_KEY  # known: no wait

@@ -176,6 +176,8 @@ def plot_table2(measured, lang="en"):
     intervals = dict(measured.get("t2.bleu_intervals") or {})
     if "t2.source_blind" in measured:
         bleu["source_blind"] = measured["t2.source_blind"]["bleu"]
+        if "t2.source_blind_interval" in measured:
+            intervals["source_blind"] = measured["t2.source_blind_interval"]
     curve = measured.get("t2.dev_curve") or {"steps": [], "dev_ppl": []}
     fig = plt.figure(figsize=(figures.WIDTH_IN, 7.0), layout="constrained")  # the BLEU bars get a full-width row
     panels = fig.subplot_mosaic([["loss", "curve"], ["bleu", "bleu"]], height_ratios=[1, 1.2])
