@@ -133,9 +133,12 @@ def test_amended_claims_keep_the_verdicts_their_records_gave():
 
 def test_transformer_bleu_has_not_regressed():
     """The regression bar that was a claim until the ledger (t2_bleu_target on the cpu profile): test BLEU
-    (beam, averaged) of the committed cpu record is at least 2.6, 80 % of the first run's 3.25."""
+    (beam, averaged) of the committed cpu record is at least 80 % of the first record's on its test set.
+    BEOLINGUS (until issue #31): 2.6 of 3.25; held-out Bible books (1 Samuel + 1 Corinthians, from 9039f12):
+    10.4 of 13.07. A regression test of our own runs, not a claim (design.md)."""
     record = results.load("transformer", "cpu")
-    assert record["measured"]["t2.bleu"]["averaged_beam"] >= 2.6
+    bar = 10.4 if record["params"]["corpus"] == "bible" else 2.6
+    assert record["measured"]["t2.bleu"]["averaged_beam"] >= bar
 
 
 def test_fewer_than_three_seeds_give_no_interval_by_rule():
