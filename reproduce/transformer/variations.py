@@ -255,6 +255,23 @@ def run_table3(params, run, started: Table3Runs) -> Table3:
     with started.pool as pool:
         pool.wait()
         finished = [RowResult(**pool.results[job.key]) for job in started.jobs]  # rows in order, seeds in order
+    table, curves, items = tabulate(finished, base, recipe, params.t3_epochs, epoch)
+    run.record("t3.table", table)
+    run.record("t3.curves", curves)
+    run.record("t3.dev_items", items)
+    run.record("t3.base", {"n_layers": base.n_layers, "d_model": base.d_model, "d_ff": base.d_ff, "n_heads": base.n_heads,
+                           "steps": recipe.steps, "epochs": params.t3_epochs, "steps_per_epoch": epoch,
+                           "warmup": recipe.warmup, "batch_tokens": recipe.batch_tokens, "seeds": list(params.t3_seeds),
+                           "workers": params.t3_workers, "train_pairs": len(sub.train), "vocab_size": sub.vocab_size,
+                           "dev_pairs": len(sub.dev), "max_words": params.t3_max_words})
+    claim_table3(run, table, items)
+    return Table3(counts, table)
+
+
+def tabulate(finished: Sequence[RowResult], base: TransformerConfig, recipe: Recipe, epochs: int,
+             epoch: int) -> tuple[dict, dict, dict]:
+    """Table 3 from its finished runs (rows in order, seeds in order): the table (``t3.table``), the
+    learning curves (``t3.curves``) and the per-sentence dev statistics (``t3.dev_items``)."""
     results = defaultdict(list)
     for r in finished:
         results[r.row].append(r)
@@ -264,7 +281,7 @@ def run_table3(params, run, started: Table3Runs) -> Table3:
         table[row] = {
             "N": cfg.n_layers, "d_model": cfg.d_model, "d_ff": cfg.d_ff, "h": cfg.n_heads, "d_k": cfg.d_k, "d_v": cfg.d_v,
             "P_drop": cfg.p_drop, "eps_ls": cfg.label_smoothing, "positional": cfg.positional,
-            "params": rs[0].params, "steps": recipe.steps, "epochs": params.t3_epochs, "batch_tokens": recipe.batch_tokens,
+            "params": rs[0].params, "steps": recipe.steps, "epochs": epochs, "batch_tokens": recipe.batch_tokens,
             "seeds": [r.seed for r in rs],
             "dev_ppl": statistics.fmean(r.dev_ppl for r in rs), "dev_ppl_per_seed": [r.dev_ppl for r in rs],
             "best_dev_ppl": statistics.fmean(r.best_dev_ppl for r in rs), "best_dev_ppl_per_seed": [r.best_dev_ppl for r in rs],
@@ -278,16 +295,7 @@ def run_table3(params, run, started: Table3Runs) -> Table3:
                       "tokens": rs[0].dev_tokens, "bleu_stats": [r.dev_bleu_stats for r in rs]}
         curves[row] = {"epochs": [c["step"] / epoch for c in rs[0].curve],
                        "dev_ppl_per_seed": [[c["dev_ppl"] for c in r.curve] for r in rs]}
-    run.record("t3.table", table)
-    run.record("t3.curves", curves)
-    run.record("t3.dev_items", items)
-    run.record("t3.base", {"n_layers": base.n_layers, "d_model": base.d_model, "d_ff": base.d_ff, "n_heads": base.n_heads,
-                           "steps": recipe.steps, "epochs": params.t3_epochs, "steps_per_epoch": epoch,
-                           "warmup": recipe.warmup, "batch_tokens": recipe.batch_tokens, "seeds": list(params.t3_seeds),
-                           "workers": params.t3_workers, "train_pairs": len(sub.train), "vocab_size": sub.vocab_size,
-                           "dev_pairs": len(sub.dev), "max_words": params.t3_max_words})
-    claim_table3(run, table, items)
-    return Table3(counts, table)
+    return table, curves, items
 
 
 def claim_table3_params(run, counts: dict[str, int]) -> None:
