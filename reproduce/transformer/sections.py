@@ -360,20 +360,17 @@ def claim_table2(params, run, scores: dict, diffs: dict[str, claims.Estimate], n
     levels of the other factor; every one gated by "the model translates"."""
     s = SPEC.section("Table 2")
     gate = translates_gate(scores, diffs["model_minus_retrieval"])
-    for id, key, level in (("t2_beam_ge_greedy", "beam_minus_greedy", "averaged model"),
-                           ("t2_beam_ge_greedy_last", "beam_minus_greedy_last", "last checkpoint")):
-        run.claim(id, artifact="§6.1", section=s,
-                  text=f"beam search (beam {params.beam}, α {params.alpha}) scores higher than greedy decoding "
-                       f"(test BLEU difference, {level})",
-                  ours=diffs[key], relation=">", threshold=0.0, source="paper: §6.1 uses beam search for Table 2",
-                  paper=f"beam {PAPER['beam']}, α {PAPER['alpha']}", precondition=gate)
-    for id, key, level in (("t2_avg_ge_last", "averaged_minus_last", "beam"),
-                           ("t2_avg_ge_last_greedy", "averaged_minus_last_greedy", "greedy")):
-        run.claim(id, artifact="§6.1", section=s,
-                  text=f"averaging the last {n_averaged} checkpoints scores higher than the last one "
-                       f"(test BLEU difference, {level})",
-                  ours=diffs[key], relation=">", threshold=0.0, source="paper: §6.1 averages the last 5 checkpoints",
-                  paper=f"last {PAPER['average_last']} checkpoints averaged for base models", precondition=gate)
+    beam = (f"beam search (beam {params.beam}, α {params.alpha}) scores higher than greedy decoding",
+            "paper: §6.1 uses beam search for Table 2", f"beam {PAPER['beam']}, α {PAPER['alpha']}")
+    avg = (f"averaging the last {n_averaged} checkpoints scores higher than the last one",
+           "paper: §6.1 averages the last 5 checkpoints", f"last {PAPER['average_last']} checkpoints averaged for base models")
+    for id, key, (what, source, paper), level in (  # each factor at both levels of the other
+            ("t2_beam_ge_greedy", "beam_minus_greedy", beam, "averaged model"),
+            ("t2_beam_ge_greedy_last", "beam_minus_greedy_last", beam, "last checkpoint"),
+            ("t2_avg_ge_last", "averaged_minus_last", avg, "beam"),
+            ("t2_avg_ge_last_greedy", "averaged_minus_last_greedy", avg, "greedy")):
+        run.claim(id, artifact="§6.1", section=s, text=f"{what} (test BLEU difference, {level})", ours=diffs[key],
+                  relation=">", threshold=0.0, source=source, paper=paper, precondition=gate)
     corpus = params.corpus
     data_note = {"wmt14": "paper and ours: newstest2014 after WMT14's 4.5M training pairs",
                  "bible": "paper: newstest2014 with 4.5M training pairs; ours: held-out Bible books (WEB -> "
