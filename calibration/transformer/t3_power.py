@@ -98,7 +98,8 @@ def judge(args) -> None:
                                   "precondition": None if pre is None else [pre["value"], pre["holds"]]}
     for key, c in out["claims"].items():
         pre = "" if c["precondition"] is None else f"  pre {c['precondition'][0]:.3f} {'ok' if c['precondition'][1] else 'FAILS'}"
-        print(f"{key:48s} {c['verdict']:13s} {c['value']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]{pre}")
+        low, high = (f"{float(x):+.4f}" for x in (c["low"], c["high"]))  # -inf/inf below 3 seeds
+        print(f"{key:48s} {c['verdict']:13s} {c['value']:+.4f} [{low}, {high}]{pre}")
     print("s per run:", out["s_per_run"], "| rows lacking a seed:", missing)
     (RUNS / f"t3_power_judge_{'_'.join(map(str, seeds))}.json").write_text(json.dumps(out, indent=1) + "\n")
 

@@ -208,11 +208,14 @@ def plot_table2(measured, lang="en"):
 
 
 def plot_table3_curves(measured, lang="en"):
-    """Dev PPL after every epoch of every Table 3 run: base and no-dropout drawn out, the other rows faint."""
+    """Dev PPL after every epoch of every Table 3 run: base, no-dropout and the source-blind control drawn
+    out (each seed a line, its best epoch a triangle), the other rows faint."""
     _ = figures.translator(KO, lang)
     curves = measured["t3.curves"]
     fig, ax = figures.subplots(height=4.8)
-    marked = {"base": ("base (P_drop = 0.1)", figures.PALETTE[0]), "D: P_drop=0.0": ("no dropout (P_drop = 0)", figures.PALETTE[1])}
+    marked = {"base": ("base (P_drop = 0.1)", figures.PALETTE[0], "-"),
+              "D: P_drop=0.0": ("no dropout (P_drop = 0)", figures.PALETTE[1], "-"),
+              "source-blind": ("source-blind control", "0.35", "--")}
     first_other = True
     for row, c in curves.items():
         if row in marked:
@@ -220,15 +223,17 @@ def plot_table3_curves(measured, lang="en"):
         for ppl in c["dev_ppl_per_seed"]:
             ax.plot(c["epochs"], ppl, color="0.75", lw=0.8, label=_("other rows") if first_other else None)
             first_other = False
-    for row, (label, color) in marked.items():
+    best_labelled = False
+    for row, (label, color, style) in marked.items():
         if row not in curves:
             continue
         c = curves[row]
         for k, ppl in enumerate(c["dev_ppl_per_seed"]):
-            ax.plot(c["epochs"], ppl, color=color, lw=1.8, label=_(label) if k == 0 else None)
+            ax.plot(c["epochs"], ppl, style, color=color, lw=1.8, label=_(label) if k == 0 else None)
             best = int(np.argmin(ppl))
             ax.plot([c["epochs"][best]], [ppl[best]], "v", color=color, ms=8,
-                    label=_("best epoch") if (k == 0 and row == "D: P_drop=0.0") else None)
+                    label=_("best epoch") if not best_labelled else None)
+            best_labelled = True
     ax.set_yscale("log")
     ax.set_xlabel(_("Epoch"))
     ax.set_ylabel(_("Dev perplexity"))
