@@ -34,7 +34,6 @@ from reproduce.configs.transformer import TABLE3_ROWS
 from reproduce.data import de_en
 from reproduce.transformer import data as td
 from reproduce.transformer import variations as v
-from reproduce.transformer.experiments import Recipe
 
 RUNS = Path(__file__).resolve().parent / "runs"
 OUT = RUNS / "t3_power.jsonl"
@@ -45,9 +44,7 @@ def setup(epochs: int):
     corpus = de_en.bible_book_corpus(params.bible_dev_books, params.bible_test_books, params.dev_size, params.test_size)
     sub = td.subset_data(corpus, params.t3_train_pairs, params.t3_vocab_size, params.t3_dev_size,
                          max_words=params.t3_max_words)
-    epoch = td.batches_per_epoch(sub.train, params.t3_batch_tokens)
-    recipe = Recipe(steps=epochs * epoch, batch_tokens=params.t3_batch_tokens, warmup=params.t3_warmup,
-                    grad_accum=params.grad_accum)  # mixed precision: none on CPU, as the record
+    recipe, epoch = v.table3_recipe(params, sub)
     return params, sub, v.table3_base(params, sub.vocab_size), recipe, epoch
 
 

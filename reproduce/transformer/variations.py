@@ -201,6 +201,14 @@ def table3_base(params, vocab_size: int) -> TransformerConfig:
                              label_smoothing=params.label_smoothing, max_len=512)
 
 
+def table3_recipe(params, sub: td.TranslationData) -> tuple[Recipe, int]:
+    """Every Table 3 run's recipe (``t3_epochs`` epochs of ``sub``'s training set) and its steps per epoch."""
+    batch_tokens = params.t3_batch_tokens or params.batch_tokens
+    epoch = td.batches_per_epoch(sub.train, batch_tokens)
+    return Recipe(steps=params.t3_epochs * epoch, batch_tokens=batch_tokens, warmup=params.t3_warmup,
+                  grad_accum=params.grad_accum, mixed_precision=mixed_precision(params)), epoch
+
+
 @dataclass
 class Table3Runs:
     """Table 3's runs, started by :func:`start_table3`; :func:`run_table3` waits for them."""
@@ -222,10 +230,7 @@ def start_table3(params, run, data: td.TranslationData, device: str = "auto") ->
     (torchrun) no worker starts: the rows train here, each split over the processes.
     """
     sub = table3_data(params, data)
-    batch_tokens = params.t3_batch_tokens or params.batch_tokens
-    epoch = td.batches_per_epoch(sub.train, batch_tokens)
-    recipe = Recipe(steps=params.t3_epochs * epoch, batch_tokens=batch_tokens, warmup=params.t3_warmup,
-                    grad_accum=params.grad_accum, mixed_precision=mixed_precision(params))
+    recipe, epoch = table3_recipe(params, sub)
     base = table3_base(params, sub.vocab_size)
     jobs = table3_jobs(params.t3_rows, params.t3_seeds, base, recipe, params.beam, params.alpha, device, epoch)
     control = source_blind_job(params, data.vocab_size, device)  # first: a worker takes it at once
