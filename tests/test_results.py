@@ -107,6 +107,19 @@ def test_failed_write_leaves_no_temp_file_and_keeps_old(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
 
 
+def test_lists_of_numbers_take_one_line_and_read_back_the_same(tmp_path):
+    value = {"curve": [1.5, 2.0, 3], "per_seed": [[1, 2], [3, 4]], "rows": [{"a": []}, {}], "empty": [], "name": "é",
+             "nested": {"x": [True, None, "s"]}}
+    target = tmp_path / "r.json"
+    results.write_json_atomic(target, value)
+    text = target.read_text(encoding="utf-8")
+    assert json.loads(text) == value
+    assert '"curve": [1.5, 2.0, 3],' in text and "    [1, 2],\n    [3, 4]\n" in text and '"é"' in text
+    big = {"nll": [[float(i) for i in range(1000)] for _ in range(5)]}
+    results.write_json_atomic(target, big)
+    assert len(target.read_text().splitlines()) == 9  # {, "nll": [, five lists, ], }
+
+
 def test_nan_measurements_are_stored_as_null(output_dir):
     run = _run()
     run.record("x", float("nan"))
