@@ -109,6 +109,8 @@ def design_row(d: dict, design: str) -> v.RowResult:
     if design in ("D3", "D4"):
         nll, tok = nll + d[f"{model}_held_nll"], tok + d["held_tokens"]
     best_nll = d["best_dev_nll"][:RECORD_DEV] if design == "D0" else d["best_dev_nll"]
+    if design in ("D3", "D4"):  # the curve scored the 400 dev verses only: the best-epoch twins (not counted by
+        best_nll = []  # the rule) fall back to their seeds-only interval, as the record's when a point is unknown
     ppl = math.exp(math.fsum(nll) / sum(tok))
     best = min(d["curve"], key=lambda c: c["dev_ppl"])
     return v.RowResult(d["row"], d["seed"], d["params"], ppl, best["dev_ppl"], d["best_step"], d["dev_bleu"],
