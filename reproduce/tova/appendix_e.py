@@ -177,7 +177,9 @@ def h2o_mask(logits: torch.Tensor, budget: int, heads: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- the fast form
-@numba.njit(nogil=True, cache=True, fastmath=True)
+# fastmath without "nnan"/"ninf": the loop compares with np.inf (recent tokens, the running minimum), which
+# fastmath=True lets the compiler assume never occurs
+@numba.njit(nogil=True, cache=True, fastmath={"nsz", "arcp", "contract", "afn", "reassoc"})
 def _replay(E, ids, t0, scores, recent, last, h2o):  # pragma: no cover - compiled; checked against the loops
     """Replay ``K`` steps of TOVA (``h2o=False``) or H2O on one block (see :func:`evictions`).
 
