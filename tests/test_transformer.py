@@ -626,5 +626,5 @@ def test_table3_data_without_a_subset_is_table2s_data_with_a_hash_ordered_dev():
     assert same.tokenizer is data.tokenizer and same.train is data.train and len(same.dev) == 3
     keys = [de_en.split_key(p) for p in same.dev.pairs]
     assert keys == sorted(de_en.split_key(p) for p in data.corpus.dev)[:3]
-    sub = variations.table3_data(SimpleNamespace(t3_train_pairs=20, t3_vocab_size=70, t3_dev_size=3, t3_max_words=0), data)
+    sub = variations.table3_data(SimpleNamespace(t3_train_pairs=20, t3_vocab_size=70, t3_dev_size=3, t3_max_words=0, t3_heldout=0), data)
     assert len(sub.train) == 20 and sub.tokenizer is not data.tokenizer

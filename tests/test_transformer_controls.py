@@ -274,3 +274,85 @@ def test_the_control_job_is_waited_for_before_table3_jobs_queued_behind_it():
         assert ran == [sections.SOURCE_BLIND_KEY]  # the Table 3 jobs have not run yet
         assert [r["key"] for r in pool.wait()] == [sections.SOURCE_BLIND_KEY, "table3-base-0", "table3-base-1"]
         assert sections.wait_for(pool, sections.SOURCE_BLIND_KEY)["key"] == sections.SOURCE_BLIND_KEY  # known: no wait
+
+
+# ------------------------------------------------------------------------------------- Table 3's held-out verses
+def test_table3_heldout_verses_follow_the_subset_and_are_never_trained_on():
+    from reproduce.transformer import data as td
+    from tests.test_transformer import _tiny_translation_data
+
+    corpus = _tiny_translation_data().corpus
+    sub = td.subset_data(corpus, 20, 70, 4, heldout=10)
+    ordered = [p.en for p in td.hash_order(list(corpus.train))]
+    assert [p.en for p in sub.train.pairs] == ordered[:20] and [p.en for p in sub.heldout.pairs] == ordered[20:30]
+    plain = td.subset_data(corpus, 20, 70, 4)
+    assert plain.heldout is None and [p.en for p in plain.train.pairs] == ordered[:20]
+    assert plain.tokenizer.get_vocab() == sub.tokenizer.get_vocab()  # the vocabulary sees the training verses only
+    with pytest.raises(ValueError, match="train_pairs \\+ heldout must be at most 48"):
+        td.subset_data(corpus, 40, 70, 4, heldout=10)
+
+
+def test_a_table3_row_scores_heldout_verses_after_the_dev_sentences_and_its_curve_the_dev_only():
+    from reproduce.transformer import data as td
+    from reproduce.transformer import variations
+    from tests.test_transformer import _tiny_translation_data
+
+    sub = td.subset_data(_tiny_translation_data().corpus, 20, 70, 4, heldout=6)
+    base = TransformerConfig(vocab_size=sub.vocab_size, n_layers=1, d_model=16, d_ff=32, n_heads=2, max_len=128)
+    recipe = ex.Recipe(steps=4, batch_tokens=200, warmup=2)
+    r = variations.run_table3_row("base", base, sub, recipe, beam=1, alpha=0.6, device="cpu", eval_every=2)
+    assert r.heldout == 6 and len(r.dev_nll) == len(r.dev_tokens) == 4 + 6 and len(r.best_dev_nll) == 4
+    assert r.dev_ppl == pytest.approx(math.exp(sum(r.dev_nll) / sum(r.dev_tokens)))
+    assert r.curve[-1]["dev_ppl"] == pytest.approx(math.exp(sum(r.dev_nll[:4]) / sum(r.dev_tokens[:4])))
+    table, _, items = variations.tabulate([r], base, recipe, 2, 2)
+    assert items["base"]["best_tokens"] == r.dev_tokens[:4] and table["base"]["heldout"] == 6
+
+
+def test_table3_best_epoch_claims_pair_the_dev_sentences_with_their_own_token_counts():
+    """With held-out verses the last-epoch claim scores dev + held-out, the best-epoch twin the dev verses
+    only: each with its own token counts (a shape error otherwise)."""
+    from reproduce import config, results
+    from reproduce.transformer import variations
+    from tests.test_transformer import _t3_row
+
+    rng = np.random.default_rng(1)
+    tokens = rng.integers(5, 20, 30)  # 20 dev verses, then 10 held-out verses
+    nll = {(row, k): tokens * (lvl + 0.01 * k + rng.normal(0, 0.05, 30))
+           for row, lvl in (("base", 4.0), ("A: h=1", 4.2), ("source-blind", 4.6)) for k in (0, 1, 2)}
+    table, items = {}, {}
+    for row in ("base", "A: h=1", "source-blind"):
+        ppl = [math.exp(nll[row, k].sum() / tokens.sum()) for k in (0, 1, 2)]
+        best = [math.exp(nll[row, k][:20].sum() / tokens[:20].sum()) for k in (0, 1, 2)]
+        table[row] = _t3_row(ppl, [0.5] * 3, best) | {"heldout": 10}
+        items[row] = {"nll": [nll[row, k].tolist() for k in (0, 1, 2)],
+                      "best_nll": [nll[row, k][:20].tolist() for k in (0, 1, 2)], "tokens": tokens.tolist(),
+                      "best_tokens": tokens[:20].tolist(), "bleu_stats": [[] for _ in range(3)]}
+    run = results.Run(config.resolve("transformer", "smoke"))
+    variations.claim_table3(run, table, items)
+    got = {c.id: c for c in run.claims}
+    pairs = lambda row, n: [np.column_stack([nll[row, k][:n], tokens[:n]]) for k in (0, 1, 2)]  # noqa: E731
+    score = lambda v: math.exp(v[0] / v[1])  # noqa: E731
+    assert got["t3_one_head_worse"].ours.value == pytest.approx(claims.seeds_and_items(pairs("A: h=1", 30), pairs("base", 30), score).value)
+    assert got["t3_one_head_worse_best"].ours.value == pytest.approx(claims.seeds_and_items(pairs("A: h=1", 20), pairs("base", 20), score).value)
+    assert "30 dev sentences" in got["t3_one_head_worse"].ours.method and "20 dev sentences" in got["t3_one_head_worse_best"].ours.method
+    assert "20 dev verses + 10 held-out training verses" in got["t3_one_head_worse"].note
+
+
+def test_bigger_rows_can_run_on_fewer_seeds_and_are_paired_on_the_seeds_they_share():
+    from reproduce import config
+    from reproduce.transformer import variations
+    from tests.test_transformer import _t3_claims, _t3_row
+
+    base = TransformerConfig(vocab_size=50, n_layers=1, d_model=16, d_ff=32, n_heads=2, max_len=64)
+    jobs = variations.table3_jobs(["base", "C: d_ff*2", "C: N-"], [0, 1, 2, 3, 4], base, ex.Recipe(steps=2, batch_tokens=100),
+                                  beam=1, alpha=0.6, device="cpu", bigger_seeds=3)
+    assert [(j.row, j.recipe.seed) for j in jobs if j.row == "C: d_ff*2"] == [("C: d_ff*2", k) for k in (0, 1, 2)]
+    assert sum(j.row == "C: N-" for j in jobs) == 5 and sum(j.row == "base" for j in jobs) == 5
+    table = {"base": _t3_row([60.0, 61.0, 62.0, 60.5, 61.5], [0.5] * 5),
+             "C: d_ff*2": _t3_row([58.0, 59.0, 60.0], [0.5] * 3)}
+    bigger = _t3_claims(table)["t3_bigger_better"]
+    assert bigger.ours.value == pytest.approx(2.0) and bigger.ours.n == 3
+    with pytest.raises(ValueError, match="t3_bigger_seeds' = 4 is more than the 3 t3_seeds"):
+        config.resolve("transformer", "smoke", {"t3_bigger_seeds": 4})
+    with pytest.raises(ValueError, match="t3_heldout"):
+        config.resolve("transformer", "smoke", {"t3_train_pairs": 0, "t3_heldout": 5})

@@ -76,6 +76,7 @@ class TranslationData:
     dev: EncodedPairs
     test: EncodedPairs
     corpus: de_en.Corpus
+    heldout: EncodedPairs | None = None  # training-split pairs left out of ``train`` (subset_data's ``heldout``)
 
     @property
     def vocab_size(self) -> int:
@@ -154,29 +155,32 @@ def hash_order(pairs: Sequence[de_en.Pair]) -> list[de_en.Pair]:
 
 
 def subset_data(corpus: de_en.Corpus, train_pairs: int, vocab_size: int, dev_size: int,
-                max_tokens: int = 100, max_words: int = 0) -> TranslationData:
+                max_tokens: int = 100, max_words: int = 0, heldout: int = 0) -> TranslationData:
     """A small training set with its own BPE vocabulary, for runs that must converge (Table 3).
 
     The first ``train_pairs`` training pairs and ``dev_size`` dev pairs in hash order
     (:func:`hash_order`), among the pairs whose English side has at most ``max_words`` words when
     ``max_words`` > 0 (train and dev alike); the joint vocabulary is trained on that subset alone, so
-    its size fits the subset. Test pairs are encoded too, with the subset's tokenizer.
+    its size fits the subset. Test pairs are encoded too, with the subset's tokenizer. ``heldout`` > 0:
+    the next ``heldout`` training pairs in the same order, never trained on, as ``TranslationData.heldout``.
     """
     short = (lambda p: len(p.en.split()) <= max_words) if max_words else (lambda p: True)
     train_pool, dev_pool = [p for p in corpus.train if short(p)], [p for p in corpus.dev if short(p)]
-    if not 1 <= train_pairs <= len(train_pool):
-        raise ValueError(f"train_pairs must be in 1..{len(train_pool)} (the training split"
-                         f"{f', at most {max_words} words' if max_words else ''}), got {train_pairs}")
+    if not 1 <= train_pairs <= len(train_pool) - heldout:
+        raise ValueError(f"train_pairs + heldout must be at most {len(train_pool)} (the training split"
+                         f"{f', at most {max_words} words' if max_words else ''}), got {train_pairs} + {heldout}")
     if not 1 <= dev_size <= len(dev_pool):
         raise ValueError(f"dev_size must be in 1..{len(dev_pool)} (the dev split"
                          f"{f', at most {max_words} words' if max_words else ''}), got {dev_size}")
-    train_split, dev_split = hash_order(train_pool)[:train_pairs], hash_order(dev_pool)[:dev_size]
+    ordered, dev_split = hash_order(train_pool), hash_order(dev_pool)[:dev_size]
+    train_split, held_split = ordered[:train_pairs], ordered[train_pairs : train_pairs + heldout]
     tok = de_en.train_tokenizer(de_en.corpus_texts(train_split), vocab_size)
     sub = de_en.Corpus(train_split, dev_split, corpus.test, {"subset of": dict(corpus.sources), "pairs": train_pairs,
                                                               "max_words": max_words})
     big = 10**6
     return TranslationData(tok, encode_pairs(tok, train_split, max_tokens), encode_pairs(tok, dev_split, big),
-                           encode_pairs(tok, corpus.test, big), sub)
+                           encode_pairs(tok, corpus.test, big), sub,
+                           encode_pairs(tok, held_split, big) if heldout else None)
 
 
 def _pad(rows: Sequence[Sequence[int]]) -> Tensor:

@@ -18,7 +18,7 @@ from reproduce.configs.transformer import SPEC
 
 from .data import PAD_ID
 from .model import Transformer, TransformerConfig, label_smoothed_loss
-from .variations import table3_config
+from .variations import BIGGER, table3_config
 
 CORPUS_PAIRS = {"beolingus": 17_000, "bible": 28_742}  # training pairs (< 100 tokens a side) of the packaged corpora
 PLAN_LENGTH = 32  # tokens per padded sentence in a length-bucketed batch (WMT14 averages ~27-30 BPE tokens)
@@ -68,13 +68,15 @@ def sections(params) -> list[plan.SectionPlan]:
     pairs = (params.t3_train_pairs or (WMT14_TRAIN_PAIRS if wmt else params.train_pairs or CORPUS_PAIRS[params.corpus]))
     t3_tokens = params.t3_batch_tokens or params.batch_tokens
     steps = params.t3_epochs * max(1, pairs * PLAN_LENGTH // t3_tokens)
+    seeds = {row: len(params.t3_seeds[: params.t3_bigger_seeds or None] if row in BIGGER else params.t3_seeds)
+             for row in params.t3_rows}
     rows = [_training(f"4. Table 3 row {row}", table3_config(t3_base, row), steps, t3_tokens, params.grad_accum,
-                      runs=len(params.t3_seeds), autocast=autocast) for row in params.t3_rows]
+                      runs=seeds[row], autocast=autocast) for row in params.t3_rows]
     biggest = max([*rows, blind], key=lambda r: r.peak_bytes)
     # Table 3's worker process trains beside Table 2 on the same GPU (one process): their peaks add up.
     beside = table2.peak_bytes if params.t3_workers else 0.0
     out.append(plan.SectionPlan(
-        SPEC.section("Table 3"), f"{len(params.t3_rows)} rows x {len(params.t3_seeds)} seeds x {steps:,} steps "
+        SPEC.section("Table 3"), f"{len(params.t3_rows)} rows, {sum(seeds.values())} runs of {steps:,} steps "
         f"({params.t3_epochs} epochs of {pairs:,} pairs, {t3_tokens:,} tokens per side)", biggest.parameters,
         biggest.peak_bytes + beside, sum(r.flops for r in rows), fix=biggest.fix,
         overheads=biggest.overheads + table2.overheads if beside else biggest.overheads,
@@ -87,12 +89,12 @@ def sections(params) -> list[plan.SectionPlan]:
     t2_tokens = params.test_size * PLAN_LENGTH
     t3_tokens_dev = params.t3_dev_size * PLAN_LENGTH
     flops = 2 * table2.parameters * t2_tokens * (2 * (params.beam + 1) + params.beam) + sum(
-        2 * r.parameters * t3_tokens_dev * params.beam * len(params.t3_seeds) for r in rows)
-    batches = (2 * 2 + 1) * -(-params.test_size // 64) + len(rows) * len(params.t3_seeds) * -(-params.t3_dev_size // 64)
+        2 * r.parameters * t3_tokens_dev * params.beam * seeds[row] for r, row in zip(rows, params.t3_rows))
+    batches = (2 * 2 + 1) * -(-params.test_size // 64) + sum(seeds.values()) * -(-params.t3_dev_size // 64)
     kv_cache = 2 * 64 * params.beam * (PLAN_LENGTH + 50) * base.d_model * base.n_layers * 4 * 2  # self + cross, fp32
     out.append(plan.SectionPlan(
         "3b. decoding / BLEU", f"test BLEU of {params.test_size:,} sentences x 4 + the source-blind control (Table 2), dev BLEU of "
-        f"{params.t3_dev_size:,} x {len(rows) * len(params.t3_seeds)} runs (Table 3), beam {params.beam}",
+        f"{params.t3_dev_size:,} x {sum(seeds.values())} runs (Table 3), beam {params.beam}",
         table2.parameters, table2.parameters * 4 * (params.average_last + 2) + kv_cache, flops,
         other_hours=batches * (PLAN_LENGTH + 50) * 2e-3 / 3600, fix="average_last (checkpoints kept in memory)"))
     out.insert(2, out.pop())  # in notebook order: Table 2's decoding follows its training, then its control

@@ -29,6 +29,7 @@ from reproduce.rundir import MemoryRows, Rows, row_key
 from . import data as td
 from .experiments import Recipe, bleu_from_stats, bleu_stats, evaluate_bleu, perplexity, sentence_nll, train_translation
 from .model import TransformerConfig, count_parameters
+from .plots import fmt_seeds, table3_markdown
 from .sections import PAPER, mixed_precision, source_blind_job
 
 # ------------------------------------------------------------------------------------------------
@@ -91,6 +92,9 @@ class RowResult:
     best_dev_nll: list[float] = field(default_factory=list)
     dev_tokens: list[int] = field(default_factory=list)
     dev_bleu_stats: list[list[int]] = field(default_factory=list)
+    # held-out training verses scored after the last step, after the dev sentences in dev_nll / dev_tokens (and
+    # in dev_ppl); the curve and the best point score the dev sentences only
+    heldout: int = 0
 
 
 def run_table3_row(
@@ -100,7 +104,9 @@ def run_table3_row(
     """Train one Table 3 variation with ``recipe`` and score it on dev (beam search, no averaging, as Table 3).
 
     ``eval_every`` > 0: dev perplexity every that many steps, so the best point of the curve is known
-    as well as the last (a run that overfits has its best before its end).
+    as well as the last (a run that overfits has its best before its end). ``data.heldout`` (training
+    verses the subset left out): scored with the dev sentences after the last step, more items for the
+    last-epoch claims (``calibration/transformer/t3_levers.md``); the curve scores the dev sentences only.
     """
     cfg = table3_config(base, row)
     trained = train_translation(cfg, data, recipe, device=device, desc=f"Table 3 {row} seed {recipe.seed}",
@@ -109,14 +115,20 @@ def run_table3_row(
     nll, tokens = sentence_nll(trained.model, data.dev)
     curve = trained.curve or [{"step": recipe.steps, "dev_ppl": perplexity(trained.model, data.dev)}]
     best = min(curve, key=lambda c: c["dev_ppl"])
+    last = curve[-1]["dev_ppl"]
+    heldout = len(data.heldout) if data.heldout is not None else 0
+    if heldout:
+        held_nll, held_tokens = sentence_nll(trained.model, data.heldout)
+        nll, tokens = np.concatenate([nll, held_nll]), np.concatenate([tokens, held_tokens])
+        last = math.exp(nll.sum() / tokens.sum())  # the dev sentences and the held-out verses
     # step -> per-sentence NLL; a resumed run lacks the evaluations before the crash: then the best point's
     # sentences may be unknown ([]), and its claims fall back to the seeds-only interval
     known = dict(trained.dev_nll)
     return RowResult(
-        row, recipe.seed, sum(p.numel() for p in trained.model.parameters()), curve[-1]["dev_ppl"], best["dev_ppl"],
+        row, recipe.seed, sum(p.numel() for p in trained.model.parameters()), last, best["dev_ppl"],
         int(best["step"]), decoded["bleu"], sum(trained.losses[-10:]) / len(trained.losses[-10:]), trained.wall_time_s,
         curve, nll.tolist(), known.get(int(best["step"]), []), tokens.tolist(),
-        bleu_stats(decoded["hypotheses"], [p.de for p in data.dev.pairs]).tolist(),
+        bleu_stats(decoded["hypotheses"], [p.de for p in data.dev.pairs]).tolist(), heldout,
     )
 
 
@@ -140,13 +152,17 @@ class Table3Job:
         return dataclasses.asdict(result)
 
 
+BIGGER = ("C: N+", "C: d_model*2", "C: d_ff*2")  # the rows bigger than base, in the order "bigger is better" takes them
+
+
 def table3_jobs(variations: Sequence[str], seeds: Sequence[int], base: TransformerConfig, recipe: Recipe,
-                beam: int, alpha: float, device: str, eval_every: int = 0) -> list[Table3Job]:
-    """One job per (row, seed), rows outer; keyed ``table3-<row>-<seed>`` (:func:`reproduce.rundir.row_key`)."""
+                beam: int, alpha: float, device: str, eval_every: int = 0, bigger_seeds: int = 0) -> list[Table3Job]:
+    """One job per (row, seed), rows outer; keyed ``table3-<row>-<seed>`` (:func:`reproduce.rundir.row_key`).
+    ``bigger_seeds`` > 0: the bigger rows (:data:`BIGGER`, the costliest) run on the first that many seeds only."""
     for row in variations:
         table3_config(base, row)  # an unknown row fails here, before any process starts
     return [Table3Job(row_key("table3", row, seed), row, base, replace(recipe, seed=seed), beam, alpha, device, eval_every)
-            for row in variations for seed in seeds]
+            for row in variations for seed in (seeds[:bigger_seeds] if bigger_seeds and row in BIGGER else seeds)]
 
 
 def start_table3_rows(jobs: Sequence, shared: dict, rows: Rows = MemoryRows(), workers: int = 1) -> Pool:
@@ -190,7 +206,7 @@ def table3_data(params, data: td.TranslationData) -> td.TranslationData:
     own vocabulary (``t3_train_pairs`` 0: Table 2's data, as the paper, with ``t3_dev_size`` dev pairs)."""
     if params.t3_train_pairs:
         return td.subset_data(data.corpus, params.t3_train_pairs, params.t3_vocab_size, params.t3_dev_size,
-                              max_words=params.t3_max_words)
+                              max_words=params.t3_max_words, heldout=params.t3_heldout)
     dev = td.hash_order(data.corpus.dev)[: params.t3_dev_size]
     return td.TranslationData(data.tokenizer, data.train, td.encode_pairs(data.tokenizer, dev, 10**6), data.test, data.corpus)
 
@@ -232,7 +248,8 @@ def start_table3(params, run, data: td.TranslationData, device: str = "auto") ->
     sub = table3_data(params, data)
     recipe, epoch = table3_recipe(params, sub)
     base = table3_base(params, sub.vocab_size)
-    jobs = table3_jobs(params.t3_rows, params.t3_seeds, base, recipe, params.beam, params.alpha, device, epoch)
+    jobs = table3_jobs(params.t3_rows, params.t3_seeds, base, recipe, params.beam, params.alpha, device, epoch,
+                       params.t3_bigger_seeds)
     control = source_blind_job(params, data.vocab_size, device)  # first: a worker takes it at once
     pool = start_table3_rows([control, *jobs], {"table2": data, "table3": sub}, run.state, params.t3_workers)
     return Table3Runs(pool, sub, base, recipe, epoch, jobs)
@@ -268,7 +285,9 @@ def run_table3(params, run, started: Table3Runs) -> Table3:
                            "steps": recipe.steps, "epochs": params.t3_epochs, "steps_per_epoch": epoch,
                            "warmup": recipe.warmup, "batch_tokens": recipe.batch_tokens, "seeds": list(params.t3_seeds),
                            "workers": params.t3_workers, "train_pairs": len(sub.train), "vocab_size": sub.vocab_size,
-                           "dev_pairs": len(sub.dev), "max_words": params.t3_max_words})
+                           "dev_pairs": len(sub.dev), "max_words": params.t3_max_words,
+                           "heldout_pairs": len(sub.heldout) if sub.heldout is not None else 0,
+                           "bigger_seeds": params.t3_bigger_seeds})
     claim_table3(run, table, items)
     return Table3(counts, table)
 
@@ -298,6 +317,9 @@ def tabulate(finished: Sequence[RowResult], base: TransformerConfig, recipe: Rec
         }
         items[row] = {"nll": [r.dev_nll for r in rs], "best_nll": [r.best_dev_nll for r in rs],
                       "tokens": rs[0].dev_tokens, "bleu_stats": [r.dev_bleu_stats for r in rs]}
+        if rs[0].heldout:  # the best point scored the dev sentences only: the tokens before the held-out verses'
+            items[row]["best_tokens"] = rs[0].dev_tokens[: len(rs[0].dev_tokens) - rs[0].heldout]
+            table[row]["heldout"] = rs[0].heldout
         curves[row] = {"epochs": [c["step"] / epoch for c in rs[0].curve],
                        "dev_ppl_per_seed": [[c["dev_ppl"] for c in r.curve] for r in rs]}
     return table, curves, items
@@ -352,6 +374,9 @@ def claim_table3(run, table: dict[str, dict], items: dict[str, dict] | None = No
              "(paper: 100k steps of ~25k tokens at d_model 512, N 6)")
     paper = PAPER["table3"]
     items = items or {}
+    if base.get("heldout") and "base" in items:
+        scale += (f"; last-epoch PPL on {len(items['base']['tokens']) - base['heldout']} dev verses + {base['heldout']} "
+                  "held-out training verses, best-epoch PPL on the dev verses")
 
     def per_seed(row: str, metric: str) -> dict[int, float]:
         return dict(zip(table[row]["seeds"], table[row][f"{metric}_per_seed"]))
@@ -361,7 +386,9 @@ def claim_table3(run, table: dict[str, dict], items: dict[str, dict] | None = No
         it = items[row]
         if metric == "dev_bleu":
             return it["bleu_stats"][k]
-        return np.column_stack([it["nll" if metric == "dev_ppl" else "best_nll"][k], it["tokens"]])
+        if metric == "dev_ppl":
+            return np.column_stack([it["nll"][k], it["tokens"]])
+        return np.column_stack([it["best_nll"][k], it.get("best_tokens", it["tokens"])])
 
     def paired(row: str, than: str, metric: str = "dev_ppl", stat: str = "difference") -> claims.Estimate:
         a, b = per_seed(row, metric), per_seed(than, metric)
@@ -383,8 +410,8 @@ def claim_table3(run, table: dict[str, dict], items: dict[str, dict] | None = No
 
     def note(row: str, than: str, metric: str = "dev_ppl", why: str = "") -> str:
         def values(r: str) -> str:
-            return f"{r}: {metric} {_fmt(table[r][f'{metric}_per_seed'])}, BLEU {_fmt(table[r]['dev_bleu_per_seed'])}"
-        blind = (f"source-blind: {metric} {_fmt(table['source-blind'][f'{metric}_per_seed'])}. "
+            return f"{r}: {metric} {fmt_seeds(table[r][f'{metric}_per_seed'])}, BLEU {fmt_seeds(table[r]['dev_bleu_per_seed'])}"
+        blind = (f"source-blind: {metric} {fmt_seeds(table['source-blind'][f'{metric}_per_seed'])}. "
                  if "source-blind" in table else "source-blind row not run. ")
         return f"{values(row)}; {values(than)} (per seed). {blind}{why}{scale}"
 
@@ -416,7 +443,7 @@ def claim_table3(run, table: dict[str, dict], items: dict[str, dict] | None = No
     if "B: d_k/4" in table:
         worse("t3_small_dk_hurts", "reducing the key size d_k (to 1/4) hurts: higher dev PPL than base",
               "B: d_k/4", "base", source="paper: Table 3 rows (B), §6.2")
-    big = [r for r in ("C: N+", "C: d_model*2", "C: d_ff*2") if r in table]
+    big = [r for r in BIGGER if r in table]
     if big:  # the paper's direction: a bigger model beats base. The first bigger row run in this fixed order,
         # not the best one (picking the winner on the same dev set would favour "holds")
         worse("t3_bigger_better", f"bigger models are better: base has a higher dev PPL than the bigger row {big[0]}",
@@ -436,12 +463,12 @@ def claim_table3(run, table: dict[str, dict], items: dict[str, dict] | None = No
                        "(smallest over seeds)",
                   ours=min(rises), relation=">=", threshold=OVERFIT_RISE, source=overfit_source,
                   paper="the paper's base trains 100k steps; its no-dropout row is 5.77 vs 4.92",
-                  note=f"per seed: {_fmt(rises)}, best at epoch {_fmt(no_drop.get('best_epoch_per_seed', []))}. {scale}")
+                  note=f"per seed: {fmt_seeds(rises)}, best at epoch {fmt_seeds(no_drop.get('best_epoch_per_seed', []))}. {scale}")
         overfits = claims.Precondition("no-dropout row: last / best dev PPL (smallest over seeds)", min(rises), ">=",
                                        OVERFIT_RISE, overfit_source)
         worse("t3_dropout_helps", "dropout helps: without it, dev PPL is higher than base",
               "D: P_drop=0.0", "base", source="paper: Table 3 rows (D), §6.2 ('dropout is very helpful')",
-              also={"dev_ppl": overfits}, why=f"No-dropout last / best dev PPL per seed: {_fmt(rises)}. ")
+              also={"dev_ppl": overfits}, why=f"No-dropout last / best dev PPL per seed: {fmt_seeds(rises)}. ")
     if "D: ls=0.0" in table:  # §5.4: label smoothing "hurts perplexity ... but improves accuracy and BLEU"
         worse("t3_ls_hurts_ppl", "label smoothing hurts perplexity: base (ε_ls 0.1) has a higher dev PPL than ε_ls = 0",
               "base", "D: ls=0.0", source="paper: §5.4 (label smoothing 'hurts perplexity')")
@@ -464,30 +491,3 @@ def claim_table3(run, table: dict[str, dict], items: dict[str, dict] | None = No
                       source="ours: the paper finds 'nearly identical results'; ±5% fixed before the first run",
                       paper=f"PPL {paper['E: learned']['ppl']} vs {paper['base']['ppl']}",
                       note=note("E: learned", "base", metric), precondition=reads("E: learned", "base", metric=metric))
-
-
-def _fmt(values: list[float]) -> str:
-    return " / ".join(f"{v:.2f}" for v in values)
-
-
-def table3_markdown(table: dict[str, dict]) -> str:
-    """Paper vs ours, one line per row run; with several seeds, ours is "mean (seed 1 / seed 2 ...)".
-
-    Ours: dev PPL after the last epoch and at the best epoch (with the epochs at which it was best),
-    dev BLEU after the last epoch.
-    """
-    lines = ["| row | N | d_model | d_ff | h | d_k | d_v | P_drop | ε_ls | params | paper PPL | ours PPL, last epoch | "
-             "ours PPL, best epoch | best epoch | paper BLEU | ours BLEU |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-
-    def ours(mean: float, per_seed: list[float]) -> str:  # the mean, then each seed's value
-        return f"{mean:.2f}" if len(per_seed) < 2 else f"{mean:.2f} ({_fmt(per_seed)})"
-
-    for row, v in table.items():
-        best = v.get("best_dev_ppl", v["dev_ppl"])
-        epochs = " / ".join(f"{e:g}" for e in v.get("best_epoch_per_seed", []))
-        lines.append(f"| {row} | {v['N']} | {v['d_model']} | {v['d_ff']} | {v['h']} | {v['d_k']} | {v['d_v']} | {v['P_drop']} | "
-                     f"{v['eps_ls']} | {v['params'] / 1e6:.2f}M | {v['paper_ppl'] or '–'} | {ours(v['dev_ppl'], v['dev_ppl_per_seed'])} | "
-                     f"{ours(best, v.get('best_dev_ppl_per_seed', v['dev_ppl_per_seed']))} | {epochs} | "
-                     f"{v['paper_bleu'] or '–'} | {ours(v['dev_bleu'], v['dev_bleu_per_seed'])} |")
-    return "\n".join(lines)
