@@ -32,6 +32,15 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def _key(key: Any) -> str:
+    """An object key as ``json.dumps`` writes it (str, int, float, bool, None), else its TypeError."""
+    if not isinstance(key, str):
+        key = json.dumps(key, allow_nan=False) if key is None or isinstance(key, (bool, int, float)) else key
+        if not isinstance(key, str):
+            raise TypeError(f"keys must be str, int, float, bool or None, not {type(key).__name__}")
+    return json.dumps(key, ensure_ascii=False)
+
+
 def dumps(data: Any, level: int = 0) -> str:
     """``data`` as indented JSON with every list of plain values on one line.
 
@@ -42,7 +51,7 @@ def dumps(data: Any, level: int = 0) -> str:
     """
     if isinstance(data, Mapping) and data:
         pad = "  " * (level + 1)
-        body = ",\n".join(f"{pad}{json.dumps(str(k), ensure_ascii=False)}: {dumps(v, level + 1)}" for k, v in data.items())
+        body = ",\n".join(f"{pad}{_key(k)}: {dumps(v, level + 1)}" for k, v in data.items())
         return "{\n" + body + "\n" + "  " * level + "}"
     if isinstance(data, (list, tuple)) and any(isinstance(v, (Mapping, list, tuple)) for v in data):
         pad = "  " * (level + 1)

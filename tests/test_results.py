@@ -12,7 +12,7 @@ import torch
 
 import pipeline_spec  # noqa: F401
 from conftest import subprocess_env
-from reproduce import config, results, runtime
+from reproduce import config, jsonio, results, runtime
 
 
 def _run():
@@ -115,6 +115,10 @@ def test_lists_of_numbers_take_one_line_and_read_back_the_same(tmp_path):
     text = target.read_text(encoding="utf-8")
     assert json.loads(text) == value
     assert '"curve": [1.5, 2.0, 3],' in text and "    [1, 2],\n    [3, 4]\n" in text and '"é"' in text
+    keys = {7: "a", 2.5: "b", True: "c", None: "d"}
+    assert json.loads(jsonio.dumps(keys)) == json.loads(json.dumps(keys)) == {"7": "a", "2.5": "b", "true": "c", "null": "d"}
+    with pytest.raises(TypeError, match="keys must be str"):
+        jsonio.dumps({(1, 2): 0})
     big = {"nll": [[float(i) for i in range(1000)] for _ in range(5)]}
     results.write_json_atomic(target, big)
     assert len(target.read_text().splitlines()) == 9  # {, "nll": [, five lists, ], }
