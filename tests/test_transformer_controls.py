@@ -290,6 +290,13 @@ def test_table3_heldout_verses_follow_the_subset_and_are_never_trained_on():
     assert plain.tokenizer.get_vocab() == sub.tokenizer.get_vocab()  # the vocabulary sees the training verses only
     with pytest.raises(ValueError, match="train_pairs \\+ heldout must be at most 48"):
         td.subset_data(corpus, 40, 70, 4, heldout=10)
+    # repeated sentences (the Bible's formulas) sit side by side in hash order: held out once, never if trained on
+    repeats = de_en.Corpus(list(corpus.train) + [de_en.Pair(p.en, p.de + " (2)") for p in corpus.train], [], [], {})
+    sub = td.subset_data(de_en.Corpus(repeats.train, corpus.dev, [], {}), 20, 70, 4, heldout=10)
+    keys = [de_en.split_key(p) for p in sub.heldout.pairs]
+    assert len(set(keys)) == 10 and not set(keys) & {de_en.split_key(p) for p in sub.train.pairs}
+    with pytest.raises(ValueError, match="only 38 distinct training pairs are left"):
+        td.subset_data(de_en.Corpus(repeats.train, corpus.dev, [], {}), 20, 70, 4, heldout=40)
 
 
 def test_a_table3_row_scores_heldout_verses_after_the_dev_sentences_and_its_curve_the_dev_only():
@@ -356,3 +363,15 @@ def test_bigger_rows_can_run_on_fewer_seeds_and_are_paired_on_the_seeds_they_sha
         config.resolve("transformer", "smoke", {"t3_bigger_seeds": 4})
     with pytest.raises(ValueError, match="t3_heldout"):
         config.resolve("transformer", "smoke", {"t3_train_pairs": 0, "t3_heldout": 5})
+
+
+def test_no_dropout_overfitting_compares_the_last_and_best_epochs_on_the_same_dev_verses():
+    """With held-out verses the last-epoch PPL covers other verses than the best epoch's; the overfitting
+    check must divide the dev-only last point of the curve by the best."""
+    from tests.test_transformer import _t3_claims, _t3_row
+
+    table = {"base": _t3_row([60.0, 61.0, 62.0], [0.5] * 3),
+             "D: P_drop=0.0": _t3_row([50.0, 51.0, 52.0], [0.5] * 3, best=[60.0, 60.0, 60.0])
+             | {"heldout": 10, "last_dev_only_ppl_per_seed": [66.0, 67.0, 68.0]}}
+    over = _t3_claims(table)["t3_no_dropout_overfits"]
+    assert over.ours.value == pytest.approx(66.0 / 60.0) and over.verdict == "holds"

@@ -35,9 +35,10 @@ def _enough_checkpoints_to_average(values) -> str | None:
 
 
 def _subsets_fit(values) -> str | None:
-    if values["corpus"] != "wmt14" and values["train_pairs"] and values["t3_train_pairs"] > values["train_pairs"]:
-        return (f"parameter 't3_train_pairs' = {values['t3_train_pairs']} is more than the training split "
-                f"(train_pairs={values['train_pairs']}); lower it (0 = Table 2's training split)")
+    if (values["corpus"] != "wmt14" and values["train_pairs"]
+            and values["t3_train_pairs"] + values["t3_heldout"] > values["train_pairs"]):
+        return (f"parameters 't3_train_pairs' + 't3_heldout' = {values['t3_train_pairs'] + values['t3_heldout']} are more "
+                f"than the training split (train_pairs={values['train_pairs']}); lower them (0 = Table 2's training split)")
     if values["t3_max_words"] and not values["t3_train_pairs"]:
         return "parameter 't3_max_words' selects the Table 3 subset; set t3_train_pairs > 0 too (or t3_max_words 0)"
     if values["t3_heldout"] and not values["t3_train_pairs"]:

@@ -162,7 +162,9 @@ def subset_data(corpus: de_en.Corpus, train_pairs: int, vocab_size: int, dev_siz
     (:func:`hash_order`), among the pairs whose English side has at most ``max_words`` words when
     ``max_words`` > 0 (train and dev alike); the joint vocabulary is trained on that subset alone, so
     its size fits the subset. Test pairs are encoded too, with the subset's tokenizer. ``heldout`` > 0:
-    the next ``heldout`` training pairs in the same order, never trained on, as ``TranslationData.heldout``.
+    the next ``heldout`` training pairs in the same order whose English is neither in the subset nor
+    already held out (the Bible repeats formulas such as "Yahweh spoke to Moses, saying,"; a repeat would
+    be a trained-on sentence or an item counted twice), never trained on, as ``TranslationData.heldout``.
     """
     short = (lambda p: len(p.en.split()) <= max_words) if max_words else (lambda p: True)
     train_pool, dev_pool = [p for p in corpus.train if short(p)], [p for p in corpus.dev if short(p)]
@@ -173,7 +175,16 @@ def subset_data(corpus: de_en.Corpus, train_pairs: int, vocab_size: int, dev_siz
         raise ValueError(f"dev_size must be in 1..{len(dev_pool)} (the dev split"
                          f"{f', at most {max_words} words' if max_words else ''}), got {dev_size}")
     ordered, dev_split = hash_order(train_pool), hash_order(dev_pool)[:dev_size]
-    train_split, held_split = ordered[:train_pairs], ordered[train_pairs : train_pairs + heldout]
+    train_split, seen, held_split = ordered[:train_pairs], {de_en.split_key(p) for p in ordered[:train_pairs]}, []
+    for p in ordered[train_pairs:]:
+        if len(held_split) == heldout:
+            break
+        if (key := de_en.split_key(p)) not in seen:
+            seen.add(key)
+            held_split.append(p)
+    if len(held_split) < heldout:
+        raise ValueError(f"heldout: only {len(held_split)} distinct training pairs are left after the {train_pairs} of "
+                         f"the subset, asked for {heldout}")
     tok = de_en.train_tokenizer(de_en.corpus_texts(train_split), vocab_size)
     sub = de_en.Corpus(train_split, dev_split, corpus.test, {"subset of": dict(corpus.sources), "pairs": train_pairs,
                                                               "max_words": max_words})

@@ -255,10 +255,12 @@ def plot_table3(measured, lang="en"):
     fig, axes = figures.subplots(2, 1, height=6.5, sharex=True)
     for ax, key, paper_key, label in ((axes[0], "dev_ppl", "ppl", "Dev perplexity vs base (%)"),
                                       (axes[1], "dev_bleu", "bleu", "Dev BLEU vs base (%)")):
-        ours = [100 * (table[r][key] / base[key] - 1) if base[key] else np.nan for r in rows]
+        # each row against base on the seeds both ran (a bigger row may run fewer), paired by seed
+        pairs = [[(v, b) for k, v in zip(table[r]["seeds"], table[r][f"{key}_per_seed"])
+                  for kb, b in zip(base["seeds"], base[f"{key}_per_seed"]) if k == kb and b] for r in rows]
+        ours = [100 * (sum(v for v, _b in p) / sum(b for _v, b in p) - 1) if p else np.nan for p in pairs]
         ax.bar(x, ours, color=figures.PALETTE[0], label=_("ours (mean over seeds)"))
-        dots = [(i, 100 * (v / b - 1)) for i, r in enumerate(rows)
-                for v, b in zip(table[r].get(f"{key}_per_seed", []), base.get(f"{key}_per_seed", [])) if b]
+        dots = [(i, 100 * (v / b - 1)) for i, p in enumerate(pairs) for v, b in p]
         if dots:
             ax.plot([i for i, _v in dots], [v for _i, v in dots], "o", ms=3, color="black", label=_("each seed"))
         paper = [100 * (table[r][f"paper_{paper_key}"] / paper_base[paper_key] - 1)
@@ -274,35 +276,6 @@ def plot_table3(measured, lang="en"):
         title += f" ({_('source-blind control')}: PPL {100 * (table['source-blind']['dev_ppl'] / base['dev_ppl'] - 1):+.0f} %)"
     fig.suptitle(title)
     return fig
-
-
-def fmt_seeds(values: list[float]) -> str:
-    """Per-seed values, "57.52 / 59.72 / ..." (Table 3's cells and its claims' notes)."""
-    return " / ".join(f"{v:.2f}" for v in values)
-
-
-def table3_markdown(table: dict[str, dict]) -> str:
-    """Paper vs ours, one line per row run; with several seeds, ours is "mean (seed 1 / seed 2 ...)".
-
-    Ours: dev PPL after the last epoch and at the best epoch (with the epochs at which it was best),
-    dev BLEU after the last epoch.
-    """
-    last = "ours PPL, last epoch" + (" (dev + held-out)" if any(v.get("heldout") for v in table.values()) else "")
-    lines = [f"| row | N | d_model | d_ff | h | d_k | d_v | P_drop | ε_ls | params | paper PPL | {last} | "
-             "ours PPL, best epoch | best epoch | paper BLEU | ours BLEU |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-
-    def ours(mean: float, per_seed: list[float]) -> str:  # the mean, then each seed's value
-        return f"{mean:.2f}" if len(per_seed) < 2 else f"{mean:.2f} ({fmt_seeds(per_seed)})"
-
-    for row, v in table.items():
-        best = v.get("best_dev_ppl", v["dev_ppl"])
-        epochs = " / ".join(f"{e:g}" for e in v.get("best_epoch_per_seed", []))
-        lines.append(f"| {row} | {v['N']} | {v['d_model']} | {v['d_ff']} | {v['h']} | {v['d_k']} | {v['d_v']} | {v['P_drop']} | "
-                     f"{v['eps_ls']} | {v['params'] / 1e6:.2f}M | {v['paper_ppl'] or '–'} | {ours(v['dev_ppl'], v['dev_ppl_per_seed'])} | "
-                     f"{ours(best, v.get('best_dev_ppl_per_seed', v['dev_ppl_per_seed']))} | {epochs} | "
-                     f"{v['paper_bleu'] or '–'} | {ours(v['dev_bleu'], v['dev_bleu_per_seed'])} |")
-    return "\n".join(lines)
 
 
 FIGURES = {

@@ -454,3 +454,32 @@ def stable_values(run) -> dict:
     if "t1.paths" in m:
         out["table1_paths"] = {k: v for k, v in m["t1.paths"].items() if k not in ("lengths", "kernel")}
     return out
+
+
+def fmt_seeds(values: list[float]) -> str:
+    """Per-seed values, "57.52 / 59.72 / ..." (Table 3's cells and its claims' notes)."""
+    return " / ".join(f"{v:.2f}" for v in values)
+
+
+def table3_markdown(table: dict[str, dict]) -> str:
+    """Paper vs ours, one line per row run; with several seeds, ours is "mean (seed 1 / seed 2 ...)".
+
+    Ours: dev PPL after the last epoch and at the best epoch (with the epochs at which it was best),
+    dev BLEU after the last epoch.
+    """
+    last = "ours PPL, last epoch" + (" (dev + held-out)" if any(v.get("heldout") for v in table.values()) else "")
+    lines = [f"| row | N | d_model | d_ff | h | d_k | d_v | P_drop | ε_ls | params | paper PPL | {last} | "
+             "ours PPL, best epoch | best epoch | paper BLEU | ours BLEU |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def ours(mean: float, per_seed: list[float]) -> str:  # the mean, then each seed's value
+        return f"{mean:.2f}" if len(per_seed) < 2 else f"{mean:.2f} ({fmt_seeds(per_seed)})"
+
+    for row, v in table.items():
+        best = v.get("best_dev_ppl", v["dev_ppl"])
+        epochs = " / ".join(f"{e:g}" for e in v.get("best_epoch_per_seed", []))
+        lines.append(f"| {row} | {v['N']} | {v['d_model']} | {v['d_ff']} | {v['h']} | {v['d_k']} | {v['d_v']} | {v['P_drop']} | "
+                     f"{v['eps_ls']} | {v['params'] / 1e6:.2f}M | {v['paper_ppl'] or '–'} | {ours(v['dev_ppl'], v['dev_ppl_per_seed'])} | "
+                     f"{ours(best, v.get('best_dev_ppl_per_seed', v['dev_ppl_per_seed']))} | {epochs} | "
+                     f"{v['paper_bleu'] or '–'} | {ours(v['dev_bleu'], v['dev_bleu_per_seed'])} |")
+    return "\n".join(lines)

@@ -29,8 +29,7 @@ from reproduce.rundir import MemoryRows, Rows, row_key
 from . import data as td
 from .experiments import Recipe, bleu_from_stats, bleu_stats, evaluate_bleu, perplexity, sentence_nll, train_translation
 from .model import TransformerConfig, count_parameters
-from .plots import fmt_seeds, table3_markdown
-from .sections import PAPER, mixed_precision, source_blind_job
+from .sections import PAPER, fmt_seeds, mixed_precision, source_blind_job, table3_markdown
 
 # ------------------------------------------------------------------------------------------------
 # The rows as config changes, each (row, seed) run a job of the pool
@@ -79,7 +78,7 @@ class RowResult:
     row: str
     seed: int
     params: int
-    dev_ppl: float  # after the last step
+    dev_ppl: float  # after the last step (on the dev sentences and the held-out verses, when there are any)
     best_dev_ppl: float  # the lowest along the curve
     best_step: int
     dev_bleu: float  # after the last step
@@ -319,7 +318,7 @@ def tabulate(finished: Sequence[RowResult], base: TransformerConfig, recipe: Rec
                       "tokens": rs[0].dev_tokens, "bleu_stats": [r.dev_bleu_stats for r in rs]}
         if rs[0].heldout:  # the best point scored the dev sentences only: the tokens before the held-out verses'
             items[row]["best_tokens"] = rs[0].dev_tokens[: len(rs[0].dev_tokens) - rs[0].heldout]
-            table[row]["heldout"] = rs[0].heldout
+            table[row] |= {"heldout": rs[0].heldout, "last_dev_only_ppl_per_seed": [r.curve[-1]["dev_ppl"] for r in rs]}
         curves[row] = {"epochs": [c["step"] / epoch for c in rs[0].curve],
                        "dev_ppl_per_seed": [[c["dev_ppl"] for c in r.curve] for r in rs]}
     return table, curves, items
@@ -354,8 +353,8 @@ def _all_of(*pres: claims.Precondition) -> claims.Precondition:
 def claim_table3(run, table: dict[str, dict], items: dict[str, dict] | None = None) -> None:
     """§6.2's statements, each only when the rows it needs were run.
 
-    Rows share their seeds (same initialisation seed, same batches), so "row X is worse than row Y"
-    is judged on the per-seed differences X - Y. With the per-sentence dev statistics (``items``,
+    Rows are paired on the seeds they share (same initialisation seed, same batches), so "row X is worse
+    than row Y" is judged on the per-seed differences X - Y. With the per-sentence dev statistics (``items``,
     ``t3.dev_items``) the 95 % interval covers the seeds and the dev sentences
     (:func:`reproduce.claims.seeds_and_items`); without them, the seeds only (paired t). Holds when
     the whole interval is above 0, contradicted when below, inconclusive otherwise (< 3 seeds:
@@ -369,7 +368,9 @@ def claim_table3(run, table: dict[str, dict], items: dict[str, dict] | None = No
     if "base" not in table:
         return
     base = table["base"]
-    scale = (f"scale: {len(base['seeds'])} seed(s) of {base.get('epochs', '?')} epochs ({base['steps']} steps of "
+    fewer = ", ".join(f"{r} {len(v['seeds'])}" for r, v in table.items() if len(v["seeds"]) != len(base["seeds"]))
+    scale = (f"scale: {len(base['seeds'])} seed(s){f' ({fewer})' if fewer else ''} of {base.get('epochs', '?')} epochs "
+             f"({base['steps']} steps of "
              f"~{base.get('batch_tokens', '?')} tokens) per row at d_model {base['d_model']}, N {base['N']} "
              "(paper: 100k steps of ~25k tokens at d_model 512, N 6)")
     paper = PAPER["table3"]
@@ -377,6 +378,7 @@ def claim_table3(run, table: dict[str, dict], items: dict[str, dict] | None = No
     if base.get("heldout") and "base" in items:
         scale += (f"; last-epoch PPL on {len(items['base']['tokens']) - base['heldout']} dev verses + {base['heldout']} "
                   "held-out training verses, best-epoch PPL on the dev verses")
+    ppl_at = {"dev_ppl": "dev + held-out PPL" if base.get("heldout") else "dev PPL", "best_dev_ppl": "dev PPL"}
 
     def per_seed(row: str, metric: str) -> dict[int, float]:
         return dict(zip(table[row]["seeds"], table[row][f"{metric}_per_seed"]))
@@ -422,14 +424,14 @@ def claim_table3(run, table: dict[str, dict], items: dict[str, dict] | None = No
             pre = reads(row, than, metric=metric)
             if also and metric in also:
                 pre = _all_of(pre, also[metric])
-            run.claim(id + suffix, artifact=art, section=s, text=f"{text} (dev PPL at the {when}, paired over seeds)",
+            run.claim(id + suffix, artifact=art, section=s, text=f"{text} ({ppl_at[metric]} at the {when}, paired over seeds)",
                       ours=paired(row, than, metric), relation=">", threshold=0.0, source=source,
                       paper=f"PPL {paper[row]['ppl']} vs {paper[than]['ppl']}", note=note(row, than, metric, why),
                       precondition=pre)
 
     if "source-blind" in table:
         run.claim("t3_base_reads_source", artifact=art, section=s,
-                  text="the Table 3 base reads its source: dev PPL ratio base / source-blind after the last epoch",
+                  text=f"the Table 3 base reads its source: {ppl_at['dev_ppl']} ratio base / source-blind after the last epoch",
                   ours=paired("base", "source-blind", stat="ratio"), relation="<", threshold=1.0, source=READS_SOURCE,
                   paper="the paper reports no such control", note=note("base", "source-blind"))
     heads = [r for r in table if r == "base" or r.startswith("A: ")]
@@ -455,7 +457,8 @@ def claim_table3(run, table: dict[str, dict], items: dict[str, dict] | None = No
               ") has a higher dev PPL than base", best_small, "base", source="paper: Table 3 rows (C), §6.2")
     if "D: P_drop=0.0" in table:
         no_drop = table["D: P_drop=0.0"]
-        rises = [last / best for last, best in zip(no_drop["dev_ppl_per_seed"], no_drop["best_dev_ppl_per_seed"])]
+        lasts = no_drop.get("last_dev_only_ppl_per_seed", no_drop["dev_ppl_per_seed"])  # the best's verses: dev only
+        rises = [last / best for last, best in zip(lasts, no_drop["best_dev_ppl_per_seed"])]
         overfit_source = (f"ours: issue #14 — the runs must reach overfitting for row (D) to test dropout; "
                           f"'reached' = last epoch {OVERFIT_RISE:.2f}x the best epoch on every seed, fixed before the run")
         run.claim("t3_no_dropout_overfits", artifact=art, section=s,
@@ -485,7 +488,7 @@ def claim_table3(run, table: dict[str, dict], items: dict[str, dict] | None = No
     if "E: learned" in table:
         for metric, suffix, when in (("dev_ppl", "", "last epoch"), ("best_dev_ppl", "_best", "best epoch")):
             run.claim("t3_learned_positions_equal" + suffix, artifact=art, section=s,
-                      text=f"learned positional embeddings ≈ sinusoids: dev PPL ratio learned / base at the {when} "
+                      text=f"learned positional embeddings ≈ sinusoids: {ppl_at[metric]} ratio learned / base at the {when} "
                            "(paired over seeds)",
                       ours=paired("E: learned", "base", metric, stat="ratio"), relation="~=", threshold=1.0, tol=0.05,
                       source="ours: the paper finds 'nearly identical results'; ±5% fixed before the first run",
