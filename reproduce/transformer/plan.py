@@ -18,7 +18,7 @@ from reproduce.configs.transformer import SPEC
 
 from .data import PAD_ID
 from .model import Transformer, TransformerConfig, label_smoothed_loss
-from .variations import BIGGER, table3_config
+from .variations import row_seeds, table3_config
 
 CORPUS_PAIRS = {"beolingus": 17_000, "bible": 28_742}  # training pairs (< 100 tokens a side) of the packaged corpora
 PLAN_LENGTH = 32  # tokens per padded sentence in a length-bucketed batch (WMT14 averages ~27-30 BPE tokens)
@@ -68,8 +68,7 @@ def sections(params) -> list[plan.SectionPlan]:
     pairs = (params.t3_train_pairs or (WMT14_TRAIN_PAIRS if wmt else params.train_pairs or CORPUS_PAIRS[params.corpus]))
     t3_tokens = params.t3_batch_tokens or params.batch_tokens
     steps = params.t3_epochs * max(1, pairs * PLAN_LENGTH // t3_tokens)
-    seeds = {row: len(params.t3_seeds[: params.t3_bigger_seeds or None] if row in BIGGER else params.t3_seeds)
-             for row in params.t3_rows}
+    seeds = {row: len(row_seeds(row, params.t3_seeds, params.t3_bigger_seeds)) for row in params.t3_rows}
     rows = [_training(f"4. Table 3 row {row}", table3_config(t3_base, row), steps, t3_tokens, params.grad_accum,
                       runs=seeds[row], autocast=autocast) for row in params.t3_rows]
     biggest = max([*rows, blind], key=lambda r: r.peak_bytes)

@@ -256,8 +256,9 @@ def plot_table3(measured, lang="en"):
     for ax, key, paper_key, label in ((axes[0], "dev_ppl", "ppl", "Dev perplexity vs base (%)"),
                                       (axes[1], "dev_bleu", "bleu", "Dev BLEU vs base (%)")):
         # each row against base on the seeds both ran (a bigger row may run fewer), paired by seed
-        pairs = [[(v, b) for k, v in zip(table[r]["seeds"], table[r][f"{key}_per_seed"])
-                  for kb, b in zip(base["seeds"], base[f"{key}_per_seed"]) if k == kb and b] for r in rows]
+        by_seed = dict(zip(base["seeds"], base[f"{key}_per_seed"]))
+        pairs = [[(v, by_seed[k]) for k, v in zip(table[r]["seeds"], table[r][f"{key}_per_seed"]) if by_seed.get(k)]
+                 for r in rows]
         ours = [100 * (sum(v for v, _b in p) / sum(b for _v, b in p) - 1) if p else np.nan for p in pairs]
         ax.bar(x, ours, color=figures.PALETTE[0], label=_("ours (mean over seeds)"))
         dots = [(i, 100 * (v / b - 1)) for i, p in enumerate(pairs) for v, b in p]

@@ -154,14 +154,18 @@ class Table3Job:
 BIGGER = ("C: N+", "C: d_model*2", "C: d_ff*2")  # the rows bigger than base, in the order "bigger is better" takes them
 
 
+def row_seeds(row: str, seeds: Sequence[int], bigger_seeds: int = 0) -> list[int]:
+    """The seeds ``row`` runs: all of ``seeds``, or the first ``bigger_seeds`` for a bigger row (the costliest)."""
+    return list(seeds[:bigger_seeds] if bigger_seeds and row in BIGGER else seeds)
+
+
 def table3_jobs(variations: Sequence[str], seeds: Sequence[int], base: TransformerConfig, recipe: Recipe,
                 beam: int, alpha: float, device: str, eval_every: int = 0, bigger_seeds: int = 0) -> list[Table3Job]:
-    """One job per (row, seed), rows outer; keyed ``table3-<row>-<seed>`` (:func:`reproduce.rundir.row_key`).
-    ``bigger_seeds`` > 0: the bigger rows (:data:`BIGGER`, the costliest) run on the first that many seeds only."""
+    """One job per (row, seed) of :func:`row_seeds`, rows outer; keyed ``table3-<row>-<seed>`` (``row_key``)."""
     for row in variations:
         table3_config(base, row)  # an unknown row fails here, before any process starts
     return [Table3Job(row_key("table3", row, seed), row, base, replace(recipe, seed=seed), beam, alpha, device, eval_every)
-            for row in variations for seed in (seeds[:bigger_seeds] if bigger_seeds and row in BIGGER else seeds)]
+            for row in variations for seed in row_seeds(row, seeds, bigger_seeds)]
 
 
 def start_table3_rows(jobs: Sequence, shared: dict, rows: Rows = MemoryRows(), workers: int = 1) -> Pool:
