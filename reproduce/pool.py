@@ -20,6 +20,11 @@
   worker with ``help`` is a worker beside this process (which computes something else meanwhile).
 - ``help=True``: while this process waits in :meth:`Pool.as_completed`, it runs not-yet-started jobs
   itself, from the back of the queue, as the workers take them from the front, so no core idles.
+- The queue stays here: a job goes to the workers only when one of them is free (a done-callback hands
+  it the next). A process pool marks as running every job it has moved to its call queue, ahead of the
+  workers, and none of those can be taken back: with all jobs handed over at once, the last two of a
+  one-worker pool ran one after the other in the worker while this process waited beside them idle
+  (the Transformer's cpu record at cacd146: 5 minutes of one core).
 
 Each job seeds itself and runs single-threaded, so where it runs changes no number (tested).
 """
@@ -30,6 +35,7 @@ import concurrent.futures
 import multiprocessing
 import os
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -82,7 +88,10 @@ class Pool:
                 initargs=(shared, 1, str(log_path) if log_path is not None else None))
         self._order: list[Job] = []  # every submitted job, in submission order
         self._queued: list[Job] = []  # to run here (no workers)
-        self._futures: dict[concurrent.futures.Future, Job] = {}
+        self._waiting: list[tuple[Job, str | None]] = []  # for the workers (with its checkpoint folder), not yet
+        # handed to them: at most ``workers`` are at once
+        self._futures: dict[concurrent.futures.Future, Job] = {}  # handed to the workers, result not yet taken
+        self._lock = threading.RLock()  # _waiting and _futures: the executor's thread feeds workers through _feed
         self._ready: list[tuple[Job, Any]] = []  # known, not yet yielded
         self.results: dict[str, Any] = {}  # key -> result, every job known so far
 
@@ -97,7 +106,26 @@ class Pool:
         elif self._executor is None:
             self._queued.append(job)
         else:
-            self._futures[self._executor.submit(_run_in_worker, job, self._checkpoint_dir(job))] = job
+            directory = self._checkpoint_dir(job)  # a bad key fails here, at once
+            with self._lock:
+                self._waiting.append((job, directory))
+            self._feed()
+
+    def _feed(self, _done: concurrent.futures.Future | None = None) -> None:
+        """Hand waiting jobs to the workers, the first first, while fewer than ``workers`` are busy; also the
+        done-callback of every job handed over (it runs in the executor's thread)."""
+        with self._lock:
+            while (self._executor is not None and self._waiting
+                   and sum(not f.done() for f in self._futures) < self.workers):
+                job, directory = self._waiting.pop(0)
+                try:
+                    future = self._executor.submit(_run_in_worker, job, directory)
+                except Exception as e:  # e.g. a broken pool, in a callback: the error reaches as_completed, not a log
+                    future = concurrent.futures.Future()
+                    future.set_exception(e)
+                else:
+                    future.add_done_callback(self._feed)
+                self._futures[future] = job
 
     def _checkpoint_dir(self, job: Job) -> str | None:
         directory = self.rows.checkpoint_dir(job.key)
@@ -117,7 +145,7 @@ class Pool:
 
         progress = tqdm(total=len(self._order), desc=self.desc, leave=False)
         try:
-            while self._ready or self._queued or self._futures:
+            while self._ready or self._queued or self._futures or self._waiting:
                 progress.total = len(self._order)
                 if self._ready:
                     job, result = self._ready.pop(0)
@@ -133,19 +161,24 @@ class Pool:
             progress.close()
 
     def _next_from_workers(self) -> tuple[Job, Any]:
-        while self.help:
-            done = [f for f in self._futures if f.done()]
-            if done:
-                break
-            waiting = [f for f in self._futures if not (f.running() or f.done())]
-            if not waiting or not waiting[-1].cancel():  # False when a worker took it meanwhile
-                break
-            job = self._futures.pop(waiting[-1])
-            return job, self._store(job, self._run_here(job))
-        done, _ = concurrent.futures.wait(self._futures, return_when=concurrent.futures.FIRST_COMPLETED)
-        future = min(done, key=lambda f: self._order.index(self._futures[f]))  # several done: the first submitted
-        job = self._futures.pop(future)
-        return job, self._store(job, future.result())
+        while True:
+            with self._lock:
+                done = [f for f in self._futures if f.done()]
+                if not done and self.help and self._waiting:  # no result yet: run the last waiting job here
+                    job, _ = self._waiting.pop()
+                    break
+                if not done and not self._futures:  # a callback has not fed the workers yet
+                    self._feed()
+                    continue
+                futures = list(self._futures)
+            if not done:
+                concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
+                continue
+            with self._lock:
+                future = min(done, key=lambda f: self._order.index(self._futures[f]))  # several done: the first submitted
+                job = self._futures.pop(future)
+            return job, self._store(job, future.result())
+        return job, self._store(job, self._run_here(job))
 
     def wait(self) -> list[Any]:
         """Every submitted job's result, in submission order (waits for the rest)."""
@@ -155,9 +188,10 @@ class Pool:
 
     # -- closing -----------------------------------------------------------------------------------
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(cancel_futures=True)
-            self._executor = None
+        with self._lock:
+            executor, self._executor, self._waiting = self._executor, None, []
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
 
     def __enter__(self) -> Pool:
         return self

@@ -26,6 +26,18 @@ class Square:
 
 
 @dataclass(frozen=True)
+class Sleeps:
+    key: str
+    seconds: float
+
+    def run(self, shared, checkpoint_dir):
+        import time
+
+        time.sleep(self.seconds)
+        return {"pid": os.getpid()}
+
+
+@dataclass(frozen=True)
 class Fails:
     key: str
 
@@ -52,6 +64,19 @@ def test_worker_processes_give_what_this_process_gives(help):
     assert [r["y"] for r in results] == [x * x + 1 for x in range(6)]
     elsewhere = [r for r in results if r["pid"] != os.getpid()]
     assert elsewhere and all(r["threads"] == 1 for r in elsewhere)  # single-threaded workers
+
+
+def test_a_helping_process_runs_every_job_no_worker_has_started():
+    """One worker busy with the first job: this process must run both others. A process pool marks the jobs
+    in its call queue as running before any worker takes them, so with every job handed over at once this
+    process could take only the last and sat idle while the worker ran the middle one (the cpu record at
+    cacd146 lost 5 minutes of a core that way)."""
+    with Pool(MemoryRows(), workers=1, help=True) as pool:
+        for i, seconds in enumerate((3.0, 1.0, 1.0)):  # the worker's first job outlasts this process's two
+            pool.submit(Sleeps(f"s{i}", seconds))
+        results = pool.wait()
+    here = [job for job, r in zip(("s0", "s1", "s2"), results) if r["pid"] == os.getpid()]
+    assert here == ["s1", "s2"]
 
 
 def test_jobs_submitted_while_waiting_are_waited_for():

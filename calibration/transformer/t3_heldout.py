@@ -75,8 +75,9 @@ def design_row(d: dict, held: int) -> v.RowResult:
     """A run as the record's RowResult had it scored the first ``held`` held-out verses."""
     keep = len(d["dev_tokens"]) - d["heldout"] + held
     nll, tokens = d["dev_nll"][:keep], d["dev_tokens"][:keep]
-    return v.RowResult(**(d | {"dev_nll": nll, "dev_tokens": tokens, "heldout": held,
-                               "dev_ppl": math.exp(math.fsum(nll) / sum(tokens))}))
+    fields = {f.name for f in dataclasses.fields(v.RowResult)}  # not the line's job_s
+    return v.RowResult(**({k: x for k, x in d.items() if k in fields} | {
+        "dev_nll": nll, "dev_tokens": tokens, "heldout": held, "dev_ppl": math.exp(math.fsum(nll) / sum(tokens))}))
 
 
 def judge(args) -> None:

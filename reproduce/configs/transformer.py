@@ -150,9 +150,10 @@ SPEC = PaperSpec(
             # 3.3 dev BLEU against 11.7-12.8); BEOLINGUS added to training hurt on these books; beam 4 on the
             # averaged checkpoints beat retrieval on both seeds (greedy only by ~1 BLEU).
             "corpus": "bible", "threads": 1, "vocab_size": 4000, "dev_size": 2000, "test_size": 2000,
-            # 2,800 steps (3,400 until the record at 690c170): Table 2 pays for Table 3's rows, amendment 1 of
-            # calibration/transformer/t3_levers.md (3,400 steps with its rows predict 45.7 min, 2,800 steps 42.2 min)
-            "steps": 2800, "checkpoint_every": 100, "eval_every": 500,
+            # 2,400 steps (3,400 until the record at 690c170, 2,800 until the one at cacd146, which ran 45.6 min):
+            # Table 2 pays for Table 3's rows. calibration/transformer/t3_schedule.py, from the record at cacd146
+            # alone and the fixed worker pool, predicts 41.1 min at 2,400 steps (43.0 at 2,800); t3_heldout.md
+            "steps": 2400, "checkpoint_every": 100, "eval_every": 500,
             # Table 3 at d_model 128 on 2,000 verses of at most 20 English words (train and dev alike), 10 epochs:
             # calibration/transformer/t3_budget.md (seed 100) found the base barely better than its source-blind twin
             # on verses of any length (dev PPL 55.9 vs 58.2) and 56.6 vs 65.7 on short ones. Design, rows and seeds
