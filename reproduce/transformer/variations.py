@@ -121,7 +121,7 @@ def run_table3_row(
         nll, tokens = np.concatenate([nll, held_nll]), np.concatenate([tokens, held_tokens])
         last = math.exp(nll.sum() / tokens.sum())  # the dev sentences and the held-out verses
     # step -> per-sentence NLL (a resumed run may lack the best point's: [], the seeds-only interval). Stored in the
-    # record to 4 decimals, 1e-4 nats: near float32's resolution for a sentence's ~100 (28 runs x 1,600 in the cpu one)
+    # record to 4 decimals, 1e-4 nats (~10 float32 steps at a sentence's ~100; 28 runs x 1,600 in the cpu record)
     known = dict(trained.dev_nll)
     return RowResult(
         row, recipe.seed, sum(p.numel() for p in trained.model.parameters()), last, best["dev_ppl"],
