@@ -31,10 +31,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reproduce import config, results
+from reproduce import config
 from reproduce.data import de_en
 from reproduce.transformer import data as td
 from reproduce.transformer import variations as v
+import t3_judging  # beside this script (its folder is first on sys.path)
 
 RUNS = Path(__file__).resolve().parent / "runs"
 H_MAX = 4800
@@ -96,19 +97,8 @@ def judge(args) -> None:
                                                    for r in rows}, "designs": {}}
     for design, held in DESIGNS.items():
         finished = [design_row(runs[r, s], held) for r in rows for s in seeds[r]]
-        table, _, items = v.tabulate(finished, base, recipe, params.t3_epochs, epoch)
-        run = results.Run(params)
-        run.save_partial = lambda: None  # nothing written: a calibration judges, it records nothing
-        v.claim_table3(run, table, items)
-        claims = {}
-        for c in run.claims:
-            d = c.to_dict()
-            pre = d["precondition"]
-            claims[d["id"]] = {"kind": d["kind"], "verdict": d["verdict"], "value": d["ours"]["value"],
-                               "low": d["ours"]["low"], "high": d["ours"]["high"],
-                               "precondition": None if pre is None else [pre["value"], pre["holds"]]}
-        settled = sorted(k for k, c in claims.items() if c["kind"] == "paper" and not k.endswith("_best")
-                         and c["verdict"] in ("holds", "contradicted") and (c["precondition"] or [0, True])[1])
+        table, claims = t3_judging.judge(params, finished, base, recipe, epoch)
+        settled = t3_judging.settled(claims)
         ppl = {r: table[r]["dev_ppl_per_seed"] for r in rows}
         sd = {r: float(np.std([a - b for a, b in zip(ppl[r], ppl["base"])], ddof=1)) for r in rows if r != "base"}
         out["designs"][design] = {"heldout": held, "settled": settled, "mean_ppl": {r: table[r]["dev_ppl"] for r in rows},

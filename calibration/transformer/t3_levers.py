@@ -40,12 +40,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reproduce import config, results
+from reproduce import config
 from reproduce.configs.transformer import TABLE3_ROWS
 from reproduce.data import de_en
 from reproduce.transformer import data as td
 from reproduce.transformer import variations as v
 from reproduce.transformer.experiments import bleu_stats, evaluate_bleu, sentence_nll, train_translation
+import t3_judging  # beside this script (its folder is first on sys.path)
 
 RUNS = Path(__file__).resolve().parent / "runs"
 DEV, RECORD_DEV, HELD = 400, 300, 1200
@@ -133,19 +134,8 @@ def judge(args) -> None:
            "designs": {}}
     for design in DESIGNS:
         finished = [design_row(runs[r, s], design) for r in rows for s in seeds]
-        table, _, items = v.tabulate(finished, base, recipe, params.t3_epochs, epoch)
-        run = results.Run(params)
-        run.save_partial = lambda: None  # nothing written: a calibration judges, it records nothing
-        v.claim_table3(run, table, items)
-        claims = {}
-        for c in run.claims:
-            d = c.to_dict()
-            pre = d["precondition"]
-            claims[d["id"]] = {"kind": d["kind"], "verdict": d["verdict"], "value": d["ours"]["value"],
-                               "low": d["ours"]["low"], "high": d["ours"]["high"], "units": d["ours"]["units"],
-                               "precondition": None if pre is None else [pre["value"], pre["holds"]]}
-        settled = sorted(k for k, c in claims.items() if c["kind"] == "paper" and not k.endswith("_best")
-                         and c["verdict"] in ("holds", "contradicted"))
+        table, claims = t3_judging.judge(params, finished, base, recipe, epoch)
+        settled = t3_judging.settled(claims)
         out["designs"][design] = {"settled": settled, "mean_dev_ppl": {r: table[r]["dev_ppl"] for r in rows},
                                   "claims": claims}
         print(f"\n{design}: {len(settled)} settled {settled}")

@@ -1,0 +1,29 @@
+"""Judge a calibration's Table 3 runs with the record's own code (``variations.tabulate`` + ``claim_table3``),
+for ``t3_levers.py`` and ``t3_heldout.py``: nothing is written, the claims come back as plain dicts."""
+
+from __future__ import annotations
+
+from reproduce import results
+from reproduce.transformer import variations as v
+
+
+def judge(params, finished: list[v.RowResult], base, recipe, epoch: int) -> tuple[dict, dict]:
+    """``(table, claims)``: the record's Table 3 table of ``finished`` and every claim it makes on it, by id."""
+    table, _, items = v.tabulate(finished, base, recipe, params.t3_epochs, epoch)
+    run = results.Run(params)
+    run.save_partial = lambda: None  # nothing written: a calibration judges, it records nothing
+    v.claim_table3(run, table, items)
+    claims = {}
+    for c in run.claims:
+        d = c.to_dict()
+        pre = d["precondition"]
+        claims[d["id"]] = {"kind": d["kind"], "verdict": d["verdict"], "value": d["ours"]["value"],
+                           "low": d["ours"]["low"], "high": d["ours"]["high"], "units": d["ours"]["units"],
+                           "precondition": None if pre is None else [pre["value"], pre["holds"]]}
+    return table, claims
+
+
+def settled(claims: dict) -> list[str]:
+    """The settled rows' claims: last-epoch paper claims that hold or are contradicted, precondition met."""
+    return sorted(k for k, c in claims.items() if c["kind"] == "paper" and not k.endswith("_best")
+                  and c["verdict"] in ("holds", "contradicted") and (c["precondition"] is None or c["precondition"][1]))
