@@ -145,7 +145,7 @@ class Pool:
 
         progress = tqdm(total=len(self._order), desc=self.desc, leave=False)
         try:
-            while self._ready or self._queued or self._futures or self._waiting:
+            while self._pending():
                 progress.total = len(self._order)
                 if self._ready:
                     job, result = self._ready.pop(0)
@@ -159,6 +159,11 @@ class Pool:
                 yield job, result
         finally:
             progress.close()
+
+    def _pending(self) -> bool:
+        """Any job not yet yielded; under the lock, as a callback moves a job from _waiting to _futures."""
+        with self._lock:
+            return bool(self._ready or self._queued or self._futures or self._waiting)
 
     def _next_from_workers(self) -> tuple[Job, Any]:
         while True:
