@@ -18,7 +18,7 @@ the one that missed the budget (every part 5-11 % slower than the first part's i
 control ended 857 s after the start with its decoding, the main process joined Table 3 at 1,155 s, the last job's
 training ended at 2,717 s, the run at 2,737 s): a job's after-training part (beam decode of the dev verses,
 scoring) fits 9.9 s on the worker's 17 jobs and 10.0 s on the main process's 11, so 10 s. The record's pool left
-the main process idle for its last 5.3 minutes (``reproduce/pool.py``: the worker's last two jobs had both been
+the main process idle for its last 5.6 minutes (``reproduce/pool.py``: the worker's last two jobs had both been
 handed to it); this simulation is the fixed pool, in which a free process takes the next job.
 """
 
@@ -75,8 +75,8 @@ def after_cacd146(budget_s: float = 45 * 60) -> None:
     print(f"\nrecord at cacd146: {record['wall_time_s'] / 60:.1f} min measured; Table 3 seconds per run "
           f"{ {r: round(s, 1) for r, s in train.items()} }")
     for held in (1200, 2400):
+        job = {r: s + AFTER + HELD_1200 * (held - 1200) / 1200 for r, s in train.items()}
         for steps in (2800, 2600, 2500, 2400):
-            job = {r: s + AFTER + HELD_1200 * (held - 1200) / 1200 for r, s in train.items()}
             worker = CONTROL_FREE - CONTROL_PER_STEP * (STEPS_NOW - steps)
             main_ = MAIN_FREE - TABLE2_PER_STEP * (STEPS_NOW - steps)
             w = makespan([job[r] for r in rows for _ in table[r]["seeds"]], worker, main_)
