@@ -214,6 +214,13 @@ def replace_between_markers(text: str, new: str) -> str:
     return f"{head}{START}\n{new}{END}{tail}"
 
 
+
+def _host(prov: dict) -> str:
+    """The CPU's id and single-thread speed (``runtime.reference_speed``), where the record has them."""
+    speed = (prov.get("cpu_speed") or {}).get("matmul_gflops_1thread")
+    return "".join([f"; {prov['cpu_id']}" if prov.get("cpu_id") else "",
+                    f", {speed} GFLOP/s on one thread (fp32 matmul)" if speed else ""])
+
 def report_markdown(records: list[dict[str, Any]], title: str) -> str:
     parts = [f"# {title}\n", "Rendered by `python -m reproduce report` from `results/<paper>/<profile>.json`; do not edit by hand.\n"]
     for r in records:
@@ -229,7 +236,8 @@ def report_markdown(records: list[dict[str, Any]], title: str) -> str:
             + (f"- verified at {verified[:10]}: the smoke profile gives the same stable numbers there as at the record's "
                "commit (`python -m reproduce verify`)\n" if verified else "")
             +
-            f"- hardware: {prov.get('device', '?')}, {prov.get('threads', '?')} threads; wall time {r['wall_time_s'] / 60:.1f} min\n"
+            f"- hardware: {prov.get('device', '?')}{_host(prov)}, {prov.get('threads', '?')} threads; wall time "
+            f"{r['wall_time_s'] / 60:.1f} min\n"
             f"- git commit {str(prov.get('git_commit'))[:10]}{' (dirty)' if prov.get('git_dirty') else ''}; torch {prov['packages'].get('torch')}, "
             f"transformers {prov['packages'].get('transformers')}; seed {r['params'].get('seed')}\n"
             f"- command: `{r['command']}`\n"

@@ -73,6 +73,7 @@ def provenance(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "processes": int(os.environ.get("WORLD_SIZE", "1") or 1),  # > 1: torchrun / accelerate launch
         "cpu_model": _cpu_model(),
+        "cpu_id": _cpu_id(),  # family / model / stepping: hosts with one model name differ
         "load": runtime.machine_load(),  # at the start; timing sections record their own (runtime.timed)
         "packages": versions,
     }
@@ -80,6 +81,8 @@ def provenance(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         import torch
 
         info["threads"] = torch.get_num_threads()
+        if getattr(params, "profile", None) in ("cpu", "gpu"):  # a record's wall time: on which host
+            info["cpu_speed"] = runtime.reference_speed()
         if torch.cuda.is_available():
             n = torch.cuda.device_count()
             info["device"] = f"{n} x {torch.cuda.get_device_name(0)}"
@@ -98,6 +101,18 @@ def _cpu_model() -> str | None:
     except OSError:
         pass
     return platform.processor() or None
+
+
+def _cpu_id() -> str | None:
+    """``"family F model M stepping S"`` of the first CPU in /proc/cpuinfo (None elsewhere)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").split("\n\n", 1)[0].splitlines()
+    except OSError:
+        return None
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    parts = [f"{name} {fields[key]}" for key, name in (("cpu family", "family"), ("model", "model"), ("stepping", "stepping"))
+             if key in fields]
+    return " ".join(parts) or None
 
 
 class Run:
@@ -396,7 +411,7 @@ def compare(new: Mapping[str, Any], old: Mapping[str, Any]) -> tuple[list[dict[s
     return rows, flipped
 
 
-PROVENANCE_FIELDS = ("git_commit", "git_dirty", "device", "cpu_model", "threads", "processes", "load", "python", "platform")
+PROVENANCE_FIELDS = ("git_commit", "git_dirty", "device", "cpu_model", "cpu_id", "cpu_speed", "threads", "processes", "load", "python", "platform")
 
 
 def provenance_differences(new: Mapping[str, Any], old: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:

@@ -205,6 +205,35 @@ BUSY_PERCENT = 20.0  # a process using more than this share of one core while we
 T = TypeVar("T")
 
 
+MATMUL_N = 256  # reference_speed's square fp32 products
+
+
+def reference_speed(seconds: float = 0.3) -> dict[str, Any]:
+    """This CPU's single-thread speed, a yardstick for comparing wall times across hosts: GFLOP/s of
+    ``MATMUL_N``-square fp32 matrix products (the median of as many as fit in ``seconds``, at least 5), torch
+    on one thread. Hosts that all print "AMD EPYC" ran the same Table 3 run 1.3x apart
+    (``calibration/transformer/t3_speed.md``)."""
+    import statistics
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        g = torch.Generator().manual_seed(0)
+        a, b = torch.randn(MATMUL_N, MATMUL_N, generator=g), torch.randn(MATMUL_N, MATMUL_N, generator=g)
+        times: list[float] = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end or len(times) < 5:
+            t = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(threads)
+    return {"matmul_gflops_1thread": round(2 * MATMUL_N**3 / statistics.median(times) / 1e9, 1), "n": MATMUL_N,
+            "products": len(times)}
+
+
 def machine_load(sample_s: float = 0.5) -> dict[str, Any]:
     """The machine's load now: the 1-minute load average, the cores, and the other processes using a
     CPU (over ``BUSY_PERCENT`` % in a ``sample_s`` sample; this process and its children excluded)."""

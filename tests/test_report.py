@@ -77,3 +77,14 @@ def test_committed_readmes_are_in_sync_with_committed_results(readme):
     text = readme.read_text(encoding="utf-8")
     expected = report.replace_between_markers(text, report.table(report.best_records(root=report.REPO_ROOT / "results"), lang))
     assert text == expected, "run `python -m reproduce report` and commit the READMEs"
+
+
+def test_the_hardware_line_names_the_host_and_its_speed_where_the_record_has_them(output_dir):
+    record = json.loads(_record(output_dir).read_text())  # a cpu-profile record: it measured its host
+    speed = record["provenance"]["cpu_speed"]["matmul_gflops_1thread"]
+    line = next(s for s in report.report_markdown([record], "t").splitlines() if s.startswith("- hardware:"))
+    assert f"{speed} GFLOP/s on one thread (fp32 matmul)" in line and "wall time" in line
+    for key in ("cpu_speed", "cpu_id"):  # the records written before either existed
+        record["provenance"].pop(key, None)
+    line = next(s for s in report.report_markdown([record], "t").splitlines() if s.startswith("- hardware:"))
+    assert "GFLOP/s" not in line and "family" not in line and "wall time" in line

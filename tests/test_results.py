@@ -53,6 +53,25 @@ def test_record_has_provenance_and_converts_tensors(output_dir):
     assert "1 hold (1 claims)" in run.summary() and "[holds]" in run.summary()
 
 
+def test_a_record_names_its_host_and_measures_its_speed(monkeypatch):
+    """Hosts with one model name ran the same job 1.3x apart (calibration/transformer/t3_speed.md): a record of
+    the cpu or gpu profile carries a speed yardstick, measured on one thread (the caller's threads restored)."""
+    torch.set_num_threads(2)
+    try:
+        speed = runtime.reference_speed(seconds=0.05)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    assert speed["n"] == runtime.MATMUL_N and speed["products"] >= 5 and speed["matmul_gflops_1thread"] > 0
+    calls = []
+    monkeypatch.setattr(runtime, "reference_speed", lambda: calls.append(1) or {"matmul_gflops_1thread": 1.0})
+    assert "cpu_speed" not in results.provenance(config.resolve("pipeline", "smoke"))  # tests stay fast
+    assert results.provenance(config.resolve("transformer", "cpu"))["cpu_speed"] == {"matmul_gflops_1thread": 1.0}
+    assert calls == [1]
+    if os.path.exists("/proc/cpuinfo"):
+        assert results._cpu_id().startswith("family ")
+
+
 def test_same_seed_same_numbers():
     def compute():
         runtime.seed_everything(123)
