@@ -55,10 +55,10 @@ def setup():
     return params, sub, v.table3_base(params, sub.vocab_size), recipe, epoch
 
 
-def train(args) -> None:
+def train(args, prefix: str = "t3_heldout") -> None:
     torch.set_num_threads(1)
     params, sub, base, recipe, epoch = setup()
-    out = RUNS / f"t3_heldout.{args.part}.jsonl"
+    out = RUNS / f"{prefix}.{args.part}.jsonl"  # t3_nine.py writes its own files
     for job in args.jobs.split(","):
         row, seed = job.rsplit(":", 1)
         if int(seed) < 110:
