@@ -214,7 +214,6 @@ def replace_between_markers(text: str, new: str) -> str:
     return f"{head}{START}\n{new}{END}{tail}"
 
 
-
 def _host(prov: dict) -> str:
     """The CPU's id and single-thread speed (``runtime.reference_speed``), where the record has them."""
     speed = (prov.get("cpu_speed") or {}).get("matmul_gflops_1thread")

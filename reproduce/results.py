@@ -81,7 +81,8 @@ def provenance(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         import torch
 
         info["threads"] = torch.get_num_threads()
-        if getattr(params, "profile", None) in ("cpu", "gpu"):  # a record's wall time: on which host
+        profile = getattr(params, "profile", None) or (params.get("profile") if isinstance(params, Mapping) else None)
+        if profile in ("cpu", "gpu"):  # a record's wall time: on which host
             info["cpu_speed"] = runtime.reference_speed()
         if torch.cuda.is_available():
             n = torch.cuda.device_count()
@@ -103,12 +104,15 @@ def _cpu_model() -> str | None:
     return platform.processor() or None
 
 
-def _cpu_id() -> str | None:
-    """``"family F model M stepping S"`` of the first CPU in /proc/cpuinfo (None elsewhere)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8").split("\n\n", 1)[0].splitlines()
-    except OSError:
-        return None
+def _cpu_id(cpuinfo: str | None = None) -> str | None:
+    """``"family F model M stepping S"`` of the first CPU in ``cpuinfo`` (default: /proc/cpuinfo; None where
+    it has none of the three, e.g. on ARM, or elsewhere)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+        except OSError:
+            return None
+    lines = cpuinfo.strip().split("\n\n", 1)[0].splitlines()
     fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
     parts = [f"{name} {fields[key]}" for key, name in (("cpu family", "family"), ("model", "model"), ("stepping", "stepping"))
              if key in fields]

@@ -56,20 +56,31 @@ def test_record_has_provenance_and_converts_tensors(output_dir):
 def test_a_record_names_its_host_and_measures_its_speed(monkeypatch):
     """Hosts with one model name ran the same job 1.3x apart (calibration/transformer/t3_speed.md): a record of
     the cpu or gpu profile carries a speed yardstick, measured on one thread (the caller's threads restored)."""
+    threads_seen, mm = [], torch.mm
+    monkeypatch.setattr(torch, "mm", lambda a, b: threads_seen.append(torch.get_num_threads()) or mm(a, b))
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
         speed = runtime.reference_speed(seconds=0.05)
-        assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 2  # restored
     finally:
-        torch.set_num_threads(1)
-    assert speed["n"] == runtime.MATMUL_N and speed["products"] >= 5 and speed["matmul_gflops_1thread"] > 0
+        torch.set_num_threads(before)
+    assert len(threads_seen) >= 5 and set(threads_seen) == {1}
+    assert speed == {"matmul_gflops_1thread": speed["matmul_gflops_1thread"], "n": runtime.MATMUL_N}
+    assert speed["matmul_gflops_1thread"] > 0
     calls = []
     monkeypatch.setattr(runtime, "reference_speed", lambda: calls.append(1) or {"matmul_gflops_1thread": 1.0})
     assert "cpu_speed" not in results.provenance(config.resolve("pipeline", "smoke"))  # tests stay fast
     assert results.provenance(config.resolve("transformer", "cpu"))["cpu_speed"] == {"matmul_gflops_1thread": 1.0}
-    assert calls == [1]
-    if os.path.exists("/proc/cpuinfo"):
-        assert results._cpu_id().startswith("family ")
+    assert results.provenance({"profile": "gpu", "seed": 0})["cpu_speed"] == {"matmul_gflops_1thread": 1.0}
+    assert calls == [1, 1]
+
+
+def test_the_cpu_id_is_the_first_processors():
+    two = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
+           "stepping\t: 1\n\nprocessor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nstepping\t: 0\n")
+    assert results._cpu_id(two) == "family 26 model 2 stepping 1"
+    assert results._cpu_id("processor\t: 0\nBogoMIPS\t: 50.00\nCPU part\t: 0xd0c\n") is None  # an ARM core
 
 
 def test_same_seed_same_numbers():

@@ -67,8 +67,9 @@ def main() -> None:
     ap.add_argument("--part", default="a", help="output file t3_nine.<part>.jsonl (one per process)")
     args = ap.parse_args()
     if args.mode == "train":
-        if any(int(j.rsplit(":", 1)[1]) not in SEEDS for j in args.jobs.split(",")):
-            sys.exit(f"this calibration's seeds are {SEEDS[0]}-{SEEDS[-1]}")
+        if any(":" not in j or not j.rsplit(":", 1)[1].isdigit() or int(j.rsplit(":", 1)[1]) not in SEEDS
+               for j in args.jobs.split(",")):
+            sys.exit(f"--jobs: row:seed pairs, this calibration's seeds are {SEEDS[0]}-{SEEDS[-1]}")
         t3_heldout.train(args, prefix="t3_nine")
     else:
         judge(args)

@@ -1,7 +1,8 @@
 """Table 3, can speed buy the seeds (issue #31)? The cost of one Table 3 run, and the levers on it.
 
 ``t3_heldout.md`` ("Power") found that settling h = 1 four times in five takes ~9 seeds of base and h = 1, four more
-runs of each than the record: ~7.8 minutes of both cores that the 45-minute budget does not have. This script
+runs of each than the record: 7.4 minutes of both cores at the record's speeds (~10 with the source-blind row on
+the same seeds) that the 45-minute budget does not have. This script
 asks whether a faster run could pay for them without touching the design: it times the record's Table 3 base run
 (``variations.run_table3_row``, the cpu profile's ``table3_base`` / ``table3_recipe``, one torch thread) on seed 120
 (disjoint from the record's 0-4 and the calibrations' 100-114), in four settings:
@@ -17,6 +18,8 @@ asks whether a faster run could pay for them without touching the design: it tim
     # where a run's time goes: one run under cProfile, its top functions (runs/t3_speed_profile.<precision>.txt)
     .venv/bin/python calibration/transformer/t3_speed.py --profile no
     .venv/bin/python calibration/transformer/t3_speed.py --profile bf16
+    # does the host change the numbers? base and h = 1 on the record's seed 0, against the record (~1.5 min)
+    .venv/bin/python calibration/transformer/t3_speed.py --record-seed     # runs/t3_speed_record_seed0.json
 """
 
 from __future__ import annotations
@@ -51,14 +54,15 @@ def setup():
     return params, sub, v.table3_base(params, sub.vocab_size), recipe, epoch
 
 
-def one_run(seed: int, precision: str, parts: bool = False) -> dict:
+def one_run(seed: int, precision: str, parts: bool = False, row: str = "base") -> dict:
     torch.set_num_threads(1)
     params, sub, base, recipe, epoch = setup()
     t0 = time.perf_counter()
-    r = v.run_table3_row("base", base, sub, dataclasses.replace(recipe, seed=seed, mixed_precision=precision),
+    r = v.run_table3_row(row, base, sub, dataclasses.replace(recipe, seed=seed, mixed_precision=precision),
                          params.beam, params.alpha, "cpu", eval_every=epoch)
-    out = {"seed": seed, "precision": precision, "job_s": time.perf_counter() - t0, "train_s": r.wall_time_s,
-           "steps": recipe.steps, "evals": len(r.curve), "dev_ppl": r.dev_ppl}
+    out = {"row": row, "seed": seed, "precision": precision, "job_s": time.perf_counter() - t0, "train_s": r.wall_time_s,
+           "steps": recipe.steps, "evals": len(r.curve), "dev_ppl": r.dev_ppl, "best_dev_ppl": r.best_dev_ppl,
+           "dev_bleu": r.dev_bleu}
     if parts:  # one dev perplexity pass (teacher forcing: its cost does not depend on the weights), timed alone
         model = ex.Transformer(base).eval()
         t = time.perf_counter()
@@ -81,13 +85,33 @@ def profile(precision: str) -> None:
     print(path.read_text())
 
 
+def record_seed() -> None:
+    """Base and h = 1 on the record's seed 0, here, against the record's numbers (another host ran it)."""
+    record = json.loads((Path(__file__).resolve().parents[2] / "results/transformer/cpu.json").read_text())
+    table = record["measured"]["t3.table"]
+    with mp.get_context("spawn").Pool(2) as pool:
+        runs = pool.starmap(one_run, [(0, "no", False, row) for row in ("base", "A: h=1")])
+    out = {"record_commit": record["provenance"]["git_commit"], "runs": []}
+    for r in runs:
+        i = table[r["row"]]["seeds"].index(0)
+        theirs = {k: table[r["row"]][f"{k}_per_seed"][i] for k in ("dev_ppl", "best_dev_ppl", "dev_bleu")}
+        same = all(r[k] == x for k, x in theirs.items())
+        out["runs"].append({"row": r["row"], "here": {k: r[k] for k in theirs}, "record": theirs, "identical": same})
+        print(f"{r['row']}: here {[r[k] for k in theirs]}, record {list(theirs.values())}: "
+              f"{'identical' if same else 'DIFFERENT'}")
+    (RUNS / "t3_speed_record_seed0.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", choices=("no", "bf16"), help="profile one run at this precision instead")
+    ap.add_argument("--record-seed", action="store_true", help="base and h = 1 on seed 0 against the record instead")
     args = ap.parse_args()
     RUNS.mkdir(exist_ok=True)
     if args.profile:
         return profile(args.profile)
+    if args.record_seed:
+        return record_seed()
     res = {"seeds": SEEDS, "machine": f"{mp.cpu_count()} cores, one torch thread per run"}
     ctx = mp.get_context("spawn")  # a process per setting: accelerate fixes its precision once per process
     with ctx.Pool(1) as pool:
