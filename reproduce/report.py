@@ -216,9 +216,10 @@ def replace_between_markers(text: str, new: str) -> str:
 
 def _host(prov: dict) -> str:
     """The CPU's id and single-thread speed (``runtime.reference_speed``), where the record has them."""
-    speed = (prov.get("cpu_speed") or {}).get("matmul_gflops_1thread")
+    speed = results.cpu_speed(prov)
     return "".join([f"; {prov['cpu_id']}" if prov.get("cpu_id") else "",
                     f", {speed} GFLOP/s on one thread (fp32 matmul)" if speed else ""])
+
 
 def report_markdown(records: list[dict[str, Any]], title: str) -> str:
     parts = [f"# {title}\n", "Rendered by `python -m reproduce report` from `results/<paper>/<profile>.json`; do not edit by hand.\n"]

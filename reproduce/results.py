@@ -415,7 +415,13 @@ def compare(new: Mapping[str, Any], old: Mapping[str, Any]) -> tuple[list[dict[s
     return rows, flipped
 
 
-PROVENANCE_FIELDS = ("git_commit", "git_dirty", "device", "cpu_model", "cpu_id", "cpu_speed", "threads", "processes", "load", "python", "platform")
+PROVENANCE_FIELDS = ("git_commit", "git_dirty", "device", "cpu_model", "cpu_id", "threads", "processes", "load", "python", "platform")
+SPEED_DIFFERS = 0.10  # two records' cpu_speed yardsticks further apart than this are a cause to look at
+
+
+def cpu_speed(prov: Mapping[str, Any]) -> float | None:
+    """A record provenance's single-thread speed yardstick in GFLOP/s (``runtime.reference_speed``), or None."""
+    return (prov.get("cpu_speed") or {}).get("matmul_gflops_1thread")
 
 
 def provenance_differences(new: Mapping[str, Any], old: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
@@ -423,6 +429,9 @@ def provenance_differences(new: Mapping[str, Any], old: Mapping[str, Any]) -> li
     ``(field, new, old)``: the causes to look at when their numbers differ."""
     a, b = new.get("provenance", {}), old.get("provenance", {})
     out = [(k, a.get(k), b.get(k)) for k in PROVENANCE_FIELDS if a.get(k) != b.get(k)]
+    sa, sb = cpu_speed(a), cpu_speed(b)  # a measurement: its run-to-run noise is no difference
+    if (sa is None) != (sb is None) or (sa and sb and abs(sa / sb - 1) > SPEED_DIFFERS):
+        out.append(("cpu_speed", a.get("cpu_speed"), b.get("cpu_speed")))
     pa, pb = a.get("packages", {}), b.get("packages", {})
     out += [(f"packages.{k}", pa.get(k), pb.get(k)) for k in sorted(set(pa) | set(pb)) if pa.get(k) != pb.get(k)]
     for k in ("wall_time_s",):

@@ -193,6 +193,11 @@ def test_compare_names_what_differs_between_two_runs():
     diffs = {name for name, _, _ in results.provenance_differences(a, b)}
     assert diffs == {"git_commit", "cpu_model", "packages.torch", "wall_time_s"}
     assert results.provenance_differences(a, a) == []
+    # the host's speed yardstick: noise is no difference, a slower host (or one record without it) is
+    fast, noisy, slow = ({"provenance": {"cpu_speed": {"matmul_gflops_1thread": x}}} for x in (117.5, 114.0, 90.0))
+    assert results.provenance_differences(fast, noisy) == []
+    assert [name for name, _, _ in results.provenance_differences(fast, slow)] == ["cpu_speed"]
+    assert [name for name, _, _ in results.provenance_differences(fast, {"provenance": {}})] == ["cpu_speed"]
 
 
 def test_the_stale_check_covers_every_module_a_notebook_imports():
