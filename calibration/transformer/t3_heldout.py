@@ -105,8 +105,7 @@ def judge(args) -> None:
                                   "sd_minus_base": sd, "claims": claims}
         print(f"\n{design}: {len(settled)} settled {settled}")
         for key, c in claims.items():
-            pre = "" if c["precondition"] is None else f"  pre {c['precondition'][0]:.3f} {'ok' if c['precondition'][1] else 'FAILS'}"
-            print(f"  {key:36s} {c['kind']:8s} {c['verdict']:13s} {c['value']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]{pre}")
+            print(t3_judging.claim_line(key, c))
         print("  seeds' sd of row - base (PPL, paired seeds):", {r: round(x, 2) for r, x in sd.items()})
     print("s per job:", out["job_s"])
     (RUNS / "t3_heldout_judge.json").write_text(json.dumps(out, indent=1) + "\n")

@@ -1,5 +1,5 @@
 """Judge a calibration's Table 3 runs with the record's own code (``variations.tabulate`` + ``claim_table3``),
-for ``t3_levers.py`` and ``t3_heldout.py``: nothing is written, the claims come back as plain dicts."""
+for ``t3_levers.py``, ``t3_heldout.py`` and ``t3_nine.py``: nothing is written, the claims come back as plain dicts."""
 
 from __future__ import annotations
 
@@ -27,3 +27,10 @@ def settled(claims: dict) -> list[str]:
     """The settled rows' claims: last-epoch paper claims that hold or are contradicted, precondition met."""
     return sorted(k for k, c in claims.items() if c["kind"] == "paper" and not k.endswith("_best")
                   and c["verdict"] in ("holds", "contradicted") and (c["precondition"] is None or c["precondition"][1]))
+
+
+def claim_line(key: str, c: dict, width: int = 36) -> str:
+    """One judged claim (a dict of :func:`judge`) as the calibrations print it."""
+    pre = "" if c["precondition"] is None else f"  pre {c['precondition'][0]:.3f} {'ok' if c['precondition'][1] else 'FAILS'}"
+    low, high = (f"{float(x):+.4f}" for x in (c["low"], c["high"]))  # -inf / inf below 2 seeds
+    return f"  {key:{width}s} {c['kind']:8s} {c['verdict']:13s} {c['value']:+.4f} [{low}, {high}]{pre}"

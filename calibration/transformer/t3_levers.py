@@ -140,9 +140,7 @@ def judge(args) -> None:
                                   "claims": claims}
         print(f"\n{design}: {len(settled)} settled {settled}")
         for key, c in claims.items():
-            pre = "" if c["precondition"] is None else f"  pre {c['precondition'][0]:.3f} {'ok' if c['precondition'][1] else 'FAILS'}"
-            low, high = (f"{float(x):+.4f}" for x in (c["low"], c["high"]))
-            print(f"  {key:36s} {c['kind']:8s} {c['verdict']:13s} {c['value']:+.4f} [{low}, {high}]{pre}")
+            print(t3_judging.claim_line(key, c))
     print("s per run:", out["s_per_run"])
     (RUNS / f"t3_levers_judge_{'_'.join(map(str, seeds))}.json").write_text(json.dumps(out, indent=1) + "\n")
 

@@ -55,8 +55,7 @@ def judge(_args) -> None:
         print(f"\n{name} (seeds {out[name]['seeds'][0]}-{out[name]['seeds'][-1]}): h=1 - base per seed "
               f"{out[name]['h1_minus_base_per_seed']}")
         for key, c in out[name]["claims"].items():
-            pre = "" if c["precondition"] is None else f"  pre {c['precondition'][0]:.3f} {'ok' if c['precondition'][1] else 'FAILS'}"
-            print(f"  {key:26s} {c['kind']:8s} {c['verdict']:13s} {c['value']:+.4f} [{c['low']:+.4f}, {c['high']:+.4f}]{pre}")
+            print(t3_judging.claim_line(key, c, width=26))
     (RUNS / "t3_nine_judge.json").write_text(json.dumps(out, indent=1) + "\n")
 
 

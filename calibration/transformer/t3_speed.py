@@ -29,8 +29,8 @@ import cProfile
 import dataclasses
 import io
 import json
-import pstats
 import multiprocessing as mp
+import pstats
 import time
 from pathlib import Path
 
@@ -69,10 +69,6 @@ def one_run(seed: int, precision: str, parts: bool = False, row: str = "base") -
         ex.perplexity(model, sub.dev)
         out["dev_ppl_pass_s"] = time.perf_counter() - t
     return out
-
-
-def _star(args):
-    return one_run(*args)
 
 
 def profile(precision: str) -> None:
@@ -121,7 +117,7 @@ def main() -> None:
         res["bf16"] = pool.apply(one_run, (SEEDS[0], "bf16"))
     print("bf16 alone:", res["bf16"], flush=True)
     with ctx.Pool(2) as pool:
-        res["fp32_pair"] = pool.map(_star, [(s, "no") for s in SEEDS])
+        res["fp32_pair"] = pool.starmap(one_run, [(s, "no") for s in SEEDS])
     print("fp32, two at once:", res["fp32_pair"], flush=True)
     f = res["fp32"]
     pair = sum(r["job_s"] for r in res["fp32_pair"]) / 2
