@@ -161,8 +161,10 @@ SPEC = PaperSpec(
             # 105-109): the last checkpoint scored on all 400 short dev verses plus 1,200 held-out training-book
             # verses (design D3: 3 rows settled there, 1 at the design of calibration/transformer/t3_power.md); the
             # bigger row d_ff x 2 (N + 1 learns slower and sat above the source-blind row, t3_power.md) on seeds 0-2;
-            # the settled rows h = 1, N - 1 and learned positions on 5 seeds.
-            "t3_rows": ["base", "A: h=1", "C: N-", "C: d_ff*2", "E: learned", "source-blind"],
+            # the settled rows h = 1, N - 1 and learned positions on 5 seeds. d_k / 4 added by the rule in
+            # calibration/transformer/t3_more_rows.md (seeds 130-134, written before its runs: h = 32 and d_k / 4
+            # both settled there; the budget line, 40.5 min predicted on the host that runs the record, took the cheaper one only).
+            "t3_rows": ["base", "A: h=1", "B: d_k/4", "C: N-", "C: d_ff*2", "E: learned", "source-blind"],
             "t3_seeds": [0, 1, 2, 3, 4], "t3_bigger_seeds": 3, "t3_epochs": 10, "t3_train_pairs": 2000, "t3_max_words": 20,
             "t3_vocab_size": 1000, "t3_batch_tokens": 1000, "t3_workers": 1, "t3_d_model": 128, "t3_d_ff": 512,
             "t3_dev_size": 400, "t3_heldout": 1200,
