@@ -152,7 +152,8 @@ SPEC = PaperSpec(
             "corpus": "bible", "threads": 1, "vocab_size": 4000, "dev_size": 2000, "test_size": 2000,
             # 2,400 steps (3,400 until the record at 690c170, 2,800 until the one at cacd146, which ran 45.6 min):
             # Table 2 pays for Table 3's rows. calibration/transformer/t3_schedule.py, from the record at cacd146
-            # alone and the fixed worker pool, predicts 41.1 min at 2,400 steps (43.0 at 2,800); t3_heldout.md
+            # alone and the fixed worker pool, predicted 41.1 min at 2,400 steps (43.0 at 2,800; t3_heldout.md) for
+            # the six Table 3 rows before d_k / 4; the record at 26b1c5a ran 37.8 min.
             "steps": 2400, "checkpoint_every": 100, "eval_every": 500,
             # Table 3 at d_model 128 on 2,000 verses of at most 20 English words (train and dev alike), 10 epochs:
             # calibration/transformer/t3_budget.md (seed 100) found the base barely better than its source-blind twin
@@ -163,7 +164,9 @@ SPEC = PaperSpec(
             # bigger row d_ff x 2 (N + 1 learns slower and sat above the source-blind row, t3_power.md) on seeds 0-2;
             # the settled rows h = 1, N - 1 and learned positions on 5 seeds. d_k / 4 added by the rule in
             # calibration/transformer/t3_more_rows.md (seeds 130-134, written before its runs: h = 32 and d_k / 4
-            # both settled there; the budget line, 40.5 min predicted on the host that runs the record, took the cheaper one only).
+            # both settled there; its budget line, 40.5 min predicted on the host of that calibration, took the
+            # cheaper one only). That host is ~1.15-1.3x faster than the one of the record at 26b1c5a, where this
+            # profile is predicted at ~42 min: the budget is now met on a host of today's speed, not that one's.
             "t3_rows": ["base", "A: h=1", "B: d_k/4", "C: N-", "C: d_ff*2", "E: learned", "source-blind"],
             "t3_seeds": [0, 1, 2, 3, 4], "t3_bigger_seeds": 3, "t3_epochs": 10, "t3_train_pairs": 2000, "t3_max_words": 20,
             "t3_vocab_size": 1000, "t3_batch_tokens": 1000, "t3_workers": 1, "t3_d_model": 128, "t3_d_ff": 512,
