@@ -83,11 +83,7 @@ def design_row(d: dict, held: int) -> v.RowResult:
 
 def judge(args) -> None:
     params, sub, base, recipe, epoch = setup()
-    runs = {}
-    for path in sorted(RUNS.glob("t3_heldout.*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            d = json.loads(line)
-            runs[d["row"], d["seed"]] = d
+    runs = t3_judging.load_runs(RUNS, "t3_heldout")
     rows = [r for r in params.t3_rows if any((r, s) in runs for s in SEEDS)]
     seeds = {r: v.row_seeds(r, SEEDS, params.t3_bigger_seeds) for r in rows}
     missing = [f"{r}:{s}" for r in rows for s in seeds[r] if (r, s) not in runs]

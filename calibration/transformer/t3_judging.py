@@ -3,8 +3,24 @@ for ``t3_levers.py``, ``t3_heldout.py`` and ``t3_nine.py``: nothing is written, 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from reproduce import results
 from reproduce.transformer import variations as v
+
+
+def load_runs(runs_dir: Path, prefix: str) -> dict[tuple[str, int], dict]:
+    """Every JSON line of ``<runs_dir>/<prefix>.*.jsonl`` (one file per training process), keyed (row, seed);
+    a (row, seed) trained twice is refused rather than one of its lines silently kept."""
+    runs = {}
+    for path in sorted(runs_dir.glob(f"{prefix}.*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            d = json.loads(line)
+            if (d["row"], d["seed"]) in runs:
+                raise SystemExit(f"{path.name}: {d['row']} seed {d['seed']} is in the runs twice; keep one line")
+            runs[d["row"], d["seed"]] = d
+    return runs
 
 
 def judge(params, finished: list[v.RowResult], base, recipe, epoch: int) -> tuple[dict, dict]:

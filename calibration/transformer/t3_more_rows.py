@@ -37,15 +37,6 @@ CLAIM = {"A: h=32": "t3_too_many_heads_worse", "B: d_k/4": "t3_small_dk_hurts"}
 RECORD_MIN, HOST_FACTOR, LINE_MIN, RECORD_SEEDS = 37.8, 1.15, 40.5, 5
 
 
-def load(prefix: str) -> dict:
-    runs = {}
-    for path in sorted(RUNS.glob(f"{prefix}.*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            d = json.loads(line)
-            runs[d["row"], d["seed"]] = d
-    return runs
-
-
 def budget(job_s: dict[str, float], chosen: list[str]) -> tuple[float, float]:
     """Predicted minutes of the cpu record with ``chosen`` rows added: (this host, the record's host at 26b1c5a).
     The two processes share the added jobs; a job here also scores 3,600 held-out verses the record does not."""
@@ -55,7 +46,8 @@ def budget(job_s: dict[str, float], chosen: list[str]) -> tuple[float, float]:
 
 def judge(_args) -> None:
     params, _, base, recipe, epoch = t3_heldout.setup()
-    runs = {k: d for k, d in load("t3_nine").items() if k[0] in OLD and k[1] in SEEDS} | load("t3_more_rows")
+    runs = ({k: d for k, d in t3_judging.load_runs(RUNS, "t3_nine").items() if k[0] in OLD and k[1] in SEEDS}
+            | t3_judging.load_runs(RUNS, "t3_more_rows"))
     missing = [f"{r}:{s}" for r in ROWS for s in SEEDS if (r, s) not in runs]
     if missing:
         sys.exit(f"runs missing: {','.join(missing)}")

@@ -40,11 +40,7 @@ def judge_seeds(runs: dict, seeds: list[int], params, base, recipe, epoch) -> di
 
 def judge(_args) -> None:
     params, _, base, recipe, epoch = t3_heldout.setup()
-    runs = {}
-    for path in sorted(RUNS.glob("t3_nine.*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            d = json.loads(line)
-            runs[d["row"], d["seed"]] = d
+    runs = t3_judging.load_runs(RUNS, "t3_nine")
     missing = [f"{r}:{s}" for r in ROWS for s in SEEDS if (r, s) not in runs]
     if missing:
         sys.exit(f"runs missing: {','.join(missing)}")
