@@ -107,13 +107,28 @@ def judge(args) -> None:
     (RUNS / "t3_heldout_judge.json").write_text(json.dumps(out, indent=1) + "\n")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def cli(doc: str, prefix: str, default_jobs: str, judge_fn, seeds: list[int] | None = None,
+        rows: list[str] | None = None) -> None:
+    """The command line of this script and of the calibrations that train with :func:`train` (``t3_nine.py``,
+    ``t3_more_rows.py``): ``train --jobs row:seed,... --part P`` (into ``runs/<prefix>.<P>.jsonl``) or ``judge``.
+    A job outside ``seeds`` or ``rows`` (when given) is refused before anything trains."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("mode", choices=("train", "judge"))
-    ap.add_argument("--jobs", default="base:110", help="row:seed,row:seed,...")
-    ap.add_argument("--part", default="a", help="output file t3_heldout.<part>.jsonl (one per process)")
+    ap.add_argument("--jobs", default=default_jobs, help="row:seed,row:seed,...")
+    ap.add_argument("--part", default="a", help=f"output file {prefix}.<part>.jsonl (one per process)")
     args = ap.parse_args()
-    (train if args.mode == "train" else judge)(args)
+    if args.mode == "judge":
+        return judge_fn(args)
+    for job in args.jobs.split(","):
+        row, _, seed = job.rpartition(":")
+        if not row or not seed.isdigit() or (seeds and int(seed) not in seeds) or (rows and row not in rows):
+            sys.exit("--jobs: row:seed pairs" + (f", rows {rows}" if rows else "")
+                     + (f", this calibration's seeds are {seeds[0]}-{seeds[-1]}" if seeds else ""))
+    train(args, prefix=prefix)
+
+
+def main() -> None:
+    cli(__doc__, "t3_heldout", "base:110", judge)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ record's design. The rule, written before any run, is in ``t3_more_rows.md``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -75,19 +74,7 @@ def judge(_args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=("train", "judge"))
-    ap.add_argument("--jobs", default="A: h=32:130", help="row:seed,row:seed,...")
-    ap.add_argument("--part", default="a", help="output file t3_more_rows.<part>.jsonl (one per process)")
-    args = ap.parse_args()
-    if args.mode == "train":
-        for job in args.jobs.split(","):
-            row, _, seed = job.rpartition(":")
-            if row not in NEW or not seed.isdigit() or int(seed) not in SEEDS:
-                sys.exit(f"--jobs: row:seed pairs, rows {NEW}, seeds {SEEDS[0]}-{SEEDS[-1]}")
-        t3_heldout.train(args, prefix="t3_more_rows")
-    else:
-        judge(args)
+    t3_heldout.cli(__doc__, "t3_more_rows", "A: h=32:130", judge, seeds=SEEDS, rows=NEW)
 
 
 if __name__ == "__main__":

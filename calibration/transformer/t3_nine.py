@@ -15,7 +15,6 @@ the record's), judged with the record's code on the record's design (1,200 held-
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
@@ -56,18 +55,7 @@ def judge(_args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("mode", choices=("train", "judge"))
-    ap.add_argument("--jobs", default="base:130", help="row:seed,row:seed,...")
-    ap.add_argument("--part", default="a", help="output file t3_nine.<part>.jsonl (one per process)")
-    args = ap.parse_args()
-    if args.mode == "train":
-        if any(":" not in j or not j.rsplit(":", 1)[1].isdigit() or int(j.rsplit(":", 1)[1]) not in SEEDS
-               for j in args.jobs.split(",")):
-            sys.exit(f"--jobs: row:seed pairs, this calibration's seeds are {SEEDS[0]}-{SEEDS[-1]}")
-        t3_heldout.train(args, prefix="t3_nine")
-    else:
-        judge(args)
+    t3_heldout.cli(__doc__, "t3_nine", "base:130", judge, seeds=SEEDS)
 
 
 if __name__ == "__main__":
