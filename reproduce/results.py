@@ -64,6 +64,7 @@ def provenance(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    cpu = _cpu_fields()
     info: dict[str, Any] = {
         "git_commit": _git("rev-parse", "HEAD"),
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
@@ -72,8 +73,8 @@ def provenance(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "host": socket.gethostname(),
         "cpu_count": os.cpu_count(),
         "processes": int(os.environ.get("WORLD_SIZE", "1") or 1),  # > 1: torchrun / accelerate launch
-        "cpu_model": _cpu_model(),
-        "cpu_id": _cpu_id(),  # family / model / stepping: hosts with one model name differ
+        "cpu_model": cpu.get("model name") or platform.processor() or None,
+        "cpu_id": _cpu_id(cpu),  # family / model / stepping: hosts with one model name differ
         "load": runtime.machine_load(),  # at the start; timing sections record their own (runtime.timed)
         "packages": versions,
     }
@@ -94,26 +95,20 @@ def provenance(params: Mapping[str, Any] | None = None) -> dict[str, Any]:
     return info
 
 
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
-
-
-def _cpu_id(cpuinfo: str | None = None) -> str | None:
-    """``"family F model M stepping S"`` of the first CPU in ``cpuinfo`` (default: /proc/cpuinfo; None where
-    it has none of the three, e.g. on ARM, or elsewhere)."""
+def _cpu_fields(cpuinfo: str | None = None) -> dict[str, str]:
+    """The ``key: value`` fields of the first processor in ``cpuinfo`` (default: /proc/cpuinfo, read once per
+    provenance; {} where there is none)."""
     if cpuinfo is None:
         try:
             cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8")
         except OSError:
-            return None
+            return {}
     lines = cpuinfo.strip().split("\n\n", 1)[0].splitlines()
-    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+def _cpu_id(fields: Mapping[str, str]) -> str | None:
+    """``"family F model M stepping S"`` from :func:`_cpu_fields` (None where it has none of the three, e.g. on ARM)."""
     parts = [f"{name} {fields[key]}" for key, name in (("cpu family", "family"), ("model", "model"), ("stepping", "stepping"))
              if key in fields]
     return " ".join(parts) or None

@@ -79,8 +79,8 @@ def test_a_record_names_its_host_and_measures_its_speed(monkeypatch):
 def test_the_cpu_id_is_the_first_processors():
     two = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 26\nmodel\t\t: 2\nmodel name\t: AMD EPYC\n"
            "stepping\t: 1\n\nprocessor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nstepping\t: 0\n")
-    assert results._cpu_id(two) == "family 26 model 2 stepping 1"
-    assert results._cpu_id("processor\t: 0\nBogoMIPS\t: 50.00\nCPU part\t: 0xd0c\n") is None  # an ARM core
+    assert results._cpu_id(results._cpu_fields(two)) == "family 26 model 2 stepping 1"
+    assert results._cpu_id(results._cpu_fields("processor\t: 0\nBogoMIPS\t: 50.00\nCPU part\t: 0xd0c\n")) is None  # an ARM core
 
 
 def test_same_seed_same_numbers():
